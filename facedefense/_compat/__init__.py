@@ -1,0 +1,1 @@
+"""Workarounds for broken third-party installs."""

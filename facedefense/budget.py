@@ -1,0 +1,110 @@
+"""L-infinity budgets, in [0, 1] pixel units, and the 8-bit honesty check.
+
+A budget ``eps`` bounds ``max |protected - original|`` over every pixel and channel. Reference code
+often works in [-1, 1], where the same number means twice as much: Anti-DreamBooth's 0.05 is
+6.4/255 here. A protected image is only honest if the budget still holds *after* it is written as
+8-bit: :func:`quantize_within_budget` snaps to the uint8 grid inside the budget and
+:func:`linf_gray_levels` measures what was written.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+from facedefense.errors import BudgetViolationError, ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
+#: Slack for float round-off when comparing on the 0-255 scale (far below one gray level).
+_TOLERANCE = 1e-4
+
+
+def parse_budget(value: str | float) -> float:
+    """Parse a budget given as ``"8/255"``, ``"0.0314"`` or a float, in [0, 1] units.
+
+    Raises:
+        ConfigError: not a number, or outside (0, 1].
+
+    Example:
+        >>> round(parse_budget("8/255") * 255, 6)
+        8.0
+    """
+    if isinstance(value, (int, float)):
+        eps = float(value)
+    else:
+        match = _FRACTION.match(value)
+        try:
+            eps = float(match.group(1)) / float(match.group(2)) if match else float(value)
+        except (ValueError, ZeroDivisionError) as exc:
+            raise ConfigError(f"bad budget '{value}': use a fraction like 8/255 or a number like 0.0314") from exc
+    if not math.isfinite(eps) or not 0.0 < eps <= 1.0:
+        raise ConfigError(f"budget {value} is outside (0, 1]; in [0, 1] pixel units 8/255 is typical")
+    return eps
+
+
+def project_linf(adversarial: Tensor, original: Tensor, eps: float) -> Tensor:
+    """Project onto the L-infinity ball of radius ``eps`` around ``original`` and onto [0, 1]."""
+    delta = (adversarial - original).clamp(-eps, eps)
+    return (original + delta).clamp(0.0, 1.0)
+
+
+def quantize_within_budget(adversarial: Tensor, original: Tensor, eps: float) -> Tensor:
+    """Round to the uint8 grid while keeping ``|q - original| <= eps`` and q in [0, 1].
+
+    Each value is rounded to the nearest multiple of 1/255 that lies inside
+    ``[original - eps, original + eps]``, so the image written to disk respects the budget exactly,
+    also when ``eps * 255`` is not an integer or the original is not 8-bit.
+
+    Raises:
+        BudgetViolationError: the budget is below half a gray level around an off-grid original.
+    """
+    import torch
+
+    x255 = _gray_levels(original)
+    e255 = eps * 255.0
+    low = torch.ceil(x255 - e255 - _TOLERANCE).clamp(0, 255)
+    high = torch.floor(x255 + e255 + _TOLERANCE).clamp(0, 255)
+    if bool((low > high).any()):
+        raise BudgetViolationError(
+            f"budget {eps:.6f} is too small to represent in 8 bits around this image; use at least 1/255"
+        )
+    q = torch.round(adversarial.double() * 255.0).clamp(low, high)
+    return (q / 255.0).to(adversarial.dtype)
+
+
+def _gray_levels(images: Tensor) -> Tensor:
+    """Values on the 0-255 scale in float64; float32 round-off of 8-bit values is snapped away."""
+    import torch
+
+    levels = images.double() * 255.0
+    snapped = torch.round(levels)
+    return torch.where((levels - snapped).abs() < _TOLERANCE, snapped, levels)
+
+
+def linf_gray_levels(protected: Tensor, original: Tensor) -> list[float]:
+    """Per-image ``max |protected - original|`` in gray levels (0-255 scale)."""
+    diff = (_gray_levels(protected) - _gray_levels(original)).abs()
+    return diff.flatten(1).amax(dim=1).tolist()
+
+
+def check_budget(protected: Tensor, original: Tensor, eps: float) -> list[float]:
+    """Measure each image's L-infinity distance and raise if any exceeds ``eps``.
+
+    Returns:
+        Per-image distances in gray levels.
+
+    Raises:
+        BudgetViolationError: an image exceeds its budget (beyond float round-off).
+    """
+    levels = linf_gray_levels(protected, original)
+    limit = eps * 255.0 + _TOLERANCE
+    for index, level in enumerate(levels):
+        if level > limit:
+            raise BudgetViolationError(
+                f"image {index} differs by {level:.3f} gray levels, over its budget of {eps * 255:.3f}"
+            )
+    return levels

@@ -1,0 +1,41 @@
+"""The ``facedefense`` command line (Typer).
+
+Start-up imports no torch: each command imports what it needs when it runs, so ``--help``,
+``list`` and ``plugins`` stay fast. Errors a user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from facedefense.cli import evaluate, listing, models, run
+from facedefense.registry import get_registry
+
+HELP = """Protect portrait photos against diffusion-model personalization and editing.
+
+Images are read from files or folders and written as lossless PNG with a JSON manifest. Budgets are
+L-infinity in [0, 1] pixel units: 8/255 means at most 8 gray levels per pixel and channel."""
+
+
+def build_app(*, with_plugins: bool = True) -> typer.Typer:
+    """Build the Typer app: core commands, then the commands plugins add (``register_commands``)."""
+    app = typer.Typer(
+        name="facedefense",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    for module in (run, evaluate, listing, models):
+        module.register(app)
+    if with_plugins:
+        registry = get_registry()
+        if registry.plugin_manager is not None:
+            registry.plugin_manager.hook.register_commands(app=app)
+    return app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    build_app()(prog_name="facedefense")

@@ -1,0 +1,73 @@
+"""``facedefense list`` and ``facedefense plugins``: read the registry, import no method."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from facedefense.cli.common import friendly_errors
+
+
+@friendly_errors
+def list_methods(
+    kind: Annotated[
+        str | None, typer.Argument(help="defenders, purifiers, personalizers, editors or metrics.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the registered methods and the plugin that supplies each."""
+    from facedefense.registry import KINDS, get_registry, normalize_kind
+
+    registry = get_registry()
+    kinds = [normalize_kind(kind)] if kind else list(KINDS)
+    listing = {f"{k}s": [spec.to_dict() for spec in registry.all_specs(k)] for k in kinds}
+    if as_json:
+        typer.echo(json.dumps({**listing, "problems": registry.problems}, indent=2))
+        return
+    for heading, specs in listing.items():
+        typer.echo(f"{heading}:")
+        if not specs:
+            typer.echo("  (none)")
+        width = max((len(s["name"]) for s in specs), default=0)
+        for spec in specs:
+            aliases = f" (aliases: {', '.join(spec['aliases'])})" if spec["aliases"] else ""
+            typer.echo(f"  {spec['name']:<{width}}  {spec['summary']}{aliases}  [{spec['plugin']}]")
+    for problem in registry.problems:
+        typer.echo(f"warning: {problem}", err=True)
+
+
+@friendly_errors
+def plugins(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the installed plugins, what each registers, and those that failed to load."""
+    from facedefense.registry import get_registry
+
+    registry = get_registry()
+    provided: dict[str, list[str]] = {}
+    for spec in registry.all_specs():
+        provided.setdefault(spec.plugin, []).append(f"{spec.kind}:{spec.name}")
+    rows = [
+        {
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "module": info.module,
+            "provides": provided.get(info.name, []),
+            "error": info.error,
+        }
+        for info in registry.plugins
+    ]
+    if as_json:
+        typer.echo(json.dumps({"plugins": rows, "problems": registry.problems}, indent=2))
+        return
+    for row in rows:
+        status = f"FAILED: {row['error']}" if row["error"] else ", ".join(row["provides"]) or "(registers nothing)"
+        typer.echo(f"{row['name']} ({row['distribution']} {row['version']}): {status}")
+    for problem in registry.problems:
+        typer.echo(f"warning: {problem}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("list")(list_methods)
+    app.command()(plugins)

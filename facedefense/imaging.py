@@ -1,0 +1,91 @@
+"""Image-batch contract and the geometric helpers methods share.
+
+An image batch is a float32 tensor of shape (N, 3, H, W), RGB, values in [0, 1]. The [-1, 1] range
+that VAEs and most reference code use appears only through :func:`to_vae_range` and
+:func:`from_vae_range`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from facedefense.errors import ImageError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+def check_image_batch(images: Tensor, name: str = "images") -> Tensor:
+    """Check the image-batch contract and return the batch as float32.
+
+    Raises:
+        ImageError: not a 4-D tensor with 3 channels, empty, not finite, or outside [0, 1].
+    """
+    import torch
+
+    if not isinstance(images, torch.Tensor):
+        raise ImageError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ImageError(f"{name} must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ImageError(f"{name} is empty: shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ImageError(f"{name} must be a floating-point tensor in [0, 1], got {images.dtype}")
+    images = images.float()
+    if not torch.isfinite(images).all():
+        raise ImageError(f"{name} contains NaN or infinite values")
+    low, high = images.min().item(), images.max().item()
+    if low < 0.0 or high > 1.0:
+        raise ImageError(f"{name} must lie in [0, 1], got values in [{low:.4f}, {high:.4f}]")
+    return images
+
+
+def to_vae_range(images: Tensor) -> Tensor:
+    """[0, 1] -> [-1, 1] (the range of Stable Diffusion's VAE and of most reference code)."""
+    return images * 2.0 - 1.0
+
+
+def from_vae_range(images: Tensor) -> Tensor:
+    """[-1, 1] -> [0, 1]; no clamping (clamp where the method's reference does)."""
+    return (images + 1.0) / 2.0
+
+
+def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Differentiable anti-aliased bilinear resize of (N, C, H, W) to ``size`` = (height, width)."""
+    import torch.nn.functional as F
+
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def pad_to_multiple(images: Tensor, multiple: int, mode: str = "reflect") -> tuple[Tensor, tuple[int, int]]:
+    """Pad the bottom and right of (N, C, H, W) so H and W are multiples of ``multiple``.
+
+    Returns the padded batch and the original (H, W), to crop back with ``x[..., :h, :w]``.
+    Reflection needs each side >= the padding; smaller images fall back to replicate padding.
+    """
+    import torch.nn.functional as F
+
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images, (height, width)
+    if mode == "reflect" and (pad_h >= height or pad_w >= width):
+        mode = "replicate"
+    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode), (height, width)
+
+
+def working_size(height: int, width: int, resolution: int | None, multiple: int = 8) -> tuple[int, int]:
+    """The size a model sees: the short side scaled to ``resolution`` (aspect kept), rounded to
+    ``multiple``. ``None`` keeps the image size (rounded to ``multiple``).
+
+    Example:
+        >>> working_size(600, 400, 512)
+        (768, 512)
+    """
+    if resolution is not None:
+        scale = resolution / min(height, width)
+        height, width = height * scale, width * scale
+    return (max(multiple, round(height / multiple) * multiple), max(multiple, round(width / multiple) * multiple))

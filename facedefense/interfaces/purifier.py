@@ -1,0 +1,57 @@
+"""Purifiers: counter-measures an adversary applies to protected images before attacking."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from facedefense.config import MethodConfig
+from facedefense.imaging import check_image_batch
+from facedefense.interfaces.base import Method
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+
+@dataclass
+class PurifierConfig(MethodConfig):
+    """Options of every purifier (device, dtype, seed)."""
+
+
+class Purifier(Method, abc.ABC):
+    """Base class of purifiers.
+
+    :meth:`purify` checks the batch, never modifies it, calls :meth:`_purify` and returns images of
+    the same shape in [0, 1]. :meth:`purify_differentiable` is what a defender optimizes through
+    (expectation over transformations): by default the straight-through estimator (BPDA: forward is
+    the real purifier, backward is the identity); a purifier with a differentiable approximation sets
+    ``differentiable = True`` and overrides it.
+    """
+
+    Config: ClassVar[type[PurifierConfig]] = PurifierConfig
+    differentiable: ClassVar[bool] = False
+
+    def purify(self, images: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Purify a batch: (N, 3, H, W) in [0, 1] -> same shape in [0, 1]."""
+        import torch
+
+        original = check_image_batch(images)
+        with torch.no_grad():
+            purified = self._purify(original.clone().to(self.device), self.make_generator(generator))
+        purified = purified.to(device=original.device, dtype=torch.float32).clamp(0.0, 1.0)
+        if purified.shape != original.shape:
+            raise RuntimeError(
+                f"{type(self).__name__}._purify returned shape {tuple(purified.shape)}, expected {tuple(original.shape)}"
+            )
+        return purified
+
+    def purify_differentiable(self, images: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Purify with a gradient: straight-through (BPDA) unless the purifier overrides it."""
+        purified = self._purify(images.detach(), self.make_generator(generator)).to(images.dtype)
+        return images + (purified.clamp(0.0, 1.0) - images).detach()
+
+    @abc.abstractmethod
+    def _purify(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Return the purified images (same shape, values in [0, 1])."""

@@ -1,0 +1,263 @@
+"""Image files in and out: the only place where PIL and numpy meet the image-batch contract.
+
+Reading applies the EXIF orientation, converts every mode (grayscale, palette, CMYK, 16-bit, with
+or without alpha) to RGB float32 in [0, 1] and keeps the alpha channel and ICC profile aside so the
+output can carry them again. Writing is lossless PNG, atomic (a temporary file renamed into place:
+never a half-written image) and never onto an input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facedefense.errors import ImageError, OutputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import Tensor
+
+#: File suffixes treated as images when a folder is given.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+#: Smallest side accepted, in pixels (a VAE downsamples by 8; smaller images carry no face to protect).
+MIN_SIDE = 16
+#: Largest image accepted, in pixels (a header that declares more is treated as a decompression bomb).
+MAX_PIXELS = 10_000 * 10_000
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image.
+
+    Attributes:
+        path: the file it came from.
+        pixels: (1, 3, H, W) float32 RGB in [0, 1], upright (EXIF orientation applied).
+        alpha: (H, W) uint8 alpha channel, or None.
+        icc_profile: the embedded ICC profile bytes, or None.
+    """
+
+    path: Path
+    pixels: Tensor
+    alpha: np.ndarray | None = None
+    icc_profile: bytes | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.pixels.shape[-2]), int(self.pixels.shape[-1])
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Decode one image file.
+
+    Raises:
+        ImageError: missing, empty, not an image, truncated or corrupt, too small or too large.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                width, height = opened.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(
+                        f"{path}: {width}x{height} pixels exceeds the {MAX_PIXELS:,}-pixel limit "
+                        "(possible decompression bomb)"
+                    )
+                icc_profile = opened.info.get("icc_profile")
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: image too large (possible decompression bomb): {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError(f"{path}: not an image file PIL can read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from exc
+    rgb, alpha = _to_rgb_array(image)
+    height, width = rgb.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ImageError(f"{path}: {width}x{height} is too small (minimum {MIN_SIDE}x{MIN_SIDE} pixels)")
+    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+    return LoadedImage(path, pixels, alpha, icc_profile)
+
+
+def _to_rgb_array(image: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """PIL image of any mode -> (H, W, 3) float32 in [0, 1] and an optional (H, W) uint8 alpha."""
+    import numpy as np
+
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        gray = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or gray.max(initial=0) > 255 else 255.0
+        if mode == "F" and gray.max(initial=0) <= 1.0:
+            peak = 1.0
+        gray = np.clip(gray / peak, 0.0, 1.0).astype(np.float32)
+        return np.repeat(gray[..., None], 3, axis=2), None
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA"))
+        return rgba[..., :3].astype(np.float32) / 255.0, np.ascontiguousarray(rgba[..., 3])
+    return np.asarray(image.convert("RGB")).astype(np.float32) / 255.0, None
+
+
+def to_uint8(pixels: Tensor) -> np.ndarray:
+    """(3, H, W) or (1, 3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounding to nearest."""
+    import torch
+
+    if pixels.ndim == 4:
+        if pixels.shape[0] != 1:
+            raise ImageError(f"expected one image, got a batch of {pixels.shape[0]}")
+        pixels = pixels[0]
+    values = torch.round(pixels.detach().float().clamp(0, 1) * 255.0).to(torch.uint8)
+    return values.permute(1, 2, 0).cpu().numpy()
+
+
+def save_image(
+    pixels: Tensor, path: str | Path, *, alpha: np.ndarray | None = None, icc_profile: bytes | None = None
+) -> Path:
+    """Write one image as lossless PNG, atomically.
+
+    Args:
+        pixels: (3, H, W) or (1, 3, H, W) float in [0, 1]; rounded to the nearest 8-bit value.
+        path: destination (``.png``).
+        alpha: optional (H, W) uint8 alpha channel to carry over.
+        icc_profile: optional ICC profile to embed (keeps the colours of the original).
+    """
+    import numpy as np
+    from PIL import Image
+
+    array = to_uint8(pixels)
+    if alpha is not None:
+        array = np.concatenate([array, alpha[..., None].astype(np.uint8)], axis=2)
+    image = Image.fromarray(array, mode="RGBA" if alpha is not None else "RGB")
+    options = {"icc_profile": icc_profile} if icc_profile else {}
+    path = Path(path)
+    with _atomic_path(path) as temporary:
+        image.save(temporary, format="PNG", **options)
+    return path
+
+
+class _atomic_path:
+    """Context manager giving a temporary path beside ``path``, renamed onto it on success."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> Path:
+        handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(handle)
+        self.temporary = Path(name)
+        return self.temporary
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.temporary, self.path)
+        else:
+            self.temporary.unlink(missing_ok=True)
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    """Write JSON atomically (indented, UTF-8)."""
+    path = Path(path)
+    with _atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders (not recursive) into a sorted, de-duplicated list of image paths.
+
+    A file named explicitly is kept whatever its suffix (a bad one is reported when read); a
+    folder contributes the files with an image suffix.
+
+    Raises:
+        ImageError: a path does not exist, or nothing to process was found.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            entries = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not entries:
+                raise ImageError(f"{path}: folder contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found.extend(entries)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise ImageError(f"{path}: no such file or folder")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise ImageError("no input images given")
+    return unique
+
+
+def prepare_output_dir(output: str | Path, inputs: Sequence[Path], *, suffix: str = ".png") -> list[Path]:
+    """Create the output folder and return one output path per input (same stem, ``suffix``).
+
+    Raises:
+        OutputError: the folder is an input folder, is not writable, or two inputs share a name.
+    """
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: exists and is not a folder")
+    resolved = output.resolve()
+    for source in inputs:
+        if source.parent == resolved:
+            raise OutputError(f"output folder {output} holds the input {source.name}; choose another --output")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=output, prefix=".facedefense-probe-")
+        probe.close()
+    except OSError as exc:
+        raise OutputError(f"output folder {output} is not writable ({exc.strerror or exc})") from exc
+    targets = [output / f"{source.stem}{suffix}" for source in inputs]
+    seen: dict[Path, Path] = {}
+    for source, target in zip(inputs, targets):
+        if target in seen:
+            raise OutputError(f"{seen[target].name} and {source.name} would both be written as {target.name}")
+        seen[target] = source
+    return targets
+
+
+def iter_images(paths: Sequence[Path], *, prefetch: int = 2) -> Iterator[tuple[Path, LoadedImage | ImageError]]:
+    """Decode ``paths`` in a background thread, ``prefetch`` images ahead of the consumer.
+
+    Yields ``(path, image)`` or ``(path, error)`` in order, so the caller computes while the next
+    images decode and reports bad files without stopping.
+    """
+
+    def decode(path: Path) -> LoadedImage | ImageError:
+        try:
+            return load_image(path)
+        except ImageError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(decode, p) for p in paths[:prefetch]]
+        for index, path in enumerate(paths):
+            result = pending.pop(0).result()
+            if index + prefetch < len(paths):
+                pending.append(pool.submit(decode, paths[index + prefetch]))
+            yield path, result
+
+
+def load_images(inputs: Iterable[str | Path]) -> list[LoadedImage]:
+    """Load every image of ``inputs`` (files or folders); raise on the first bad one."""
+    return [load_image(p) for p in collect_images(inputs)]

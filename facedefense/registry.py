@@ -1,0 +1,220 @@
+"""The registry: which plugin supplies which defender, purifier, attack and metric.
+
+Methods are registered by name through the ``register_*`` hooks (see :mod:`facedefense.hookspecs`).
+A target is kept as a ``"module:Class"`` string until first use, so listing imports no torch-heavy
+module. Building the registry never raises because of one plugin: import failures, bad names and
+name clashes are recorded and reported; using a clashing name raises an error naming both plugins.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from facedefense.errors import DuplicateMethodError, PluginLoadError, UnknownMethodError
+from facedefense.plugins import PluginInfo, make_plugin_manager
+
+#: Kind of method -> the hook that registers it.
+KINDS: dict[str, str] = {
+    "defender": "register_defenders",
+    "purifier": "register_purifiers",
+    "personalizer": "register_personalizers",
+    "editor": "register_editors",
+    "metric": "register_metrics",
+}
+#: Plural forms accepted by ``facedefense list``.
+PLURALS: dict[str, str] = {f"{kind}s": kind for kind in KINDS}
+#: Base class each kind's target must subclass (module, class), checked when the target is loaded.
+BASES: dict[str, tuple[str, str]] = {
+    "defender": ("facedefense.interfaces.defender", "Defender"),
+    "purifier": ("facedefense.interfaces.purifier", "Purifier"),
+    "personalizer": ("facedefense.interfaces.personalizer", "Personalizer"),
+    "editor": ("facedefense.interfaces.editor", "Editor"),
+    "metric": ("facedefense.interfaces.metric", "Metric"),
+}
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: name, provenance and a lazily imported target."""
+
+    kind: str
+    name: str
+    target: Any
+    plugin: str
+    version: str | None = None
+    summary: str = ""
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def target_path(self) -> str:
+        """``"module:Class"`` of the target, without importing it."""
+        if isinstance(self.target, str):
+            return self.target
+        return f"{self.target.__module__}:{self.target.__qualname__}"
+
+    def load(self) -> type:
+        """Import and return the method class, checking it subclasses its kind's base."""
+        target = self.target
+        if isinstance(target, str):
+            module_name, _, attribute = target.partition(":")
+            try:
+                target = getattr(importlib.import_module(module_name), attribute)
+            except ImportError as exc:
+                raise PluginLoadError(
+                    f"{self.kind} '{self.name}' (plugin '{self.plugin}') cannot be imported: {exc}"
+                ) from exc
+            except AttributeError as exc:
+                raise PluginLoadError(
+                    f"{self.kind} '{self.name}' (plugin '{self.plugin}'): {module_name} has no {attribute}"
+                ) from exc
+        base_module, base_name = BASES[self.kind]
+        base = getattr(importlib.import_module(base_module), base_name)
+        if not (isinstance(target, type) and issubclass(target, base)):
+            raise PluginLoadError(
+                f"{self.kind} '{self.name}' (plugin '{self.plugin}') is not a {base_name} subclass"
+            )
+        return target
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "plugin": self.plugin,
+            "version": self.version,
+            "summary": self.summary,
+            "aliases": list(self.aliases),
+            "target": self.target_path,
+        }
+
+
+@dataclass
+class Registry:
+    """All registered methods, by kind and name.
+
+    Build it with :func:`get_registry` (cached, entry points loaded) or
+    ``Registry.from_plugin_manager(pm)`` in tests.
+    """
+
+    specs: dict[str, dict[str, MethodSpec]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    aliases: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    plugins: list[PluginInfo] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    clashes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    plugin_manager: pluggy.PluginManager | None = None
+
+    @classmethod
+    def from_plugin_manager(
+        cls, pm: pluggy.PluginManager, plugins: list[PluginInfo] | None = None
+    ) -> Registry:
+        registry = cls(plugins=list(plugins or []), plugin_manager=pm)
+        versions = {info.name: info.version for info in registry.plugins}
+        for kind, hook_name in KINDS.items():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                register = registry._register_fn(kind, impl.plugin_name, versions.get(impl.plugin_name))
+                try:
+                    impl.function(*[{"register": register}[arg] for arg in impl.argnames])
+                except Exception as exc:  # one plugin's bug must not hide the others
+                    registry.problems.append(f"plugin '{impl.plugin_name}' failed in {hook_name}: {exc}")
+        for info in registry.plugins:
+            if info.error:
+                registry.problems.append(f"plugin '{info.name}' failed to load: {info.error}")
+        return registry
+
+    def _register_fn(self, kind: str, plugin: str, version: str | None):
+        def register(
+            name: str, target: Any, *, summary: str = "", aliases: tuple[str, ...] | list[str] = ()
+        ) -> None:
+            self.add(
+                MethodSpec(kind, name, target, plugin, version, summary=summary, aliases=tuple(aliases))
+            )
+
+        return register
+
+    def add(self, spec: MethodSpec) -> None:
+        """Add one method; a bad or clashing name is recorded as a problem, never a silent override."""
+        for name in (spec.name, *spec.aliases):
+            if not NAME_PATTERN.match(name):
+                self.problems.append(
+                    f"plugin '{spec.plugin}': {spec.kind} name '{name}' is invalid (use ^[a-z][a-z0-9_]*$)"
+                )
+                return
+        for name in (spec.name, *spec.aliases):
+            owner = self._owner(spec.kind, name)
+            if owner is not None:
+                key = (spec.kind, name)
+                plugins = self.clashes.setdefault(key, [owner.plugin])
+                plugins.append(spec.plugin)
+                self.problems.append(
+                    f"{spec.kind} '{name}' is registered by both plugin '{owner.plugin}' and plugin "
+                    f"'{spec.plugin}'; block one with FACEDEFENSE_BLOCK_PLUGINS"
+                )
+                return
+        self.specs[spec.kind][spec.name] = spec
+        for alias in spec.aliases:
+            self.aliases[spec.kind][alias] = spec.name
+
+    def _owner(self, kind: str, name: str) -> MethodSpec | None:
+        canonical = self.aliases[kind].get(name, name)
+        return self.specs[kind].get(canonical)
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted canonical names of one kind."""
+        return sorted(self.specs[normalize_kind(kind)])
+
+    def all_specs(self, kind: str | None = None) -> list[MethodSpec]:
+        kinds = [normalize_kind(kind)] if kind else list(KINDS)
+        return [self.specs[k][n] for k in kinds for n in sorted(self.specs[k])]
+
+    def get(self, kind: str, name: str) -> MethodSpec:
+        """Look a method up by name or alias.
+
+        Raises:
+            DuplicateMethodError: two plugins registered that name.
+            UnknownMethodError: no such method; the message suggests the closest names.
+        """
+        kind = normalize_kind(kind)
+        if (kind, name) in self.clashes:
+            plugins = self.clashes[(kind, name)]
+            raise DuplicateMethodError(
+                f"{kind} '{name}' is registered by both plugin '{plugins[0]}' and plugin '{plugins[1]}'; "
+                f"block one with FACEDEFENSE_BLOCK_PLUGINS={plugins[1]}"
+            )
+        spec = self._owner(kind, name)
+        if spec is None:
+            candidates = sorted([*self.specs[kind], *self.aliases[kind]])
+            close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            known = ", ".join(self.names(kind)) or "none"
+            raise UnknownMethodError(f"unknown {kind} '{name}'.{hint} Available: {known}.")
+        return spec
+
+    def load(self, kind: str, name: str) -> type:
+        """Import and return the class registered under ``name``."""
+        return self.get(kind, name).load()
+
+
+def normalize_kind(kind: str) -> str:
+    """``defenders`` or ``defender`` -> ``defender``; an unknown kind raises UnknownMethodError."""
+    kind = PLURALS.get(kind, kind)
+    if kind not in KINDS:
+        raise UnknownMethodError(f"unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
+    return kind
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry(*, refresh: bool = False) -> Registry:
+    """The process-wide registry, built once from the installed plugins."""
+    global _REGISTRY
+    if _REGISTRY is None or refresh:
+        pm, plugins = make_plugin_manager()
+        _REGISTRY = Registry.from_plugin_manager(pm, plugins)
+    return _REGISTRY

@@ -1,0 +1,200 @@
+"""Contract tests every method's test-suite reuses (pytest mixins, like kornia's BaseTester).
+
+Subclass the mixin in a test module, name the class ``Test...`` and implement ``make_method``::
+
+    class TestPhotoGuard(DefenderContract):
+        def make_method(self, request):
+            return PhotoGuard(model=str(request.getfixturevalue("tiny_sd_path")), steps=4, eps=self.eps)
+
+        def objective(self, method, images, generator):
+            return per-image objective values (lower is better unless objective_higher_is_better)
+
+The fixtures come from :mod:`facedefense.testing.fixtures` (``pytest_plugins = [...]`` in a conftest).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pytest
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def _images(count: int, height: int, width: int, seed: int = 0) -> Tensor:
+    """Sample faces resized to (height, width), quantized to 8 bits like decoded files."""
+    import torch
+
+    from facedefense.imaging import resize
+    from facedefense.testing.tiny_models import sample_faces
+
+    faces = resize(sample_faces(count, max(height, width)), (height, width)).clamp(0, 1)
+    return torch.round(faces * 255) / 255
+
+
+class MethodContract:
+    """Shared plumbing: a class-scoped ``method`` fixture built by :meth:`make_method`."""
+
+    image_size: ClassVar[tuple[int, int]] = (64, 64)
+    batch: ClassVar[int] = 2
+
+    def make_method(self, request: pytest.FixtureRequest) -> Any:
+        raise NotImplementedError("implement make_method(self, request) in the test class")
+
+    @pytest.fixture(scope="class")
+    def method(self, request: pytest.FixtureRequest) -> Any:
+        return self.make_method(request)
+
+    @pytest.fixture(scope="class")
+    def images(self) -> Tensor:
+        return _images(self.batch, *self.image_size)
+
+    def test_config_round_trip(self, method: Any) -> None:
+        clone = type(method)(method.config)
+        assert clone.config == method.config
+
+    def test_has_registry_name(self, method: Any) -> None:
+        assert method.name, "set the class attribute `name` to the registry name"
+
+
+class DefenderContract(MethodContract):
+    """Contract of a :class:`~facedefense.Defender`.
+
+    Checks: shape, dtype and range; budget after 8-bit quantization; input not modified; same seed,
+    same output; odd sizes kept; not a no-op; and the method's own objective beats uniform random
+    noise of the same budget (override :meth:`objective`; return None to skip that check).
+    """
+
+    eps: ClassVar[float] = 8 / 255
+    odd_size: ClassVar[tuple[int, int]] = (56, 72)
+    objective_higher_is_better: ClassVar[bool] = False
+    #: The protected images' objective must beat noise's by at least this fraction of |noise - clean|.
+    objective_margin: ClassVar[float] = 0.5
+
+    def objective(self, method: Any, images: Tensor, generator: torch.Generator) -> Tensor | None:
+        """Per-image objective the defender optimizes, or None (no objective to compare)."""
+        return None
+
+    @pytest.fixture(scope="class")
+    def result(self, method: Any, images: Tensor) -> Any:
+        return method.protect(images)
+
+    def test_output_contract(self, result: Any, images: Tensor) -> None:
+        import torch
+
+        assert result.images.shape == images.shape
+        assert result.images.dtype == torch.float32
+        assert result.images.min() >= 0 and result.images.max() <= 1
+        assert len(result.linf) == images.shape[0]
+
+    def test_budget_after_quantization(self, result: Any, images: Tensor, method: Any) -> None:
+        import torch
+
+        written = torch.round(result.images * 255)
+        assert torch.equal(written / 255, result.images), "result must already be on the uint8 grid"
+        levels = (written - images * 255).abs().flatten(1).amax(1)
+        assert (levels <= method.config.eps * 255 + 1e-3).all(), levels
+        assert result.eps == method.config.eps
+
+    def test_changes_the_images(self, result: Any, images: Tensor) -> None:
+        assert (result.images != images).any(dim=(1, 2, 3)).all(), "every image must be perturbed"
+
+    def test_input_not_mutated(self, method: Any, images: Tensor) -> None:
+        before = images.clone()
+        method.protect(images)
+        assert (images == before).all()
+
+    def test_deterministic_with_seed(self, method: Any, images: Tensor, result: Any) -> None:
+        import torch
+
+        again = method.protect(images)
+        assert torch.equal(again.images, result.images)
+        seeded = method.protect(images, generator=_generator(123))
+        seeded_again = method.protect(images, generator=_generator(123))
+        assert torch.equal(seeded.images, seeded_again.images)
+
+    def test_keeps_odd_size(self, method: Any) -> None:
+        images = _images(1, *self.odd_size)
+        result = method.protect(images)
+        assert result.images.shape == images.shape
+        assert max(result.linf) <= method.config.eps * 255 + 1e-3
+
+    def test_beats_random_noise(self, method: Any, images: Tensor, result: Any) -> None:
+        import torch
+
+        from facedefense.budget import quantize_within_budget
+
+        eps = method.config.eps
+        clean = self.objective(method, images, _generator(7))
+        if clean is None:
+            pytest.skip("no objective to compare against random noise")
+        noise = torch.rand(images.shape, generator=_generator(3)) * 2 - 1
+        noisy = quantize_within_budget((images + noise * eps).clamp(0, 1), images, eps)
+        noisy_value = self.objective(method, noisy, _generator(7))
+        protected_value = self.objective(method, result.images, _generator(7))
+        sign = 1.0 if self.objective_higher_is_better else -1.0
+        gain_protected = sign * (protected_value - clean).mean().item()
+        gain_noise = sign * (noisy_value - clean).mean().item()
+        assert gain_protected > 0, f"protection did not improve the objective: {gain_protected}"
+        assert gain_protected > gain_noise + self.objective_margin * abs(gain_noise), (
+            f"objective gain {gain_protected:.4g} does not beat same-budget noise {gain_noise:.4g}"
+        )
+
+
+class PurifierContract(MethodContract):
+    """Contract of a :class:`~facedefense.Purifier`: shape/range, no mutation, determinism, gradient."""
+
+    def test_output_contract(self, method: Any, images: Tensor) -> None:
+        out = method.purify(images)
+        assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+
+    def test_input_not_mutated(self, method: Any, images: Tensor) -> None:
+        before = images.clone()
+        method.purify(images)
+        assert (images == before).all()
+
+    def test_deterministic_with_seed(self, method: Any, images: Tensor) -> None:
+        import torch
+
+        assert torch.equal(method.purify(images, generator=_generator(1)), method.purify(images, generator=_generator(1)))
+
+    def test_gradient_flows(self, method: Any, images: Tensor) -> None:
+        import torch
+
+        x = images.clone().requires_grad_(True)
+        out = method.purify_differentiable(x, generator=_generator(1))
+        assert out.shape == images.shape
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        assert grad.abs().sum() > 0
+
+
+class MetricContract(MethodContract):
+    """Contract of a :class:`~facedefense.Metric`: finite values, one per image, deterministic,
+    identical inputs at the good end."""
+
+    def test_values(self, method: Any, images: Tensor) -> None:
+        import math
+
+        references = images if method.needs_reference else None
+        result = method.compute(images, references)
+        assert len(result.per_image) == images.shape[0]
+        assert all(math.isfinite(v) for v in result.per_image)
+        assert method.compute(images, references).per_image == result.per_image
+
+    def test_identical_scores_at_good_end(self, method: Any, images: Tensor) -> None:
+        import torch
+
+        if not method.needs_reference:
+            pytest.skip("no-reference metric")
+        noisy = (images + 0.1 * torch.randn(images.shape, generator=_generator(2))).clamp(0, 1)
+        same = method.compute(images, images).value
+        different = method.compute(noisy, images).value
+        assert (same > different) if method.higher_is_better else (same < different)

@@ -1,0 +1,1 @@
+"""Built-in iterative defenders: per-image optimization against a surrogate diffusion model."""

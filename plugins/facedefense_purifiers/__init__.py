@@ -1,0 +1,1 @@
+"""Built-in purifiers: counter-measures an adversary applies before attacking."""

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install facedefense with everything the tests and docs need, CPU-only.
+# torch is pinned through constraints.txt (torch==2.13.0+cpu): without the pin, pip would pull a
+# newer CUDA torch and gigabytes of nvidia packages when resolving torchvision or lpips.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+export PIP_CONSTRAINT="$PWD/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
+pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+.venv/bin/python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
+pip install -q -e ".[metrics,docs,test]"
+pip install -q --no-deps -e examples/facedefense-example-plugin
+if .venv/bin/python -m pip list 2>/dev/null | grep -qiE '^(nvidia-|triton )'; then
+  echo "error: CUDA packages were installed; check constraints.txt" >&2
+  exit 1
+fi

@@ -1,0 +1,50 @@
+"""Shared fixtures: the tiny-model kit, a fast test defender, sample files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytest_plugins = ["facedefense.testing.fixtures"]
+
+
+@pytest.fixture
+def shift_defender():
+    """Register ``test_shift`` (adds +eps everywhere it can) in the process registry for CLI tests."""
+    from facedefense.interfaces import Defender, DefenderConfig
+    from facedefense.registry import MethodSpec, get_registry
+
+    @dataclass
+    class ShiftConfig(DefenderConfig):
+        device: str = "cpu"
+
+    class Shift(Defender):
+        name: ClassVar[str] = "test_shift"
+        Config: ClassVar[type] = ShiftConfig
+
+        def _perturb(self, images, generator):
+            return images + self.config.eps
+
+    registry = get_registry()
+    registry.add(MethodSpec("defender", "test_shift", Shift, "tests"))
+    yield Shift
+    del registry.specs["defender"]["test_shift"]
+
+
+@pytest.fixture
+def png_folder(tmp_path):
+    """A folder with three small RGB PNGs (two 48x40, one 40x56)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a": (48, 40), "b": (48, 40), "c": (40, 56)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    return folder
