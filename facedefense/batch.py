@@ -106,7 +106,7 @@ def _run(
     report = RunReport(output_dir / MANIFEST_NAME, manifest, manifest["images"], manifest["failures"])
     bar = tqdm(total=len(paths), desc=f"{command} ({method_info.get('name', '')})", unit="img", disable=not progress)
     try:
-        for batch in _batches(iter_images(paths), batch_size, report.failed):
+        for batch in _batches(iter_images(paths, prefetch=batch_size + 1), batch_size, report.failed):
             started = time.perf_counter()
             images = torch.cat([item.pixels for item in batch])
             outputs, stats = process(images)

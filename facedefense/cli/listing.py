@@ -68,6 +68,39 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
         typer.echo(f"warning: {problem}", err=True)
 
 
+@friendly_errors
+def info(
+    name: Annotated[str, typer.Argument(help="Method name (any kind).", show_default=False)],
+    kind: Annotated[str | None, typer.Option(help="Kind, when the name exists in several.")] = None,
+) -> None:
+    """Show a method's documentation and its options with their defaults (imports the method)."""
+    import dataclasses
+    import inspect
+
+    from facedefense.config import config_fields
+    from facedefense.errors import UnknownMethodError
+    from facedefense.registry import KINDS, get_registry
+
+    registry = get_registry()
+    kinds = [kind] if kind else [k for k in KINDS if name in registry.specs[k] or name in registry.aliases[k]]
+    if not kinds:
+        import difflib
+
+        known = sorted({n for k in KINDS for n in (*registry.specs[k], *registry.aliases[k])})
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownMethodError(f"unknown method '{name}'.{hint}")
+    spec = registry.get(kinds[0], name)
+    method = spec.load()
+    typer.echo(f"{spec.kind} '{spec.name}' from plugin '{spec.plugin}' ({spec.target_path})\n")
+    typer.echo(inspect.getdoc(method) or "(no documentation)")
+    typer.echo("\noptions (-o key=value):")
+    for field, annotation in config_fields(method.Config).items():
+        default = next(f.default for f in dataclasses.fields(method.Config) if f.name == field)
+        typer.echo(f"  {field}: {getattr(annotation, '__name__', annotation)} = {default!r}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("list")(list_methods)
     app.command()(plugins)
+    app.command()(info)

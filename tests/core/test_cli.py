@@ -137,3 +137,9 @@ def test_purify_and_evaluate(tmp_path, png_folder):
 
 def test_evaluate_needs_reference_for_psnr(png_folder):
     assert_one_line_error(invoke("evaluate", png_folder, "--metric", "psnr"), match="need --reference")
+
+
+def test_info_shows_documentation_and_options():
+    result = invoke("info", "jpeg")
+    assert result.exit_code == 0 and "quality: int = 75" in result.stdout and "purifier 'jpeg'" in result.stdout
+    assert_one_line_error(invoke("info", "jpg"), match="Did you mean: jpeg")
