@@ -12,7 +12,7 @@ from facedefense_iterative.photoguard import PhotoGuard
 class TestPhotoGuard(DefenderContract):
     def make_method(self, request):
         model = str(request.getfixturevalue("tiny_sd_path"))
-        return PhotoGuard(model=model, eps=self.eps, steps=6, step_size=2 / 255, device="cpu", dtype="float32")
+        return PhotoGuard(model=model, eps=self.eps, steps=6, step_size=2 / 255, resolution=None, device="cpu", dtype="float32")
 
     def objective(self, method, images, generator):
         import torch
@@ -40,7 +40,9 @@ def test_gray_target_moves_latent_toward_gray(tiny_sd_path, face_images):
 
     from facedefense.diffusion import latent_mean
 
-    defender = PhotoGuard(model=str(tiny_sd_path), target="gray", steps=5, step_size=2 / 255, device="cpu", dtype="float32")
+    defender = PhotoGuard(
+        model=str(tiny_sd_path), target="gray", steps=5, step_size=2 / 255, resolution=None, device="cpu", dtype="float32"
+    )
     result = defender.protect(face_images)
     gray = torch.full_like(face_images[:1], 0.5)
     with torch.no_grad():

@@ -1,0 +1,161 @@
+"""Load Stable Diffusion components and pipelines from a local folder or a Hugging Face id.
+
+Everything goes through ``from_pretrained``, so a tiny test model and Stable Diffusion take the same
+path. A model that cannot be found (offline, not cached, wrong folder) raises one
+:class:`~facedefense.errors.ModelNotFoundError` line that says how to get it. No
+``trust_remote_code``, ever.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facedefense._compat.torchvision_ops import ensure_torchvision_importable
+from facedefense.errors import ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
+
+#: Pipeline kind -> diffusers class name.
+PIPELINE_KINDS = {
+    "text2img": "StableDiffusionPipeline",
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "instruct_pix2pix": "StableDiffusionInstructPix2PixPipeline",
+    "inpaint": "StableDiffusionInpaintPipeline",
+    "upscale_x4": "StableDiffusionUpscalePipeline",
+}
+#: Component name -> (module, class) loaded from the model's subfolder of the same name.
+COMPONENTS = {
+    "vae": ("diffusers", "AutoencoderKL"),
+    "unet": ("diffusers", "UNet2DConditionModel"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+    "scheduler": ("diffusers", "DDPMScheduler"),
+}
+
+
+@dataclass
+class SDComponents:
+    """Frozen Stable Diffusion parts (None where not requested).
+
+    Attributes:
+        model: the folder or id they came from.
+        vae, unet, text_encoder, tokenizer: eval mode, ``requires_grad`` off, on the device/dtype asked.
+        scheduler: the training-noise scheduler (DDPM with the model's betas).
+    """
+
+    model: str
+    vae: Any = None
+    unet: Any = None
+    text_encoder: Any = None
+    tokenizer: Any = None
+    scheduler: Any = None
+
+    @property
+    def scaling_factor(self) -> float:
+        """Latent scaling factor of the VAE (0.18215 for SD 1.x/2.x)."""
+        return float(self.vae.config.scaling_factor)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _not_found(model: str, detail: str = "") -> ModelNotFoundError:
+    if Path(model).expanduser().exists() or model.startswith((".", "/", "~")):
+        how = "pass a diffusers folder (model_index.json with vae/, unet/, ... subfolders)"
+        return ModelNotFoundError(f"model '{model}' cannot be loaded{detail}; {how}")
+    return ModelNotFoundError(
+        f"model '{model}' is not a local folder and could not be loaded from the Hugging Face cache or hub{detail}; "
+        f"download it on a connected machine with `huggingface-cli download {model}` or pass a local diffusers folder"
+    )
+
+
+def _from_pretrained(cls: Any, model: str, **kwargs: Any) -> Any:
+    local = Path(model).expanduser()
+    if local.exists() and not local.is_dir():
+        raise ModelNotFoundError(f"model '{model}' is a file, not a diffusers folder")
+    if not local.exists() and model.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model folder '{model}' does not exist")
+    source = str(local) if local.exists() else model
+    try:
+        return cls.from_pretrained(source, local_files_only=_offline() or local.exists(), **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        subfolder = kwargs.get("subfolder")
+        detail = f" (component '{subfolder}')" if subfolder else ""
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _not_found(model, f"{detail}: {first_line[:200]}") from exc
+
+
+def load_components(
+    model: str,
+    *,
+    components: tuple[str, ...] = ("vae", "unet", "text_encoder", "tokenizer", "scheduler"),
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> SDComponents:
+    """Load the requested parts of a Stable Diffusion model, frozen.
+
+    Args:
+        model: local diffusers folder or Hugging Face id.
+        components: any of ``vae``, ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``.
+        device: where the networks go.
+        dtype: network precision (default float32).
+
+    Raises:
+        ModelNotFoundError: the model or one of its components cannot be found or read.
+
+    Example:
+        >>> parts = load_components("runwayml/stable-diffusion-v1-5", components=("vae",), device="cuda")
+    """
+    import importlib
+
+    import torch
+
+    ensure_torchvision_importable()
+    unknown = set(components) - set(COMPONENTS)
+    if unknown:
+        raise ConfigError(f"unknown component(s) {', '.join(sorted(unknown))}; expected {', '.join(COMPONENTS)}")
+    loaded = SDComponents(model=model)
+    for name in components:
+        module, class_name = COMPONENTS[name]
+        cls = getattr(importlib.import_module(module), class_name)
+        is_network = isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+        extra = {"dtype": dtype or torch.float32} if is_network else {}
+        part = _from_pretrained(cls, model, subfolder=name, **extra)
+        if is_network:
+            part = part.to(device).eval().requires_grad_(False)
+        setattr(loaded, name, part)
+    return loaded
+
+
+def load_pipeline(
+    model: str,
+    kind: str = "text2img",
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> Any:
+    """Load a diffusers pipeline of one of :data:`PIPELINE_KINDS` (safety checker off).
+
+    Raises:
+        ConfigError: unknown kind.
+        ModelNotFoundError: the model cannot be found or read.
+    """
+    import importlib
+
+    import torch
+
+    if kind not in PIPELINE_KINDS:
+        raise ConfigError(f"unknown pipeline kind '{kind}'; expected one of {', '.join(PIPELINE_KINDS)}")
+    ensure_torchvision_importable()
+    cls = getattr(importlib.import_module("diffusers"), PIPELINE_KINDS[kind])
+    extra = {} if kind == "upscale_x4" else {"safety_checker": None, "requires_safety_checker": False}
+    pipeline = _from_pretrained(cls, model, dtype=dtype or torch.float32, **extra)
+    pipeline = pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=not progress)
+    return pipeline
