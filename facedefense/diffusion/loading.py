@@ -60,6 +60,16 @@ class SDComponents:
         return float(self.vae.config.scaling_factor)
 
 
+def _prepare_imports() -> None:
+    """Make torchvision importable and silence the per-file loading bars of diffusers/transformers."""
+    ensure_torchvision_importable()
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
@@ -115,7 +125,7 @@ def load_components(
 
     import torch
 
-    ensure_torchvision_importable()
+    _prepare_imports()
     unknown = set(components) - set(COMPONENTS)
     if unknown:
         raise ConfigError(f"unknown component(s) {', '.join(sorted(unknown))}; expected {', '.join(COMPONENTS)}")
@@ -152,7 +162,7 @@ def load_pipeline(
 
     if kind not in PIPELINE_KINDS:
         raise ConfigError(f"unknown pipeline kind '{kind}'; expected one of {', '.join(PIPELINE_KINDS)}")
-    ensure_torchvision_importable()
+    _prepare_imports()
     cls = getattr(importlib.import_module("diffusers"), PIPELINE_KINDS[kind])
     extra = {} if kind == "upscale_x4" else {"safety_checker": None, "requires_safety_checker": False}
     pipeline = _from_pretrained(cls, model, dtype=dtype or torch.float32, **extra)
