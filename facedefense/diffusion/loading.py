@@ -93,7 +93,7 @@ def _from_pretrained(cls: Any, model: str, **kwargs: Any) -> Any:
     source = str(local) if local.exists() else model
     try:
         return cls.from_pretrained(source, local_files_only=_offline() or local.exists(), **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         subfolder = kwargs.get("subfolder")
         detail = f" (component '{subfolder}')" if subfolder else ""
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from facedefense._compat.torchvision_ops import ensure_torchvision_importable
 
 if TYPE_CHECKING:
-    import torch
     from torch import Tensor
 
 CROSS_ATTENTION_DIM = 32

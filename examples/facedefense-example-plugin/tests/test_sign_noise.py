@@ -1,7 +1,8 @@
 """The example plugin passes facedefense's shipped defender contract."""
 
-from facedefense.testing.contracts import DefenderContract
 from facedefense_example_plugin.sign_noise import SignNoise
+
+from facedefense.testing.contracts import DefenderContract
 
 pytest_plugins = ["facedefense.testing.fixtures"]
 

@@ -1,0 +1,162 @@
+"""Reading and writing the amortized defenders' weights safely, and knowing their budget.
+
+Weights are read without unpickling code: safetensors, or a legacy ``.bin``/``.pth`` through
+``torch.load(weights_only=True)``. The budget a network was trained for is part of the network (it
+scales a tanh), so it travels with the weights: in a sidecar ``<checkpoint>.json`` written by
+:func:`save_checkpoint`, or, for the official releases, in the file name (``ASDS-eps-12_255.bin``,
+``G_per16_pretrain.pth``), whose numbers are in the reference's [-1, 1] units.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facedefense.errors import ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+SIDECAR_SUFFIX = ".json"
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Load a flat ``name -> tensor`` dict from safetensors or a weights-only torch pickle.
+
+    Raises:
+        ModelNotFoundError: missing, unreadable, or not a state dict of tensors.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, wrong format
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"checkpoint {path} cannot be read as weights: {first[:200]}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelNotFoundError(f"checkpoint {path} is not a state dict of tensors")
+    return state
+
+
+def sidecar_path(checkpoint: str | Path) -> Path:
+    """``weights.safetensors`` -> ``weights.safetensors.json``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The sidecar metadata of a checkpoint, or None when there is none."""
+    path = sidecar_path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"checkpoint metadata {path} is not valid JSON: {exc}") from exc
+
+
+def budget_from_name(checkpoint: str | Path, pattern: str) -> float | None:
+    """Budget in [0, 1] units read from an official file name, whose number is /255 in [-1, 1].
+
+    Example:
+        >>> round(budget_from_name("ASDS-eps-12_255.bin", r"eps-?(\\d+(?:\\.\\d+)?)_255") * 255, 6)
+        6.0
+    """
+    match = re.search(pattern, Path(checkpoint).name)
+    return float(match.group(1)) / 255.0 / 2.0 if match else None
+
+
+def resolve_budget(
+    method: str, checkpoint: str | Path, requested: float | None, pattern: str
+) -> tuple[float, str]:
+    """The budget a checkpoint was trained for, checked against the one requested.
+
+    Returns:
+        ``(eps, source)`` with eps in [0, 1] units and a description of where it came from.
+
+    Raises:
+        ConfigError: the requested budget differs from the trained one, or neither is known.
+    """
+    sidecar = read_sidecar(checkpoint) or {}
+    if "eps" in sidecar:
+        trained, source = float(sidecar["eps"]), f"its metadata {sidecar_path(checkpoint).name}"
+    else:
+        trained = budget_from_name(checkpoint, pattern)
+        source = f"its name ({Path(checkpoint).name})"
+    if trained is None:
+        if requested is None:
+            raise ConfigError(
+                f"{method}: cannot tell which budget {Path(checkpoint).name} was trained for (no metadata, "
+                "no official file name); pass --eps in [0, 1] units, e.g. 8/255"
+            )
+        return requested, "the --eps option"
+    if requested is not None and abs(requested - trained) > 1e-6:
+        raise ConfigError(
+            f"{method}: checkpoint {Path(checkpoint).name} was trained for {trained * 255:g}/255 in facedefense's "
+            f"[0, 1] units ({trained * 510:g}/255 in the reference's [-1, 1] units), but --eps is "
+            f"{requested * 255:g}/255; drop --eps or use {trained * 255:g}/255"
+        )
+    return trained, source
+
+
+def save_checkpoint(
+    network: nn.Module, path: str | Path, *, method: str, eps: float, architecture: dict[str, Any]
+) -> Path:
+    """Save weights as safetensors plus the sidecar (method, budget in [0, 1] units, architecture)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in network.state_dict().items()}
+    save_file(state, str(path))
+    metadata = {"method": method, "eps": eps, "units": "[0,1]", "architecture": architecture}
+    sidecar_path(path).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_network(network: nn.Module, state: dict[str, Tensor], *, method: str, checkpoint: str | Path) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming what does not match."""
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        details = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                details.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise ModelNotFoundError(f"{Path(checkpoint).name} is not a {method} checkpoint: {'; '.join(details)}")
+    network.load_state_dict(state, strict=True)
+
+
+def sidecar_architecture(checkpoint: str | Path, network_class: type, *, method: str) -> dict[str, Any]:
+    """Architecture keyword arguments from the sidecar, checked against ``network_class``.
+
+    Raises:
+        ModelNotFoundError: the sidecar belongs to another method or names unknown arguments.
+    """
+    import inspect
+
+    sidecar = read_sidecar(checkpoint) or {}
+    if sidecar.get("method", method) != method:
+        raise ModelNotFoundError(f"{Path(checkpoint).name} is a {sidecar['method']} checkpoint, not {method}")
+    architecture = dict(sidecar.get("architecture", {}))
+    accepted = set(inspect.signature(network_class).parameters)
+    unknown = sorted(set(architecture) - accepted)
+    if unknown:
+        raise ModelNotFoundError(
+            f"{Path(checkpoint).name} is not a {method} checkpoint: its metadata names unknown architecture "
+            f"argument(s) {', '.join(unknown)}"
+        )
+    return architecture

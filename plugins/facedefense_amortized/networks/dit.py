@@ -1,0 +1,206 @@
+"""RID's perturbation network: a DiT (Peebles & Xie, arXiv:2212.09748) with its conditioning removed.
+
+Parameter names and shapes follow the reference ``libs/DiT.py`` of Guohanzhong/RID, so the
+official checkpoints load with ``strict=True``. The reference feeds a zero conditioning vector, so
+every adaLN-Zero modulation ``Linear(SiLU(0))`` reduces to that layer's bias: the forward pass uses
+the biases directly (exactly the same result, no wasted matrix products). The timestep and label
+embedders are never used; they exist only so that checkpoints keep their keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: The released RID architecture.
+RID_ARCHITECTURE = {
+    "input_size": 512,
+    "patch_size": 16,
+    "in_channels": 3,
+    "hidden_size": 1152,
+    "depth": 14,
+    "num_heads": 8,
+    "mlp_ratio": 4.0,
+    "num_classes": 1000,
+}
+
+
+def sincos_position_embedding(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding (MAE/DiT layout): (grid * grid, dim)."""
+    half = dim // 2
+    frequencies = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64) / (half / 2))
+    coordinates = torch.arange(grid, dtype=torch.float64)
+    rows, columns = torch.meshgrid(coordinates, coordinates, indexing="ij")
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1) * frequencies.reshape(1, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(columns), encode(rows)], dim=1).float()
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens: (N, C, H, W) -> (N, H*W/p^2, D)."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(attended.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU (tanh approximation) -> Linear."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def _modulation(hidden_size: int, chunks: int) -> nn.Sequential:
+    return nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, chunks * hidden_size))
+
+
+class DiTBlock(nn.Module):
+    """Transformer block with adaLN-Zero modulation (here: learned constant shift/scale/gate)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = _modulation(hidden_size, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation[1].bias.chunk(6)
+        x = x + gate_a * self.attn(self.norm1(x) * (1 + scale_a) + shift_a)
+        return x + gate_m * self.mlp(self.norm2(x) * (1 + scale_m) + shift_m)
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm -> modulation -> Linear to patch pixels."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = _modulation(hidden_size, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation[1].bias.chunk(2)
+        return self.linear(self.norm_final(x) * (1 + scale) + shift)
+
+
+class TimestepEmbedder(nn.Module):
+    """Unused by RID (zero conditioning); kept so checkpoints keep their ``t_embedder.*`` keys."""
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+
+class LabelEmbedder(nn.Module):
+    """Unused by RID; kept for the ``y_embedder.embedding_table`` key (classes + 1 dropout row)."""
+
+    def __init__(self, num_classes: int, hidden_size: int) -> None:
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+
+class PerturbationDiT(nn.Module):
+    """The RID defender network: image in [-1, 1] -> raw perturbation logits.
+
+    ``delta = scale * tanh(network(x))`` with ``scale`` in [-1, 1] units (applied by the defender).
+
+    Args:
+        input_size: image side in pixels (square). Default 512.
+        patch_size: patch side. Default 16 (32 x 32 = 1024 tokens at 512).
+        in_channels: image channels. Default 3.
+        hidden_size: token width. Default 1152.
+        depth: transformer blocks. Default 14.
+        num_heads: attention heads. Default 8.
+        mlp_ratio: MLP width / token width. Default 4.
+        num_classes: size of the unused label table (checkpoint compatibility). Default 1000.
+
+    Shape:
+        (N, 3, input_size, input_size) in [-1, 1] -> same shape, unbounded.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 512,
+        patch_size: int = 16,
+        in_channels: int = 3,
+        hidden_size: int = 1152,
+        depth: int = 14,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.input_size, self.patch_size, self.channels = input_size, patch_size, in_channels
+        grid = input_size // patch_size
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size)
+        self.pos_embed = nn.Parameter(sincos_position_embedding(hidden_size, grid)[None], requires_grad=False)
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DiT initialisation: xavier linears, zero modulation and output, so delta starts at 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        weight = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for module in [*self.blocks, self.final_layer]:
+            nn.init.zeros_(module.adaLN_modulation[1].weight)
+            nn.init.zeros_(module.adaLN_modulation[1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.x_embedder(x) + self.pos_embed
+        for block in self.blocks:
+            tokens = block(tokens)
+        patches = self.final_layer(tokens)
+        return self.unpatchify(patches)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, T, p*p*C) -> (N, C, H, W)."""
+        batch, tokens, _ = patches.shape
+        grid, p, c = math.isqrt(tokens), self.patch_size, self.channels
+        patches = patches.reshape(batch, grid, grid, p, p, c)
+        return patches.permute(0, 5, 1, 3, 2, 4).reshape(batch, c, grid * p, grid * p)

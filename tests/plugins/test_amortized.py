@@ -1,0 +1,318 @@
+"""RID and GAP-Diff: official checkpoint layout, budgets, reproduction of the reference networks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from facedefense.errors import ConfigError, ModelNotFoundError
+from facedefense.testing.contracts import DefenderContract
+from facedefense_amortized.checkpoints import save_checkpoint, sidecar_path
+from facedefense_amortized.gap_diff import GAPDiff
+from facedefense_amortized.networks import RID_ARCHITECTURE, GAPGenerator, PerturbationDiT
+from facedefense_amortized.rid import RID
+
+SMALL_DIT = {"input_size": 64, "patch_size": 16, "hidden_size": 32, "depth": 2, "num_heads": 4, "num_classes": 10}
+
+
+# --- test-side references, written in the structure of the reference code --------------------------
+
+
+class ReferenceDiT(nn.Module):
+    """RID's libs/DiT.py structure (timm PatchEmbed/Attention/Mlp, adaLN from a zero vector)."""
+
+    def __init__(self, input_size, patch_size, hidden_size, depth, num_heads, num_classes, in_channels=3, mlp_ratio=4.0):
+        super().__init__()
+        from facedefense._compat.torchvision_ops import ensure_torchvision_importable
+
+        ensure_torchvision_importable()
+        from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
+
+        self.patch_size, self.out_channels = patch_size, in_channels
+        self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
+        self.t_embedder = nn.Module()
+        self.t_embedder.mlp = nn.Sequential(nn.Linear(256, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.y_embedder = nn.Module()
+        self.y_embedder.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.x_embedder.num_patches, hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            block = nn.Module()
+            block.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+            block.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
+            block.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+            block.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=lambda: nn.GELU(approximate="tanh"), drop=0)
+            block.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+            self.blocks.append(block)
+        self.final_layer = nn.Module()
+        self.final_layer.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.final_layer.linear = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
+        self.final_layer.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x):
+        def modulate(t, shift, scale):
+            return t * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+        x = self.x_embedder(x) + self.pos_embed
+        c = torch.zeros(x.shape[0], x.shape[-1])
+        for b in self.blocks:
+            sa, ca, ga, sm, cm, gm = b.adaLN_modulation(c).chunk(6, dim=1)
+            x = x + ga.unsqueeze(1) * b.attn(modulate(b.norm1(x), sa, ca))
+            x = x + gm.unsqueeze(1) * b.mlp(modulate(b.norm2(x), sm, cm))
+        shift, scale = self.final_layer.adaLN_modulation(c).chunk(2, dim=1)
+        x = self.final_layer.linear(modulate(self.final_layer.norm_final(x), shift, scale))
+        p, c_out, h = self.patch_size, self.out_channels, int(x.shape[1] ** 0.5)
+        x = torch.einsum("nhwpqc->nchpwq", x.reshape(x.shape[0], h, h, p, p, c_out))
+        return x.reshape(x.shape[0], c_out, h * p, h * p)
+
+
+class ReferenceResnetBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=False), nn.BatchNorm2d(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=False), nn.BatchNorm2d(dim),
+        )
+
+    def forward(self, x):
+        return x + self.conv_block(x)
+
+
+class ReferenceGenerator(nn.Module):
+    """GAP-Diff's models/Generator.py structure, in-place activations included."""
+
+    def __init__(self, ngf=8):
+        super().__init__()
+        chans = [3, ngf, ngf * 2, ngf * 4, ngf * 8, ngf * 8, ngf * 8, ngf * 8, ngf * 8]
+        for i in range(8):
+            setattr(self, f"conv{i + 1}", nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1))
+        dec = [(8, 8), (16, 8), (16, 8), (16, 8), (16, 4), (8, 2), (4, 1)]
+        for i, (a, b) in enumerate(dec):
+            setattr(self, f"dconv{i + 1}", nn.ConvTranspose2d(ngf * a, ngf * b, 4, 2, 1))
+        self.dconv8 = nn.ConvTranspose2d(ngf * 2, 3, 4, 2, 1)
+        self.bottle_neck = nn.Sequential(*[ReferenceResnetBlock(ngf * 8) for _ in range(4)])
+        self.norm, self.norm2, self.norm4, self.norm8 = (nn.BatchNorm2d(ngf * k) for k in (1, 2, 4, 8))
+        self.leaky_relu, self.act, self.dropout = nn.LeakyReLU(0.2, True), nn.SELU(True), nn.Dropout(0.5)
+
+    def forward(self, x):
+        e1 = self.conv1(x)
+        e2 = self.norm2(self.conv2(self.leaky_relu(e1)))
+        e3 = self.norm4(self.conv3(self.leaky_relu(e2)))
+        e4 = self.norm8(self.conv4(self.leaky_relu(e3)))
+        e5 = self.norm8(self.conv5(self.leaky_relu(e4)))
+        e6 = self.norm8(self.conv6(self.leaky_relu(e5)))
+        e7 = self.norm8(self.conv7(self.leaky_relu(e6)))
+        e8 = self.bottle_neck(self.conv8(self.leaky_relu(e7)))
+        d1 = torch.cat((self.dropout(self.norm8(self.dconv1(self.act(e8)))), e7), 1)
+        d2 = torch.cat((self.dropout(self.norm8(self.dconv2(self.act(d1)))), e6), 1)
+        d3 = torch.cat((self.dropout(self.norm8(self.dconv3(self.act(d2)))), e5), 1)
+        d4 = torch.cat((self.norm8(self.dconv4(self.act(d3))), e4), 1)
+        d5 = torch.cat((self.norm4(self.dconv5(self.act(d4))), e3), 1)
+        d6 = torch.cat((self.norm2(self.dconv6(self.act(d5))), e2), 1)
+        d7 = torch.cat((self.norm(self.dconv7(self.act(d6))), e1), 1)
+        return torch.tanh(self.dconv8(self.act(d7)))
+
+
+def randomize(module, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point():
+                scale = 0.5 if "running_var" in name else 0.2
+                values = torch.randn(tensor.shape, generator=generator) * scale
+                tensor.copy_(values.abs() + 0.5 if "running_var" in name else values)
+    return module
+
+
+# --- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rid_checkpoint(tmp_path_factory):
+    """An 'official' RID file (torch.save of the reference network's state dict) + sidecar architecture."""
+    reference = randomize(ReferenceDiT(**SMALL_DIT)).eval()
+    path = tmp_path_factory.mktemp("rid") / "ASDS-eps-12_255.bin"
+    torch.save(reference.state_dict(), path)
+    sidecar_path(path).write_text(json.dumps({"architecture": SMALL_DIT}))
+    return path, reference
+
+
+@pytest.fixture(scope="module")
+def gap_checkpoint(tmp_path_factory):
+    reference = randomize(ReferenceGenerator(ngf=8), seed=1).eval()
+    path = tmp_path_factory.mktemp("gap") / "G_per16_pretrain.pth"
+    torch.save({f"generator.{k}": v for k, v in reference.state_dict().items()}, path)
+    sidecar_path(path).write_text(json.dumps({"architecture": {"ngf": 8}}))
+    return path, reference
+
+
+# --- contract ---------------------------------------------------------------------------------------
+
+
+class TestRIDContract(DefenderContract):
+    eps = 6 / 255
+
+    def make_method(self, request):
+        path, _ = request.getfixturevalue("rid_checkpoint")
+        return RID(checkpoint=str(path), device="cpu", dtype="float32")
+
+
+class TestGAPDiffContract(DefenderContract):
+    def make_method(self, request):
+        path, _ = request.getfixturevalue("gap_checkpoint")
+        return GAPDiff(checkpoint=str(path), device="cpu", dtype="float32")
+
+
+# --- checkpoints and budgets ------------------------------------------------------------------------
+
+
+def test_real_size_rid_keys_and_shapes_match_the_reference():
+    with torch.device("meta"):
+        ours = PerturbationDiT(**RID_ARCHITECTURE).state_dict()
+        reference = ReferenceDiT(**{k: RID_ARCHITECTURE[k] for k in ("input_size", "patch_size", "hidden_size", "depth", "num_heads", "num_classes")}).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+    parameters = sum(v.numel() for v in ours.values())
+    assert parameters == pytest.approx(343.06e6, rel=1e-3)
+
+
+def test_real_size_gap_keys_and_shapes_match_the_reference():
+    with torch.device("meta"):
+        ours, reference = GAPGenerator().state_dict(), ReferenceGenerator(ngf=64).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+
+
+def test_rid_budget_comes_from_the_official_name(rid_checkpoint):
+    path, _ = rid_checkpoint
+    rid = RID(checkpoint=str(path), device="cpu")
+    assert rid.config.eps == pytest.approx(6 / 255)
+    with pytest.raises(ConfigError, match=r"trained for 6/255 .*\[0, 1\].*12/255 in the reference's \[-1, 1\]"):
+        RID(checkpoint=str(path), eps=12 / 255, device="cpu")
+
+
+def test_rid_budget_from_sidecar_and_unknown(tmp_path):
+    network = PerturbationDiT(**SMALL_DIT)
+    path = save_checkpoint(network, tmp_path / "mine.safetensors", method="rid", eps=4 / 255, architecture=SMALL_DIT)
+    assert RID(checkpoint=str(path), device="cpu").config.eps == pytest.approx(4 / 255)
+    anonymous = tmp_path / "weights.bin"
+    torch.save(network.state_dict(), anonymous)
+    sidecar_path(anonymous).write_text(json.dumps({"architecture": SMALL_DIT}))
+    with pytest.raises(ConfigError, match="pass --eps"):
+        RID(checkpoint=str(anonymous), device="cpu")
+    assert RID(checkpoint=str(anonymous), eps=5 / 255, device="cpu").config.eps == pytest.approx(5 / 255)
+
+
+def test_missing_and_wrong_checkpoints(tmp_path, rid_checkpoint):
+    with pytest.raises(ConfigError, match="Guohanzhong/RID"):
+        RID(device="cpu")
+    with pytest.raises(ConfigError, match="AIASLab/GAP-Diff"):
+        GAPDiff(device="cpu")
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        RID(checkpoint=str(tmp_path / "nope.bin"), device="cpu")
+    garbage = tmp_path / "ASDS-eps-8_255.bin"
+    garbage.write_bytes(b"not a pickle")
+    with pytest.raises(ModelNotFoundError, match="cannot be read"):
+        RID(checkpoint=str(garbage), device="cpu")
+    path, _ = rid_checkpoint
+    with pytest.raises(ModelNotFoundError, match="not a gap_diff checkpoint"):
+        GAPDiff(checkpoint=str(path), eps=8 / 255, device="cpu")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "ASDS-eps-8_255.bin"
+    torch.save({"weights": nn.Linear(2, 2)}, path)  # a module object, not tensors
+    with pytest.raises(ModelNotFoundError):
+        RID(checkpoint=str(path), device="cpu")
+
+
+# --- reproduction of the reference ------------------------------------------------------------------
+
+
+def reference_rid_protect(reference, image01, eps_reference):
+    """infer.py without its crop: (x + DiT(x)) / 2 + 0.5 with DiT ending in (eps/255) tanh."""
+    with torch.no_grad():
+        x = image01 * 2 - 1
+        attacked = x + torch.tanh(reference(x)) * eps_reference / 255
+        return (attacked / 2 + 0.5).clamp(0, 1)
+
+
+def test_rid_cli_reproduces_reference_within_one_gray_level(tmp_path, rid_checkpoint):
+    from typer.testing import CliRunner
+
+    from facedefense.cli import build_app
+
+    path, reference = rid_checkpoint
+    array = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "photo.png")
+    args = ["protect", str(tmp_path / "photo.png"), "--method", "rid", "--checkpoint", str(path),
+            "--eps", "6/255", "--dtype", "float32", "--device", "cpu", "--output", str(tmp_path / "out")]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    ours = np.asarray(Image.open(tmp_path / "out" / "photo.png")).astype(int)
+    expected = reference_rid_protect(reference, torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255, 12)
+    expected = np.round(expected[0].permute(1, 2, 0).numpy() * 255).astype(int)
+    assert np.abs(ours - expected).max() <= 1
+    assert np.abs(ours - array).max() <= 6 and (ours != array).any()
+
+
+def test_gap_diff_reproduces_reference_within_one_gray_level(gap_checkpoint, face_images):
+    path, reference = gap_checkpoint
+    images = torch.nn.functional.interpolate(face_images, size=(512, 512), mode="bilinear").clamp(0, 1)
+    images = torch.round(images * 255) / 255
+    ours = GAPDiff(checkpoint=str(path), eps=8 / 255, device="cpu", dtype="float32").protect(images).images
+    with torch.no_grad():
+        x = images * 2 - 1
+        expected = ((x + reference(x) * 16 / 255).clamp(-1, 1) + 1) / 2
+    assert ((ours - expected).abs().max() * 255).item() <= 1.0
+
+
+def test_gap_diff_train_mode_is_stochastic_but_seeded(gap_checkpoint, face_images):
+    path, _ = gap_checkpoint
+    defender = GAPDiff(checkpoint=str(path), train_mode=True, device="cpu", dtype="float32")
+    generator = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    first = defender.protect(face_images, generator=generator(1)).images
+    assert torch.equal(first, defender.protect(face_images, generator=generator(1)).images)
+    assert not torch.equal(first, defender.protect(face_images, generator=generator(2)).images)
+
+
+@pytest.mark.parametrize("size", [(40, 90), (300, 200), (520, 770)])
+def test_gap_diff_any_size(gap_checkpoint, size):
+    from facedefense.imaging import resize
+    from facedefense.testing.tiny_models import sample_faces
+
+    path, _ = gap_checkpoint
+    images = torch.round(resize(sample_faces(1, 128), size).clamp(0, 1) * 255) / 255
+    result = GAPDiff(checkpoint=str(path), device="cpu", dtype="float32").protect(images)
+    assert result.images.shape == images.shape and max(result.linf) <= 8 + 1e-3
+
+
+def test_rid_keeps_resolution_and_aspect(rid_checkpoint):
+    from facedefense.testing.tiny_models import sample_faces
+
+    path, _ = rid_checkpoint
+    images = sample_faces(2, 96)[..., :80]
+    result = RID(checkpoint=str(path), device="cpu", dtype="float32").protect(images)
+    assert result.images.shape == (2, 3, 96, 80) and max(result.linf) <= 6 + 1e-3
+
+
+def test_rid_low_precision_paths_stay_within_two_gray_levels(rid_checkpoint, face_images):
+    path, _ = rid_checkpoint
+    exact = RID(checkpoint=str(path), device="cpu", dtype="float32", quantize="none").protect(face_images).images
+    for options in ({"dtype": "bfloat16", "quantize": "none"}, {"dtype": "float32", "quantize": "int8"}):
+        fast = RID(checkpoint=str(path), device="cpu", **options).protect(face_images).images
+        assert (fast - exact).abs().max().item() * 255 <= 2.0 + 1e-4, options
+
+
+def test_sincos_embedding_matches_mae_layout():
+    from facedefense_amortized.networks.dit import sincos_position_embedding
+
+    embedding = sincos_position_embedding(8, 2)
+    # token (row 0, column 1): first half encodes the column, second half the row
+    assert embedding[1, 0].item() == pytest.approx(math.sin(1.0))
+    assert embedding[1, 4].item() == pytest.approx(0.0)
+    assert embedding[2, 4].item() == pytest.approx(math.sin(1.0))
