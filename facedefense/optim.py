@@ -16,8 +16,7 @@ def step_sizes(step_size: float, steps: int, schedule: Literal["constant", "line
     """Per-step sizes: constant, or PhotoGuard's linear decay from ``step_size`` to ``step_size / 100``.
 
     Example:
-        >>> [round(s, 4) for s in step_sizes(1.0, 3, "linear")]
-        [1.0, 0.67, 0.34]
+        ``step_sizes(1.0, 3, "linear")`` gives ``[1.0, 0.67, 0.34]``.
     """
     if schedule == "constant":
         return [step_size] * steps
