@@ -126,7 +126,10 @@ def save_checkpoint(
 
 
 def load_network(network: nn.Module, state: dict[str, Tensor], *, method: str, checkpoint: str | Path) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming what does not match."""
+    """``load_state_dict(strict=True)`` with a one-line error naming what does not match.
+
+    The tensors of ``state`` become the network's (``assign=True``): no second copy of the weights.
+    """
     own = network.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -137,7 +140,7 @@ def load_network(network: nn.Module, state: dict[str, Tensor], *, method: str, c
             if keys:
                 details.append(f"{len(keys)} {label} (e.g. {keys[0]})")
         raise ModelNotFoundError(f"{Path(checkpoint).name} is not a {method} checkpoint: {'; '.join(details)}")
-    network.load_state_dict(state, strict=True)
+    network.load_state_dict(state, strict=True, assign=True)
 
 
 def sidecar_architecture(checkpoint: str | Path, network_class: type, *, method: str) -> dict[str, Any]:

@@ -98,8 +98,8 @@ class RID(AmortizedDefender):
         architecture = {**RID_ARCHITECTURE, **sidecar_architecture(checkpoint, PerturbationDiT, method="rid")}
         with torch.device("meta"):
             network = PerturbationDiT(**architecture)
-        network = network.to_empty(device="cpu")
         load_network(network, state, method="rid", checkpoint=checkpoint)
+        del state
         self.input_size = architecture["input_size"]
         self.network = self._optimize(network.eval().requires_grad_(False))
 
@@ -140,4 +140,4 @@ def quantize_linear_int8(network: torch.nn.Module) -> torch.nn.Module:
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(network, targets, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(network, targets, dtype=torch.qint8, inplace=True)

@@ -51,3 +51,28 @@ def test_gray_target_moves_latent_toward_gray(tiny_sd_path, face_images):
         after = (latent_mean(defender.vae, result.images) - target).flatten(1).norm(dim=1)
     assert (after < before).all()
     assert all(s["objective_end"] < s["objective_start"] for s in result.stats)
+
+
+def test_cli_protects_a_folder_within_budget(tmp_path, tiny_sd_path, png_folder):
+    """The issue's acceptance command on a folder of small portraits."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from facedefense.cli import build_app
+
+    out = tmp_path / "out"
+    args = ["protect", str(png_folder), "--method", "photoguard", "--model", str(tiny_sd_path), "--eps", "8/255",
+            "--steps", "5", "--output", str(out), "--device", "cpu", "--dtype", "float32", "-o", "resolution=none"]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    for source in sorted(png_folder.glob("*.png")):
+        original = np.asarray(Image.open(source)).astype(int)
+        protected = np.asarray(Image.open(out / source.name)).astype(int)
+        assert protected.shape == original.shape
+        assert 0 < np.abs(protected - original).max() <= 8
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["method"]["name"] == "photoguard" and manifest["method"]["config"]["steps"] == 5
+    assert all(entry["within_budget"] for entry in manifest["images"])
