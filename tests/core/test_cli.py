@@ -143,3 +143,17 @@ def test_info_shows_documentation_and_options():
     result = invoke("info", "jpeg")
     assert result.exit_code == 0 and "quality: int = 75" in result.stdout and "purifier 'jpeg'" in result.stdout
     assert_one_line_error(invoke("info", "jpg"), match="Did you mean: jpeg")
+
+
+def test_make_tiny_model(tmp_path):
+    result = invoke("make-tiny-model", tmp_path / "ip2p", "--kind", "instruct_pix2pix")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ip2p" / "model_index.json").exists() and (tmp_path / "ip2p" / "unet").is_dir()
+    assert_one_line_error(invoke("make-tiny-model", tmp_path / "x", "--kind", "sdxl"), match="unknown tiny model kind")
+
+
+def test_demo_runs_end_to_end(tmp_path, png_folder):
+    result = invoke("demo", png_folder, "--output", tmp_path / "demo", "--steps", "1")
+    assert result.exit_code == 0, result.output
+    assert "DEMO" in result.stderr and "psnr" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "demo" / "protected").glob("*.png")) == ["a.png", "b.png", "c.png"]
