@@ -21,36 +21,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TRAINED_RECIPE = {"seed": 0, "steps": 300, "images": 4, "size": 128, "version": 1}
 
 
+def _built(factory: pytest.TempPathFactory, builder_name: str) -> Path:
+    from facedefense.testing import tiny_models
+
+    return getattr(tiny_models, builder_name)(factory.mktemp(builder_name.removeprefix("build_")))
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Stable Diffusion folder (VAE downsampling by 8)."""
-    from facedefense.testing.tiny_models import build_tiny_sd
-
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+    return _built(tmp_path_factory, "build_tiny_sd")
 
 
 @pytest.fixture(scope="session")
 def tiny_ip2p_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny InstructPix2Pix folder."""
-    from facedefense.testing.tiny_models import build_tiny_instruct_pix2pix
-
-    return build_tiny_instruct_pix2pix(tmp_path_factory.mktemp("tiny-ip2p"))
+    return _built(tmp_path_factory, "build_tiny_instruct_pix2pix")
 
 
 @pytest.fixture(scope="session")
 def tiny_inpaint_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny inpainting folder."""
-    from facedefense.testing.tiny_models import build_tiny_inpaint
-
-    return build_tiny_inpaint(tmp_path_factory.mktemp("tiny-inpaint"))
+    return _built(tmp_path_factory, "build_tiny_inpaint")
 
 
 @pytest.fixture(scope="session")
 def tiny_upscaler_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny x4-upscaler folder."""
-    from facedefense.testing.tiny_models import build_tiny_upscaler
-
-    return build_tiny_upscaler(tmp_path_factory.mktemp("tiny-upscaler"))
+    return _built(tmp_path_factory, "build_tiny_upscaler")
 
 
 def _cache_key() -> str:

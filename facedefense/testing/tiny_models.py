@@ -97,6 +97,22 @@ def _text_parts(seed: int) -> tuple[Any, Any]:
     return tokenizer, _text_encoder(seed, len(tokenizer))
 
 
+def _build_sd_family(pipeline_class: Any, directory: str | Path, *, seed: int, scheduler: Any, in_channels: int) -> Path:
+    """Assemble a Stable-Diffusion-shaped pipeline from tiny parts and save it."""
+    tokenizer, text_encoder = _text_parts(seed)
+    pipeline = pipeline_class(
+        vae=_vae(seed),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=_unet(seed, in_channels=in_channels),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return _save(pipeline, directory)
+
+
 def build_tiny_sd(directory: str | Path, *, seed: int = 0) -> Path:
     """Build a tiny Stable Diffusion (text-to-image) folder and return its path.
 
@@ -111,18 +127,7 @@ def build_tiny_sd(directory: str | Path, *, seed: int = 0) -> Path:
     ensure_torchvision_importable()
     from diffusers import StableDiffusionPipeline
 
-    tokenizer, text_encoder = _text_parts(seed)
-    pipeline = StableDiffusionPipeline(
-        vae=_vae(seed),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=_unet(seed),
-        scheduler=_training_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    return _save(pipeline, directory)
+    return _build_sd_family(StableDiffusionPipeline, directory, seed=seed, scheduler=_training_scheduler(), in_channels=4)
 
 
 def build_tiny_instruct_pix2pix(directory: str | Path, *, seed: int = 0) -> Path:
@@ -130,19 +135,8 @@ def build_tiny_instruct_pix2pix(directory: str | Path, *, seed: int = 0) -> Path
     ensure_torchvision_importable()
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
-    tokenizer, text_encoder = _text_parts(seed)
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    pipeline = StableDiffusionInstructPix2PixPipeline(
-        vae=_vae(seed),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=_unet(seed, in_channels=8),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    return _save(pipeline, directory)
+    return _build_sd_family(StableDiffusionInstructPix2PixPipeline, directory, seed=seed, scheduler=scheduler, in_channels=8)
 
 
 def build_tiny_inpaint(directory: str | Path, *, seed: int = 0) -> Path:
@@ -150,21 +144,10 @@ def build_tiny_inpaint(directory: str | Path, *, seed: int = 0) -> Path:
     ensure_torchvision_importable()
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 
-    tokenizer, text_encoder = _text_parts(seed)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1
     )
-    pipeline = StableDiffusionInpaintPipeline(
-        vae=_vae(seed),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=_unet(seed, in_channels=9),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    return _save(pipeline, directory)
+    return _build_sd_family(StableDiffusionInpaintPipeline, directory, seed=seed, scheduler=scheduler, in_channels=9)
 
 
 def build_tiny_upscaler(directory: str | Path, *, seed: int = 0) -> Path:
