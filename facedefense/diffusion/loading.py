@@ -9,6 +9,7 @@ path. A model that cannot be found (offline, not cached, wrong folder) raises on
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,7 @@ def _prepare_imports() -> None:
     import diffusers
     import transformers
 
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
 
@@ -84,20 +86,44 @@ def _not_found(model: str, detail: str = "") -> ModelNotFoundError:
     )
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (fails fast instead of retrying)."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def _from_pretrained(cls: Any, model: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained``: local folder or cache first, the hub only if reachable."""
     local = Path(model).expanduser()
     if local.exists() and not local.is_dir():
         raise ModelNotFoundError(f"model '{model}' is a file, not a diffusers folder")
     if not local.exists() and model.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model folder '{model}' does not exist")
-    source = str(local) if local.exists() else model
+    subfolder = kwargs.get("subfolder")
+    detail = f" (component '{subfolder}')" if subfolder else ""
     try:
-        return cls.from_pretrained(source, local_files_only=_offline() or local.exists(), **kwargs)
+        return cls.from_pretrained(str(local) if local.exists() else model, local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
-        subfolder = kwargs.get("subfolder")
-        detail = f" (component '{subfolder}')" if subfolder else ""
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _not_found(model, f"{detail}: {first_line[:200]}") from exc
+        if local.exists() or _offline():
+            raise _not_found(model, f"{detail}: {_first_line(exc)}") from exc
+    if not _hub_reachable():
+        raise _not_found(model, f"{detail}: not in the local cache and the hub is unreachable")
+    try:
+        return cls.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _not_found(model, f"{detail}: {_first_line(exc)}") from exc
 
 
 def load_components(

@@ -164,3 +164,12 @@ def test_trained_tiny_unet_responds_to_attacks(trained_tiny_sd_path, face_images
     gain_attack, gain_noise = (attacked / clean - 1).item(), (noisy / clean - 1).item()
     print(f"denoising loss gain: PGD {gain_attack:.1%}, uniform noise {gain_noise:.1%}")
     assert gain_attack > 0.05 and gain_attack > 3 * abs(gain_noise)
+
+
+def test_unreachable_hub_fails_fast_without_retries(monkeypatch):
+    import facedefense.diffusion.loading as loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelNotFoundError, match="hub is unreachable"):
+        load_components("nobody/not-cached-model", components=("vae",))
