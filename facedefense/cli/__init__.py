@@ -11,10 +11,11 @@ import typer
 from facedefense.cli import evaluate, listing, models, run
 from facedefense.registry import get_registry
 
-HELP = """Protect portrait photos against diffusion-model personalization and editing.
-
-Images are read from files or folders and written as lossless PNG with a JSON manifest. Budgets are
-L-infinity in [0, 1] pixel units: 8/255 means at most 8 gray levels per pixel and channel."""
+HELP = (
+    "Protect portrait photos against diffusion-model personalization and editing.\n\n"
+    "Images are read from files or folders and written as lossless PNG with a JSON manifest. "
+    "Budgets are L-infinity in [0, 1] pixel units: 8/255 means at most 8 gray levels per pixel and channel."
+)
 
 
 def build_app(*, with_plugins: bool = True) -> typer.Typer:

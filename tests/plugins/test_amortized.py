@@ -316,3 +316,10 @@ def test_sincos_embedding_matches_mae_layout():
     assert embedding[1, 0].item() == pytest.approx(math.sin(1.0))
     assert embedding[1, 4].item() == pytest.approx(0.0)
     assert embedding[2, 4].item() == pytest.approx(math.sin(1.0))
+
+
+def test_gap_diff_bf16_within_two_gray_levels(gap_checkpoint, face_images):
+    path, _ = gap_checkpoint
+    exact = GAPDiff(checkpoint=str(path), device="cpu", dtype="float32").protect(face_images).images
+    fast = GAPDiff(checkpoint=str(path), device="cpu", dtype="bfloat16").protect(face_images).images
+    assert (fast - exact).abs().max().item() * 255 <= 2.0 + 1e-4
