@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facedefense.budget import linf_gray_levels
-from facedefense.errors import BudgetViolationError, FaceDefenseError, ImageError
+from facedefense.budget import check_budget
+from facedefense.errors import FaceDefenseError, ImageError
 from facedefense.io import (
     LoadedImage,
     collect_images,
@@ -153,13 +153,11 @@ def protect_files(
         result = defender.protect(images)
         written_uint8 = np.stack([to_uint8(image) for image in result.images])
         written = torch.from_numpy(written_uint8).permute(0, 3, 1, 2).double() / 255.0
-        levels = linf_gray_levels(written, images)
-        stats = []
-        for index, level in enumerate(levels):
-            if level > eps * 255.0 + 1e-4:
-                raise BudgetViolationError(f"image {index}: {level:.3f} gray levels written, budget {eps * 255:.3f}")
-            extra = result.stats[index] if index < len(result.stats) else {}
-            stats.append({"linf_gray_levels": round(level, 4), "within_budget": True, **extra})
+        levels = check_budget(written, images, eps)  # raises BudgetViolationError
+        stats = [
+            {"linf_gray_levels": round(level, 4), "within_budget": True, **(result.stats[i] if i < len(result.stats) else {})}
+            for i, level in enumerate(levels)
+        ]
         return result.images, stats
 
     info = {**defender.describe(), **(method_info or {})}

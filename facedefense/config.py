@@ -45,15 +45,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
-        errors = []
+        problems = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
             except (ValueError, TypeError, ConfigError) as exc:
-                errors.append(exc)
-        raise ConfigError(f"option '{key}': cannot interpret {value!r}")
+                problems.append(str(exc))
+        raise ConfigError(problems[0] if len(problems) == 1 else f"option '{key}': cannot interpret {value!r}")
     if origin is typing.Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
