@@ -113,6 +113,8 @@ class RID(AmortizedDefender):
             and self.dtype == torch.float32
         )
         if use_int8:
+            if self.device.type != "cpu":
+                raise ConfigError("rid: quantize=int8 runs on the CPU only; use --dtype bfloat16 on a GPU")
             return quantize_linear_int8(network)
         return network.to(device=self.device, dtype=self.dtype)
 
