@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,3 +164,50 @@ def sidecar_architecture(checkpoint: str | Path, network_class: type, *, method:
             f"argument(s) {', '.join(unknown)}"
         )
     return architecture
+
+
+@dataclass
+class LoadedNetwork:
+    """A defender network loaded from a checkpoint, with the budget it was trained for."""
+
+    network: nn.Module
+    architecture: dict[str, Any]
+    eps: float
+    budget_source: str
+
+
+def load_defender_network(
+    method: str,
+    checkpoint: str,
+    network_class: type,
+    *,
+    eps: float | None,
+    name_pattern: str,
+    where_to_get: str,
+    defaults: dict[str, Any] | None = None,
+    strip_prefix: str | None = None,
+) -> LoadedNetwork:
+    """Everything an amortized defender needs from its ``--checkpoint``.
+
+    Reads the weights safely, strips ``strip_prefix`` from their names, resolves the budget (sidecar
+    or official name, checked against ``eps``), builds ``network_class`` with the architecture
+    (``defaults`` overridden by the sidecar) without allocating, and loads the weights strictly.
+
+    Raises:
+        ConfigError: no checkpoint given (the message says where to get one), or a budget mismatch.
+        ModelNotFoundError: unreadable file or weights that do not fit the architecture.
+    """
+    import torch
+
+    if not checkpoint:
+        raise ConfigError(where_to_get)
+    path = Path(checkpoint)
+    state = read_state_dict(path)
+    if strip_prefix and any(key.startswith(strip_prefix) for key in state):
+        state = {key[len(strip_prefix) :]: value for key, value in state.items() if key.startswith(strip_prefix)}
+    trained_eps, source = resolve_budget(method, path, eps, name_pattern)
+    architecture = {**(defaults or {}), **sidecar_architecture(path, network_class, method=method)}
+    with torch.device("meta"):
+        network = network_class(**architecture)
+    load_network(network, state, method=method, checkpoint=path)
+    return LoadedNetwork(network, architecture, trained_eps, source)

@@ -4,18 +4,11 @@ Facial Customization", NDSS 2025, doi:10.14722/ndss.2025.242088)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense.errors import ConfigError
 from facedefense.imaging import to_vae_range
 from facedefense.interfaces import AmortizedDefender, DefenderConfig
-from facedefense_amortized.checkpoints import (
-    load_network,
-    read_state_dict,
-    resolve_budget,
-    sidecar_architecture,
-)
+from facedefense_amortized.checkpoints import load_defender_network
 
 if TYPE_CHECKING:
     import torch
@@ -86,16 +79,17 @@ class GAPDiff(AmortizedDefender):
 
         from facedefense_amortized.networks import GAPGenerator
 
-        if not self.config.checkpoint:
-            raise ConfigError(WHERE_TO_GET)
-        checkpoint = Path(self.config.checkpoint)
-        state = read_state_dict(checkpoint)
-        if any(key.startswith(PREFIX) for key in state):
-            state = {key[len(PREFIX) :]: value for key, value in state.items() if key.startswith(PREFIX)}
-        self.config.eps, self.budget_source = resolve_budget("gap_diff", checkpoint, self.config.eps, OFFICIAL_NAME)
-        network = GAPGenerator(**sidecar_architecture(checkpoint, GAPGenerator, method="gap_diff"))
-        load_network(network, state, method="gap_diff", checkpoint=checkpoint)
-        network = network.train(self.config.train_mode).requires_grad_(False)
+        loaded = load_defender_network(
+            "gap_diff",
+            self.config.checkpoint,
+            GAPGenerator,
+            eps=self.config.eps,
+            name_pattern=OFFICIAL_NAME,
+            where_to_get=WHERE_TO_GET,
+            strip_prefix=PREFIX,
+        )
+        self.config.eps, self.budget_source = loaded.eps, loaded.budget_source
+        network = loaded.network.train(self.config.train_mode).requires_grad_(False)
         layout = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.network = network.to(device=self.device, dtype=self.dtype, memory_format=layout)
 

@@ -4,18 +4,12 @@ Personalization of Diffusion Models", arXiv:2412.09844)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, to_vae_range
 from facedefense.interfaces import AmortizedDefender, DefenderConfig
-from facedefense_amortized.checkpoints import (
-    load_network,
-    read_state_dict,
-    resolve_budget,
-    sidecar_architecture,
-)
+from facedefense_amortized.checkpoints import load_defender_network
 
 if TYPE_CHECKING:
     import torch
@@ -86,22 +80,20 @@ class RID(AmortizedDefender):
 
     def __init__(self, config: RIDConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        import torch
-
         from facedefense_amortized.networks import RID_ARCHITECTURE, PerturbationDiT
 
-        if not self.config.checkpoint:
-            raise ConfigError(WHERE_TO_GET)
-        checkpoint = Path(self.config.checkpoint)
-        state = read_state_dict(checkpoint)
-        self.config.eps, self.budget_source = resolve_budget("rid", checkpoint, self.config.eps, OFFICIAL_NAME)
-        architecture = {**RID_ARCHITECTURE, **sidecar_architecture(checkpoint, PerturbationDiT, method="rid")}
-        with torch.device("meta"):
-            network = PerturbationDiT(**architecture)
-        load_network(network, state, method="rid", checkpoint=checkpoint)
-        del state
-        self.input_size = architecture["input_size"]
-        self.network = self._optimize(network.eval().requires_grad_(False))
+        loaded = load_defender_network(
+            "rid",
+            self.config.checkpoint,
+            PerturbationDiT,
+            eps=self.config.eps,
+            name_pattern=OFFICIAL_NAME,
+            where_to_get=WHERE_TO_GET,
+            defaults=RID_ARCHITECTURE,
+        )
+        self.config.eps, self.budget_source = loaded.eps, loaded.budget_source
+        self.input_size = loaded.architecture["input_size"]
+        self.network = self._optimize(loaded.network.eval().requires_grad_(False))
 
     def _optimize(self, network: torch.nn.Module) -> torch.nn.Module:
         import torch
