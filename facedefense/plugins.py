@@ -7,6 +7,7 @@ others still load. Environment controls:
 - ``FACEDEFENSE_LOAD_PLUGINS=a,b``: load only these entry points (``""`` loads none).
 - ``FACEDEFENSE_BLOCK_PLUGINS=a,b``: never load these (resolves a name clash between two plugins).
 - ``FACEDEFENSE_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry point at all.
+- ``FACEDEFENSE_TRACE_PLUGINS=1``: trace hook calls to stderr.
 
 Nothing here imports torch.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import sys
 from dataclasses import dataclass
 
 import pluggy
@@ -59,7 +61,7 @@ def make_plugin_manager(*, autoload: bool = True) -> tuple[pluggy.PluginManager,
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     if os.environ.get("FACEDEFENSE_TRACE_PLUGINS"):
-        pm.trace.root.setwriter(print)
+        pm.trace.root.setwriter(lambda message: sys.stderr.write(message))
         pm.enable_tracing()
     infos: list[PluginInfo] = []
     if not autoload or os.environ.get("FACEDEFENSE_DISABLE_PLUGIN_AUTOLOAD"):

@@ -33,7 +33,11 @@ def build_app(*, with_plugins: bool = True) -> typer.Typer:
     if with_plugins:
         registry = get_registry()
         if registry.plugin_manager is not None:
-            registry.plugin_manager.hook.register_commands(app=app)
+            for impl in registry.plugin_manager.hook.register_commands.get_hookimpls():
+                try:
+                    impl.function(*[{"app": app}[arg] for arg in impl.argnames])
+                except Exception as exc:  # one plugin's bug must not take the CLI down
+                    typer.echo(f"warning: plugin '{impl.plugin_name}' failed to add commands: {exc}", err=True)
     return app
 
 

@@ -13,7 +13,7 @@ TINY_KINDS = ("sd", "instruct_pix2pix", "inpaint", "upscaler")
 DEMO_BANNER = (
     "DEMO: this run uses a tiny random-weight diffusion model built offline. It exercises the whole "
     "pipeline (load, protect, budget check, manifest, evaluate) but gives NO real protection; use a real "
-    "Stable Diffusion model (--model runwayml/stable-diffusion-v1-5) for that."
+    "Stable Diffusion model (--model stable-diffusion-v1-5/stable-diffusion-v1-5) for that."
 )
 
 
@@ -42,7 +42,11 @@ def make_tiny_model(
         raise ConfigError("--train-steps applies to --kind sd only")
     path = builders[kind](output, seed=seed)
     if train_steps:
-        tiny_models.train_tiny_unet(path, tiny_models.sample_faces(4, 128), steps=train_steps, seed=seed)
+        try:
+            faces = tiny_models.sample_faces(4, 128)
+        except ImportError as exc:
+            raise ConfigError("--train-steps needs scikit-image for its sample faces: pip install 'facedefense[test]'") from exc
+        tiny_models.train_tiny_unet(path, faces, steps=train_steps, seed=seed)
     typer.echo(f"tiny {kind} model written to {path}")
 
 
@@ -72,7 +76,7 @@ def demo(
     if not inputs:
         samples = output / "originals"
         samples.mkdir(exist_ok=True)
-        save_image(tiny_models.sample_faces(1, 512)[0], samples / "astronaut.png")
+        save_image(_sample_portrait(tiny_models), samples / "astronaut.png")
         inputs = [samples]
     spec = get_registry().get("defender", method)
     defender = spec.load()(model=str(model_dir), eps=parse_budget(eps), steps=steps, device="cpu", dtype="float32")
@@ -87,6 +91,18 @@ def demo(
         for name, entry in scores["metrics"].items():
             typer.echo(f"  {name} (protected vs original): {entry['value']:.3f} {entry['unit']}")
     typer.secho("DEMO finished (tiny random model: pipeline check only).", fg=typer.colors.YELLOW, err=True)
+
+
+def _sample_portrait(tiny_models) -> object:
+    """The public-domain sample portrait (scikit-image), or a one-line error naming the extra."""
+    from facedefense.errors import MissingDependencyError
+
+    try:
+        return tiny_models.sample_faces(1, 512)[0]
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the sample portrait needs scikit-image: pip install 'facedefense[test]', or pass your own INPUT"
+        ) from exc
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ from facedefense.cli.common import fail, friendly_errors, method_options, progre
 
 Inputs = Annotated[list[Path], typer.Argument(help="Image files and/or folders (not recursive).", show_default=False)]
 Output = Annotated[Path, typer.Option("--output", help="Output folder (created; must not be an input folder).")]
-Model = Annotated[str | None, typer.Option(help="Diffusers folder or Hugging Face id of the surrogate model.")]
+Model = Annotated[str | None, typer.Option(help="Diffusers folder or Hugging Face id of the model the method uses.")]
 Device = Annotated[str | None, typer.Option(help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps.")]
 Dtype = Annotated[str | None, typer.Option(help="auto, float32, bfloat16 or float16 (model precision).")]
 Seed = Annotated[int | None, typer.Option(help="Random seed (default: the method's, 0).")]

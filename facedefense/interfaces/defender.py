@@ -121,7 +121,7 @@ class IterativeDefenderConfig(DefenderConfig):
     """Options of defenders that optimize each image against a surrogate diffusion model.
 
     Attributes:
-        model: diffusers folder or Hugging Face id of the surrogate (e.g. ``runwayml/stable-diffusion-v1-5``).
+        model: diffusers folder or Hugging Face id of the surrogate (e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``).
         steps: optimization steps per image.
         step_size: signed-gradient step in [0, 1] pixel units.
         resolution: the surrogate sees each image resized so its short side is this many pixels

@@ -55,7 +55,7 @@ class PhotoGuard(Defender):
         ``resolution`` on the short side; the perturbation keeps the original resolution).
 
     Example:
-        >>> defender = PhotoGuard(model="runwayml/stable-diffusion-v1-5", eps=8 / 255, steps=200)
+        >>> defender = PhotoGuard(model="stable-diffusion-v1-5/stable-diffusion-v1-5", eps=8 / 255, steps=200)
         >>> protected = defender.protect(images).images
 
     Differences from the reference code:

@@ -30,6 +30,7 @@ class SSIM(Metric):
     def _per_image(self, images: Tensor, references: Tensor | None) -> Tensor:
         from kornia.metrics import ssim
 
-        window = min(11, images.shape[-1], images.shape[-2]) // 2 * 2 + 1
+        window = min(11, images.shape[-1], images.shape[-2])
+        window -= 1 - window % 2  # odd, and no larger than the image
         similarity = ssim(images.float(), references.float(), window_size=window, max_val=1.0, padding="valid")
         return similarity.flatten(1).mean(dim=1)
