@@ -14,7 +14,11 @@ if TYPE_CHECKING:
 def latent_mean(vae: Any, images: Tensor) -> Tensor:
     """Mean of the VAE posterior, unscaled: (N, 3, H, W) in [0, 1] -> (N, C, H/f, W/f).
 
-    Differentiable; images are cast to the VAE's dtype.
+    Differentiable; images are cast to the VAE's dtype. PhotoGuard's encoder attack works here.
+
+    Example:
+        >>> latent_mean(parts.vae, torch.rand(1, 3, 512, 512)).shape
+        torch.Size([1, 4, 64, 64])
     """
     return vae.encode(to_vae_range(images).to(vae.dtype)).latent_dist.mean
 
@@ -29,6 +33,13 @@ def encode_latents(
         images: (N, 3, H, W) in [0, 1]; H and W multiples of the VAE's downsampling factor.
         sample: draw from the posterior (reparameterized, as training does) instead of its mean.
         generator: randomness of the sample.
+
+    Returns:
+        (N, 4, H/f, W/f) in the VAE's dtype (f = 8 for Stable Diffusion); differentiable.
+
+    Example:
+        >>> encode_latents(parts.vae, torch.rand(2, 3, 512, 512)).shape
+        torch.Size([2, 4, 64, 64])
     """
     posterior = vae.encode(to_vae_range(images).to(vae.dtype)).latent_dist
     latents = posterior.sample(generator=generator) if sample else posterior.mean
@@ -36,6 +47,7 @@ def encode_latents(
 
 
 def decode_latents(vae: Any, latents: Tensor) -> Tensor:
-    """Inverse of :func:`encode_latents`: scaled latents -> images in [0, 1] (clamped)."""
+    """Inverse of :func:`encode_latents`: scaled latents (N, 4, h, w) -> float32 images
+    (N, 3, f*h, f*w) in [0, 1] (clamped). Differentiable inside the range."""
     decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
     return from_vae_range(decoded.float()).clamp(0.0, 1.0)

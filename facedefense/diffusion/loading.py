@@ -1,13 +1,16 @@
 """Load Stable Diffusion components and pipelines from a local folder or a Hugging Face id.
 
 Everything goes through ``from_pretrained``, so a tiny test model and Stable Diffusion take the same
-path. A model that cannot be found (offline, not cached, wrong folder) raises one
-:class:`~facedefense.errors.ModelNotFoundError` line that says how to get it. No
-``trust_remote_code``, ever.
+path. A model that cannot be found or read (offline, not cached, wrong folder, damaged weights)
+raises one :class:`~facedefense.errors.ModelNotFoundError` line saying how to get it. Local folders
+and the Hugging Face cache are tried first; the hub only when it answers. No ``trust_remote_code``,
+ever; diffusers and transformers prefer safetensors and read legacy ``.bin`` files with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,7 +31,8 @@ PIPELINE_KINDS = {
     "inpaint": "StableDiffusionInpaintPipeline",
     "upscale_x4": "StableDiffusionUpscalePipeline",
 }
-#: Component name -> (module, class) loaded from the model's subfolder of the same name.
+#: Component name -> (module, class) loaded from the model's subfolder of the same name. The
+#: scheduler is always the DDPM training-noise scheduler built from the model's betas.
 COMPONENTS = {
     "vae": ("diffusers", "AutoencoderKL"),
     "unet": ("diffusers", "UNet2DConditionModel"),
@@ -36,6 +40,7 @@ COMPONENTS = {
     "tokenizer": ("transformers", "CLIPTokenizer"),
     "scheduler": ("diffusers", "DDPMScheduler"),
 }
+_FOLDER_HINT = "a diffusers folder has model_index.json and vae/, unet/, text_encoder/, tokenizer/, scheduler/"
 
 
 @dataclass
@@ -44,8 +49,11 @@ class SDComponents:
 
     Attributes:
         model: the folder or id they came from.
-        vae, unet, text_encoder, tokenizer: eval mode, ``requires_grad`` off, on the device/dtype asked.
-        scheduler: the training-noise scheduler (DDPM with the model's betas).
+        vae, unet, text_encoder: eval mode, ``requires_grad`` off, on ``device`` in ``dtype``.
+        tokenizer: the ``CLIPTokenizer``.
+        scheduler: the training-noise scheduler (``DDPMScheduler`` with the model's betas and
+            ``prediction_type``).
+        device, dtype: where and in which precision the networks live.
     """
 
     model: str
@@ -54,10 +62,18 @@ class SDComponents:
     text_encoder: Any = None
     tokenizer: Any = None
     scheduler: Any = None
+    device: Any = None
+    dtype: Any = None
 
     @property
     def scaling_factor(self) -> float:
-        """Latent scaling factor of the VAE (0.18215 for SD 1.x/2.x)."""
+        """Latent scaling factor of the VAE (0.18215 for SD 1.x/2.x).
+
+        Raises:
+            ConfigError: the VAE was not loaded.
+        """
+        if self.vae is None:
+            raise ConfigError("scaling_factor needs the VAE: load it with components=(..., 'vae')")
         return float(self.vae.config.scaling_factor)
 
 
@@ -73,17 +89,7 @@ def _prepare_imports() -> None:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def _not_found(model: str, detail: str = "") -> ModelNotFoundError:
-    if Path(model).expanduser().exists() or model.startswith((".", "/", "~")):
-        how = "pass a diffusers folder (model_index.json with vae/, unet/, ... subfolders)"
-        return ModelNotFoundError(f"model '{model}' cannot be loaded{detail}; {how}")
-    return ModelNotFoundError(
-        f"model '{model}' is not a local folder and could not be loaded from the Hugging Face cache or hub{detail}; "
-        f"download it on a connected machine with `huggingface-cli download {model}` or pass a local diffusers folder"
-    )
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -99,73 +105,156 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _first_line(exc: BaseException) -> str:
+def _in_hub_cache(model: str) -> bool:
+    """Whether the Hugging Face cache holds any snapshot of ``model`` (a pipeline or a single model)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model_index.json", "config.json"):
+        try:
+            if isinstance(try_to_load_from_cache(model, filename), str):
+                return True
+        except (ValueError, OSError):  # not a valid repo id
+            return False
+    return False
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _from_pretrained(cls: Any, model: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained``: local folder or cache first, the hub only if reachable."""
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged or missing checkpoint raises inside ``from_pretrained``."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
+
+
+def _local_folder(model: str) -> Path | None:
+    """The local folder ``model`` names, None for a hub id; errors for a missing path or a file."""
     local = Path(model).expanduser()
-    if local.exists() and not local.is_dir():
-        raise ModelNotFoundError(f"model '{model}' is a file, not a diffusers folder")
-    if not local.exists() and model.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"model folder '{model}' does not exist")
-    subfolder = kwargs.get("subfolder")
-    detail = f" (component '{subfolder}')" if subfolder else ""
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise ModelNotFoundError(f"model '{model}' is a file, not a diffusers folder; {_FOLDER_HINT}")
+    if model.startswith((".", "/", "~", "\\")) or (len(model) > 1 and model[1] == ":") or model.count("/") > 1:
+        raise ModelNotFoundError(
+            f"model folder '{model}' does not exist; pass an existing diffusers folder or a Hugging Face id"
+        )
+    return None
+
+
+def _hub_error(model: str, detail: str) -> ModelNotFoundError:
+    get = f"download it on a connected machine with `hf download {model}` or pass a local diffusers folder"
+    return ModelNotFoundError(f"model '{model}' {detail}; {get}")
+
+
+def _from_pretrained(cls: Any, model: str, *, subfolder: str | None = None, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` with facedefense's errors: local folder or cache first, hub if it answers."""
+    errors = _load_errors()
+    what = f"component '{subfolder}'" if subfolder else "pipeline"
+    extra = {"subfolder": subfolder} if subfolder else {}
+    local = _local_folder(model)
+    if local is not None:
+        if subfolder and not (local / subfolder).is_dir():
+            raise ModelNotFoundError(f"model '{model}' has no {what} ({local / subfolder} is missing); {_FOLDER_HINT}")
+        try:
+            return cls.from_pretrained(str(local), local_files_only=True, **extra, **kwargs)
+        except errors as exc:
+            raise ModelNotFoundError(
+                f"model '{model}': {what} cannot be read ({_first_line(exc)}); rebuild or re-download the folder"
+            ) from exc
+    cached = _in_hub_cache(model)
     try:
-        return cls.from_pretrained(str(local) if local.exists() else model, local_files_only=True, **kwargs)
-    except (OSError, ValueError) as exc:
-        if local.exists() or _offline():
-            raise _not_found(model, f"{detail}: {_first_line(exc)}") from exc
+        return cls.from_pretrained(model, local_files_only=True, **extra, **kwargs)
+    except errors as exc:
+        if cached:
+            raise _hub_error(model, f"is in the Hugging Face cache but its {what} cannot be read ({_first_line(exc)})") from exc
+        if _offline():
+            raise _hub_error(model, "is not a local folder and is not in the Hugging Face cache (offline: HF_HUB_OFFLINE is set)") from exc
     if not _hub_reachable():
-        raise _not_found(model, f"{detail}: not in the local cache and the hub is unreachable")
+        raise _hub_error(model, "is not a local folder, is not in the Hugging Face cache, and the hub is unreachable")
     try:
-        return cls.from_pretrained(model, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise _not_found(model, f"{detail}: {_first_line(exc)}") from exc
+        return cls.from_pretrained(model, **extra, **kwargs)
+    except errors as exc:
+        raise ModelNotFoundError(
+            f"model '{model}' could not be downloaded ({_first_line(exc)}); check the id, run `hf auth login` "
+            "for gated models, or pass a local diffusers folder"
+        ) from exc
+
+
+def _check_tokenizer(tokenizer: Any, model: str) -> Any:
+    """transformers 5 builds an empty tokenizer from a folder without vocabulary files: refuse it."""
+    if len(tokenizer) <= 3:
+        raise ModelNotFoundError(f"model '{model}': component 'tokenizer' has no vocabulary files; {_FOLDER_HINT}")
+    return tokenizer
 
 
 def load_components(
     model: str,
     *,
-    components: tuple[str, ...] = ("vae", "unet", "text_encoder", "tokenizer", "scheduler"),
+    components: tuple[str, ...] | list[str] = ("vae", "unet", "text_encoder", "tokenizer", "scheduler"),
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
 ) -> SDComponents:
-    """Load the requested parts of a Stable Diffusion model, frozen.
+    """Load the requested parts of a Stable Diffusion model (1.x/2.x layout), frozen.
 
     Args:
         model: local diffusers folder or Hugging Face id.
         components: any of ``vae``, ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``.
         device: where the networks go.
-        dtype: network precision (default float32).
+        dtype: network precision (default ``torch.float32``).
+
+    Returns:
+        :class:`SDComponents`, the parts not requested left as None.
 
     Raises:
+        ConfigError: an unknown component name.
         ModelNotFoundError: the model or one of its components cannot be found or read.
 
     Example:
         >>> parts = load_components("runwayml/stable-diffusion-v1-5", components=("vae",), device="cuda")
+        >>> parts.scaling_factor
+        0.18215
     """
     import importlib
 
     import torch
 
-    _prepare_imports()
     unknown = set(components) - set(COMPONENTS)
     if unknown:
         raise ConfigError(f"unknown component(s) {', '.join(sorted(unknown))}; expected {', '.join(COMPONENTS)}")
-    loaded = SDComponents(model=model)
+    _prepare_imports()
+    dtype = dtype or torch.float32
+    loaded = SDComponents(model=str(model), device=torch.device(device), dtype=dtype)
     for name in components:
         module, class_name = COMPONENTS[name]
         cls = getattr(importlib.import_module(module), class_name)
         is_network = isinstance(cls, type) and issubclass(cls, torch.nn.Module)
-        extra = {"dtype": dtype or torch.float32} if is_network else {}
-        part = _from_pretrained(cls, model, subfolder=name, **extra)
+        part = _from_pretrained(cls, str(model), subfolder=name, **({"dtype": dtype} if is_network else {}))
         if is_network:
             part = part.to(device).eval().requires_grad_(False)
+        elif name == "tokenizer":
+            part = _check_tokenizer(part, str(model))
         setattr(loaded, name, part)
     return loaded
+
+
+def _check_pipeline_folder(local: Path, model: str) -> None:
+    """A local pipeline folder has model_index.json and a subfolder for every component it lists."""
+    index = local / "model_index.json"
+    if not index.is_file():
+        raise ModelNotFoundError(f"model '{model}' has no model_index.json; {_FOLDER_HINT}")
+    try:
+        entries = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"model '{model}': model_index.json cannot be read ({_first_line(exc)})") from exc
+    for name, value in entries.items():
+        listed = isinstance(value, list) and len(value) == 2 and value[0] is not None
+        if not name.startswith("_") and listed and name not in ("safety_checker", "feature_extractor"):
+            if not (local / name).is_dir():
+                raise ModelNotFoundError(f"model '{model}' has no component '{name}' ({local / name} is missing)")
 
 
 def load_pipeline(
@@ -176,11 +265,25 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> Any:
-    """Load a diffusers pipeline of one of :data:`PIPELINE_KINDS` (safety checker off).
+    """Load a diffusers pipeline of one of :data:`PIPELINE_KINDS`, safety checker off.
+
+    ``img2img`` can load a text-to-image folder (the components are the same). The pipeline's own
+    scheduler is kept; swap it with ``pipeline.scheduler = X.from_config(pipeline.scheduler.config)``.
+
+    Args:
+        model: local diffusers folder or Hugging Face id.
+        kind: ``text2img``, ``img2img``, ``instruct_pix2pix``, ``inpaint`` or ``upscale_x4``.
+        device: where the pipeline goes.
+        dtype: precision (default ``torch.float32``).
+        progress: show the denoising progress bar.
 
     Raises:
         ConfigError: unknown kind.
         ModelNotFoundError: the model cannot be found or read.
+
+    Example:
+        >>> pipe = load_pipeline("timbrooks/instruct-pix2pix", "instruct_pix2pix", device="cuda")
+        >>> edited = pipe("make it a statue", image=image, num_inference_steps=20).images
     """
     import importlib
 
@@ -189,9 +292,16 @@ def load_pipeline(
     if kind not in PIPELINE_KINDS:
         raise ConfigError(f"unknown pipeline kind '{kind}'; expected one of {', '.join(PIPELINE_KINDS)}")
     _prepare_imports()
+    local = _local_folder(str(model))
+    if local is not None:
+        _check_pipeline_folder(local, str(model))
     cls = getattr(importlib.import_module("diffusers"), PIPELINE_KINDS[kind])
-    extra = {} if kind == "upscale_x4" else {"safety_checker": None, "requires_safety_checker": False}
-    pipeline = _from_pretrained(cls, model, dtype=dtype or torch.float32, **extra)
+    extra: dict[str, Any] = {"safety_checker": None}
+    if kind != "upscale_x4":
+        extra["requires_safety_checker"] = False
+    pipeline = _from_pretrained(cls, str(model), dtype=dtype or torch.float32, **extra)
+    if getattr(pipeline, "tokenizer", None) is not None:
+        _check_tokenizer(pipeline.tokenizer, str(model))
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=not progress)
     return pipeline

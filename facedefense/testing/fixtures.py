@@ -1,14 +1,16 @@
 """pytest fixtures for facedefense and its plugins: tiny models (built once per session) and
 sample faces. Use them with ``pytest_plugins = ["facedefense.testing.fixtures"]`` in a conftest.
 
-``trained_tiny_sd_path`` fine-tunes the tiny UNet (about 30 s) and caches the result on disk,
-keyed by the library versions and the recipe, under ``$FACEDEFENSE_TEST_CACHE`` (default
-``~/.cache/facedefense/tests``).
+``trained_tiny_sd_path`` fine-tunes the tiny UNet (about 25 s) and caches the result on disk,
+keyed by the library versions, the recipe and the builder's source, under
+``$FACEDEFENSE_TEST_CACHE`` (default ``~/.cache/facedefense/tests``; set it empty to disable).
+Importing this module sets ``HF_HUB_OFFLINE=1`` (tests never touch the network).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -52,32 +54,88 @@ def tiny_upscaler_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cache_key() -> str:
+    """Hash of the library versions, the recipe and the source of everything that shapes the model."""
     from importlib.metadata import version
 
-    parts = [version("torch"), version("diffusers"), version("transformers"), repr(sorted(TRAINED_RECIPE.items()))]
+    from facedefense.diffusion import latents, losses, text
+    from facedefense.testing import tiny_models, tokenizer
+
+    parts = [version(name) for name in ("torch", "diffusers", "transformers", "tokenizers", "safetensors")]
+    parts.append(repr(sorted(TRAINED_RECIPE.items())))
+    for module in (tiny_models, tokenizer, losses, latents, text):
+        parts.append(hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _cache_root() -> Path | None:
+    """``$FACEDEFENSE_TEST_CACHE`` (empty or ``0`` disables the disk cache), else ~/.cache/facedefense/tests."""
+    configured = os.environ.get("FACEDEFENSE_TEST_CACHE")
+    if configured is not None and configured.strip() in ("", "0", "off", "false"):
+        return None
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "facedefense" / "tests"
+
+
+def _complete(folder: Path, key: str) -> bool:
+    """A cached model counts only with its completion marker (written last, then renamed atomically)."""
+    marker = folder / "facedefense_cache.json"
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def _usable(folder: Path) -> bool:
+    """The cached folder still loads (guards against files damaged after it was written)."""
+    from facedefense.diffusion import load_components
+    from facedefense.errors import ModelNotFoundError
+
+    try:
+        load_components(str(folder), components=("unet", "vae", "tokenizer", "text_encoder", "scheduler"))
+    except ModelNotFoundError:
+        return False
+    return True
+
+
+def _prune(root: Path, keep: Path, limit: int = 3) -> None:
+    """Keep the ``limit`` most recent trained models (each about 9 MB); older keys are stale anyway."""
+    entries = sorted(root.glob("trained-tiny-sd-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for entry in [e for e in entries if e != keep][limit - 1 :]:
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def trained_tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny SD whose UNet was fine-tuned on sample faces, so denoising-loss attacks are measurable."""
+    """A tiny SD whose UNet was fine-tuned on sample faces, so denoising-loss attacks are measurable.
+
+    Built and trained once (about 25 s on 2 CPU cores), then cached on disk across sessions under a
+    key of library versions, recipe and builder source, so a stale model is never reused.
+    """
     from facedefense.testing.tiny_models import build_tiny_sd, sample_faces, train_tiny_unet
 
-    root = Path(os.environ.get("FACEDEFENSE_TEST_CACHE", Path.home() / ".cache" / "facedefense" / "tests"))
-    cached = root / f"trained-tiny-sd-{_cache_key()}"
-    if (cached / "model_index.json").exists() and (cached / "unet" / "diffusion_pytorch_model.safetensors").exists():
+    key = _cache_key()
+    root = _cache_root()
+    cached = root / f"trained-tiny-sd-{key}" if root is not None else None
+    if cached is not None and _complete(cached, key) and _usable(cached):
         return cached
     work = tmp_path_factory.mktemp("trained-tiny-sd")
     build_tiny_sd(work, seed=TRAINED_RECIPE["seed"])
     faces = sample_faces(TRAINED_RECIPE["images"], TRAINED_RECIPE["size"])
     train_tiny_unet(work, faces, steps=TRAINED_RECIPE["steps"], seed=TRAINED_RECIPE["seed"])
+    if cached is None:
+        return work
+    staging = cached.with_name(f".{cached.name}.{os.getpid()}")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        staging = root / f".{cached.name}.{os.getpid()}"
-        shutil.copytree(work, staging, dirs_exist_ok=True)
-        os.replace(staging, cached) if not cached.exists() else shutil.rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(work, staging)
+        (staging / "facedefense_cache.json").write_text(json.dumps({"key": key, **TRAINED_RECIPE}), encoding="utf-8")
+        if cached.exists():  # stale or damaged: replace it
+            shutil.rmtree(cached, ignore_errors=True)
+        os.replace(staging, cached)
+        _prune(root, keep=cached)
         return cached
-    except OSError:
+    except OSError:  # read-only home, a concurrent writer: the session copy is as good
+        shutil.rmtree(staging, ignore_errors=True)
         return work
 
 

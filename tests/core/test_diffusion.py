@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import shutil
+import time
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_components_are_frozen_and_typed(tiny_sd_path):
     "make, message",
     [
         (lambda tmp: tmp / "absent", "does not exist"),
-        (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "cannot be loaded"),
+        (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "has no component 'vae'"),
         (lambda tmp: [(tmp / "file.bin").write_bytes(b"x"), tmp / "file.bin"][1], "is a file"),
     ],
     ids=["missing", "empty", "file"],
@@ -46,8 +47,6 @@ def test_missing_models_give_one_line(tmp_path, make, message):
 
 
 def test_missing_component_is_named(tmp_path, tiny_sd_path):
-    import shutil
-
     broken = tmp_path / "no-unet"
     shutil.copytree(tiny_sd_path, broken)
     shutil.rmtree(broken / "unet")
@@ -55,10 +54,49 @@ def test_missing_component_is_named(tmp_path, tiny_sd_path):
         load_components(str(broken), components=("unet",))
 
 
+@pytest.mark.parametrize(
+    "component, damaged",
+    [("unet", "unet/diffusion_pytorch_model.safetensors"), ("text_encoder", "text_encoder/model.safetensors"),
+     ("vae", "vae/config.json")],
+)
+def test_damaged_weights_give_one_line(tmp_path, tiny_sd_path, component, damaged):
+    broken = tmp_path / "damaged"
+    shutil.copytree(tiny_sd_path, broken)
+    (broken / damaged).write_bytes(b"not a checkpoint" * 4)
+    with pytest.raises(ModelNotFoundError, match=f"component '{component}' cannot be read") as info:
+        load_components(str(broken), components=(component,))
+    assert "\n" not in str(info.value)
+
+
+def test_tokenizer_without_vocabulary_is_refused(tmp_path, tiny_sd_path):
+    """transformers 5 silently builds a 2-token tokenizer from an empty folder; we refuse it."""
+    broken = tmp_path / "no-vocab"
+    shutil.copytree(tiny_sd_path, broken)
+    for file in (broken / "tokenizer").iterdir():
+        file.unlink()
+    with pytest.raises(ModelNotFoundError, match="tokenizer"):
+        load_components(str(broken), components=("tokenizer",))
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(ModelNotFoundError, match="no component 'tokenizer'"):
+        load_pipeline(str(broken), "text2img")
+
+
+def test_scaling_factor_needs_the_vae(tiny_sd_path):
+    parts = load_components(str(tiny_sd_path), components=("scheduler",))
+    assert parts.vae is None and parts.unet is None
+    with pytest.raises(ConfigError, match="VAE"):
+        parts.scaling_factor  # noqa: B018
+
+
 def test_unknown_hub_id_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelNotFoundError, match="huggingface-cli download nobody/no-such-model"):
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match="not in the Hugging Face cache") as info:
         load_components("nobody/no-such-model", components=("vae",))
+    assert "`hf download nobody/no-such-model`" in str(info.value) and "\n" not in str(info.value)
+    assert time.perf_counter() - start < 5
+    with pytest.raises(ModelNotFoundError, match="offline"):
+        load_pipeline("nobody/no-such-model", "inpaint")
 
 
 def test_unknown_component_and_pipeline_kind(tiny_sd_path):
@@ -99,18 +137,56 @@ def test_denoising_loss_common_random_numbers(parts, face_images):
     assert one.shape == (2,) and torch.equal(one, two) and mean == pytest.approx(one.mean().item())
 
 
-def test_v_prediction_target(parts, face_images, tiny_sd_path):
+def test_denoising_loss_explicit_draws_and_gradient(parts, face_images):
+    states = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)("a photo")
+    latents = encode_latents(parts.vae, face_images).requires_grad_(True)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(3))
+    scalar = denoising_loss(parts.unet, parts.scheduler, latents, states, timesteps=torch.tensor(500), noise=noise)
+    vector = denoising_loss(parts.unet, parts.scheduler, latents, states, timesteps=torch.tensor([500, 500]), noise=noise)
+    assert torch.equal(scalar, vector)
+    (gradient,) = torch.autograd.grad(scalar.sum(), latents)
+    assert gradient.abs().sum() > 0
+
+
+def test_sample_timesteps_range(parts):
+    from facedefense.diffusion import sample_timesteps
+
+    drawn = sample_timesteps(parts.scheduler, 500, generator=torch.Generator().manual_seed(0), low=200, high=300)
+    assert drawn.dtype == torch.int64 and drawn.min() >= 200 and drawn.max() < 300
+    with pytest.raises(ConfigError):
+        sample_timesteps(parts.scheduler, 1, low=0, high=2000)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_loss_target_follows_prediction_type(parts, prediction_type):
+    """With a UNet predicting zeros the loss is the mean square of the target itself."""
+    from types import SimpleNamespace
+
     from diffusers import DDPMScheduler
 
-    config = json.loads((tiny_sd_path / "scheduler" / "scheduler_config.json").read_text())
-    config.pop("_class_name", None), config.pop("_diffusers_version", None)
-    scheduler = DDPMScheduler(**{**config, "prediction_type": "v_prediction"})
-    states = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)("a photo")
-    with torch.no_grad():
-        latents = encode_latents(parts.vae, face_images)
-        eps = denoising_loss(parts.unet, parts.scheduler, latents, states, generator=torch.Generator().manual_seed(0))
-        v = denoising_loss(parts.unet, scheduler, latents, states, generator=torch.Generator().manual_seed(0))
-    assert not torch.allclose(eps, v)
+    class ZeroUNet:
+        dtype = torch.float32
+
+        def __call__(self, sample, timestep, states):
+            return SimpleNamespace(sample=torch.zeros_like(sample))
+
+    scheduler = DDPMScheduler.from_config(parts.scheduler.config, prediction_type=prediction_type)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([10, 900])
+    loss = denoising_loss(ZeroUNet(), scheduler, latents, torch.zeros(1, 77, 32), timesteps=t, noise=noise)
+    alpha = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    target = {"epsilon": noise, "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * latents,
+              "sample": latents}[prediction_type]
+    assert torch.allclose(loss, target.pow(2).flatten(1).mean(1), rtol=1e-5)
+
+
+def test_unsupported_prediction_type_is_a_config_error(parts):
+    from types import SimpleNamespace
+
+    scheduler = SimpleNamespace(config=SimpleNamespace(prediction_type="flow", num_train_timesteps=1000))
+    with pytest.raises(ConfigError, match="flow"):
+        denoising_loss(parts.unet, scheduler, torch.zeros(1, 4, 8, 8), torch.zeros(1, 77, 32))
 
 
 def test_text_cache_encodes_each_prompt_once(parts):
@@ -118,6 +194,9 @@ def test_text_cache_encodes_each_prompt_once(parts):
     first = cache(["a photo of sks person", "a photo", "a photo of sks person"])
     assert first.shape == (3, 77, 32) and cache.encoder_calls == 2
     assert torch.equal(cache("a photo")[0], first[1]) and cache.encoder_calls == 2
+    assert cache.uncond.shape == (1, 77, 32) and cache.encoder_calls == 3 and len(cache) == 3
+    with pytest.raises(ConfigError):
+        cache([])
 
 
 @pytest.mark.parametrize("fixture, kind", [("tiny_sd_path", "text2img"), ("tiny_sd_path", "img2img"),
