@@ -1,4 +1,9 @@
-"""facedefense-example-plugin: registers the ``sign_noise`` defender."""
+"""facedefense-example-plugin: registers the ``example_texture`` defender.
+
+This module holds the hook implementation only and imports no torch: the class is registered as a
+``"module:Class"`` string, imported the first time the method is used, so ``facedefense list``
+stays fast.
+"""
 
 import facedefense
 
@@ -6,7 +11,7 @@ import facedefense
 @facedefense.hookimpl
 def register_defenders(register):
     register(
-        "sign_noise",
-        "facedefense_example_plugin.sign_noise:SignNoise",
-        summary="Random +-eps sign noise: the baseline every protection must beat (example plugin)",
+        "example_texture",
+        "facedefense_example_plugin.texture:ExampleTexture",
+        summary="Seeded high-frequency texture at the full budget, no model: a baseline (example plugin)",
     )
