@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from facedefense.errors import ConfigError
 from facedefense.imaging import to_vae_range
 from facedefense.interfaces import AmortizedDefender, DefenderConfig
 from facedefense_amortized.checkpoints import load_defender_network
@@ -34,15 +35,21 @@ class GAPDiffConfig(DefenderConfig):
         train_mode: run the generator as the reference script does (it never calls ``eval()``):
             dropout active and per-batch BatchNorm statistics, so outputs vary with the seed.
             Default False: deterministic eval mode.
+        max_side: longest side, in pixels, at which the generator runs. A larger photo is
+            downscaled for the network and its perturbation upscaled back (memory grows with the
+            area: about 1.5 GB at 2048x2048 in fp32). Default 2048; 0 means always full resolution.
     """
 
     checkpoint: str = ""
     eps: float | None = None  # type: ignore[assignment]
     train_mode: bool = False
+    max_side: int = 2048
 
     def __post_init__(self) -> None:
         if self.eps is not None:
             super().__post_init__()
+        if self.max_side < 0 or 0 < self.max_side < 512:
+            raise ConfigError(f"max_side must be 0 (no limit) or at least 512 pixels, got {self.max_side}")
 
 
 class GAPDiff(AmortizedDefender):
@@ -54,19 +61,21 @@ class GAPDiff(AmortizedDefender):
     ``x + eps * G(x)`` with ``G`` ending in tanh.
 
     Args:
-        checkpoint, eps, train_mode: see :class:`GAPDiffConfig`.
+        checkpoint, eps, train_mode, max_side: see :class:`GAPDiffConfig`.
 
     Shape:
         (N, 3, H, W) in [0, 1], any size: reflection-padded to multiples of 256 (at least 512) and
-        cropped back, so every pixel keeps its place and the resolution is kept.
+        cropped back, so every pixel keeps its place and the resolution is kept (photos longer
+        than ``max_side`` are computed at that size and the perturbation upscaled).
 
     Example:
         >>> protected = GAPDiff(checkpoint="G_per16_pretrain.pth").protect(images).images
 
     Differences from the reference code:
         deterministic eval mode by default (``train_mode=True`` reproduces the reference's
-        stochastic behaviour); any input size; budgets in [0, 1] units; PNG output (the reference
-        re-encodes JPEG inputs as lossy JPEG).
+        stochastic behaviour); any input size; budgets in [0, 1] units; on the CPU, batch norms
+        folded into the convolutions (same function); PNG output (the reference re-encodes JPEG
+        inputs as lossy JPEG).
     """
 
     name: ClassVar[str] = "gap_diff"
@@ -78,6 +87,7 @@ class GAPDiff(AmortizedDefender):
         import torch
 
         from facedefense_amortized.networks import GAPGenerator
+        from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator, folding_supported
 
         loaded = load_defender_network(
             "gap_diff",
@@ -90,19 +100,41 @@ class GAPDiff(AmortizedDefender):
         )
         self.config.eps, self.budget_source = loaded.eps, loaded.budget_source
         network = loaded.network.train(self.config.train_mode).requires_grad_(False)
-        layout = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
-        self.network = network.to(device=self.device, dtype=self.dtype, memory_format=layout)
+        on_cpu = self.device.type == "cpu"
+        if on_cpu and not self.config.train_mode and self.dtype in (torch.float32, torch.bfloat16) and folding_supported():
+            self.network = FoldedGAPGenerator(network.float(), self.dtype)
+        else:
+            layout = torch.channels_last if on_cpu else torch.contiguous_format
+            self.network = network.to(device=self.device, dtype=self.dtype, memory_format=layout)
+        # One photo at a time on the CPU (faster per photo there, and bounded memory) and in train
+        # mode (batch-norm statistics per photo, as the reference computes them at batch size 1).
+        self.chunk = 1 if on_cpu or self.config.train_mode else None
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:
         import torch
 
+        from facedefense.imaging import resize
+
         height, width = images.shape[-2:]
-        inputs = to_vae_range(_pad_for_generator(images)).to(self.dtype).contiguous(memory_format=torch.channels_last)
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        cap = self.config.max_side
+        scale = cap / max(height, width) if cap and max(height, width) > cap else 1.0
+        work = resize(images, (round(height * scale), round(width * scale))) if scale < 1 else images
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
             # dropout in train mode draws from the global generator: seed it from ours
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
-            direction = self.network(inputs).float()
-        return images + self.config.eps * direction[..., :height, :width]
+            direction = torch.cat([self._direction(part) for part in work.split(self.chunk or len(work))])
+        if scale < 1:
+            direction = resize(direction, (height, width))
+        return images + self.config.eps * direction
+
+    def _direction(self, images: Tensor) -> Tensor:
+        """G(x) in [-1, 1] for a batch in [0, 1], at the batch's own size (float32)."""
+        import torch
+
+        height, width = images.shape[-2:]
+        inputs = to_vae_range(_pad_for_generator(images)).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return self.network(inputs).float()[..., :height, :width]
 
 
 def _pad_for_generator(images: Tensor) -> Tensor:

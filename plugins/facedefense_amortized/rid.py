@@ -12,6 +12,8 @@ from facedefense.interfaces import AmortizedDefender, DefenderConfig
 from facedefense_amortized.checkpoints import load_defender_network
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from torch import Tensor
 
@@ -33,9 +35,10 @@ class RIDConfig(DefenderConfig):
         eps: L-infinity budget in [0, 1] units. Default None: the budget the checkpoint was trained
             for (official ``eps-12_255`` is 6/255 here, since the reference works in [-1, 1]). A
             different value is refused.
-        quantize: ``"int8"`` runs the transformer's linear layers with dynamic int8 weights (about
-            1.8x faster on CPUs without bf16 matrix units, within half a gray level); ``"none"`` keeps
-            them exact; ``"auto"`` uses int8 on such CPUs when ``dtype`` is ``"auto"``.
+        quantize: ``"int8"`` runs the transformer's linear layers as oneDNN int8 products (about
+            2.5x faster than fp32 on CPUs with VNNI but without bf16 matrix units, within a tenth of
+            a gray level of fp32 at RID's budgets); ``"none"`` keeps ``dtype``; ``"auto"`` (default)
+            uses int8 on such CPUs when ``dtype`` is ``"auto"``.
     """
 
     checkpoint: str = ""
@@ -95,43 +98,33 @@ class RID(AmortizedDefender):
         self.input_size = loaded.architecture["input_size"]
         self.network = self._optimize(loaded.network.eval().requires_grad_(False))
 
-    def _optimize(self, network: torch.nn.Module) -> torch.nn.Module:
+    def _optimize(self, network: torch.nn.Module) -> Callable[[Tensor], Tensor]:
         import torch
+
+        from facedefense_amortized.networks.dit import Int8DiT, int8_supported
 
         use_int8 = self.config.quantize == "int8" or (
             self.config.quantize == "auto"
             and self.config.dtype == "auto"
             and self.device.type == "cpu"
             and self.dtype == torch.float32
+            and int8_supported()
         )
         if use_int8:
             if self.device.type != "cpu":
                 raise ConfigError("rid: quantize=int8 runs on the CPU only; use --dtype bfloat16 on a GPU")
-            return quantize_linear_int8(network)
+            if not int8_supported():
+                raise ConfigError("rid: this torch build has no oneDNN int8 kernels; use -o quantize=none")
+            self.input_dtype = torch.float32
+            return Int8DiT(network)
+        self.input_dtype = self.dtype
         return network.to(device=self.device, dtype=self.dtype)
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:
         import torch
 
         size = (self.input_size, self.input_size)
-        network_dtype = next(self.network.parameters(), torch.empty(0)).dtype
         with torch.inference_mode():
-            inputs = to_vae_range(resize(images, size)).to(self.device, network_dtype)
+            inputs = to_vae_range(resize(images, size)).to(self.device, self.input_dtype)
             delta = self.config.eps * torch.tanh(self.network(inputs).float())
         return images + resize(delta, tuple(images.shape[-2:]))
-
-
-def quantize_linear_int8(network: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 weights for the attention, MLP and output linears (CPU only)."""
-    import warnings
-
-    import torch
-
-    targets = {
-        name: torch.ao.quantization.default_dynamic_qconfig
-        for name, module in network.named_modules()
-        if isinstance(module, torch.nn.Linear) and (".attn." in name or ".mlp." in name or name == "final_layer.linear")
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(network, targets, dtype=torch.qint8, inplace=True)

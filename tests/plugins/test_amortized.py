@@ -323,3 +323,54 @@ def test_gap_diff_bf16_within_two_gray_levels(gap_checkpoint, face_images):
     exact = GAPDiff(checkpoint=str(path), device="cpu", dtype="float32").protect(face_images).images
     fast = GAPDiff(checkpoint=str(path), device="cpu", dtype="bfloat16").protect(face_images).images
     assert (fast - exact).abs().max().item() * 255 <= 2.0 + 1e-4
+
+
+# --- CPU inference engines ----------------------------------------------------------------------------
+
+
+def test_int8_dit_matches_the_module(rid_checkpoint):
+    from facedefense_amortized.checkpoints import read_state_dict
+    from facedefense_amortized.networks.dit import Int8DiT, int8_supported
+
+    if not int8_supported():
+        pytest.skip("no oneDNN int8 kernels in this torch build")
+    path, _ = rid_checkpoint
+    network = PerturbationDiT(**SMALL_DIT).eval()
+    network.load_state_dict(read_state_dict(path))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        exact = torch.tanh(network(x))
+        fast = torch.tanh(Int8DiT(network)(x))
+    # the budget scales tanh: 12/255 in [-1, 1] -> at most 6 gray levels; allow 1/6 of that range
+    assert (fast - exact).abs().max().item() * 6 <= 1.0
+    assert all(isinstance(block, nn.Identity) for block in network.blocks)  # consumed, fp32 released
+
+
+def test_folded_gap_generator_matches_the_module(gap_checkpoint):
+    from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator, folding_supported
+
+    if not folding_supported():
+        pytest.skip("no oneDNN convolution kernels in this torch build")
+    _, reference = gap_checkpoint
+    network = GAPGenerator(ngf=8).eval()
+    network.load_state_dict(reference.state_dict())
+    x = (torch.rand(2, 3, 512, 768) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        exact = network(x)
+        folded = FoldedGAPGenerator(network)(x)
+    assert folded.shape == exact.shape
+    assert (folded - exact).abs().max().item() < 1e-4
+
+
+def test_gap_diff_max_side(gap_checkpoint):
+    from facedefense.testing.tiny_models import sample_faces
+
+    path, _ = gap_checkpoint
+    with pytest.raises(ConfigError, match="max_side"):
+        GAPDiff(checkpoint=str(path), max_side=100, device="cpu")
+    images = torch.round(sample_faces(1, 128).clamp(0, 1) * 255) / 255
+    images = torch.nn.functional.interpolate(images, size=(600, 520), mode="bilinear").clamp(0, 1)
+    capped = GAPDiff(checkpoint=str(path), max_side=512, device="cpu", dtype="float32").protect(images)
+    full = GAPDiff(checkpoint=str(path), max_side=0, device="cpu", dtype="float32").protect(images)
+    assert capped.images.shape == full.images.shape == images.shape
+    assert max(capped.linf) <= 8 + 1e-3 and not torch.equal(capped.images, full.images)
