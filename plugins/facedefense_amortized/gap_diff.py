@@ -119,7 +119,8 @@ class GAPDiff(AmortizedDefender):
         cap = self.config.max_side
         scale = cap / max(height, width) if cap and max(height, width) > cap else 1.0
         work = resize(images, (round(height * scale), round(width * scale))) if scale < 1 else images
-        devices = [self.device] if self.device.type == "cuda" else []
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if cuda else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             # dropout in train mode draws from the global generator: seed it from ours
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))

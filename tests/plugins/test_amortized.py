@@ -374,3 +374,24 @@ def test_gap_diff_max_side(gap_checkpoint):
     full = GAPDiff(checkpoint=str(path), max_side=0, device="cpu", dtype="float32").protect(images)
     assert capped.images.shape == full.images.shape == images.shape
     assert max(capped.linf) <= 8 + 1e-3 and not torch.equal(capped.images, full.images)
+
+
+def test_gap_diff_cli_reproduces_reference_within_one_gray_level(tmp_path, gap_checkpoint):
+    from typer.testing import CliRunner
+
+    from facedefense.cli import build_app
+
+    path, reference = gap_checkpoint
+    array = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "photo.png")
+    args = ["protect", str(tmp_path / "photo.png"), "--method", "gap_diff", "--checkpoint", str(path),
+            "--eps", "8/255", "--dtype", "float32", "--device", "cpu", "--output", str(tmp_path / "out")]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    ours = np.asarray(Image.open(tmp_path / "out" / "photo.png")).astype(int)
+    with torch.no_grad():  # generate.py: Normalize(0.5), x + 16/255 * G(x), clamp to [-1, 1]
+        x = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 127.5 - 1
+        expected = ((x + reference(x) * 16 / 255).clamp(-1, 1) + 1) / 2
+    expected = np.round(expected[0].permute(1, 2, 0).numpy() * 255).astype(int)
+    assert np.abs(ours - expected).max() <= 1
+    assert np.abs(ours - array).max() <= 8 and (ours != array).any()
