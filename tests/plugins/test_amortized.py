@@ -241,21 +241,29 @@ def reference_rid_protect(reference, image01, eps_reference):
         return (attacked / 2 + 0.5).clamp(0, 1)
 
 
-def test_rid_cli_reproduces_reference_within_one_gray_level(tmp_path, rid_checkpoint):
+def protect_photo_with_cli(tmp_path, array, *args):
+    """Write ``array`` as a PNG, run ``facedefense protect`` on it with ``args``, read the result."""
     from typer.testing import CliRunner
 
     from facedefense.cli import build_app
 
+    Image.fromarray(array).save(tmp_path / "photo.png")
+    command = ["protect", str(tmp_path / "photo.png"), *args, "--dtype", "float32", "--device", "cpu",
+               "--output", str(tmp_path / "out")]
+    result = CliRunner().invoke(build_app(), command)
+    assert result.exit_code == 0, result.output
+    return np.asarray(Image.open(tmp_path / "out" / "photo.png")).astype(int)
+
+
+def to_uint8_array(image):
+    return np.round(image[0].permute(1, 2, 0).numpy() * 255).astype(int)
+
+
+def test_rid_cli_reproduces_reference_within_one_gray_level(tmp_path, rid_checkpoint):
     path, reference = rid_checkpoint
     array = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    Image.fromarray(array).save(tmp_path / "photo.png")
-    args = ["protect", str(tmp_path / "photo.png"), "--method", "rid", "--checkpoint", str(path),
-            "--eps", "6/255", "--dtype", "float32", "--device", "cpu", "--output", str(tmp_path / "out")]
-    result = CliRunner().invoke(build_app(), args)
-    assert result.exit_code == 0, result.output
-    ours = np.asarray(Image.open(tmp_path / "out" / "photo.png")).astype(int)
-    expected = reference_rid_protect(reference, torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255, 12)
-    expected = np.round(expected[0].permute(1, 2, 0).numpy() * 255).astype(int)
+    ours = protect_photo_with_cli(tmp_path, array, "--method", "rid", "--checkpoint", str(path), "--eps", "6/255")
+    expected = to_uint8_array(reference_rid_protect(reference, torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255, 12))
     assert np.abs(ours - expected).max() <= 1
     assert np.abs(ours - array).max() <= 6 and (ours != array).any()
 
@@ -377,21 +385,11 @@ def test_gap_diff_max_side(gap_checkpoint):
 
 
 def test_gap_diff_cli_reproduces_reference_within_one_gray_level(tmp_path, gap_checkpoint):
-    from typer.testing import CliRunner
-
-    from facedefense.cli import build_app
-
     path, reference = gap_checkpoint
     array = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
-    Image.fromarray(array).save(tmp_path / "photo.png")
-    args = ["protect", str(tmp_path / "photo.png"), "--method", "gap_diff", "--checkpoint", str(path),
-            "--eps", "8/255", "--dtype", "float32", "--device", "cpu", "--output", str(tmp_path / "out")]
-    result = CliRunner().invoke(build_app(), args)
-    assert result.exit_code == 0, result.output
-    ours = np.asarray(Image.open(tmp_path / "out" / "photo.png")).astype(int)
+    ours = protect_photo_with_cli(tmp_path, array, "--method", "gap_diff", "--checkpoint", str(path), "--eps", "8/255")
     with torch.no_grad():  # generate.py: Normalize(0.5), x + 16/255 * G(x), clamp to [-1, 1]
         x = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 127.5 - 1
-        expected = ((x + reference(x) * 16 / 255).clamp(-1, 1) + 1) / 2
-    expected = np.round(expected[0].permute(1, 2, 0).numpy() * 255).astype(int)
+        expected = to_uint8_array(((x + reference(x) * 16 / 255).clamp(-1, 1) + 1) / 2)
     assert np.abs(ours - expected).max() <= 1
     assert np.abs(ours - array).max() <= 8 and (ours != array).any()
