@@ -60,23 +60,6 @@ def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
 
 
-def pad_to_multiple(images: Tensor, multiple: int, mode: str = "reflect") -> tuple[Tensor, tuple[int, int]]:
-    """Pad the bottom and right of (N, C, H, W) so H and W are multiples of ``multiple``.
-
-    Returns the padded batch and the original (H, W), to crop back with ``x[..., :h, :w]``.
-    Reflection needs each side >= the padding; smaller images fall back to replicate padding.
-    """
-    import torch.nn.functional as F
-
-    height, width = images.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return images, (height, width)
-    if mode == "reflect" and (pad_h >= height or pad_w >= width):
-        mode = "replicate"
-    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode), (height, width)
-
-
 def working_size(height: int, width: int, resolution: int | None, multiple: int = 8) -> tuple[int, int]:
     """The size a model sees: the short side scaled to ``resolution`` (aspect kept), rounded to
     ``multiple``. ``None`` keeps the image size (rounded to ``multiple``).
