@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -233,10 +233,11 @@ def _token_ids(tokenizer: Any, prompt: str) -> Tensor:
 
 @dataclass
 class TrainingResult:
-    """What :func:`train` reports: the loss of every step and the seconds it took."""
+    """What :func:`train` reports: the loss and the wall-clock seconds of every step, and the total."""
 
     losses: list[float]
     seconds: float
+    step_seconds: list[float] = field(default_factory=list)
 
 
 def train(
@@ -330,7 +331,9 @@ def train(
     bar = tqdm(range(config.steps), desc=description, unit="step",
                disable=not progress or not accelerator.is_main_process)
     started = time.perf_counter()
+    step_seconds: list[float] = []
     for _ in bar:
+        step_started = time.perf_counter()
         pick = torch.randint(0, instance.mean.shape[0], (batch,), generator=generator)
         latents = [instance.sample(pick, generator, scaling)]
         rows = [0] * batch
@@ -365,6 +368,7 @@ def train(
             with torch.no_grad():
                 after_step()
         losses.append(float(loss.detach()))
+        step_seconds.append(time.perf_counter() - step_started)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
     seconds = time.perf_counter() - started
     bar.close()
@@ -380,7 +384,7 @@ def train(
     for parameter in parameters:
         parameter.requires_grad_(False)
     accelerator.free_memory()
-    return TrainingResult(losses, seconds)
+    return TrainingResult(losses, seconds, step_seconds)
 
 
 # --------------------------------------------------------------------------------------------
