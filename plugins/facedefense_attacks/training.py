@@ -47,6 +47,8 @@ class TrainingConfig(PersonalizerConfig):
             ``~/.cache/facedefense/class_images``).
         mixed_precision: ``"auto"`` (bf16 on GPUs that have it, else fp16; none on CPU), ``"no"``,
             ``"fp16"`` or ``"bf16"``. Trainable weights stay float32.
+        sample_latents: draw each step's latents from the VAE posterior, as the diffusers training
+            scripts do; False uses the posterior mean.
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
         optimizer: ``"adamw"`` or ``"adamw_8bit"`` (bitsandbytes, CUDA only).
         weight_decay, max_grad_norm: AdamW weight decay; gradient-norm clipping (0 disables).
@@ -63,6 +65,7 @@ class TrainingConfig(PersonalizerConfig):
     num_class_images: int = 200
     class_inference_steps: int = 50
     class_cache: str = ""
+    sample_latents: bool = True
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
@@ -201,10 +204,12 @@ class _Posterior:
     mean: Tensor
     std: Tensor
 
-    def sample(self, index: Tensor, generator: torch.Generator, scaling: float) -> Tensor:
+    def sample(self, index: Tensor, generator: torch.Generator, scaling: float, draw: bool = True) -> Tensor:
         import torch
 
         mean, std = self.mean[index], self.std[index]
+        if not draw:
+            return mean * scaling
         noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
         return (mean + std * noise) * scaling
 
@@ -335,11 +340,11 @@ def train(
     for _ in bar:
         step_started = time.perf_counter()
         pick = torch.randint(0, instance.mean.shape[0], (batch,), generator=generator)
-        latents = [instance.sample(pick, generator, scaling)]
+        latents = [instance.sample(pick, generator, scaling, config.sample_latents)]
         rows = [0] * batch
         if prior is not None:
             pick_class = torch.randint(0, prior.mean.shape[0], (batch,), generator=generator)
-            latents.append(prior.sample(pick_class, generator, scaling))
+            latents.append(prior.sample(pick_class, generator, scaling, config.sample_latents))
             rows += [1] * batch
         latents = torch.cat(latents)
         noise = torch.randn(latents.shape, generator=generator).to(device)
