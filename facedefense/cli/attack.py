@@ -79,14 +79,13 @@ def _load_photos(inputs: list[Path]) -> tuple[list[Any], list[dict[str, str]]]:
     return photos, skipped
 
 
-def _manifest(kind: str, spec: Any, method: Any, extra: dict[str, Any]) -> dict[str, Any]:
+def _manifest(kind: str, method: Any, extra: dict[str, Any]) -> dict[str, Any]:
     from facedefense.batch import versions
 
     return {
         "command": "attack",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "method": {"kind": kind, "name": spec.name, "plugin": spec.plugin, "plugin_version": spec.version,
-                   **method.describe()},
+        "method": {"kind": kind, **method.describe()},
         **extra,
         "versions": versions(),
         "status": "running",
@@ -95,7 +94,6 @@ def _manifest(kind: str, spec: Any, method: Any, extra: dict[str, Any]) -> dict[
 
 def run_personalizer(
     personalizer: Any,
-    spec: Any,
     inputs: list[Path],
     output: Path,
     *,
@@ -111,12 +109,12 @@ def run_personalizer(
     import torch
     from tqdm.auto import tqdm
 
-    from facedefense.interfaces.personalizer import load_personalized
+    from facedefense.interfaces.personalizer import METADATA_NAME, load_personalized
     from facedefense.io import save_image, write_json
 
     if num_images < 1:
         raise ConfigError(f"--num-images must be at least 1, got {num_images}")
-    previous = _check_output(output, resume, "personalizer", spec.name)
+    previous = _check_output(output, resume, "personalizer", personalizer.name)
     photos, skipped = _load_photos(inputs)
     if any(item.path.parent == output.resolve() for item in photos):
         raise OutputError(f"output folder {output} holds the input photos; choose another --output")
@@ -126,14 +124,14 @@ def run_personalizer(
     prompts = list(prompts) if prompts else personalizer.default_prompts() if hasattr(personalizer, "default_prompts") else [instance_prompt]
     output.mkdir(parents=True, exist_ok=True)
     model_dir = output / "model"
-    manifest = _manifest("personalizer", spec, personalizer, {
+    manifest = _manifest("personalizer", personalizer, {
         "inputs": [str(item.path) for item in photos], "skipped": skipped, "instance_prompt": instance_prompt,
         "class_prompt": class_prompt, "num_images": num_images, "seed": config.seed, "model_dir": "model",
     })
     if previous is not None:
         manifest["created"] = previous.get("created", manifest["created"])
     personalizer.progress = progress
-    if resume and (model_dir / "facedefense_personalized.json").is_file():
+    if resume and (model_dir / METADATA_NAME).is_file():
         model = load_personalized(model_dir, device=config.device, dtype=config.dtype)
         manifest["training"] = (previous or {}).get("training", {"resumed": True})
     else:
@@ -151,7 +149,7 @@ def run_personalizer(
     folders = {prompt: _slug(prompt, taken) for prompt in prompts}
     manifest["prompts"] = [{"prompt": p, "folder": f"images/{folders[p]}"} for p in prompts]
     write_json(manifest, output / MANIFEST)
-    bar = tqdm(total=len(prompts) * num_images, desc=f"generating ({spec.name})", unit="img", disable=not progress)
+    bar = tqdm(total=len(prompts) * num_images, desc=f"generating ({personalizer.name})", unit="img", disable=not progress)
     for prompt_index, prompt in enumerate(prompts):
         folder = output / "images" / folders[prompt]
         folder.mkdir(parents=True, exist_ok=True)
@@ -171,23 +169,23 @@ def run_personalizer(
     return manifest
 
 
-def _editor_mask(mask: str | None, editor: Any, pixels: Any) -> Any:
-    """The (1, 1, H, W) mask for one photo: a file, an automatic face/background mask, or None."""
-    from facedefense_attacks.masks import face_mask, load_mask
+def _editor_mask(mask: str | None, pixels: Any) -> Any:
+    """The (1, 1, H, W) mask for one photo read from a file (white = edit), or None (the editor
+    decides: inpaint makes an automatic mask)."""
+    from facedefense.imaging import resize
+    from facedefense.io import load_image
 
-    choice = mask or ("background" if getattr(editor, "needs_mask", False) else None)
-    if choice is None:
+    if mask is None:
         return None
-    if choice in ("face", "background"):
-        return face_mask(pixels[0], choice)[None]
-    path = Path(choice)
+    path = Path(mask)
     if not path.is_file():
-        raise ImageError(f"--mask {choice}: no such file (or use --mask face / --mask background)")
-    return load_mask(path, tuple(pixels.shape[-2:]))[None]
+        raise ConfigError(f"--mask {mask}: no such file (or use --mask face / --mask background)")
+    gray = load_image(path).pixels.mean(dim=1, keepdim=True)
+    return resize(gray, tuple(pixels.shape[-2:])).clamp(0, 1)
 
 
 def run_editor(
-    editor: Any, spec: Any, inputs: list[Path], output: Path, *, prompt: str, mask: str | None, resume: bool,
+    editor: Any, inputs: list[Path], output: Path, *, prompt: str, mask: str | None, resume: bool,
     progress: bool,
 ) -> dict[str, Any]:
     """Edit every photo of ``inputs`` with ``prompt``; write ``output/<stem>.png`` (same size) and a
@@ -196,21 +194,21 @@ def run_editor(
 
     from facedefense.io import collect_images, iter_images, prepare_output_dir, save_image, write_json
 
-    previous = _check_output(output, resume, "editor", spec.name)
+    previous = _check_output(output, resume, "editor", editor.name)
     paths = collect_images(inputs)
     targets = dict(zip(paths, prepare_output_dir(output, paths)))
-    manifest = _manifest("editor", spec, editor, {"prompt": prompt, "mask": mask, "seed": editor.config.seed,
+    manifest = _manifest("editor", editor, {"prompt": prompt, "mask": mask, "seed": editor.config.seed,
                                                   "images": [], "failures": []})
     if previous is not None:
         manifest["images"] = [e for e in previous.get("images", []) if (output / e["output"]).is_file()]
     done = {entry["input"] for entry in manifest["images"]}
     write_json(manifest, output / MANIFEST)
-    bar = tqdm(total=len(paths), desc=f"editing ({spec.name})", unit="img", disable=not progress)
+    bar = tqdm(total=len(paths), desc=f"editing ({editor.name})", unit="img", disable=not progress)
     for path, item in iter_images([p for p in paths if str(p) not in done or not targets[p].is_file()]):
         try:
             if isinstance(item, ImageError):
                 raise item
-            edited = editor.edit(item.pixels, prompt, mask=_editor_mask(mask, editor, item.pixels),
+            edited = editor.edit(item.pixels, prompt, mask=_editor_mask(mask, item.pixels),
                                  generator=editor.make_generator())
             save_image(edited[0], targets[path], alpha=item.alpha, icc_profile=item.icc_profile)
             manifest["images"].append({"input": str(path), "output": targets[path].name,
@@ -252,15 +250,16 @@ def attack(
         raise fail("give exactly one of --personalizer NAME or --editor NAME")
     show = progress_default() if progress is None else progress
     kind, name = ("personalizer", personalizer) if personalizer else ("editor", editor)
-    spec = get_registry().get(kind, name)
     options = method_options(option, model=model, steps=steps, seed=seed, device=device, dtype=dtype)
     if kind == "editor":
         if not prompt or not prompt[0].strip():
-            raise fail(f"editor '{spec.name}' needs an instruction: --prompt \"...\"")
+            raise fail(f"editor '{name}' needs an instruction: --prompt \"...\"")
         if len(prompt) > 1:
             raise fail("an editor takes one --prompt; run it once per instruction")
-        method = spec.load()(**options)
-        manifest = run_editor(method, spec, inputs, output, prompt=prompt[0], mask=mask, resume=resume, progress=show)
+        if mask in ("face", "background"):  # the editor's automatic mask (inpaint: auto_mask)
+            options["auto_mask"], mask = mask, None
+        method = get_registry().create(kind, name, **options)
+        manifest = run_editor(method, inputs, output, prompt=prompt[0], mask=mask, resume=resume, progress=show)
         typer.echo(f"edited {len(manifest['images'])} image(s) into {output} (manifest: {MANIFEST})")
         if manifest["failures"]:
             raise fail(f"{len(manifest['failures'])} input(s) could not be edited", code=1)
@@ -269,13 +268,13 @@ def attack(
         raise fail("--mask is for editors")
     if len(inputs) != 1 or not inputs[0].is_dir():
         raise fail("a personalizer takes one folder of photos of one person")
-    method = spec.load()(**options)
+    method = get_registry().create(kind, name, **options)
     manifest = run_personalizer(
-        method, spec, inputs, output, prompts=prompt, num_images=num_images, instance_prompt=instance_prompt,
+        method, inputs, output, prompts=prompt, num_images=num_images, instance_prompt=instance_prompt,
         class_prompt=class_prompt, resume=resume, progress=show,
     )
     total = len(manifest["prompts"]) * num_images
-    typer.echo(f"trained {spec.name} on {len(manifest['inputs'])} photo(s); {total} image(s) in {output / 'images'}")
+    typer.echo(f"trained {method.name} on {len(manifest['inputs'])} photo(s); {total} image(s) in {output / 'images'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""Inpainting masks: read from a file, or made from the face a detector finds.
+"""Automatic inpainting masks, made from the face a detector finds.
 
 The detector is scikit-image's LBP frontal-face cascade (its model file ships in the scikit-image
 wheel, so it works offline); install ``facedefense[metrics]`` or ``scikit-image`` to get it.
@@ -7,7 +7,6 @@ Masks are (1, H, W) float in [0, 1], 1 = region to repaint.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from facedefense.errors import ImageError, MissingDependencyError
@@ -17,20 +16,6 @@ if TYPE_CHECKING:
 
 #: Side the detector sees (the cascade misses faces under about 24 pixels).
 DETECTION_SIDE = 256
-
-
-def load_mask(path: str | Path, size: tuple[int, int]) -> Tensor:
-    """A mask file (any image; its luminance, white = repaint) resized to ``size`` = (H, W).
-
-    Returns:
-        (1, H, W) float32 in [0, 1].
-    """
-    from facedefense.imaging import resize
-    from facedefense.io import load_image
-
-    pixels = load_image(path).pixels  # (1, 3, h, w)
-    gray = pixels.mean(dim=1, keepdim=True)
-    return resize(gray, size)[0].clamp(0, 1)
 
 
 def face_boxes(image: Tensor) -> list[tuple[int, int, int, int]]:

@@ -8,21 +8,16 @@ A subclass names its ``format`` and writes/attaches its weights (:meth:`_save_we
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense.errors import ConfigError, ModelNotFoundError
-from facedefense.interfaces.personalizer import PersonalizedModel
+from facedefense.errors import ConfigError
+from facedefense.interfaces.personalizer import PersonalizedModel, read_metadata, write_metadata
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
-
-#: Name of the metadata file written beside the weights.
-METADATA = "facedefense_personalized.json"
-
 
 class PipelinePersonalized(PersonalizedModel):
     """A personalized Stable Diffusion pipeline.
@@ -93,12 +88,10 @@ class PipelinePersonalized(PersonalizedModel):
 
     def save(self, directory: str | Path) -> Path:
         """Write the weights in their diffusers format and ``facedefense_personalized.json``."""
-        from facedefense.io import write_json
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_weights(directory)
-        write_json(self.info, directory / METADATA)
+        write_metadata(directory, **self.info)
         return directory
 
     @classmethod
@@ -132,17 +125,3 @@ class PipelinePersonalized(PersonalizedModel):
 
         return load_pipeline(str(info["base_model"]), "text2img", device=device, dtype=dtype)
 
-
-def read_metadata(directory: str | Path) -> dict[str, Any]:
-    """The ``facedefense_personalized.json`` of a saved personalized model.
-
-    Raises:
-        ModelNotFoundError: missing or unreadable.
-    """
-    path = Path(directory) / METADATA
-    if not path.is_file():
-        raise ModelNotFoundError(f"{directory}: not a saved personalized model ({METADATA} is missing)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"{path}: cannot be read ({exc})") from exc

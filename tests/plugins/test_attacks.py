@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from facedefense.cli import build_app
+from facedefense.testing.contracts import EditorContract, PersonalizerContract
 
 runner = CliRunner()
 #: Fast training/generation settings for the tiny models (64 px, 2 steps, 2 class images).
@@ -208,7 +209,7 @@ def test_class_images_are_cached_and_grow(tmp_path, tiny_sd_path):
                         class_cache=str(tmp_path))
     first = generate_class_images(pipe, config, "a photo of person")
     stamp = next(tmp_path.rglob("00000.png")).stat().st_mtime_ns
-    more = generate_class_images(pipe, config.__class__(**{**config.__dict__, "num_class_images": 2}), "a photo of person")
+    more = generate_class_images(pipe, config.replace(num_class_images=2), "a photo of person")
     assert len(first) == 1 and len(more) == 2 and torch.equal(first[0], more[0])
     assert next(tmp_path.rglob("00000.png")).stat().st_mtime_ns == stamp, "cached images are reused, not redone"
 
@@ -243,3 +244,63 @@ def test_lora_lowers_the_denoising_loss_on_its_faces(trained_tiny_sd_path):
                 prior_preservation=False, sample_latents=False, device="cpu")
     after = loss(lora.fit(list(faces), instance_prompt=prompt).pipeline.unet, parts)
     assert after < before * 0.99, (before, after)  # measured: 3% lower (torch 2.13, diffusers 0.42)
+
+
+# -- contracts ---------------------------------------------------------------------------------
+
+TINY_TRAINING = dict(steps=2, resolution=64, num_class_images=2, class_inference_steps=2, inference_steps=2,
+                     device="cpu")
+
+
+class _Personalizer(PersonalizerContract):
+    def make_method(self, request):
+        from facedefense.registry import get_registry
+
+        cache = request.getfixturevalue("tmp_path_factory").mktemp("contract-classes")
+        personalizer = get_registry().load("personalizer", self.registry_name)
+        return personalizer(model=str(request.getfixturevalue("tiny_sd_path")), class_cache=str(cache), **TINY_TRAINING)
+
+
+class TestDreamBoothContract(_Personalizer):
+    registry_name = "dreambooth"
+
+
+class TestLoRAContract(_Personalizer):
+    registry_name = "lora"
+
+
+class TestTextualInversionContract(_Personalizer):
+    registry_name = "textual_inversion"
+    prompts = ("a photo of <new1> person",)
+
+
+class TestLoRATIContract(_Personalizer):
+    registry_name = "lora_ti"
+    prompts = ("a photo of <new1> person",)
+
+
+class _Editor(EditorContract):
+    fixture: str = "tiny_sd_path"
+    options: dict = {}
+
+    def make_method(self, request):
+        from facedefense.registry import get_registry
+
+        model = str(request.getfixturevalue(self.fixture))
+        editor = get_registry().load("editor", self.registry_name)
+        return editor(model=model, steps=2, resolution=None, device="cpu", **self.options)
+
+
+class TestInstructPix2PixContract(_Editor):
+    registry_name = "instruct_pix2pix"
+    fixture = "tiny_ip2p_path"
+
+
+class TestSDEditContract(_Editor):
+    registry_name = "sdedit"
+
+
+class TestInpaintContract(_Editor):
+    registry_name = "inpaint"
+    fixture = "tiny_inpaint_path"
+    options = {"auto_mask": "all"}
