@@ -388,7 +388,9 @@ def train(
         pipeline.to(dtype=half)
     for parameter in parameters:
         parameter.requires_grad_(False)
-    accelerator.free_memory()
+    del optimizer, prepared, wrapped
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return TrainingResult(losses, seconds, step_seconds)
 
 
