@@ -15,6 +15,7 @@ the saved model and writes only the images that are missing.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -61,6 +62,11 @@ def _check_output(output: Path, resume: bool, kind: str, name: str) -> dict[str,
             f"{output} holds a run of {method.get('kind')} '{method.get('name')}', not {kind} '{name}'; choose another --output"
         )
     return previous
+
+
+def _is_main_process() -> bool:
+    """False in the non-main processes of ``accelerate launch`` / torchrun (they only train)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _load_photos(inputs: list[Path]) -> tuple[list[Any], list[dict[str, str]]]:
@@ -135,7 +141,8 @@ def run_personalizer(
         model = load_personalized(model_dir, device=config.device, dtype=config.dtype)
         manifest["training"] = (previous or {}).get("training", {"resumed": True})
     else:
-        write_json(manifest, output / MANIFEST)
+        if _is_main_process():
+            write_json(manifest, output / MANIFEST)
         model = personalizer.fit(
             [item.pixels[0] for item in photos], instance_prompt=instance_prompt, class_prompt=class_prompt,
             output_dir=model_dir, generator=personalizer.make_generator(),
@@ -145,6 +152,8 @@ def run_personalizer(
             steps = max(1, len(result.losses))
             manifest["training"] = {"steps": len(result.losses), "first_loss": result.losses[0], "final_loss": result.losses[-1],
                                     "seconds": round(result.seconds, 3), "seconds_per_step": round(result.seconds / steps, 4)}
+    if not _is_main_process():  # the main process generates and writes
+        return manifest
     taken: set[str] = set()
     folders = {prompt: _slug(prompt, taken) for prompt in prompts}
     manifest["prompts"] = [{"prompt": p, "folder": f"images/{folders[p]}"} for p in prompts]
@@ -273,7 +282,7 @@ def attack(
         method, inputs, output, prompts=prompt, num_images=num_images, instance_prompt=instance_prompt,
         class_prompt=class_prompt, resume=resume, progress=show,
     )
-    total = len(manifest["prompts"]) * num_images
+    total = len(manifest.get("prompts", [])) * num_images
     typer.echo(f"trained {method.name} on {len(manifest['inputs'])} photo(s); {total} image(s) in {output / 'images'}")
 
 
