@@ -119,8 +119,11 @@ def main() -> None:
 
     options = parse_option_pairs(args.option)
     print(f"load average: {os.getloadavg()}; cores: {os.cpu_count()}", flush=True)
-    model = str(build(args.arch, args.cache))
     context = multiprocessing.get_context("spawn")
+    builder = context.Process(target=build, args=(args.arch, args.cache))  # its memory is not ours
+    builder.start()
+    builder.join()
+    model = str(args.cache / args.arch)
     results = []
     for method in args.methods:
         queue = context.Queue()
