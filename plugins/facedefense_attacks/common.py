@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from facedefense.errors import ConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
-    import torch
     from torch import Tensor
 
 #: Anti-DreamBooth's five inference prompts (``infer.py``); its metrics use the first two, which are
@@ -107,9 +106,3 @@ def square_batch(images: list[Tensor], resolution: int) -> Tensor:
 
     return torch.stack([resize_center_crop(image, resolution) for image in images])
 
-
-def seeded(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A fresh generator with ``seed`` (on the CPU for CUDA devices too, so seeds match across machines)."""
-    import torch
-
-    return torch.Generator("cpu").manual_seed(int(seed) % (2**63))
