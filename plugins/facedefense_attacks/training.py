@@ -300,8 +300,9 @@ def train(
     unet, text_encoder, vae, tokenizer = pipeline.unet, pipeline.text_encoder, pipeline.vae, pipeline.tokenizer
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     pipeline.to(device)
-    if half is not None:  # frozen weights in half precision, trainable ones in float32
-        for network in (unet, text_encoder, vae):
+    if half is not None:  # frozen weights in half precision, trainable ones in float32; a text
+        # encoder that is trained (even one embedding row) stays float32 (its layer norms need it)
+        for network in (unet, vae) if train_text_encoder else (unet, text_encoder, vae):
             for parameter in network.parameters():
                 if not parameter.requires_grad:
                     parameter.data = parameter.data.to(half)
