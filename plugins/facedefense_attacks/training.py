@@ -384,8 +384,6 @@ def train(
         unet.disable_gradient_checkpointing()
         if train_text_encoder:
             text_encoder.gradient_checkpointing_disable()
-    if half is not None:  # one inference dtype for the whole pipeline
-        pipeline.to(dtype=half)
     for parameter in parameters:
         parameter.requires_grad_(False)
     del optimizer, prepared, wrapped
@@ -469,6 +467,7 @@ class TrainedPersonalizer(Personalizer):
             generator=generator, device=self.device, after_step=trainables.after_step,
             progress=self.progress, description=f"{label} training",
         )
+        pipeline.to(dtype=self.dtype)  # one inference dtype (config.dtype) for the whole pipeline
         info = {
             "personalizer": self.name,
             "base_model": config.model,

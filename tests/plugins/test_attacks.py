@@ -214,6 +214,17 @@ def test_class_images_are_cached_and_grow(tmp_path, tiny_sd_path):
     assert next(tmp_path.rglob("00000.png")).stat().st_mtime_ns == stamp, "cached images are reused, not redone"
 
 
+def test_bf16_mixed_precision_and_checkpointing_train(tiny_sd_path, face_images):
+    """LoRA+TI under bf16 autocast with gradient checkpointing: half UNet, float32 text encoder."""
+    from facedefense_attacks.lora_ti import LoRATI
+
+    personalizer = LoRATI(model=str(tiny_sd_path), steps=2, resolution=64, prior_preservation=False, inference_steps=2,
+                          mixed_precision="bf16", gradient_checkpointing=True, device="cpu")
+    model = personalizer.fit(face_images)
+    assert all(torch.isfinite(torch.tensor(personalizer.last_training.losses)))
+    assert model.generate(["a photo of <new1> person"], generator=torch.Generator().manual_seed(0)).shape == (1, 3, 64, 64)
+
+
 def test_eight_bit_optimizer_needs_cuda():
     from facedefense.errors import ConfigError
     from facedefense_attacks.training import TrainingConfig, _optimizer
