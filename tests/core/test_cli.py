@@ -104,7 +104,7 @@ def test_protect_refuses_input_folder_as_output(png_folder, shift_defender):
 def test_protect_unwritable_output(tmp_path, png_folder, shift_defender):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
-    assert_one_line_error(invoke("protect", png_folder, "--method", "test_shift", "--output", blocker / "out"), match="not writable")
+    assert_one_line_error(invoke("protect", png_folder, "--method", "test_shift", "--output", blocker / "out"), match="is a file, not a folder")
 
 
 def test_protect_missing_input_and_empty_folder(tmp_path, shift_defender):
