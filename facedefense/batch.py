@@ -208,8 +208,8 @@ def claim_output_dir(output_dir: str | Path, existing: str = "refuse", *, dry_ru
     if existing == "refuse":
         what = "an earlier run's files" if earlier is not None else "files"
         raise OutputError(
-            f"output folder {output_dir} already holds {what} ({names}); add to that run with --add "
-            "(existing='add'), replace it with --overwrite (existing='overwrite'), or choose another folder"
+            f"output folder {output_dir} already holds {what} ({names}); add to that run (--add, existing='add'), "
+            "replace it (--overwrite, existing='overwrite'), or choose another folder"
         )
     ours = {MANIFEST_NAME, *_earlier_outputs(earlier)} if earlier is not None else set()
     foreign = [p for p in files if str(p.relative_to(output_dir)) not in ours]

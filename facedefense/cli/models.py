@@ -12,8 +12,9 @@ from facedefense.cli.common import friendly_errors, progress_default
 TINY_KINDS = ("sd", "instruct_pix2pix", "inpaint", "upscaler")
 DEMO_BANNER = (
     "DEMO: this run uses a tiny random-weight diffusion model built offline. It exercises the whole "
-    "pipeline (load, protect, budget check, manifest, evaluate) but gives NO real protection; use a real "
-    "Stable Diffusion model (--model stable-diffusion-v1-5/stable-diffusion-v1-5) for that."
+    "pipeline (load, protect, budget check, manifest, evaluate) but gives NO real protection. For that, run "
+    "`facedefense protect PHOTOS --method photoguard --model stable-diffusion-v1-5/stable-diffusion-v1-5 "
+    "--output OUT`."
 )
 
 
@@ -55,7 +56,9 @@ def demo(
     inputs: Annotated[
         list[Path] | None, typer.Argument(help="Portraits to protect (default: a sample portrait).")
     ] = None,
-    output: Annotated[Path, typer.Option("--output", help="Demo folder.")] = Path("demo-output"),
+    output: Annotated[
+        Path, typer.Option("--output", help="Demo folder (its protected/ subfolder is replaced on each run).")
+    ] = Path("demo-output"),
     method: Annotated[
         str | None, typer.Option("--method", "-m", help="Defender to demonstrate (default: the one tagged 'demo').")
     ] = None,
@@ -66,6 +69,8 @@ def demo(
     ] = None,
 ) -> None:
     """Protect sample portraits with a tiny model built on the spot (a pipeline demo, offline)."""
+    import dataclasses
+
     from facedefense.batch import protect_files
     from facedefense.budget import parse_budget
     from facedefense.errors import ConfigError
@@ -74,6 +79,9 @@ def demo(
     from facedefense.registry import get_registry
     from facedefense.testing import tiny_models
 
+    from facedefense.io import check_output_dir
+
+    check_output_dir(output)
     typer.secho(DEMO_BANNER, fg=typer.colors.YELLOW, err=True)
     output.mkdir(parents=True, exist_ok=True)
     model_dir = output / "tiny-sd"
@@ -101,6 +109,10 @@ def demo(
     typer.echo(f"protected {len(report.succeeded)} image(s) into {protected}")
     for entry in report.succeeded:
         typer.echo(f"  {entry['output']}: max change {entry['linf_gray_levels']:.0f} gray levels (budget {eps})")
+    if report.unchanged:
+        from facedefense.batch import unchanged_message
+
+        typer.echo(f"warning: {unchanged_message(report)}", err=True)
     reference = Path(report.succeeded[0]["input"]).parent if report.succeeded else None
     if reference is not None and all(Path(e["input"]).parent == reference for e in report.succeeded):
         scores = evaluate_folder(protected, reference)

@@ -217,7 +217,7 @@ def test_rid_budget_from_sidecar_and_unknown(tmp_path):
     anonymous = tmp_path / "weights.bin"
     torch.save(network.state_dict(), anonymous)
     sidecar_path(anonymous).write_text(json.dumps({"architecture": SMALL_DIT}))
-    with pytest.raises(ConfigError, match="pass --eps"):
+    with pytest.raises(ConfigError, match="pass eps"):
         RID(checkpoint=str(anonymous), device="cpu")
     assert RID(checkpoint=str(anonymous), eps=5 / 255, device="cpu").config.eps == pytest.approx(5 / 255)
 
