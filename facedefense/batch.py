@@ -204,6 +204,8 @@ def claim_output_dir(output_dir: str | Path, existing: str = "refuse", *, dry_ru
     if not files:
         return None
     earlier = read_manifest(output_dir)
+    if earlier is not None and [p.name for p in files] == [MANIFEST_NAME] and not earlier.get("images"):
+        return None  # only the manifest of a run that wrote nothing: nothing to keep or to lose
     names = ", ".join(str(p.relative_to(output_dir)) for p in files[:3]) + (", ..." if len(files) > 3 else "")
     if existing == "refuse":
         what = "an earlier run's files" if earlier is not None else "files"

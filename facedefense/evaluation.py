@@ -91,7 +91,7 @@ def evaluate_folder(
     reference_paths = collect_images([reference]) if reference is not None else []
     references = _load_all(reference_paths, failures) if reference_paths else {}
     if not images:
-        raise ImageError(f"no readable image in {generated}")
+        raise ImageError(f"no readable image in {generated}" + (f" ({failures[0]['error']})" if failures else ""))
 
     summary: dict[str, Any] = {}
     for name, metric in instances.items():

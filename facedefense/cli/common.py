@@ -16,9 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on the installed click
+    from click import exceptions as click_exceptions
 
 from facedefense.errors import FaceDefenseError
 
@@ -79,18 +83,18 @@ class OneLineErrorsGroup(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:
+        except click_exceptions.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except click.UsageError as exc:
+        except click_exceptions.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            message = exc.format_message().strip().replace("\n", " ")
+            message = exc.format_message().strip().replace("\n", " ").rstrip(".")
             typer.echo(f"error: {message[:1].lower() + message[1:]}{hint}", err=True)
             sys.exit(2)
-        except click.ClickException as exc:
+        except click_exceptions.ClickException as exc:
             typer.echo(f"error: {exc.format_message().strip().splitlines()[0]}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except typer.Abort:
             typer.echo("error: interrupted", err=True)
             sys.exit(130)
         sys.exit(result if isinstance(result, int) else 0)
