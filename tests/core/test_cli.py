@@ -136,7 +136,7 @@ def test_purify_and_evaluate(tmp_path, png_folder):
 
 
 def test_evaluate_needs_reference_for_psnr(png_folder):
-    assert_one_line_error(invoke("evaluate", png_folder, "--metric", "psnr"), match="need --reference")
+    assert_one_line_error(invoke("evaluate", png_folder, "--metric", "psnr"), match="need reference images")
 
 
 def test_info_shows_documentation_and_options():

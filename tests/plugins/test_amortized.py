@@ -231,7 +231,7 @@ def test_missing_and_wrong_checkpoints(tmp_path, rid_checkpoint):
         RID(checkpoint=str(tmp_path / "nope.bin"), device="cpu")
     garbage = tmp_path / "ASDS-eps-8_255.bin"
     garbage.write_bytes(b"not a pickle")
-    with pytest.raises(ModelNotFoundError, match="cannot be read"):
+    with pytest.raises(ModelNotFoundError, match="not a weights file"):
         RID(checkpoint=str(garbage), device="cpu")
     path, _ = rid_checkpoint
     with pytest.raises(ModelNotFoundError, match="not a gap_diff checkpoint"):
