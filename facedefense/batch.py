@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from facedefense.interfaces import Defender, Purifier
 
 MANIFEST_NAME = "facedefense.json"
+#: While a run works, its manifest is rewritten at most this often (seconds); always at the start and end.
+MANIFEST_INTERVAL = 2.0
 #: Folder inside the output where identity-scoped defenders keep by-products and resumable state.
 WORK_DIR_NAME = ".facedefense-work"
 
@@ -347,7 +349,14 @@ def _run(
             **({"earlier_outputs_kept": len(carried)} if earlier is not None else {}),
         }
 
-    def save_manifest(status: str) -> None:
+    last_saved = [0.0]
+
+    def save_manifest(status: str, *, every: float = 0.0) -> None:
+        """Write the manifest (while running, at most once per ``every`` seconds: a long run with
+        thousands of images must not spend its time rewriting a growing file)."""
+        if time.monotonic() - last_saved[0] < every:
+            return
+        last_saved[0] = time.monotonic()
         manifest["status"] = status
         manifest["summary"] = summary(status == "completed")
         images = manifest["images"]
@@ -392,7 +401,7 @@ def _run(
                         if artifacts:
                             manifest.setdefault("artifacts", {})[identity.name] = {k: str(v) for k, v in artifacts.items()}
                         files_bar.update(len(loaded))
-                        save_manifest("running")
+                        save_manifest("running", every=MANIFEST_INTERVAL)
                 else:
                     assert process_batch is not None
                     for batch in _batches(iter_images(identity.paths, prefetch=batch_size + 1), batch_size, report.failed):
@@ -402,7 +411,7 @@ def _run(
                         for index, item in enumerate(batch):
                             record(item, outputs[index], stats[index] if index < len(stats) else {}, seconds, identity)
                         files_bar.update(len(batch))
-                        save_manifest("running")
+                        save_manifest("running", every=MANIFEST_INTERVAL)
                 files_bar.update(len(report.failed) - before)
             status = "completed"
         except KeyboardInterrupt:
