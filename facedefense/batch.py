@@ -194,13 +194,16 @@ def claim_output_dir(output_dir: str | Path, existing: str = "refuse", *, dry_ru
         The earlier manifest when adding to an earlier run, else None.
 
     Raises:
-        OutputError: the folder holds files and ``existing`` is ``"refuse"``, or it holds files that
-            no facedefense run wrote and ``existing`` is ``"overwrite"``.
+        OutputError: the folder holds files that no facedefense run wrote there (whatever
+            ``existing`` says: they are never replaced or deleted), or an earlier run and
+            ``existing`` is ``"refuse"``.
     """
     if existing not in EXISTING:
         raise ConfigError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
+        return None
+    if not any(not entry.name.startswith(".") for entry in output_dir.iterdir()):
         return None
     files = _visible_files(output_dir)
     if not files:
@@ -208,20 +211,19 @@ def claim_output_dir(output_dir: str | Path, existing: str = "refuse", *, dry_ru
     earlier = read_manifest(output_dir)
     if earlier is not None and [p.name for p in files] == [MANIFEST_NAME] and not earlier.get("images"):
         return None  # only the manifest of a run that wrote nothing: nothing to keep or to lose
-    names = ", ".join(str(p.relative_to(output_dir)) for p in files[:3]) + (", ..." if len(files) > 3 else "")
-    if existing == "refuse":
-        what = "an earlier run's files" if earlier is not None else "files"
-        raise OutputError(
-            f"output folder {output_dir} already holds {what} ({names}); add to that run (--add, existing='add'), "
-            "replace it (--overwrite, existing='overwrite'), or choose another folder"
-        )
     ours = {MANIFEST_NAME, *_earlier_outputs(earlier)} if earlier is not None else set()
     foreign = [p for p in files if str(p.relative_to(output_dir)) not in ours]
     if foreign:
         listed = ", ".join(str(p.relative_to(output_dir)) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise OutputError(
-            f"output folder {output_dir} holds files no facedefense run listed ({listed}); "
-            "they are never deleted: move them or choose another folder"
+            f"output folder {output_dir} holds files no facedefense run wrote there ({listed}); "
+            "they are never replaced or deleted: choose an empty or new folder"
+        )
+    if existing == "refuse":
+        names = ", ".join(str(p.relative_to(output_dir)) for p in files[:3]) + (", ..." if len(files) > 3 else "")
+        raise OutputError(
+            f"output folder {output_dir} already holds an earlier run ({names}); add to it (--add, "
+            "existing='add'), replace it (--overwrite, existing='overwrite'), or choose another folder"
         )
     if existing == "add" or dry_run:
         return earlier

@@ -394,6 +394,15 @@ def test_output_under_a_file(workspace, command):
     workspace.check(invoke(*COMMANDS[command](source, blocker / "out")), 2, "is a file, not a folder")
 
 
+@pytest.mark.parametrize("flag", [None, "--overwrite"])
+def test_output_folder_holds_the_input_folder(workspace, flag):
+    """``protect out/photos --output out``: the input folder is one of the output folder's files."""
+    write_case("good", workspace.inputs)
+    workspace.freeze()
+    args = COMMANDS["protect"](workspace.inputs, workspace.root)
+    workspace.check(invoke(*args, *([flag] if flag else [])), 2, "holds files no facedefense run wrote there (inputs/good.png)")
+
+
 def test_output_is_a_file(workspace):
     source = write_case("good", workspace.inputs)
     workspace.freeze()
