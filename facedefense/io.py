@@ -217,7 +217,15 @@ def save_image(
 
 
 def _umask_mode() -> int:
-    """The permission bits a new file gets (0o666 minus the umask), read without changing it for long."""
+    """The permission bits a new file gets: 0o666 minus the umask (read from /proc on Linux, where
+    reading it does not change it even for an instant; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
