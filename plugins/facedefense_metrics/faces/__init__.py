@@ -23,10 +23,13 @@ BACKENDS = {
 
 
 def get_backend(name: str, **options) -> FaceBackend:
-    """Build the face backend called ``name`` (see :data:`BACKENDS`) with its options."""
+    """Build the face backend called ``name`` (see :data:`BACKENDS`); options it does not take are ignored."""
     import importlib
+    import inspect
 
     if name not in BACKENDS:
         raise ConfigError(f"unknown face backend '{name}'; choose one of: {', '.join(BACKENDS)}")
     module, _, attribute = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)(**options)
+    backend = getattr(importlib.import_module(module), attribute)
+    accepted = inspect.signature(backend).parameters
+    return backend(**{key: value for key, value in options.items() if key in accepted})

@@ -218,9 +218,12 @@ def _build_resnet(weights: dict | None):
             self.blocks = nn.Sequential(*[Block(*step) for step in plan])
             self.fc = nn.Linear(256, 128, bias=False)
 
-        def forward(self, x: Tensor) -> Tensor:
+        def features(self, x: Tensor) -> Tensor:
             x = F.max_pool2d(F.relu(self.affine(self.conv(x))), 3, 2)
-            return self.fc(self.blocks(x).mean(dim=(2, 3)))
+            return self.blocks(x).mean(dim=(2, 3))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(self.features(x))
 
     net = DlibResNet()
     if weights is not None:
@@ -402,6 +405,10 @@ class DlibFaceEmbedder(_nn_module()):  # type: ignore[misc]
         self.register_buffer("mean", torch.tensor(weights["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor, landmarks: Tensor | None = None) -> Tensor:
+        return self.net.fc(self.pooled(images, landmarks))
+
+    def pooled(self, images: Tensor, landmarks: Tensor | None = None) -> Tensor:
+        """The 256-D mean-pooled features before the last linear layer (``net.fc``): (N, 256)."""
         import torch
         import torch.nn.functional as F
 
@@ -414,7 +421,7 @@ class DlibFaceEmbedder(_nn_module()):  # type: ignore[misc]
         pixels = chips * 255.0
         if self.exact and landmarks is None:
             pixels = pixels + (torch.round(pixels) - pixels).detach()
-        return self.net((pixels - self.mean.to(pixels.dtype)) / 256.0)
+        return self.net.features((pixels - self.mean.to(pixels.dtype)) / 256.0)
 
 
 def build(*, path: str | None = None, device: torch.device, dtype: torch.dtype, **options) -> DlibFaceEmbedder:
