@@ -465,16 +465,19 @@ class DlibTorchBackend(FaceBackend):
     def detect(self, image: Tensor) -> list[Face]:
         return self.detector.detect(image)
 
-    def embed_largest(self, images: Sequence[Tensor]) -> list[Tensor | None]:
+    def embed_largest(self, images: Sequence[Tensor], batch_size: int = 16) -> list[Tensor | None]:
         import torch
 
         from facedefense.models import shared_model
 
         embedder = shared_model("dlib_torch", path=self.path, device=self.device)
+        device = embedder.mean.device
         found = [(i, faces[0].landmarks) for i, faces in enumerate(map(self.detect, images)) if faces]
         out: list[Tensor | None] = [None] * len(images)
         with torch.no_grad():
-            for index, marks in found:
-                image = images[index].to(embedder.mean.device)[None]
-                out[index] = embedder(image, marks[None]).cpu()[0]
+            chips = [face_chip(images[i][None].to(device), marks[None], padding=embedder.padding, exact=embedder.exact) for i, marks in found]
+            for start in range(0, len(chips), batch_size):
+                descriptors = embedder(torch.cat(chips[start : start + batch_size])).cpu()
+                for (index, _), descriptor in zip(found[start : start + batch_size], descriptors):
+                    out[index] = descriptor
         return out
