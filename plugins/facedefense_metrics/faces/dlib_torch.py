@@ -122,12 +122,23 @@ def read_dlib_resnet(path: str | Path) -> dict[str, list]:
     Raises:
         ModelNotFoundError: the file is missing or is not this network.
     """
-    import numpy as np
 
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is missing (dlib_face_recognition_resnet_model_v1.dat ships in the face-recognition-models wheel)")
-    data = path.read_bytes()
+    try:
+        weights = _parse(path.read_bytes())
+    except (ValueError, IndexError, UnicodeDecodeError) as error:
+        raise ModelNotFoundError(f"{path} is not a dlib network file ({error})") from error
+    convs, affines, fc = weights["convs"], weights["affines"], weights["fc"]
+    if len(convs) != 29 or len(affines) != 29 or fc is None or fc.shape != (128, 256):
+        raise ModelNotFoundError(f"{path} is not dlib_face_recognition_resnet_model_v1 (29 convolutions, 128-D output)")
+    return weights
+
+
+def _parse(data: bytes) -> dict:
+    import numpy as np
+
     convs, affines, fc, mean = [], [], None, INPUT_MEAN
     for match in _LAYER.finditer(data):
         name = match.group(1).decode()
@@ -144,7 +155,7 @@ def read_dlib_resnet(path: str | Path) -> dict[str, list]:
             weight = params[: np.prod(shape)].reshape(shape)
             bias = params[np.prod(shape) : np.prod(shape) + filters]
             if weight.shape[0] != filters or (kh, kw) != weight.shape[2:]:
-                raise ModelNotFoundError(f"{path}: unexpected convolution layout, not dlib's face ResNet")
+                raise ValueError("unexpected convolution layout")
             convs.append((weight, bias, stride))
         elif name.startswith("affine_"):
             params, _ = reader.tensor()
@@ -156,8 +167,6 @@ def read_dlib_resnet(path: str | Path) -> dict[str, list]:
             fc = params[: inputs * outputs].reshape(inputs, outputs).T.copy()
         elif name == "input_rgb_image_sized":
             mean = (reader.real(), reader.real(), reader.real())
-    if len(convs) != 29 or len(affines) != 29 or fc is None or fc.shape != (128, 256):
-        raise ModelNotFoundError(f"{path} is not dlib_face_recognition_resnet_model_v1 (29 convolutions, 128-D output)")
     return {"convs": convs, "affines": affines, "fc": fc, "mean": mean}
 
 
