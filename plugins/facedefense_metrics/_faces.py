@@ -14,14 +14,20 @@ class FaceMetricConfig(MetricConfig):
 
     Attributes:
         backend: face backend, always named in the result: ``"dlib"`` (default; real, offline),
-            ``"dlib_torch"`` (same model in torch, batched, any device) or ``"mtcnn"`` (detection only).
+            ``"dlib_torch"`` (same model in torch, batched, any device), ``"mtcnn"`` or
+            ``"retinaface"`` (detection only) or ``"arcface"`` (RetinaFace + ArcFace, weights by path).
         detector: dlib detector, ``"hog"`` (default) or ``"cnn"``.
         upsample: times dlib upsamples the image before detecting (0: faces from about 80 px).
+        weights: embedding weights of the ``arcface`` backend (``recognition_arcface_ir_se50.pth``).
+        detector_weights: RetinaFace weights of the ``retinaface``/``arcface`` backends
+            (``detection_Resnet50_Final.pth``).
     """
 
     backend: str = "dlib"
     detector: str = "hog"
     upsample: int = 0
+    weights: str | None = None
+    detector_weights: str | None = None
 
     def __post_init__(self) -> None:
         from facedefense_metrics.faces import BACKENDS
@@ -39,7 +45,14 @@ def make_backend(metric, *, embed: bool):
     from facedefense_metrics.faces import get_backend
 
     config = metric.config
-    backend = get_backend(config.backend, detector=config.detector, upsample=config.upsample, device=str(metric.device))
+    backend = get_backend(
+        config.backend,
+        detector=config.detector,
+        upsample=config.upsample,
+        device=str(metric.device),
+        weights=config.weights,
+        detector_weights=config.detector_weights,
+    )
     if embed and not backend.can_embed:
         raise ConfigError(f"{metric.name}: backend '{config.backend}' has no identity embedding; use dlib or dlib_torch")
     return backend

@@ -131,3 +131,28 @@ def test_unknown_backend_is_a_config_error():
 
     with pytest.raises(ConfigError, match="dlib_torch"):
         get_backend("arcface")
+
+
+@pytest.mark.parametrize(
+    ("backend", "file"), [("arcface", "recognition_arcface_ir_se50.pth"), ("retinaface", "detection_Resnet50_Final.pth")]
+)
+def test_paper_backends_without_weights_name_the_file(backend, file, tmp_path, monkeypatch):
+    from facedefense_metrics.faces import get_backend
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match=file):
+        get_backend(backend, weights=str(tmp_path / file) if backend == "arcface" else None)
+
+
+def test_arcface_alignment_moves_landmarks_onto_the_template():
+    from facedefense_metrics.faces.arcface import TEMPLATE_112, align_112
+
+    angle = torch.tensor(0.3)
+    rotation = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
+    landmarks = torch.tensor(TEMPLATE_112) @ rotation.T * 1.7 + torch.tensor([60.0, 40.0])
+    image = torch.zeros(3, 320, 320)
+    for x, y in landmarks.round().long().tolist():
+        image[:, y - 1 : y + 2, x - 1 : x + 2] = 1.0
+    crop = align_112(image, landmarks)
+    for x, y in torch.tensor(TEMPLATE_112).round().long().tolist():
+        assert crop[0, y - 1 : y + 2, x - 1 : x + 2].max() > 0.3

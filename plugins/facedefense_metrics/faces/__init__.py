@@ -2,7 +2,8 @@
 
 One file per backend. ``dlib`` wraps dlib itself (detector, 5-point landmarks, 128-D embedding);
 ``dlib_torch`` is a torch port of dlib's embedding network that needs no dlib at run time (batched,
-differentiable); ``mtcnn`` is facenet-pytorch's detector. :func:`get_backend` builds one by name.
+differentiable); ``mtcnn`` is facenet-pytorch's detector; ``retinaface`` and ``arcface`` (RetinaFace + ArcFace, the
+papers' models) are facexlib's architectures with weights given by path. :func:`get_backend` builds one by name.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ BACKENDS = {
     "dlib": "facedefense_metrics.faces.dlib:DlibBackend",
     "dlib_torch": "facedefense_metrics.faces.dlib_torch:DlibTorchBackend",
     "mtcnn": "facedefense_metrics.faces.mtcnn:MTCNNBackend",
+    "retinaface": "facedefense_metrics.faces.retinaface:RetinaFaceBackend",
+    "arcface": "facedefense_metrics.faces.arcface:ArcFaceBackend",
 }
 
 
