@@ -16,6 +16,7 @@ def register_metrics(register):
     register("lpips", "facedefense_metrics.lpips:LPIPS", summary="LPIPS perceptual distance (lpips package; backbone weights by path)", tags=("needs_model",))
     register("fid", "facedefense_metrics.fid:FID", summary="Frechet Inception distance between the image set and the reference set", tags=("needs_model",))
     register("clip_s", "facedefense_metrics.clip_s:CLIPScore", summary="CLIP text-image similarity to the prompt (weights by path)", tags=("needs_model",))
+    register("clip_iqa", "facedefense_metrics.clip_iqa:CLIPIQA", summary="CLIP-IQA zero-shot quality: CLIP's preference for 'Good photo.' over 'Bad photo.'", tags=("needs_model",))
     register("clip_i", "facedefense_metrics.clip_i:CLIPImage", summary="CLIP image-image similarity to the paired reference (weights by path)", tags=("needs_model",))
 
 

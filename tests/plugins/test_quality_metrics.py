@@ -123,3 +123,11 @@ def test_clip_s_scores_each_image_against_its_prompt_and_needs_weights():
     assert result.per_image[0] != result.per_image[1]
     with pytest.raises(ModelNotFoundError, match="ViT-B-32"):
         CLIPScore(device="cpu").compute(faces, prompts="a photo")
+
+
+def test_clip_iqa_is_a_probability_per_image():
+    from facedefense.testing.tiny_models import sample_faces
+    from facedefense_metrics.clip_iqa import CLIPIQA
+
+    result = CLIPIQA(device="cpu", weights="random", architecture="ViT-B-32").compute(sample_faces(2, 64))
+    assert all(0.0 <= v <= 1.0 for v in result.per_image)
