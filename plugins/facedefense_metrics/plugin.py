@@ -17,6 +17,7 @@ def register_metrics(register):
     register("fid", "facedefense_metrics.fid:FID", summary="Frechet Inception distance between the image set and the reference set", tags=("needs_model",))
     register("clip_s", "facedefense_metrics.clip_s:CLIPScore", summary="CLIP text-image similarity to the prompt (weights by path)", tags=("needs_model",))
     register("clip_iqa", "facedefense_metrics.clip_iqa:CLIPIQA", summary="CLIP-IQA zero-shot quality: CLIP's preference for 'Good photo.' over 'Bad photo.'", tags=("needs_model",))
+    register("liqe", "facedefense_metrics.liqe:LIQE", summary="LIQE quality 1-5 from CLIP vision-language correspondence (LIQE.pt by path)", tags=("needs_model",))
     register("clip_i", "facedefense_metrics.clip_i:CLIPImage", summary="CLIP image-image similarity to the paired reference (weights by path)", tags=("needs_model",))
 
 
@@ -25,4 +26,5 @@ def register_models(register):
     register("dlib_torch", "facedefense_metrics.faces.dlib_torch:build", summary="dlib's 128-D face-recognition ResNet in torch (differentiable face chips)")
     register("lpips", "facedefense_metrics.lpips:build", summary="lpips.LPIPS with a torchvision backbone loaded from a file")
     register("inception_v3", "facedefense_metrics.fid:build", summary="torchvision Inception-v3 2048-D pool features (FID)")
+    register("liqe", "facedefense_metrics.liqe:build", summary="LIQE's fine-tuned CLIP ViT-B/32 with its 495 prompt embeddings")
     register("clip", "facedefense_metrics._clip:build", summary="open_clip model from a weights file (CLIP-S, CLIP-I)")

@@ -131,3 +131,13 @@ def test_clip_iqa_is_a_probability_per_image():
 
     result = CLIPIQA(device="cpu", weights="random", architecture="ViT-B-32").compute(sample_faces(2, 64))
     assert all(0.0 <= v <= 1.0 for v in result.per_image)
+
+
+def test_liqe_is_an_expected_level_between_one_and_five_and_needs_its_checkpoint():
+    from facedefense.testing.tiny_models import sample_faces
+    from facedefense_metrics.liqe import LIQE
+
+    result = LIQE(device="cpu", weights="random").compute(sample_faces(1, 64))
+    assert 1.0 <= result.value <= 5.0
+    with pytest.raises(ModelNotFoundError, match="LIQE.pt"):
+        LIQE(device="cpu").compute(sample_faces(1, 64))
