@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from facedefense.errors import ConfigError, ImageError
@@ -61,43 +61,43 @@ def _has_images(folder: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
 
 
-@dataclass
+@dataclass(frozen=True)
 class Group:
-    """Images of one identity (or of the whole folder) and the references to score them against."""
+    """One identity (or the whole input): its generated images and its reference folder.
+
+    Attributes:
+        name: the identity subfolder's name (the input folder's name when there are no subfolders).
+        generated: folder (or file) of generated images.
+        reference: folder of references for this identity, or None.
+    """
 
     name: str
-    generated: list[Path]
-    references: list[Path] = field(default_factory=list)
+    generated: Path
+    reference: Path | None = None
 
 
 def identity_groups(generated: str | Path, reference: str | Path | None = None) -> list[Group]:
-    """One group per identity subfolder of ``generated`` (a folder of subfolders of images), else one
-    group for the folder (or file) itself.
+    """One group per identity subfolder of ``generated`` (a folder holding only subfolders of
+    images), else one group for ``generated`` itself.
 
     References: the subfolder of ``reference`` with the same name when ``reference`` is a folder of
     subfolders; else the whole ``reference`` folder for every group.
 
     Raises:
-        ImageError: no images, or an identity without a reference subfolder of its name.
+        ImageError: ``generated`` holds no images, or an identity has no reference subfolder of its name.
     """
     root = Path(generated)
+    ref_root = Path(reference) if reference is not None else None
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and _has_images(p)) if root.is_dir() else []
     if not subfolders or _has_images(root):
-        groups = [Group(root.name, collect_images([root]))]
-    else:
-        groups = [Group(folder.name, collect_images([folder])) for folder in subfolders]
-    if reference is None:
-        return groups
-    ref_root = Path(reference)
+        collect_images([root])  # raises when there is nothing to score
+        return [Group(root.name, root, ref_root)]
+    if ref_root is None:
+        return [Group(folder.name, folder) for folder in subfolders]
     ref_subfolders = {p.name: p for p in ref_root.iterdir() if p.is_dir() and _has_images(p)} if ref_root.is_dir() else {}
-    if len(groups) > 1 and ref_subfolders and not _has_images(ref_root):
-        missing = [g.name for g in groups if g.name not in ref_subfolders]
+    if ref_subfolders and not _has_images(ref_root):
+        missing = [folder.name for folder in subfolders if folder.name not in ref_subfolders]
         if missing:
-            raise ImageError(f"{ref_root}: no reference subfolder for identit{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)}")
-        for group in groups:
-            group.references = collect_images([ref_subfolders[group.name]])
-    else:
-        shared = collect_images([ref_root])
-        for group in groups:
-            group.references = shared
-    return groups
+            raise ImageError(f"{ref_root}: no reference subfolder for {', '.join(missing)}")
+        return [Group(folder.name, folder, ref_subfolders[folder.name]) for folder in subfolders]
+    return [Group(folder.name, folder, ref_root) for folder in subfolders]

@@ -30,6 +30,7 @@ class FaceMetricConfig(MetricConfig):
     detector_weights: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         from facedefense_metrics.faces import BACKENDS
 
         if self.backend not in BACKENDS:

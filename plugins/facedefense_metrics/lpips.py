@@ -63,6 +63,7 @@ class LPIPSConfig(MetricConfig):
     weights: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.net not in BACKBONES:
             raise ConfigError(f"net must be one of {', '.join(BACKBONES)}, got '{self.net}'")
 
