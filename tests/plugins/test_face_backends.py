@@ -130,7 +130,7 @@ def test_unknown_backend_is_a_config_error():
     from facedefense_metrics.faces import get_backend
 
     with pytest.raises(ConfigError, match="dlib_torch"):
-        get_backend("arcface")
+        get_backend("facenet")
 
 
 @pytest.mark.parametrize(

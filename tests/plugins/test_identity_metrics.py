@@ -42,7 +42,27 @@ def noise(count: int = 2, size: int = 96) -> torch.Tensor:
 
 
 class FaceContract(MetricContract):
+    """The metric contract on portraits large enough for dlib's detector (the astronaut at 320 px)."""
+
     image_size: ClassVar[tuple[int, int]] = (320, 320)
+
+    def _references(self, method, images):
+        return images if method.pairing == "paired" else list(astronaut_crops(6))[3:]
+
+
+class UndefinedWithoutFaceContract(FaceContract):
+    """ISM and FR are undefined (NaN) on an image without a face, by definition; the generic contract
+    adds a small faceless image and wants every value finite, so check the same things with NaN
+    allowed exactly where no face is."""
+
+    def test_values(self, method, images):
+        listed = [*images.unbind(0), noise(1, 48)[0]]
+        references = self._references(method, listed[:-1]) + ([listed[-1]] if method.pairing == "paired" else [])
+        result = method.compute(listed, references)
+        assert len(result.per_image) == len(listed)
+        assert all(math.isfinite(v) for v in result.per_image[:-1]) and math.isnan(result.per_image[-1])
+        assert result.details["no_face"] == 1 and math.isfinite(result.value) and result.protected_if == "lower"
+        assert method.compute(listed, references).per_image[:-1] == result.per_image[:-1]
 
 
 class TestFDFR(FaceContract):
@@ -54,7 +74,7 @@ class TestFDFR(FaceContract):
         return FDFR(device="cpu")
 
 
-class TestISM(FaceContract):
+class TestISM(UndefinedWithoutFaceContract):
     registry_name = "ism"
 
     def make_method(self, request):
@@ -63,13 +83,13 @@ class TestISM(FaceContract):
         return ISM(device="cpu")
 
 
-class TestFR(FaceContract):
+class TestFR(UndefinedWithoutFaceContract):
     registry_name = "fr"
 
     def make_method(self, request):
         from facedefense_metrics.fr import FR
 
-        return FR(device="cpu")
+        return FR(device="cpu", upsample=1)  # the contract's noisy copies need the finer detection pass
 
 
 def test_fdfr_is_zero_on_portraits_and_one_without_faces():
@@ -144,6 +164,6 @@ def test_face_metric_options_are_validated():
     from facedefense_metrics.ism import ISM
 
     with pytest.raises(ConfigError, match="unknown face backend"):
-        ISM(backend="arcface")
+        ISM(backend="facenet")
     with pytest.raises(ConfigError, match="no identity embedding"):
         ISM(device="cpu", backend="mtcnn").compute(astronaut_crops(1), astronaut_crops(1))
