@@ -11,7 +11,7 @@ def register_metrics(register):
     register("fdfr", "facedefense_metrics.fdfr:FDFR", summary="Face detection failure rate (Anti-DreamBooth); face backend dlib, dlib_torch or mtcnn", tags=("face",))
     register("ism", "facedefense_metrics.ism:ISM", summary="Identity score matching: cosine to the mean face embedding of the clean reference set", tags=("face",))
     register("fr", "facedefense_metrics.fr:FR", summary="FaceLock's identity similarity between each edit and its source photo", tags=("face",))
-    register("ser_fiq", "facedefense_metrics.ser_fiq:SERFIQ", summary="SER-FIQ face quality: agreement of dropout-perturbed embeddings", tags=("face",))
+    register("ser_fiq", "facedefense_metrics.ser_fiq:SERFIQ", summary="SER-FIQ face quality: agreement of dropout-perturbed ArcFace embeddings (weights by path)", tags=("face",))
     register("brisque", "facedefense_metrics.brisque:BRISQUE", summary="BRISQUE no-reference quality (brisque package's SVM; lower is better)")
     register("lpips", "facedefense_metrics.lpips:LPIPS", summary="LPIPS perceptual distance (lpips package; backbone weights by path)", tags=("needs_model",))
     register("fid", "facedefense_metrics.fid:FID", summary="Frechet Inception distance between the image set and the reference set", tags=("needs_model",))
