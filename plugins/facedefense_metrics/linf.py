@@ -28,4 +28,4 @@ class Linf(PairedMetric):
     unit: ClassVar[str] = "gray levels"
 
     def _pairs(self, images: Tensor, references: Tensor) -> Tensor:
-        return ((images.double() - references.double()).abs().flatten(1).amax(dim=1) * 255).round(decimals=6)
+        return ((images.double() - references.double()).abs().flatten(1).amax(dim=1) * 255).round(decimals=4)
