@@ -64,9 +64,9 @@ class BRISQUE(Metric):
     protected_if: ClassVar[str] = "higher"
 
     def _compute(self, images: list[Tensor], references, prompts) -> list[float]:
-        from facedefense_metrics.faces.base import to_uint8_hwc
-
         import cv2
+
+        from facedefense_metrics.faces.base import to_uint8_hwc
 
         scorer = _scorer()
         threads = cv2.getNumThreads()

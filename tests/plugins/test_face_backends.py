@@ -122,9 +122,8 @@ def test_dlib_finds_one_face_with_five_landmarks_and_none_in_noise():
 
 def test_mtcnn_finds_the_face():
     needs("facenet_pytorch")
-    from facedefense_metrics.faces import get_backend
-
     from facedefense.imaging import resize
+    from facedefense_metrics.faces import get_backend
 
     faces = get_backend("mtcnn").detect(resize(astronaut()[None], (256, 256))[0])
     assert len(faces) == 1 and faces[0].score > 0.99

@@ -4,14 +4,12 @@ CLIP-S/CLIP-I (random weights: plumbing only), and their missing-weights errors.
 from __future__ import annotations
 
 import importlib.util
-from typing import ClassVar
 
 import pytest
 import torch
 
 from facedefense.errors import ModelNotFoundError
 from facedefense.testing.contracts import MetricContract
-
 
 TINY_CLIP = {
     "embed_dim": 16,
