@@ -294,11 +294,26 @@ def check_writable_file(path: str | Path) -> Path:
 
 
 def write_json(data: Any, path: str | Path) -> Path:
-    """Write JSON atomically (indented, UTF-8)."""
+    """Write strict JSON atomically (indented, UTF-8): NaN and infinities (undefined metric values)
+    become ``null``, so any JSON parser reads the file."""
     path = Path(path)
     with _atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        text = json.dumps(_finite(data), indent=2, sort_keys=False, allow_nan=False)
+        temporary.write_text(text + "\n", encoding="utf-8")
     return path
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (recursively)."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
