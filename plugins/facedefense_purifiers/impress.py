@@ -7,6 +7,7 @@ Reference code: AAAAAAsuka/Impress (``impress.py``).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,15 @@ _VGG_SLICES = {1: range(0, 4), 2: range(4, 9), 3: range(9, 16), 4: range(16, 23)
 _VGG_CONVS = {0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28}
 
 
+@functools.lru_cache(maxsize=2)
 def build_lpips(weights: str, device: torch.device) -> Any:
     """LPIPS-VGG (Zhang et al., CVPR 2018) with its linear heads from the ``lpips`` wheel and the
     VGG16 backbone from ``weights``: a torchvision ``vgg16`` state dict (``vgg16-397923af.pth``, or
     the same tensors as ``.safetensors``), or ``"random"`` (seeded random weights, for tests).
 
     Returns:
-        the frozen ``lpips.LPIPS`` module in eval mode; it takes images in [-1, 1].
+        the frozen ``lpips.LPIPS`` module in eval mode; it takes images in [-1, 1]. Built once per
+        (weights, device) and process.
 
     Raises:
         MissingDependencyError: ``lpips`` (the ``metrics`` extra) is not installed.
