@@ -13,16 +13,20 @@ def register_purifiers(register):
     register(
         "diffpure", "facedefense_purifiers.diffpure:DiffPure",
         summary="DiffPure: noise to a timestep and denoise (pixel DDPM or SD img2img; Nie et al., 2022)",
+        tags=("needs_model",),
     )
     register(
         "gridpure", "facedefense_purifiers.gridpure:GridPure",
         summary="GrIDPure: iterative DiffPure on overlapping 256x256 crops (Zhao et al., 2024)",
+        tags=("needs_model",),
     )
     register(
         "noisy_upscale", "facedefense_purifiers.noisy_upscale:NoisyUpscale",
         summary="Noisy upscaling: Gaussian noise, then the SD x4 upscaler (Hönig et al., 2025)",
+        tags=("needs_model",),
     )
     register(
         "impress", "facedefense_purifiers.impress:Impress",
         summary="IMPRESS: VAE-consistency optimization under an LPIPS bound (Cao et al., 2023)",
+        tags=("needs_model",),
     )
