@@ -146,6 +146,12 @@ class Impress(Purifier):
     _vae: Any = None
     _lpips: Any = None
 
+    def __init__(self, config: Any = None, **options: Any) -> None:
+        from facedefense.diffusion import refuse_pixel_ddpm
+
+        super().__init__(config, **options)
+        refuse_pixel_ddpm(self.config.model)  # before any output is written
+
     def _load(self) -> tuple[Any, Any]:
         if self._vae is None:
             from facedefense.diffusion import load_components

@@ -84,6 +84,12 @@ class NoisyUpscale(Purifier):
     _pipeline: Any = None
     _embeddings: Any = None
 
+    def __init__(self, config: Any = None, **options: Any) -> None:
+        from facedefense.diffusion import refuse_pixel_ddpm
+
+        super().__init__(config, **options)
+        refuse_pixel_ddpm(self.config.model)  # before any output is written
+
     @property
     def pipeline(self) -> Any:
         """The upscaler pipeline (loaded on first use)."""

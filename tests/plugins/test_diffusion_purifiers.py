@@ -21,13 +21,6 @@ class TestDiffPurePixel(PurifierContract):
         return DiffPure(model=str(request.getfixturevalue("tiny_pixel_ddpm_path")), strength=0.05, steps=3, device="cpu")
 
 
-class TestDiffPureStableDiffusion(PurifierContract):
-    registry_name = "diffpure"
-
-    def make_method(self, request):
-        return DiffPure(model=str(request.getfixturevalue("tiny_sd_path")), strength=0.2, steps=2, device="cpu")
-
-
 class TestGridPure(PurifierContract):
     registry_name = "gridpure"
 
@@ -62,6 +55,15 @@ def test_pixel_timesteps_follow_diffpure():
     assert denoiser.timesteps(0.1, None) == list(range(99, -1, -1))  # t* = 100: every step back to 0
     assert denoiser.timesteps(0.1, 4) == [99, 66, 33, 0]
     assert denoiser.timesteps(0.001, 5) == [0]
+
+
+def test_diffpure_through_stable_diffusion_img2img(tiny_sd_path):
+    faces = sample_faces(2, 32)
+    purifier = DiffPure(model=str(tiny_sd_path), strength=0.2, steps=2, device="cpu")
+    assert purifier.denoiser.kind == "stable_diffusion" and purifier.denoiser.native == 64
+    out = purifier.purify(faces[:, :, :24, :])
+    assert out.shape == (2, 3, 24, 32) and not torch.equal(out, faces[:, :, :24, :])
+    assert torch.equal(out, purifier.purify(faces[:, :, :24, :]))
 
 
 def test_diffpure_strength_sets_how_much_changes(tiny_pixel_ddpm_path):
@@ -157,13 +159,12 @@ def test_bad_options(cls, options, message):
 
 
 def test_pixel_ddpm_where_stable_diffusion_is_expected(tiny_pixel_ddpm_path):
-    faces = sample_faces(1, 32)
-    for purifier in (
-        NoisyUpscale(model=str(tiny_pixel_ddpm_path), device="cpu"),
-        Impress(model=str(tiny_pixel_ddpm_path), lpips_weights="random", device="cpu"),
+    for make in (
+        lambda: NoisyUpscale(model=str(tiny_pixel_ddpm_path), device="cpu"),
+        lambda: Impress(model=str(tiny_pixel_ddpm_path), lpips_weights="random", device="cpu"),
     ):
         with pytest.raises(ModelNotFoundError, match="pixel-space DDPM") as info:
-            purifier.purify(faces)
+            make()
         assert "\n" not in str(info.value)
 
 
