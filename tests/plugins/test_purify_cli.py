@@ -93,6 +93,7 @@ def test_options_by_position_and_plain_keys_reach_every_method():
         (["-m", "jpeg", "-o", "jpeg.factor=0.5"], "jpeg has no option 'factor'"),
         (["-m", "jpeg", "--model", "x"], "has an option 'model'"),
         (["-m", "quantize", "-o", "bits=9"], "1..8"),
+        (["-m", "jpeg", "-m", "gausian_blur"], "gaussian_blur"),
         (["-m", "diffpure", "--model", "m", "-o", "strength=0"], "strength must be in (0, 1]"),
     ],
 )
