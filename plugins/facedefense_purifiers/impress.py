@@ -78,6 +78,22 @@ def build_lpips(weights: str, device: torch.device) -> Any:
     return model.to(device).eval().requires_grad_(False)
 
 
+def lpips_features(model: Any, images: Tensor) -> list[Tensor]:
+    """Unit-normalized VGG features of ``images`` in [-1, 1], as LPIPS v0.1 compares them."""
+    import lpips
+
+    return [lpips.normalize_tensor(f) for f in model.net.forward(model.scaling_layer(images))]
+
+
+def lpips_distance(model: Any, features: list[Tensor], reference: list[Tensor]) -> Tensor:
+    """Per-image LPIPS distance (N,) between two feature lists of :func:`lpips_features`: what
+    ``model(x, y)`` returns, with the reference's features computed once instead of every call."""
+    total = 0
+    for lin, a, b in zip(model.lins, features, reference):
+        total = total + lin((a - b) ** 2).mean(dim=(2, 3))
+    return total.flatten()
+
+
 @dataclass
 class ImpressConfig(PurifierConfig):
     """IMPRESS options (the reference's argument names in brackets).
@@ -123,7 +139,8 @@ class Impress(Purifier):
         || D(E(x_p)) - x_p ||^2  +  alpha * max(LPIPS(x_p, x) - lpips_bound, 0)
 
     Protective perturbations are not consistent under the VAE's encode-decode, so removing the
-    inconsistency removes much of them. Per-image losses: batching changes nothing but speed.
+    inconsistency removes much of them. Per-image losses: batching changes nothing but speed. The
+    input's LPIPS features are computed once, not at every iteration.
 
     Runs with gradients (``needs_grad``); the differentiable version is the straight-through default.
 
@@ -171,6 +188,8 @@ class Impress(Purifier):
         height, width = images.shape[-2:]
         target = resize(images.detach(), working_size(height, width, None, 8)).clamp(0, 1).to(self.device)
         target_vae = to_vae_range(target)
+        with torch.no_grad():
+            reference = lpips_features(lpips, target_vae)  # constant: computed once
         noise = torch.randn(target.shape, generator=generator, device=generator.device).to(target)
         purified = (target + config.sigma * noise).requires_grad_(True)
         optimizer = torch.optim.Adam([purified], lr=config.learning_rate, eps=1e-5)
@@ -180,7 +199,7 @@ class Impress(Purifier):
                 scaled = to_vae_range(purified)
                 reconstruction = vae(scaled.to(vae.dtype)).sample.float()
                 consistency = (reconstruction - scaled).pow(2).flatten(1).mean(1)
-                distance = lpips(scaled, target_vae).flatten()
+                distance = lpips_distance(lpips, lpips_features(lpips, scaled), reference)
                 loss = (consistency + config.alpha * (distance - config.lpips_bound).clamp(min=0)).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -139,6 +139,16 @@ def test_impress_lowers_the_vae_inconsistency(tiny_sd_path):
     assert inconsistency(purified) < 0.9 * inconsistency(faces)
 
 
+def test_cached_lpips_equals_the_package():
+    from facedefense_purifiers.impress import build_lpips, lpips_distance, lpips_features
+
+    model = build_lpips("random", torch.device("cpu"))
+    x, y = sample_faces(2, 32) * 2 - 1, sample_faces(4, 32)[2:] * 2 - 1
+    expected = model(x, y).flatten()
+    assert torch.allclose(lpips_distance(model, lpips_features(model, x), lpips_features(model, y)), expected, atol=1e-6)
+    assert expected.min() > 0
+
+
 @pytest.mark.parametrize(
     ("cls", "options", "message"),
     [
