@@ -74,16 +74,16 @@ def evaluate_folder(
     registry = get_registry()
     names = list(dict.fromkeys(metrics or default_metrics()))
     if not names:
-        raise ConfigError("no metric given and none registered as a default; pass --metric NAME")
+        raise ConfigError("no metric given and none registered as a default; name one (metrics=[...], --metric NAME on the command line)")
     extra = {"device": device} if device else {}
     instances = {name: registry.create("metric", name, **{**extra, **(options or {}).get(name, {})}) for name in names}
     if reference is None:
         needing = [name for name, m in instances.items() if m.needs_reference]
         if needing:
-            raise ConfigError(f"metric(s) {', '.join(needing)} need --reference")
+            raise ConfigError(f"metric(s) {', '.join(needing)} need reference images (reference=..., --reference)")
     needing_prompt = [name for name, m in instances.items() if m.needs_prompt]
     if needing_prompt and not prompts:
-        raise ConfigError(f"metric(s) {', '.join(needing_prompt)} need --prompt")
+        raise ConfigError(f"metric(s) {', '.join(needing_prompt)} need a prompt (prompts=..., --prompt)")
 
     failures: list[dict[str, str]] = []
     generated_paths = collect_images([generated])
@@ -91,7 +91,7 @@ def evaluate_folder(
     reference_paths = collect_images([reference]) if reference is not None else []
     references = _load_all(reference_paths, failures) if reference_paths else {}
     if not images:
-        raise ImageError(f"no readable image in {generated}")
+        raise ImageError(f"no readable image in {generated}" + (f" ({failures[0]['error']})" if failures else ""))
 
     summary: dict[str, Any] = {}
     for name, metric in instances.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from facedefense.cli import evaluate, listing, models, run
+from facedefense.cli.common import OneLineErrorsGroup
 from facedefense.registry import call_each_plugin, get_registry
 
 HELP = (
@@ -22,6 +23,7 @@ def build_app(*, with_plugins: bool = True) -> typer.Typer:
     """Build the Typer app: core commands, then the commands plugins add (``register_commands``)."""
     app = typer.Typer(
         name="facedefense",
+        cls=OneLineErrorsGroup,
         help=HELP,
         no_args_is_help=True,
         add_completion=False,

@@ -28,6 +28,10 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
 ) -> None:
     """Compute metrics, e.g. PSNR/SSIM of protected images against their originals."""
+    if json_path is not None:  # checked before any work: a folder or an unwritable place fails now
+        from facedefense.io import check_writable_file
+
+        check_writable_file(json_path)
     from facedefense.evaluation import evaluate_folder
 
     results = evaluate_folder(generated, reference, metric, prompts=prompt, device=device)

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+import facedefense
+from facedefense.checkpoints import save_checkpoint, sidecar_path
 from facedefense.errors import ConfigError, ModelNotFoundError
 from facedefense.testing.contracts import DefenderContract
-from facedefense.checkpoints import save_checkpoint, sidecar_path
 from facedefense_amortized.gap_diff import GAPDiff
 from facedefense_amortized.networks import RID_ARCHITECTURE, GAPGenerator, PerturbationDiT
 from facedefense_amortized.rid import RID
@@ -169,6 +170,20 @@ class TestGAPDiffContract(DefenderContract):
         return GAPDiff(checkpoint=str(path), device="cpu", dtype="float32")
 
 
+@pytest.mark.parametrize("method", ["rid", "gap_diff"])
+def test_perturbation_depends_on_the_image(method, rid_checkpoint, gap_checkpoint, face_images):
+    """Their objective needs SD models, so no "beats noise" check: at least the network must look at
+    the photo (a constant pattern would protect nothing), and the trainable module is kept."""
+    path, _ = rid_checkpoint if method == "rid" else gap_checkpoint
+    defender = facedefense.create("defender", method, checkpoint=str(path), device="cpu")
+    first, second = face_images[:1], face_images[1:2]
+    delta_first = defender.protect(first).images - first
+    delta_second = defender.protect(second).images - second
+    assert (delta_first - delta_second).abs().mean() > 1 / 255
+    assert isinstance(defender.network, torch.nn.Module) and sum(p.numel() for p in defender.network.parameters()) > 0
+    assert defender.plugin == "amortized"
+
+
 # --- checkpoints and budgets ------------------------------------------------------------------------
 
 
@@ -202,7 +217,7 @@ def test_rid_budget_from_sidecar_and_unknown(tmp_path):
     anonymous = tmp_path / "weights.bin"
     torch.save(network.state_dict(), anonymous)
     sidecar_path(anonymous).write_text(json.dumps({"architecture": SMALL_DIT}))
-    with pytest.raises(ConfigError, match="pass --eps"):
+    with pytest.raises(ConfigError, match="pass eps"):
         RID(checkpoint=str(anonymous), device="cpu")
     assert RID(checkpoint=str(anonymous), eps=5 / 255, device="cpu").config.eps == pytest.approx(5 / 255)
 
@@ -216,7 +231,7 @@ def test_missing_and_wrong_checkpoints(tmp_path, rid_checkpoint):
         RID(checkpoint=str(tmp_path / "nope.bin"), device="cpu")
     garbage = tmp_path / "ASDS-eps-8_255.bin"
     garbage.write_bytes(b"not a pickle")
-    with pytest.raises(ModelNotFoundError, match="cannot be read"):
+    with pytest.raises(ModelNotFoundError, match="not a weights file"):
         RID(checkpoint=str(garbage), device="cpu")
     path, _ = rid_checkpoint
     with pytest.raises(ModelNotFoundError, match="not a gap_diff checkpoint"):
