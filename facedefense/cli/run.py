@@ -138,11 +138,19 @@ def chain_options(names: list[str], pairs: list[str] | None, **named: Any) -> li
         [{'seed': '3', 'quality': '70'}, {'seed': '3', 'model': 'm'}]
     """
     from facedefense.config import config_fields, parse_option_pairs
-    from facedefense.errors import ConfigError
+    from facedefense.errors import ConfigError, UnknownMethodError
     from facedefense.registry import get_registry
 
     registry = get_registry()
-    fields = [set(config_fields(registry.load("purifier", name).Config)) for name in names]
+
+    def config_class(name: str) -> Any:
+        try:
+            return registry.load("purifier", name).Config
+        except UnknownMethodError:
+            registry.create("purifier", name)  # raises the message that says which kind the name is
+            raise
+
+    fields = [set(config_fields(config_class(name))) for name in names]
     given = parse_option_pairs(pairs)
     for key, value in named.items():
         if value is not None:
