@@ -119,9 +119,13 @@ def test_jpeg_simulation_keeps_low_frequencies_and_is_differentiable():
     flat = torch.full((1, 3, 16, 24), 0.25)
     assert torch.allclose(jpeg(flat), flat, atol=1e-5)
     assert torch.allclose(GaussianBlur(2.0)(flat), flat, atol=1e-5)
-    checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 0.2 - 0.1  # highest frequency
-    luma = checker.expand(1, 3, 16, 16)
-    assert jpeg(luma).abs().max() < 1e-4
+    from facedefense_amortized.training.gap_diff import _dct_matrix
+
+    basis = _dct_matrix()[5]  # DCT frequency 5: dropped from luma (5x5 kept), gray so no chroma
+    pattern = (basis[:, None] * basis[None]).repeat(2, 2) * 0.5
+    assert jpeg(pattern.expand(1, 3, 16, 16)).abs().max() < 1e-5
+    kept = (_dct_matrix()[4][:, None] * _dct_matrix()[4][None]).repeat(2, 2) * 0.5  # frequency 4: kept
+    assert torch.allclose(jpeg(kept.expand(1, 3, 16, 16)), kept.expand(1, 3, 16, 16), atol=1e-5)
     smooth = torch.linspace(-0.5, 0.5, 16).expand(1, 3, 16, 16)
     assert (jpeg(smooth) - smooth).abs().max() < 0.05
     x = torch.rand(1, 3, 13, 21, requires_grad=True)  # not a multiple of 8: padded inside
@@ -129,3 +133,64 @@ def test_jpeg_simulation_keeps_low_frequencies_and_is_differentiable():
     assert out.shape == x.shape
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# --- ONNX export and runtime --------------------------------------------------------------------------
+
+SMALL_DIT = {"input_size": 64, "patch_size": 16, "hidden_size": 32, "depth": 2, "num_heads": 4, "num_classes": 10}
+
+
+def random_checkpoint(method, folder, eps):
+    from facedefense.checkpoints import save_checkpoint
+    from facedefense_amortized.networks import GAPGenerator, PerturbationDiT
+
+    torch.manual_seed(0)
+    network, architecture = (PerturbationDiT(**SMALL_DIT), SMALL_DIT) if method == "rid" else (GAPGenerator(ngf=4), {"ngf": 4})
+    for parameter in network.parameters():
+        parameter.data.normal_(0, 0.1)
+    path = folder / f"{method}-random.safetensors"
+    return save_checkpoint(network, path, method=method, eps=eps, architecture=architecture)
+
+
+@pytest.mark.parametrize("method", ["rid", "gap_diff"])
+def test_exported_onnx_protects_within_one_gray_level_of_pytorch(method, tmp_path):
+    pytest.importorskip("onnxruntime")
+    checkpoint = random_checkpoint(method, tmp_path, 6 / 255)
+    model = tmp_path / f"{method}.onnx"
+    result = cli("export", "--method", method, "--checkpoint", checkpoint, "--output", model)
+    assert result.exit_code == 0, result.output
+    photos = write_faces(tmp_path / "photos", 1, size=64)
+    Image.fromarray(np.asarray(Image.open(photos / "face0.png").resize((96, 300)))).save(photos / "tall.png")
+    outputs = {}
+    for runtime, weights in (("torch", checkpoint), ("onnx", model)):
+        folder = tmp_path / runtime
+        result = cli("protect", photos, "--method", method, "--checkpoint", weights, "--runtime", runtime,
+                     "--dtype", "float32", "--device", "cpu", "--output", folder, "--no-progress")
+        assert result.exit_code == 0, result.output
+        outputs[runtime] = {p.name: np.asarray(Image.open(p), dtype=np.int16) for p in folder.glob("*.png")}
+    assert set(outputs["onnx"]) == {"face0.png", "tall.png"}
+    for name, image in outputs["onnx"].items():
+        assert np.abs(image - outputs["torch"][name]).max() <= 1, name
+    # the budget travels inside the file
+    from facedefense_amortized.onnx_io import read_metadata
+
+    metadata = read_metadata(model)
+    assert metadata["facedefense_method"] == method and float(metadata["eps"]) == pytest.approx(6 / 255)
+    result = cli("protect", photos, "--method", method, "--checkpoint", model, "--eps", "8/255",
+                 "--device", "cpu", "--output", tmp_path / "refused")
+    assert result.exit_code == 2 and "exported for 6/255" in result.output
+
+
+def test_export_needs_a_budget_and_a_known_network(tmp_path):
+    pytest.importorskip("onnx")
+    checkpoint = random_checkpoint("rid", tmp_path, 6 / 255)
+    anonymous = tmp_path / "anonymous.safetensors"
+    anonymous.write_bytes(checkpoint.read_bytes())  # same weights, no sidecar
+    result = cli("export", "--method", "rid", "--checkpoint", anonymous, "--output", tmp_path / "a.onnx")
+    assert result.exit_code == 2 and "pass --eps" in result.output and not (tmp_path / "a.onnx").exists()
+    result = cli("export", "--method", "gap_diff", "--checkpoint", checkpoint, "--output", tmp_path / "b.onnx")
+    assert result.exit_code == 2 and "not gap_diff" in result.output
+    result = cli("export", "--method", "rid", "--checkpoint", checkpoint, "--output", tmp_path / "c.txt")
+    assert result.exit_code == 2 and ".onnx" in result.output
+    result = cli("export", "--method", "photoguard", "--checkpoint", checkpoint, "--output", tmp_path / "d.onnx")
+    assert result.exit_code == 2 and "export_onnx hook" in result.output
