@@ -54,12 +54,14 @@ class Choice:
         seconds: best measured seconds per probe call, by candidate (empty when not measured).
         reason: one line for people (``"measured: bfloat16 0.05 s < float32 0.11 s"``).
         cached: True when read from the cache (nothing measured in this process).
+        probe_seconds: wall-clock seconds this process spent building and timing the probes.
     """
 
     name: str
     seconds: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     cached: bool = False
+    probe_seconds: float = 0.0
 
 
 def cache_dir() -> Path:
@@ -200,14 +202,16 @@ def choose(
     key = _entry_key(method, problem, names, machine)
     if cache and (entry := read_cache().get(key)) and entry.get("choice") in names:
         return Choice(entry["choice"], dict(entry.get("seconds", {})), entry.get("reason", ""), cached=True)
+    start = time.perf_counter()
     probes = build_probes()
     seconds = dict((_measurement or functools.partial(time_probes, budget_s=budget_s))(probes))
+    spent = time.perf_counter() - start
     ranked = sorted((s, n) for n, s in seconds.items() if n in names)
     if not ranked:
         return Choice(names[0], reason="no candidate could be measured: the default guess")
     best = ranked[0][1]
     reason = "measured: " + " < ".join(f"{name} {value:.3g} s" for value, name in ranked)
-    choice = Choice(best, {n: float(s) for n, s in seconds.items()}, reason)
+    choice = Choice(best, {n: float(s) for n, s in seconds.items()}, reason, probe_seconds=spent)
     if cache:
         entries = read_cache()
         entries[key] = {

@@ -120,11 +120,13 @@ class GAPDiff(AmortizedDefender):
         self.network = loaded.network.train(self.config.train_mode).requires_grad_(False)
         self.engine_dtype = self.dtype
         if on_cpu and not self.config.train_mode and folding_supported():
+            built: dict[str, FoldedGAPGenerator] = {}
             if self.config.dtype == "auto":
-                self.choice = self._measure()
+                self.choice = self._measure(built)
                 self.engine_dtype = getattr(torch, self.choice.name)
             if self.engine_dtype in (torch.float32, torch.bfloat16):
-                self.engine = FoldedGAPGenerator(self.network.float(), self.engine_dtype)
+                name = str(self.engine_dtype).removeprefix("torch.")
+                self.engine = built.get(name) or FoldedGAPGenerator(self.network.float(), self.engine_dtype)
                 self.path = f"folded {self.choice.name if self.choice else self.config.dtype}"
                 return
         layout = torch.channels_last if on_cpu else torch.contiguous_format
@@ -169,8 +171,9 @@ class GAPDiff(AmortizedDefender):
             example=torch.zeros(1, 3, side, side), dynamic_size=True,
         )
 
-    def _measure(self) -> Choice:
-        """Folded fp32 against folded bf16, one 512x512 forward each (cached per machine)."""
+    def _measure(self, built: dict) -> Choice:
+        """Folded fp32 against folded bf16, one 512x512 forward each (cached per machine); the
+        engines built for the measurement are left in ``built``."""
         import torch
 
         from facedefense import autotune
@@ -180,11 +183,12 @@ class GAPDiff(AmortizedDefender):
         def probes():
             side = GAPGenerator.min_size
             x = torch.zeros(1, 3, side, side).contiguous(memory_format=torch.channels_last)
-            engines = {name: FoldedGAPGenerator(self.network.float(), getattr(torch, name)) for name in ("float32", "bfloat16")}
-            return {name: (lambda e=engine, n=name: e(x.to(getattr(torch, n)))) for name, engine in engines.items()}
+            for name in ("float32", "bfloat16"):
+                built[name] = FoldedGAPGenerator(self.network.float(), getattr(torch, name))
+            return {name: (lambda e=engine, n=name: e(x.to(getattr(torch, n)))) for name, engine in built.items()}
 
         problem = {"ngf": self.network.conv1.out_channels, "side": GAPGenerator.min_size}
-        return autotune.choose("gap_diff", ["float32", "bfloat16"], probes, problem=problem, budget_s=1.5)
+        return autotune.choose("gap_diff", ["float32", "bfloat16"], probes, problem=problem, budget_s=1.0)
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:
         import torch
