@@ -14,7 +14,7 @@ Randomness: the data order of epoch e is a permutation seeded by ``(seed, e)``; 
 pair and preprocessing choices come from one ``torch.Generator`` (saved); dropout uses torch's
 global generator (saved too).
 
-Multi-GPU and multi-node: ``accelerate launch -m facedefense train ...``; each process takes its
+Multi-GPU and multi-node: ``accelerate launch $(which facedefense) train ...``; each process takes its
 own slice of every batch of ``batch_size x processes`` images, and the main process writes.
 """
 
