@@ -85,9 +85,27 @@ def test_rid_regression_pairs_from_protected_outputs(faces, tiny_sd_path, tmp_pa
     result = cli("pairs", faces, protected, "--output", pairs)
     assert result.exit_code == 0 and "wrote 2 pair(s)" in result.output
     assert {"source_path", "attacked_path"} <= set(json.loads(pairs.read_text())[0])
-    result = train("rid", faces, tiny_sd_path, tmp_path / "run", "--steps", 1, "--pairs", pairs)
+    result = train("rid", faces, tiny_sd_path, tmp_path / "run", "--steps", 1, "--pairs", pairs,
+                   "--mixed-precision", "bf16", "--gradient-checkpointing")
     assert result.exit_code == 0, result.output
     assert losses(tmp_path / "run")[0]["reg"] == pytest.approx(6 / 255, rel=0.05)  # delta starts at 0
+
+
+def test_dit_gradient_checkpointing_gives_the_same_gradients():
+    from facedefense_amortized.networks import PerturbationDiT
+
+    torch.manual_seed(0)
+    network = PerturbationDiT(input_size=32, patch_size=16, hidden_size=32, depth=2, num_heads=2, num_classes=4)
+    for parameter in network.parameters():
+        parameter.data.normal_(0, 0.1)
+    x = torch.rand(2, 3, 32, 32)
+    grads = []
+    for checkpointing in (False, True):
+        network.zero_grad()
+        network.gradient_checkpointing = checkpointing
+        network(x).square().sum().backward()
+        grads.append(network.blocks[0].attn.qkv.weight.grad.clone())
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 def test_bad_training_input_gives_one_line_errors(faces, tiny_sd_path, tmp_path):
