@@ -4,9 +4,8 @@ Facial Customization", NDSS 2025, doi:10.14722/ndss.2025.242088)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
-
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.checkpoints import load_defender_network
 from facedefense.errors import ConfigError

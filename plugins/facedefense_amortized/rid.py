@@ -4,9 +4,8 @@ Personalization of Diffusion Models", arXiv:2412.09844)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
-
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.checkpoints import load_defender_network
 from facedefense.errors import ConfigError

@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from facedefense.checkpoints import save_checkpoint, sidecar_path
 from facedefense.errors import ConfigError, ModelNotFoundError
 from facedefense.testing.contracts import DefenderContract
-from facedefense.checkpoints import save_checkpoint, sidecar_path
+from facedefense.testing.tiny_models import sample_faces
 from facedefense_amortized.gap_diff import GAPDiff
 from facedefense_amortized.networks import RID_ARCHITECTURE, GAPGenerator, PerturbationDiT
 from facedefense_amortized.networks.dit import engine_paths
 from facedefense_amortized.rid import RID
-from facedefense.testing.tiny_models import sample_faces
 
 SMALL_DIT = {"input_size": 64, "patch_size": 16, "hidden_size": 32, "depth": 2, "num_heads": 4, "num_classes": 10}
 
