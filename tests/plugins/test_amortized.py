@@ -405,7 +405,7 @@ def test_gap_diff_bf16_within_two_gray_levels(gap_checkpoint, face_images):
 
 def test_int8_dit_matches_the_module(rid_checkpoint):
     from facedefense.checkpoints import read_state_dict
-    from facedefense_amortized.networks.dit import Int8DiT, int8_supported
+    from facedefense_amortized.networks.dit import DiTEngine, int8_supported
 
     if not int8_supported():
         pytest.skip("no oneDNN int8 kernels in this torch build")
@@ -415,7 +415,7 @@ def test_int8_dit_matches_the_module(rid_checkpoint):
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         exact = torch.tanh(network(x))
-        fast = torch.tanh(Int8DiT(network)(x))
+        fast = torch.tanh(DiTEngine(network, "int8")(x))
     # the budget scales tanh: 12/255 in [-1, 1] -> at most 6 gray levels; allow 1/6 of that range
     assert (fast - exact).abs().max().item() * 6 <= 1.0
     assert all(isinstance(block, nn.Identity) for block in network.blocks)  # consumed, fp32 released

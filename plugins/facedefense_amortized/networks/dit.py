@@ -6,9 +6,10 @@ every adaLN-Zero modulation ``Linear(SiLU(0))`` reduces to that layer's bias: th
 the biases directly (exactly the same result, no wasted matrix products). The timestep and label
 embedders are never used; they exist only so that checkpoints keep their keys.
 
-:class:`PerturbationDiT` is the trainable network. :class:`Int8DiT` is a CPU inference engine built
-from it: the constant modulations folded into layer-norm affines and into the output rows of the
-gated layers, and the transformer's linear layers run as oneDNN int8 products (VNNI).
+:class:`PerturbationDiT` is the trainable network. :class:`DiTEngine` is a CPU inference engine
+built from it: the constant modulations folded into layer-norm affines and into the output rows of
+the gated layers, and the transformer's linear layers run as oneDNN products with prepacked
+weights in fp32, bf16 or int8 (see :data:`ENGINE_PATHS`).
 """
 
 from __future__ import annotations
@@ -422,11 +423,6 @@ class DiTEngine:
         h = F.layer_norm(h, (dim,), *self.final_norm, eps=1e-6)
         patches = F.linear(h, self.final_weight, self.final_bias).view(batch, -1, self.final_bias.shape[0])
         return unpatchify(patches, self.patch_size, self.channels)
-
-
-def Int8DiT(network: PerturbationDiT) -> DiTEngine:  # noqa: N802 - the name of the first engine
-    """A :class:`DiTEngine` with int8 linears and fp32 attention."""
-    return DiTEngine(network, "int8")
 
 
 def block_probe(network: PerturbationDiT, path: str, batch: int = 1):
