@@ -214,7 +214,13 @@ def train(settings: TrainSettings, recipe: Recipe) -> TrainResult:
         raise ConfigError(f"--eps {eps} is outside (0, 1] ([0, 1] units, e.g. 8/255)")
 
     device = resolve_device(settings.device)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=settings.mixed_precision)
+    try:
+        accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=settings.mixed_precision)
+    except ValueError:  # an earlier run in this process fixed accelerate's (process-wide) precision
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=settings.mixed_precision)
     size = recipe.image_size(architecture, options)
     world, rank = accelerator.num_processes, accelerator.process_index
     data = ImageSet(settings.data, size, batch_size=settings.batch_size * world)
