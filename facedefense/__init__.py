@@ -57,6 +57,8 @@ _LAZY = {
     "load_image": "facedefense.io",
     "load_images": "facedefense.io",
     "save_image": "facedefense.io",
+    "option": "facedefense.config",
+    "set_progress": "facedefense.progress",
 }
 
 

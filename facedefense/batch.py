@@ -13,19 +13,25 @@ identity, or a folder of subfolders matched by name for several).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import platform
+import shutil
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facedefense.budget import check_budget
-from facedefense.errors import FaceDefenseError, ImageError
+from facedefense.errors import ConfigError, ImageError, OutputError
 from facedefense.io import (
     IMAGE_SUFFIXES,
     LoadedImage,
+    check_output_dir,
     collect_images,
     iter_images,
     load_image,
@@ -41,18 +47,32 @@ if TYPE_CHECKING:
     from facedefense.interfaces import Defender, Purifier
 
 MANIFEST_NAME = "facedefense.json"
+#: While a run works, its manifest is rewritten at most this often (seconds); always at the start and end.
+MANIFEST_INTERVAL = 2.0
 #: Folder inside the output where identity-scoped defenders keep by-products and resumable state.
 WORK_DIR_NAME = ".facedefense-work"
 
 
+#: What a run does with an output folder that holds files: refuse (the default), add to the
+#: earlier run (same-named outputs replaced, the others kept and still listed in the manifest), or
+#: overwrite it (the earlier run's outputs and manifest removed first; files it did not write are
+#: never deleted: the run is refused instead).
+EXISTING = ("refuse", "add", "overwrite")
+
+
 @dataclass
 class RunReport:
-    """Outcome of a run over files: the manifest written and the failures."""
+    """Outcome of a run over files: the manifest written, the images done and failed, and the
+    outputs identical to their input (a defender that changed nothing)."""
 
     manifest_path: Path
     manifest: dict[str, Any]
     succeeded: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def unchanged(self) -> list[dict[str, Any]]:
+        return [entry for entry in self.succeeded if entry.get("unchanged")]
 
 
 @dataclass
@@ -66,11 +86,11 @@ class IdentityFiles:
 
 
 def versions() -> dict[str, str]:
-    """Versions of the software that produced an output."""
+    """Versions of the software that produced an output (the method's plugin is in its description)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for package in ("facedefense", "torch", "diffusers", "transformers"):
+    for package in ("facedefense", "torch", "diffusers", "transformers", "numpy", "pillow"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
@@ -89,6 +109,8 @@ def find_identities(inputs: Sequence[str | Path], references: str | Path | None 
         ImageError: an input or the reference folder does not exist or holds no image.
     """
     paths = [Path(item) for item in inputs]
+    if not paths:
+        raise ImageError("no input images given")
     if len(paths) == 1 and paths[0].is_dir() and not _has_images(paths[0]):
         folders = sorted(p for p in paths[0].iterdir() if p.is_dir() and not p.name.startswith(".") and _has_images(p))
         if not folders:
@@ -111,6 +133,130 @@ def find_identities(inputs: Sequence[str | Path], references: str | Path | None 
     return identities
 
 
+def plan_outputs(identities: list[IdentityFiles], output_dir: str | Path) -> dict[Path, Path]:
+    """Input path -> output path for every input, checked before any work (nothing is created).
+
+    Raises:
+        OutputError: the folder is unusable, holds an input, or two inputs would write the same file.
+    """
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, [p for identity in identities for p in identity.paths])
+    targets: dict[Path, Path] = {}
+    for identity in identities:
+        folder = output_dir / identity.subfolder if identity.subfolder else output_dir
+        seen: dict[Path, Path] = {}
+        for source in identity.paths:
+            target = folder / f"{source.stem}.png"
+            if target in seen:
+                first = seen[target]
+                detail = " (the same file given twice)" if first.resolve() == source.resolve() else ""
+                raise OutputError(f"{first} and {source} would both be written as {target.name} in {target.parent}{detail}")
+            seen[target] = source
+            targets[source] = target
+    return targets
+
+
+def read_manifest(output_dir: str | Path) -> dict[str, Any] | None:
+    """The manifest of the run that wrote ``output_dir``, or None (absent or unreadable)."""
+    path = Path(output_dir) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _earlier_outputs(manifest: dict[str, Any]) -> set[str]:
+    """Relative output paths an earlier run planned or wrote."""
+    entries = [*manifest.get("inputs", []), *manifest.get("images", [])]
+    return {str(entry["output"]) for entry in entries if isinstance(entry, dict) and entry.get("output")}
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` (identity subfolders included), hidden ones (the work folder) excepted."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found.extend(p for p in sorted(entry.rglob("*")) if not p.is_dir() and not p.name.startswith("."))
+        else:
+            found.append(entry)
+    return found
+
+
+def claim_output_dir(output_dir: str | Path, existing: str = "refuse", *, dry_run: bool = False) -> dict[str, Any] | None:
+    """Decide what to do with an output folder that already holds files (see :data:`EXISTING`).
+
+    ``dry_run`` checks without removing anything (the CLI checks before building the method).
+
+    Returns:
+        The earlier manifest when adding to an earlier run, else None.
+
+    Raises:
+        OutputError: the folder holds files that no facedefense run wrote there (whatever
+            ``existing`` says: they are never replaced or deleted), or an earlier run and
+            ``existing`` is ``"refuse"``.
+    """
+    if existing not in EXISTING:
+        raise ConfigError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    if not any(not entry.name.startswith(".") for entry in output_dir.iterdir()):
+        return None
+    files = _visible_files(output_dir)
+    if not files:
+        return None
+    earlier = read_manifest(output_dir)
+    if earlier is not None and [p.name for p in files] == [MANIFEST_NAME] and not earlier.get("images"):
+        return None  # only the manifest of a run that wrote nothing: nothing to keep or to lose
+    ours = {MANIFEST_NAME, *_earlier_outputs(earlier)} if earlier is not None else set()
+    foreign = [p for p in files if str(p.relative_to(output_dir)) not in ours]
+    if foreign:
+        listed = ", ".join(str(p.relative_to(output_dir)) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputError(
+            f"output folder {output_dir} holds files no facedefense run wrote there ({listed}); "
+            "they are never replaced or deleted: choose an empty or new folder"
+        )
+    if existing == "refuse":
+        names = ", ".join(str(p.relative_to(output_dir)) for p in files[:3]) + (", ..." if len(files) > 3 else "")
+        raise OutputError(
+            f"output folder {output_dir} already holds an earlier run ({names}); add to it (--add, "
+            "existing='add'), replace it (--overwrite, existing='overwrite'), or choose another folder"
+        )
+    if existing == "add" or dry_run:
+        return earlier
+    for path in files:
+        path.unlink()
+    for folder in sorted((p for p in output_dir.rglob("*") if p.is_dir()), reverse=True):
+        if not folder.name.startswith(".") and not any(folder.iterdir()):
+            folder.rmdir()
+    shutil.rmtree(output_dir / WORK_DIR_NAME, ignore_errors=True)
+    return None
+
+
+def method_files(method: Any) -> dict[str, dict[str, Any]]:
+    """The files and folders a method's options name, resolved, with the SHA-256 of each file
+    (checkpoints); recorded in manifests so a run names exactly the weights it used."""
+    from facedefense.checkpoints import file_sha256
+
+    found: dict[str, dict[str, Any]] = {}
+    for option in dataclasses.fields(method.config):
+        value = getattr(method.config, option.name)
+        if not isinstance(value, str) or not value or option.name in ("device", "dtype"):
+            continue
+        path = Path(value).expanduser()
+        try:
+            if path.is_file():
+                found[option.name] = {"path": str(path.resolve()), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+            elif path.is_dir():
+                found[option.name] = {"path": str(path.resolve())}
+        except OSError:
+            continue
+    return found
+
+
 def _batches(
     loaded: Iterator[tuple[Path, LoadedImage | ImageError]], batch_size: int, failed: list[dict[str, Any]]
 ) -> Iterator[list[LoadedImage]]:
@@ -128,16 +274,8 @@ def _batches(
         yield batch
 
 
-def _manifest(command: str, method_info: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "command": command,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "method": method_info,
-        **extra,
-        "versions": versions(),
-        "images": [],
-        "failures": [],
-    }
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _run(
@@ -149,23 +287,86 @@ def _run(
     process_identity: Callable[[IdentityFiles, list[LoadedImage], Path], tuple[list[Tensor], list[dict[str, Any]], dict[str, Any]]] | None,
     *,
     batch_size: int,
-    progress: bool,
+    progress: bool | None,
+    existing: str,
     extra: dict[str, Any],
 ) -> RunReport:
     import torch
-    from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise FaceDefenseError(f"--batch-size must be at least 1, got {batch_size}")
+    from facedefense.progress import bar as progress_bar
+    from facedefense.progress import progress_enabled_as
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     output_dir = Path(output_dir)
-    targets: dict[Path, Path] = {}
+    targets = plan_outputs(identities, output_dir)
+    earlier = claim_output_dir(output_dir, existing)
     for identity in identities:
         folder = output_dir / identity.subfolder if identity.subfolder else output_dir
-        targets.update(zip(identity.paths, prepare_output_dir(folder, identity.paths)))
-    manifest = _manifest(command, method_info, extra)
+        prepare_output_dir(folder, identity.paths)
+    planned = []
+    for identity in identities:
+        for path in identity.paths:
+            entry = {"input": str(path), "output": str(targets[path].relative_to(output_dir))}
+            if path.is_symlink():
+                entry["target"] = str(path.resolve())
+            if len(identities) > 1 or identity.subfolder:
+                entry["identity"] = identity.name
+            planned.append(entry)
+    manifest: dict[str, Any] = {
+        "command": command,
+        "status": "running",
+        "created": _now(),
+        "finished": None,
+        "argv": list(sys.argv),
+        "output": str(output_dir.resolve()),
+        "method": method_info,
+        **extra,
+        "versions": versions(),
+        "inputs": planned,
+        "images": [],
+        "failures": [],
+    }
     report = RunReport(output_dir / MANIFEST_NAME, manifest, manifest["images"], manifest["failures"])
-    total = sum(len(identity.paths) for identity in identities)
-    bar = tqdm(total=total, desc=f"{command} ({method_info.get('name', '')})", unit="img", disable=not progress)
+    rewritten = {entry["output"] for entry in planned}
+    carried: list[dict[str, Any]] = []
+    if earlier is not None:
+        runs = [*earlier.get("earlier_runs", []), {k: earlier.get(k) for k in ("command", "created", "finished", "status", "method", "summary")}]
+        manifest["earlier_runs"] = runs
+        carried = [
+            {**entry, "run": earlier.get("created")}
+            for entry in earlier.get("images", [])
+            if isinstance(entry, dict) and entry.get("output") not in rewritten
+        ]
+
+    def summary(completed: bool) -> dict[str, Any]:
+        done = len(report.succeeded)
+        return {
+            "planned": len(planned),
+            "processed": done,
+            "failed": len(report.failed),
+            "not_processed": len(planned) - done - len(report.failed),
+            "unchanged": len(report.unchanged),
+            "completed": completed,
+            **({"earlier_outputs_kept": len(carried)} if earlier is not None else {}),
+        }
+
+    last_saved = [0.0]
+
+    def save_manifest(status: str, *, every: float = 0.0) -> None:
+        """Write the manifest (while running, at most once per ``every`` seconds: a long run with
+        thousands of images must not spend its time rewriting a growing file)."""
+        if time.monotonic() - last_saved[0] < every:
+            return
+        last_saved[0] = time.monotonic()
+        manifest["status"] = status
+        manifest["summary"] = summary(status == "completed")
+        images = manifest["images"]
+        manifest["images"] = [*carried, *images]
+        try:
+            write_json(manifest, report.manifest_path)
+        finally:
+            manifest["images"] = images
 
     def record(item: LoadedImage, output: Tensor, stats: dict[str, Any], seconds: float, identity: IdentityFiles) -> None:
         target = targets[item.path]
@@ -173,44 +374,72 @@ def _run(
         entry: dict[str, Any] = {"input": str(item.path), "output": str(target.relative_to(output_dir))}
         if len(identities) > 1 or identity.subfolder:
             entry["identity"] = identity.name
-        entry.update({"width": item.size[1], "height": item.size[0], **stats, "seconds": round(seconds, 4)})
+        entry.update({"width": item.size[1], "height": item.size[0], "input_sha256": _sha256(item.path)})
+        entry.update({**stats, "seconds": round(seconds, 4)})
         report.succeeded.append(entry)
 
-    try:
-        for identity in identities:
-            before = len(report.failed)
-            if process_identity is not None:
-                loaded = []
-                for path, item in iter_images(identity.paths, prefetch=2):
-                    if isinstance(item, ImageError):
-                        report.failed.append({"input": str(path), "error": str(item)})
-                    else:
-                        loaded.append(item)
-                if loaded:
-                    started = time.perf_counter()
-                    work = output_dir / WORK_DIR_NAME / identity.name
-                    outputs, stats, artifacts = process_identity(identity, loaded, work)
-                    seconds = (time.perf_counter() - started) / len(loaded)
-                    for index, item in enumerate(loaded):
-                        record(item, outputs[index], stats[index], seconds, identity)
-                    if artifacts:
-                        manifest.setdefault("artifacts", {})[identity.name] = {k: str(v) for k, v in artifacts.items()}
-                    bar.update(len(loaded))
-            else:
-                assert process_batch is not None
-                for batch in _batches(iter_images(identity.paths, prefetch=batch_size + 1), batch_size, report.failed):
-                    started = time.perf_counter()
-                    outputs, stats = process_batch(torch.cat([item.pixels for item in batch]))
-                    seconds = (time.perf_counter() - started) / len(batch)
-                    for index, item in enumerate(batch):
-                        record(item, outputs[index], stats[index] if index < len(stats) else {}, seconds, identity)
-                    bar.update(len(batch))
-            bar.update(len(report.failed) - before)
-    finally:
-        bar.close()
-        manifest["summary"] = {"processed": len(report.succeeded), "failed": len(report.failed)}
-        write_json(manifest, report.manifest_path)
+    save_manifest("running")
+    total = len(planned)
+    status = "failed"
+    with progress_enabled_as(progress):
+        files_bar = progress_bar(total=total, desc=f"{command} ({method_info.get('name', '')})", unit="img", leave=True)
+        try:
+            for identity in identities:
+                before = len(report.failed)
+                if process_identity is not None:
+                    loaded = []
+                    for path, item in iter_images(identity.paths, prefetch=2):
+                        if isinstance(item, ImageError):
+                            report.failed.append({"input": str(path), "error": str(item)})
+                        else:
+                            loaded.append(item)
+                    if loaded:
+                        started = time.perf_counter()
+                        work = output_dir / WORK_DIR_NAME / identity.name
+                        outputs, stats, artifacts = process_identity(identity, loaded, work)
+                        seconds = (time.perf_counter() - started) / len(loaded)
+                        for index, item in enumerate(loaded):
+                            record(item, outputs[index], stats[index], seconds, identity)
+                        if artifacts:
+                            manifest.setdefault("artifacts", {})[identity.name] = {k: str(v) for k, v in artifacts.items()}
+                        files_bar.update(len(loaded))
+                        save_manifest("running", every=MANIFEST_INTERVAL)
+                else:
+                    assert process_batch is not None
+                    for batch in _batches(iter_images(identity.paths, prefetch=batch_size + 1), batch_size, report.failed):
+                        started = time.perf_counter()
+                        outputs, stats = process_batch(torch.cat([item.pixels for item in batch]))
+                        seconds = (time.perf_counter() - started) / len(batch)
+                        for index, item in enumerate(batch):
+                            record(item, outputs[index], stats[index] if index < len(stats) else {}, seconds, identity)
+                        files_bar.update(len(batch))
+                        save_manifest("running", every=MANIFEST_INTERVAL)
+                files_bar.update(len(report.failed) - before)
+            status = "completed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except BaseException as exc:
+            manifest["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise
+        finally:
+            files_bar.close()
+            manifest["finished"] = _now()
+            try:
+                save_manifest(status)
+            except OutputError:
+                if status == "completed":
+                    raise
     return report
+
+
+def _sha256(path: Path) -> str | None:
+    from facedefense.checkpoints import file_sha256
+
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def _written_levels(protected: Tensor, original: Tensor, eps: float) -> list[float]:
@@ -224,8 +453,14 @@ def _written_levels(protected: Tensor, original: Tensor, eps: float) -> list[flo
 
 
 def _budget_stats(levels: list[float], method_stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-image manifest facts: the distance written, and ``unchanged`` when the output equals its input."""
     return [
-        {"linf_gray_levels": round(level, 4), "within_budget": True, **(method_stats[i] if i < len(method_stats) else {})}
+        {
+            "linf_gray_levels": round(level, 4),
+            "within_budget": True,
+            **({"unchanged": True} if level == 0 else {}),
+            **(method_stats[i] if i < len(method_stats) else {}),
+        }
         for i, level in enumerate(levels)
     ]
 
@@ -237,8 +472,10 @@ def protect_files(
     *,
     references: str | Path | None = None,
     batch_size: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
+    existing: str = "refuse",
     method_info: dict[str, Any] | None = None,
+    warn_unchanged: bool = True,
 ) -> RunReport:
     """Protect image files into ``output_dir`` (PNG, same stem) and write the manifest.
 
@@ -249,7 +486,22 @@ def protect_files(
         references: clean photos of the person (a folder), or for several identities a folder of
             subfolders named like the identities. Without references an identity-scoped defender
             learns from the photos it protects.
-        batch_size: images per call for image-scoped defenders.
+        batch_size: images per call for image-scoped defenders (it changes the output bytes of
+            some methods, so the manifest records it).
+        progress: show progress bars (files and optimization steps); None: the library's setting
+            (:mod:`facedefense.progress`: on unless switched off).
+        existing: when ``output_dir`` already holds files: ``"refuse"`` (default), ``"add"`` or
+            ``"overwrite"`` (see :data:`EXISTING`).
+        method_info: extra facts merged into the manifest's ``method`` entry.
+        warn_unchanged: emit a :class:`UserWarning` when a protected image equals its input (the
+            manifest marks it ``"unchanged": true`` in any case).
+
+    The manifest is written when the run starts and after every batch: it lists the inputs planned,
+    the images done and failed, and ``status`` (``running``, ``completed``, ``interrupted`` or
+    ``failed``); ``summary.completed`` is true only for a run that went through all its inputs.
+    It also records what determines the output: the method's configuration and fingerprint, the
+    resolved paths of the files its options name (with the SHA-256 of checkpoint files), the batch
+    size, the budget and the software versions.
 
     Each written image is checked on its 8-bit values: ``max |written - original| <= eps``; the
     manifest records the distance in gray levels for every image.
@@ -286,11 +538,11 @@ def protect_files(
 
     info = {**defender.describe(), **(method_info or {})}
     budget = {"eps": eps, "eps_gray_levels": round(eps * 255.0, 4)}
-    extra: dict[str, Any] = {"budget": budget, "batch_size": batch_size}
+    extra: dict[str, Any] = {"budget": budget, "batch_size": batch_size, "files": method_files(defender)}
     if references is not None:
         extra["references"] = str(Path(references).resolve())
     scoped = defender.scope == "identity"
-    return _run(
+    report = _run(
         "protect",
         info,
         identities,
@@ -299,7 +551,20 @@ def protect_files(
         process_identity if scoped else None,
         batch_size=batch_size,
         progress=progress,
+        existing=existing,
         extra=extra,
+    )
+    if warn_unchanged and report.unchanged:
+        warnings.warn(unchanged_message(report), UserWarning, stacklevel=2)
+    return report
+
+
+def unchanged_message(report: RunReport) -> str:
+    """One line about the protected images identical to their input (the defender changed nothing)."""
+    names = ", ".join(entry["output"] for entry in report.unchanged[:3]) + (", ..." if len(report.unchanged) > 3 else "")
+    return (
+        f"{len(report.unchanged)} protected image(s) are identical to their input ({names}): the defender "
+        "changed nothing, so they are NOT protected (an untrained or wrong checkpoint, or a zero budget?)"
     )
 
 
@@ -314,14 +579,20 @@ def purify_files(
     output_dir: str | Path,
     *,
     batch_size: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
+    existing: str = "refuse",
     method_info: dict[str, Any] | None = None,
 ) -> RunReport:
-    """Purify image files into ``output_dir`` (PNG, same stem; identity subfolders kept) and write the manifest."""
+    """Purify image files into ``output_dir`` (PNG, same stem; identity subfolders kept) and write the
+    manifest; the arguments are those of :func:`protect_files`."""
 
     def process(images: Tensor) -> tuple[Tensor, list[dict[str, Any]]]:
         return purifier.purify(images), []
 
     info = {**purifier.describe(), **(method_info or {})}
     identities = find_identities(inputs)
-    return _run("purify", info, identities, output_dir, process, None, batch_size=batch_size, progress=progress, extra={"batch_size": batch_size})
+    extra = {"batch_size": batch_size, "files": method_files(purifier)}
+    return _run(
+        "purify", info, identities, output_dir, process, None,
+        batch_size=batch_size, progress=progress, existing=existing, extra=extra,
+    )  # fmt: skip

@@ -46,21 +46,46 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"checkpoint {path} does not exist")
+    kind = _weights_format(path)
+    if kind is None:
+        raise ModelNotFoundError(
+            f"checkpoint {path} is not a weights file (expected safetensors or a torch state dict, .pt/.pth/.bin)"
+        )
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code, wrong format
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            # torch suggests weights_only=False: never do that with a file from elsewhere.
+            raise ModelNotFoundError(
+                f"checkpoint {path} holds Python objects besides tensors; only plain state dicts are loaded"
+            ) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFoundError(f"checkpoint {path} cannot be read as weights: {first[:200]}") from exc
+        if "weights_only" in first:
+            first = type(exc).__name__
+        raise ModelNotFoundError(f"checkpoint {path} is corrupt or truncated ({first.split('. ')[0][:160]})") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelNotFoundError(f"checkpoint {path} is not a state dict of tensors")
     return state
+
+
+def _weights_format(path: Path) -> str | None:
+    """``"safetensors"``, ``"torch"`` (zip archive or legacy pickle) or None, from the file's first bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    return None
 
 
 def sidecar_path(checkpoint: str | Path) -> Path:
@@ -112,14 +137,14 @@ def resolve_budget(
         if requested is None:
             raise ConfigError(
                 f"{method}: cannot tell which budget {Path(checkpoint).name} was trained for (no metadata, "
-                "no official file name); pass --eps in [0, 1] units, e.g. 8/255"
+                "no official file name); pass eps in [0, 1] units, e.g. 8/255"
             )
-        return requested, "the --eps option"
+        return requested, "the eps option"
     if requested is not None and abs(requested - trained) > 1e-6:
         raise ConfigError(
             f"{method}: checkpoint {Path(checkpoint).name} was trained for {trained * 255:g}/255 in facedefense's "
-            f"[0, 1] units ({trained * 510:g}/255 in the reference's [-1, 1] units), but --eps is "
-            f"{requested * 255:g}/255; drop --eps or use {trained * 255:g}/255"
+            f"[0, 1] units ({trained * 510:g}/255 in the reference's [-1, 1] units), but eps is "
+            f"{requested * 255:g}/255; leave eps unset or use {trained * 255:g}/255"
         )
     return trained, source
 

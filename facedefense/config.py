@@ -2,6 +2,12 @@
 
 Each method has a nested ``Config`` dataclass. Unknown keys and values of the wrong type raise a
 :class:`~facedefense.errors.ConfigError` that names the method, the key and the accepted values.
+Numeric ranges are declared on the field with :func:`option` (one line each) and checked whenever a
+config is built::
+
+    @dataclass
+    class TextureConfig(DefenderConfig):
+        cell: int = option(1, min=1, max=256)
 """
 
 from __future__ import annotations
@@ -17,6 +23,102 @@ from facedefense.errors import ConfigError
 
 #: Largest seed accepted (``torch.Generator.manual_seed`` takes 64-bit values).
 MAX_SEED = 2**63 - 1
+
+_MISSING = dataclasses.MISSING
+
+
+def option(default: Any = _MISSING, *, min: float | None = None, max: float | None = None,
+           default_factory: Any = _MISSING) -> Any:  # fmt: skip
+    """A config field with a declared range: ``steps: int = option(100, min=1, max=10_000)``.
+
+    The range is inclusive and checked whenever the config is built (:func:`build_config`, so by
+    every method's constructor, ``facedefense.create`` and ``-o key=value``); a value outside it
+    raises a :class:`ConfigError` naming the option and the range. ``None`` values are not checked
+    (for ``X | None`` options). ``facedefense info`` shows the range.
+    """
+    metadata = {"min": min, "max": max}
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def option_range(field: dataclasses.Field) -> tuple[float | None, float | None]:
+    """The (min, max) a field declares through :func:`option` (None where unbounded)."""
+    return field.metadata.get("min"), field.metadata.get("max")
+
+
+def check_ranges(config: Any, *, method: str = "method") -> None:
+    """Check every field declared with :func:`option` against its range.
+
+    Raises:
+        ConfigError: ``{method}: option 'cell' must be at most 256, got 100000``.
+    """
+    for field in dataclasses.fields(config):
+        low, high = option_range(field)
+        value = getattr(config, field.name)
+        if value is None or (low is None and high is None) or isinstance(value, bool):
+            continue
+        if not isinstance(value, (int, float)):
+            continue
+        if low is not None and high is not None and not low <= value <= high:
+            raise ConfigError(f"{method}: option '{field.name}' must be from {_number(low)} to {_number(high)}, got {value}")
+        if low is not None and value < low:
+            raise ConfigError(f"{method}: option '{field.name}' must be at least {_number(low)}, got {value}")
+        if high is not None and value > high:
+            raise ConfigError(f"{method}: option '{field.name}' must be at most {_number(high)}, got {value}")
+
+
+def _number(value: float) -> str:
+    return format_value(value)
+
+
+def format_value(value: Any) -> str:
+    """A default as a person would type it: ``8/255`` for 0.0313..., ``'noise'``, ``None``, ``1e-05``."""
+    if isinstance(value, float) and 0 < abs(value) < 1 and len(repr(value)) > 7:
+        levels = value * 255
+        if abs(levels - round(levels)) < 1e-9:
+            return f"{round(levels)}/255"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value)
+
+
+def option_docs(config_class: type) -> dict[str, str]:
+    """Option name -> description, parsed from the ``Attributes:`` sections of the docstrings of
+    ``config_class`` and its bases (the class's own text wins), one line each."""
+    docs: dict[str, str] = {}
+    for klass in reversed(config_class.__mro__):
+        docs.update(_attributes_section(klass.__dict__.get("__doc__") or ""))
+    return docs
+
+
+def _attributes_section(docstring: str) -> dict[str, str]:
+    import inspect
+    import re
+
+    found: dict[str, str] = {}
+    lines = inspect.cleandoc(docstring).splitlines()
+    inside, indent, current = False, None, None
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside, indent, current = True, None, None
+            continue
+        if not inside:
+            continue
+        if not line.strip():
+            continue
+        width = len(line) - len(line.lstrip())
+        if width == 0:
+            inside = False
+            continue
+        match = re.match(r"^(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line.strip())
+        if match and (indent is None or width == indent):
+            indent = width
+            current = match.group(1)
+            found[current] = match.group(2).strip()
+        elif current is not None:
+            found[current] = f"{found[current]} {line.strip()}".strip()
+    return found
 
 
 @dataclass
@@ -54,6 +156,19 @@ class MethodConfig:
         """A validated, frozen copy with ``changes`` applied (values coerced like ``-o key=value``)."""
         options = {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **changes}
         return build_config(type(self), options, method=type(self).__name__).freeze()
+
+
+def describe_type(annotation: Any) -> str:
+    """A field's type for people: ``int``, ``'noise' | 'checker'``, ``float | None``, ``tuple[int, ...]``."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(choice) for choice in typing.get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " | ".join("None" if arg is type(None) else describe_type(arg) for arg in typing.get_args(annotation))
+    if origin is not None:
+        inner = ", ".join("..." if arg is Ellipsis else describe_type(arg) for arg in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def config_fields(config_class: type) -> dict[str, Any]:
@@ -140,11 +255,13 @@ def build_config(config_class: type, options: dict[str, Any], *, method: str = "
     if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     try:
-        return config_class(**values)
+        config = config_class(**values)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"{method}: {exc}") from exc
+    check_ranges(config, method=method)
+    return config
 
 
 def parse_option_pairs(pairs: list[str] | None) -> dict[str, str]:

@@ -61,6 +61,10 @@ def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
 
 
+#: Largest long-to-short side ratio :func:`working_size` scales up (the file reader refuses more).
+MAX_WORKING_ASPECT = 16
+
+
 def working_size(height: int, width: int, resolution: int | None, multiple: int = 8) -> tuple[int, int]:
     """The size a model sees: the short side scaled to ``resolution`` (aspect kept), rounded to
     ``multiple``. ``None`` keeps the image size (rounded to ``multiple``).
@@ -71,6 +75,11 @@ def working_size(height: int, width: int, resolution: int | None, multiple: int 
     """
     if resolution is not None:
         scale = resolution / min(height, width)
+        if max(height, width) * scale > MAX_WORKING_ASPECT * resolution:
+            raise ImageError(
+                f"a {width}x{height} image is too elongated for a working resolution of {resolution} "
+                f"(at most {MAX_WORKING_ASPECT}:1; the working image would be {round(width * scale)}x{round(height * scale)})"
+            )
         height, width = height * scale, width * scale
     return (max(multiple, round(height / multiple) * multiple), max(multiple, round(width / multiple) * multiple))
 

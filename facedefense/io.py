@@ -3,7 +3,9 @@
 Reading applies the EXIF orientation, converts every mode (grayscale, palette, CMYK, 16-bit, with
 or without alpha) to RGB float32 in [0, 1] and keeps the alpha channel and ICC profile aside so the
 output can carry them again. Writing is lossless PNG, atomic (a temporary file renamed into place:
-never a half-written image) and never onto an input.
+never a half-written image), with the permissions the umask gives a new file, and never onto an
+input. Every operating-system error becomes an :class:`~facedefense.errors.OutputError` whose
+one-line message names the file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +31,30 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 #: Smallest side accepted, in pixels (a VAE downsamples by 8; smaller images carry no face to protect).
 MIN_SIDE = 16
-#: Largest image accepted, in pixels (a header that declares more is treated as a decompression bomb).
-MAX_PIXELS = 10_000 * 10_000
+#: Largest image accepted, in pixels: a header that declares more is refused as a possible
+#: decompression bomb before anything is decoded. The environment variable
+#: ``FACEDEFENSE_MAX_PIXELS`` overrides it (e.g. ``FACEDEFENSE_MAX_PIXELS=250000000``). Pillow's own
+#: limit is not used (this one replaces it).
+MAX_PIXELS = 100_000_000
+#: Largest ratio of the long side to the short side accepted (a 4000x16 strip is no portrait, and
+#: scaling its short side to a model's resolution would make a gigantic working image).
+MAX_ASPECT_RATIO = 16
+
+
+def max_pixels() -> int:
+    """The decompression-bomb limit in pixels: ``FACEDEFENSE_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`.
+
+    Raises:
+        ConfigError: the environment variable is not a positive integer.
+    """
+    text = os.environ.get("FACEDEFENSE_MAX_PIXELS", "").strip().replace("_", "")
+    if not text:
+        return MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        from facedefense.errors import ConfigError
+
+        raise ConfigError(f"FACEDEFENSE_MAX_PIXELS must be a positive number of pixels, got {text!r}")
+    return int(text)
 
 
 @dataclass
@@ -65,30 +90,35 @@ def load_image(path: str | Path) -> LoadedImage:
     from PIL import Image, ImageOps
 
     path = Path(path)
+    limit = max_pixels()
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+        # Pillow warns above its own limit and refuses above twice that; the one limit is ours.
+        with warnings.catch_warnings(), _pillow_limit_off():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 width, height = opened.size
-                if width * height > MAX_PIXELS:
+                if width * height > limit:
                     raise ImageError(
-                        f"{path}: {width}x{height} pixels exceeds the {MAX_PIXELS:,}-pixel limit "
-                        "(possible decompression bomb)"
+                        f"{path}: {width}x{height} is {width * height:,} pixels, over the {limit:,}-pixel "
+                        "limit (possible decompression bomb; FACEDEFENSE_MAX_PIXELS raises it)"
                     )
+                _check_aspect(path, width, height)
                 icc_profile = opened.info.get("icc_profile")
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: image too large (possible decompression bomb): {exc}") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageError(f"{path}: not an image file PIL can read") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except PermissionError as exc:
+        raise ImageError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{path}: corrupt or truncated image ({exc})") from exc
     rgb, alpha = _to_rgb_array(image)
     height, width = rgb.shape[:2]
@@ -96,6 +126,38 @@ def load_image(path: str | Path) -> LoadedImage:
         raise ImageError(f"{path}: {width}x{height} is too small (minimum {MIN_SIDE}x{MIN_SIDE} pixels)")
     pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
     return LoadedImage(path, pixels, alpha, icc_profile)
+
+
+class _pillow_limit_off:
+    """Switch Pillow's decompression-bomb limit off while a file whose size we checked is decoded."""
+
+    lock = threading.Lock()
+    depth = 0
+    saved: int | None = None
+
+    def __enter__(self) -> None:
+        from PIL import Image
+
+        with self.lock:
+            if type(self).depth == 0:
+                type(self).saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None
+            type(self).depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        from PIL import Image
+
+        with self.lock:
+            type(self).depth -= 1
+            if type(self).depth == 0:
+                Image.MAX_IMAGE_PIXELS = type(self).saved
+
+
+def _check_aspect(path: Path, width: int, height: int) -> None:
+    if min(width, height) >= 1 and max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(
+            f"{path}: {width}x{height} has an extreme aspect ratio (at most {MAX_ASPECT_RATIO}:1 is accepted)"
+        )
 
 
 def _to_rgb_array(image: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -154,38 +216,113 @@ def save_image(
     return path
 
 
+def _umask_mode() -> int:
+    """The permission bits a new file gets: 0o666 minus the umask (read from /proc on Linux, where
+    reading it does not change it even for an instant; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class _atomic_path:
-    """Context manager giving a temporary path beside ``path``, renamed onto it on success."""
+    """Context manager giving a temporary path beside ``path``, renamed onto it on success.
+
+    The file gets the mode a file created by ``open`` would get (the umask's), not ``mkstemp``'s
+    0600; on any failure the temporary file is removed and an :class:`OutputError` names ``path``.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def __enter__(self) -> Path:
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        if self.path.is_dir():
+            raise OutputError(f"{self.path}: is a folder; give a file name")
+        try:
+            handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot be written ({_reason(exc)})") from exc
         os.close(handle)
         self.temporary = Path(name)
         return self.temporary
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
-            os.replace(self.temporary, self.path)
-        else:
-            self.temporary.unlink(missing_ok=True)
+            try:
+                os.chmod(self.temporary, _umask_mode())
+                os.replace(self.temporary, self.path)
+                return False
+            except OSError as error:
+                self.temporary.unlink(missing_ok=True)
+                raise OutputError(f"{self.path}: cannot be written ({_reason(error)})") from error
+        self.temporary.unlink(missing_ok=True)
+        if issubclass(exc_type, OSError) and not issubclass(exc_type, OutputError):
+            raise OutputError(f"{self.path}: cannot be written ({_reason(exc)})") from exc
+        return False
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError's reason without the file name Python appends (the message names the file itself)."""
+    return (exc.strerror or str(exc) or type(exc).__name__).strip()
+
+
+def check_writable_file(path: str | Path) -> Path:
+    """Check, before any work, that ``path`` can be written as a file (its folder exists and is writable).
+
+    Raises:
+        OutputError: ``path`` is a folder, its folder is missing or not a folder, or is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
+    parent = path.parent
+    if not parent.exists():
+        raise OutputError(f"{path}: its folder {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: the folder {parent} is not writable (permission denied)")
+    if path.exists() and not os.access(path, os.W_OK) and not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: is not writable (permission denied)")
+    return path
 
 
 def write_json(data: Any, path: str | Path) -> Path:
-    """Write JSON atomically (indented, UTF-8)."""
+    """Write strict JSON atomically (indented, UTF-8): NaN and infinities (undefined metric values)
+    become ``null``, so any JSON parser reads the file."""
     path = Path(path)
     with _atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        text = json.dumps(_finite(data), indent=2, sort_keys=False, allow_nan=False)
+        temporary.write_text(text + "\n", encoding="utf-8")
     return path
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (recursively)."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     """Expand files and folders (not recursive) into a sorted, de-duplicated list of image paths.
 
     A file named explicitly is kept whatever its suffix (a bad one is reported when read); a
-    folder contributes the files with an image suffix.
+    folder contributes the files with an image suffix. Paths are made absolute but symbolic links
+    are NOT followed: an output is named after the name the user gave (``my_face.jpg`` linking to
+    ``astro.jpg`` writes ``my_face.png``).
 
     Raises:
         ImageError: a path does not exist, or nothing to process was found.
@@ -200,39 +337,61 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
             found.extend(entries)
         elif path.exists():
             found.append(path)
+        elif path.is_symlink():
+            raise ImageError(f"{path}: broken symbolic link (its target does not exist)")
         else:
             raise ImageError(f"{path}: no such file or folder")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    unique = list(dict.fromkeys(Path(os.path.abspath(p)) for p in found))
     if not unique:
         raise ImageError("no input images given")
     return unique
 
 
-def prepare_output_dir(output: str | Path, inputs: Sequence[Path], *, suffix: str = ".png") -> list[Path]:
-    """Create the output folder and return one output path per input (same stem, ``suffix``).
+def check_output_dir(output: str | Path, inputs: Sequence[Path] = ()) -> Path:
+    """Check, before any work and without creating anything, that ``output`` can be the output folder.
 
     Raises:
-        OutputError: the folder is an input folder, is not writable, or two inputs share a name.
+        OutputError: it is a file, holds an input, lies under a file, or cannot be created or written.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: exists and is not a folder")
     resolved = output.resolve()
     for source in inputs:
-        if source.parent == resolved:
-            raise OutputError(f"output folder {output} holds the input {source.name}; choose another --output")
+        if resolved in (source.parent, source.parent.resolve(), source.resolve().parent):
+            raise OutputError(f"output folder {output} holds the input {source.name}; choose another output folder")
+    existing = resolved
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create output folder {output}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == resolved else f"cannot be created: {existing} is not writable"
+        raise OutputError(f"output folder {output} {what} (permission denied)")
+    return output
+
+
+def prepare_output_dir(output: str | Path, inputs: Sequence[Path], *, suffix: str = ".png") -> list[Path]:
+    """Create the output folder and return one output path per input (same name, ``suffix``).
+
+    Raises:
+        OutputError: the folder is an input folder, is not writable, or two inputs share a name.
+    """
+    output = check_output_dir(output, inputs)
+    targets = [output / f"{source.stem}{suffix}" for source in inputs]
+    seen: dict[Path, Path] = {}
+    for source, target in zip(inputs, targets):
+        if target in seen:
+            first = seen[target]
+            detail = " (the same file given twice)" if first.resolve() == source.resolve() else ""
+            raise OutputError(f"{first} and {source} would both be written as {target.name} in {target.parent}{detail}")
+        seen[target] = source
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=output, prefix=".facedefense-probe-")
         probe.close()
     except OSError as exc:
-        raise OutputError(f"output folder {output} is not writable ({exc.strerror or exc})") from exc
-    targets = [output / f"{source.stem}{suffix}" for source in inputs]
-    seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, targets):
-        if target in seen:
-            raise OutputError(f"{seen[target].name} and {source.name} would both be written as {target.name}")
-        seen[target] = source
+        raise OutputError(f"output folder {output} cannot be created or written ({_reason(exc)})") from exc
     return targets
 
 

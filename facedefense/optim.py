@@ -48,13 +48,14 @@ def linf_pgd(
         schedule: ``"constant"`` or ``"linear"`` decay to ``step_size / 100``.
         random_start: start from a uniform point of the eps-ball.
         generator: randomness of the start.
-        description: label of the progress bar (shown on terminals only).
+        description: label of the step-level progress bar (see :mod:`facedefense.progress`).
 
     Returns:
         The adversarial images, the objective at the start and at the last step (each (N,)).
     """
     import torch
-    from tqdm.auto import tqdm
+
+    from facedefense.progress import bar
 
     adversarial = images.detach().clone()
     if random_start:
@@ -62,7 +63,7 @@ def linf_pgd(
         adversarial = project_linf(adversarial + (noise * 2 - 1) * eps, images, eps)
     direction = -1.0 if minimize else 1.0
     first = last = None
-    for size in tqdm(step_sizes(step_size, steps, schedule), desc=description, leave=False, disable=None):
+    for size in bar(step_sizes(step_size, steps, schedule), desc=description):
         adversarial.requires_grad_(True)
         loss = objective(adversarial)
         (gradient,) = torch.autograd.grad(loss.sum(), adversarial)

@@ -33,9 +33,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError as exc:
         raise ConfigError(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+        raise ConfigError(f"device '{device}' requested but CUDA is not available; use device 'cpu'")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device '{device}' requested but MPS is not available; use --device cpu")
+        raise ConfigError(f"device '{device}' requested but MPS is not available; use device 'cpu'")
     return resolved
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from facedefense.cli import evaluate, listing, models, run
+from facedefense.cli import attack, evaluate, listing, models, run
+from facedefense.cli.common import OneLineErrorsGroup
 from facedefense.registry import call_each_plugin, get_registry
 
 HELP = (
@@ -22,13 +23,14 @@ def build_app(*, with_plugins: bool = True) -> typer.Typer:
     """Build the Typer app: core commands, then the commands plugins add (``register_commands``)."""
     app = typer.Typer(
         name="facedefense",
+        cls=OneLineErrorsGroup,
         help=HELP,
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_show_locals=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    for module in (run, evaluate, listing, models):
+    for module in (run, attack, evaluate, listing, models):
         module.register(app)
     if with_plugins:
         registry = get_registry()

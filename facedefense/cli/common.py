@@ -1,13 +1,28 @@
-"""Helpers shared by the CLI commands: one-line errors and option plumbing."""
+"""Helpers shared by the CLI commands: one-line errors, early checks and option plumbing.
+
+Every error a user can fix is ONE line on stderr, ``error: ...``, and exit status 2: the errors of
+the library (:class:`~facedefense.errors.FaceDefenseError`), the argument parser's (a missing
+option, ``--batch-size 0``, ``--steps abc``: no usage box), and the operating system's (a full disk,
+a permission: the message names the file). 1 means some inputs could not be processed, 130 an
+interruption. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on the installed click
+    from click import exceptions as click_exceptions
 
 from facedefense.errors import FaceDefenseError
 
@@ -20,23 +35,73 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line that names the file: ``out/a.png: No space left on device``."""
+    reason = exc.strerror or first_line(exc)
+    files = [f for f in (exc.filename, getattr(exc, "filename2", None)) if f]
+    return f"{' -> '.join(map(str, files))}: {reason}" if files else reason
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def friendly_errors(command: F) -> F:
-    """Turn a :class:`FaceDefenseError` (an error the user can fix) into one line and exit status 2."""
+    """Turn an error the user can fix (a :class:`FaceDefenseError`, an ``OSError``, running out of
+    memory) into one line; exit status 2 (1 for memory), 130 for Ctrl-C."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except FaceDefenseError as exc:
-            raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise fail(first_line(exc)) from None
         except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
+            raise fail("interrupted (the manifest, if any, records what was done)", 130) from None
+        except OSError as exc:
+            raise fail(os_error_line(exc)) from None
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            raise fail(f"out of memory ({first_line(exc)[:160]}); try a smaller --batch-size or image", 1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+class OneLineErrorsGroup(TyperGroup):
+    """The app's click group: parser errors become one ``error:`` line with status 2 (no usage box)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_exceptions.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            message = exc.format_message().strip().replace("\n", " ").rstrip(".")
+            typer.echo(f"error: {message[:1].lower() + message[1:]}{hint}", err=True)
+            sys.exit(2)
+        except click_exceptions.ClickException as exc:
+            typer.echo(f"error: {exc.format_message().strip().splitlines()[0]}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 def progress_default() -> bool:
-    """Progress bars by default when stderr is a terminal."""
+    """Progress bars by default when stderr is a terminal (``--progress`` shows them anyway)."""
     return sys.stderr.isatty()
 
 
@@ -53,3 +118,35 @@ def method_options(
                 raise FaceDefenseError(f"option '{key}' given twice (as --{key.replace('_', '-')} and -o {key}=...)")
             options[key] = value
     return options
+
+
+def looks_like_local_path(value: str) -> bool:
+    """True for what can only be a local path (``./m``, ``/m``, ``~/m``, ``a/b/c``), not a hub id (``org/name``)."""
+    return (
+        value.startswith((".", "/", "~", "\\"))
+        or value.count("/") > 1
+        or os.sep != "/" and os.sep in value
+        or value.endswith(("/", ".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
+    )
+
+
+def check_method_paths(options: dict[str, Any]) -> None:
+    """Report a missing model folder or checkpoint before importing torch and building the method.
+
+    Raises:
+        ModelNotFoundError: ``checkpoint`` is not a file, or ``model`` is a local path that does not exist.
+    """
+    from facedefense.errors import ModelNotFoundError
+
+    checkpoint = options.get("checkpoint")
+    if isinstance(checkpoint, str) and checkpoint:
+        path = Path(checkpoint).expanduser()
+        if path.is_dir():
+            raise ModelNotFoundError(f"checkpoint {checkpoint} is a folder; give the weights file")
+        if not path.is_file():
+            raise ModelNotFoundError(f"checkpoint {checkpoint} does not exist")
+    model = options.get("model")
+    if isinstance(model, str) and model and not Path(model).expanduser().exists() and looks_like_local_path(model):
+        raise ModelNotFoundError(f"model folder {model} does not exist")
+    if isinstance(model, str) and model and Path(model).expanduser().is_file():
+        raise ModelNotFoundError(f"model {model} is a file; give a diffusers model folder (with model_index.json)")

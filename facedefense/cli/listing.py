@@ -76,11 +76,9 @@ def info(
         bool, typer.Option("--hardware", help="Show this machine and the precisions --dtype auto measured for it.")
     ] = False,
 ) -> None:
-    """Show a method's documentation and its options with their defaults (imports the method)."""
-    import dataclasses
+    """Show a method's documentation and its options: type (choices), default, range, description."""
     import inspect
 
-    from facedefense.config import config_fields
     from facedefense.errors import UnknownMethodError
     from facedefense.registry import KINDS, get_registry
 
@@ -107,9 +105,37 @@ def info(
     typer.echo(f"{spec.kind} '{spec.name}' from plugin '{spec.plugin}' ({spec.target_path})\n")
     typer.echo(inspect.getdoc(method) or "(no documentation)")
     typer.echo("\noptions (-o key=value):")
-    for field, annotation in config_fields(method.Config).items():
-        default = next(f.default for f in dataclasses.fields(method.Config) if f.name == field)
-        typer.echo(f"  {field}: {getattr(annotation, '__name__', annotation)} = {default!r}")
+    for line in option_lines(method.Config):
+        typer.echo(line)
+
+
+def option_lines(config_class: type) -> list[str]:
+    """``  name: type = default  [range]`` then the description from the config's docstring."""
+    import dataclasses
+    import textwrap
+
+    from facedefense.config import config_fields, describe_type, format_value, option_docs, option_range
+
+    docs = option_docs(config_class)
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    lines = []
+    for name, annotation in config_fields(config_class).items():
+        field = fields[name]
+        if field.default is not dataclasses.MISSING:
+            default = format_value(field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            default = format_value(field.default_factory())
+        else:
+            default = "(required)"
+        low, high = option_range(field)
+        bounds = ""
+        if low is not None or high is not None:
+            bounds = f"  [{'' if low is None else format_value(low)}..{'' if high is None else format_value(high)}]"
+        lines.append(f"  {name}: {describe_type(annotation)} = {default}{bounds}")
+        description = docs.get(name, "").replace("``", "")
+        if description:
+            lines.extend(textwrap.wrap(description, width=96, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False))
+    return lines
 
 
 def register(app: typer.Typer) -> None:

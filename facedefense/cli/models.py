@@ -12,8 +12,9 @@ from facedefense.cli.common import friendly_errors, progress_default
 TINY_KINDS = ("sd", "instruct_pix2pix", "inpaint", "upscaler")
 DEMO_BANNER = (
     "DEMO: this run uses a tiny random-weight diffusion model built offline. It exercises the whole "
-    "pipeline (load, protect, budget check, manifest, evaluate) but gives NO real protection; use a real "
-    "Stable Diffusion model (--model stable-diffusion-v1-5/stable-diffusion-v1-5) for that."
+    "pipeline (load, protect, budget check, manifest, evaluate) but gives NO real protection. For that, run "
+    "`facedefense protect PHOTOS --method photoguard --model stable-diffusion-v1-5/stable-diffusion-v1-5 "
+    "--output OUT`."
 )
 
 
@@ -55,7 +56,9 @@ def demo(
     inputs: Annotated[
         list[Path] | None, typer.Argument(help="Portraits to protect (default: a sample portrait).")
     ] = None,
-    output: Annotated[Path, typer.Option("--output", help="Demo folder.")] = Path("demo-output"),
+    output: Annotated[
+        Path, typer.Option("--output", help="Demo folder (its protected/ subfolder is replaced on each run).")
+    ] = Path("demo-output"),
     method: Annotated[
         str | None, typer.Option("--method", "-m", help="Defender to demonstrate (default: the one tagged 'demo').")
     ] = None,
@@ -64,43 +67,53 @@ def demo(
     option: Annotated[
         list[str] | None, typer.Option("-o", "--option", help="Defender option key=value (repeatable).")
     ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Show progress bars (default: on a terminal).", show_default=False),
+    ] = None,
 ) -> None:
     """Protect sample portraits with a tiny model built on the spot (a pipeline demo, offline)."""
     from facedefense.batch import protect_files
     from facedefense.budget import parse_budget
+    from facedefense.config import config_fields, parse_option_pairs
     from facedefense.errors import ConfigError
     from facedefense.evaluation import evaluate_folder
-    from facedefense.io import save_image
+    from facedefense.io import check_output_dir, save_image
     from facedefense.registry import get_registry
     from facedefense.testing import tiny_models
 
-    typer.secho(DEMO_BANNER, fg=typer.colors.YELLOW, err=True)
-    output.mkdir(parents=True, exist_ok=True)
-    model_dir = output / "tiny-sd"
-    if not (model_dir / "model_index.json").exists():
-        tiny_models.build_tiny_sd(model_dir)
-    if not inputs:
-        samples = output / "originals"
-        samples.mkdir(exist_ok=True)
-        save_image(_sample_portrait(tiny_models), samples / "astronaut.png")
-        inputs = [samples]
+    check_output_dir(output)
     registry = get_registry()
     if method is None:
         tagged = registry.tagged("defender", "demo")
         if not tagged:
             raise ConfigError("no defender is registered for the demo (tag 'demo'); pass --method NAME")
         method = tagged[0]
-    from facedefense.config import config_fields, parse_option_pairs
-
     fields = config_fields(registry.load("defender", method).Config)
+    typer.secho(DEMO_BANNER, fg=typer.colors.YELLOW, err=True)
+    output.mkdir(parents=True, exist_ok=True)
+    model_dir = output / "tiny-sd"
+    if "model" in fields and not (model_dir / "model_index.json").exists():
+        tiny_models.build_tiny_sd(model_dir)  # only for a defender that uses a diffusion model
+    if not inputs:
+        samples = output / "originals"
+        samples.mkdir(exist_ok=True)
+        save_image(_sample_portrait(tiny_models), samples / "astronaut.png")
+        inputs = [samples]
     offered = {"model": str(model_dir), "eps": parse_budget(eps), "steps": steps, "device": "cpu", "dtype": "float32"}
     options = {key: value for key, value in offered.items() if key in fields}  # only what the method has
     defender = registry.create("defender", method, **{**options, **parse_option_pairs(option)})
     protected = output / "protected"
-    report = protect_files(defender, inputs, protected, progress=progress_default())
+    show = progress_default() if progress is None else progress
+    # The demo folder is the demo's own: each run replaces the previous run's protected images.
+    report = protect_files(defender, inputs, protected, progress=show, existing="overwrite", warn_unchanged=False)
     typer.echo(f"protected {len(report.succeeded)} image(s) into {protected}")
     for entry in report.succeeded:
         typer.echo(f"  {entry['output']}: max change {entry['linf_gray_levels']:.0f} gray levels (budget {eps})")
+    if report.unchanged:
+        from facedefense.batch import unchanged_message
+
+        typer.echo(f"warning: {unchanged_message(report)}", err=True)
     reference = Path(report.succeeded[0]["input"]).parent if report.succeeded else None
     if reference is not None and all(Path(e["input"]).parent == reference for e in report.succeeded):
         scores = evaluate_folder(protected, reference)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from facedefense.cli.common import fail, friendly_errors, method_options, progress_default
+from facedefense.cli.common import check_method_paths, fail, friendly_errors, method_options, progress_default
 
 Inputs = Annotated[list[Path], typer.Argument(help="Image files and/or folders (not recursive).", show_default=False)]
 Output = Annotated[Path, typer.Option("--output", help="Output folder (created; must not be an input folder).")]
@@ -17,7 +17,43 @@ Dtype = Annotated[str | None, typer.Option(help="auto, float32, bfloat16 or floa
 Seed = Annotated[int | None, typer.Option(help="Random seed (default: the method's, 0).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward/backward pass.")]
 Options = Annotated[list[str] | None, typer.Option("-o", "--option", help="Method option key=value (repeatable).")]
-Progress = Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+Progress = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Show progress bars (files and optimization steps). Default: when stderr is a terminal.",
+        show_default=False,
+    ),
+]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="The output folder holds an earlier run: remove that run's outputs and manifest first "
+        "(files no run wrote are never deleted).",
+    ),
+]
+Add = Annotated[
+    bool,
+    typer.Option(
+        "--add",
+        help="The output folder holds an earlier run: keep its outputs and add these (same names are replaced).",
+    ),
+]
+
+
+def _existing(overwrite: bool, add: bool) -> str:
+    if overwrite and add:
+        raise fail("--overwrite and --add exclude each other")
+    return "overwrite" if overwrite else "add" if add else "refuse"
+
+
+def _plan(inputs: list[Path], output: Path, existing: str, reference: Path | None = None) -> None:
+    """Check the inputs, the output folder and its earlier contents before building the method."""
+    from facedefense.batch import claim_output_dir, find_identities, plan_outputs
+
+    plan_outputs(find_identities(inputs, reference), output)
+    claim_output_dir(output, existing, dry_run=True)
 
 
 def _make(kind: str, name: str, options: dict[str, Any]) -> Any:
@@ -29,6 +65,10 @@ def _make(kind: str, name: str, options: dict[str, Any]) -> Any:
 def _finish(report: Any, output: Path, verb: str) -> None:
     for failure in report.failed:
         typer.echo(f"skipped: {failure['error']}", err=True)
+    if verb == "protected" and report.unchanged:
+        from facedefense.batch import unchanged_message
+
+        typer.echo(f"warning: {unchanged_message(report)}", err=True)
     typer.echo(f"{verb} {len(report.succeeded)} image(s) into {output} (manifest: {report.manifest_path.name})")
     if report.failed:
         raise fail(f"{len(report.failed)} input(s) could not be processed", code=1)
@@ -60,19 +100,31 @@ def protect(
     batch_size: BatchSize = 1,
     option: Options = None,
     progress: Progress = None,
+    overwrite: Overwrite = False,
+    add: Add = False,
 ) -> None:
-    """Protect photos with a defender; writes PNGs with the same names and a manifest."""
-    from facedefense.batch import protect_files
+    """Protect photos with a defender; writes PNGs with the same names and a manifest.
+
+    An output folder that holds files is refused unless --overwrite or --add says what to do.
+    """
     from facedefense.budget import parse_budget
 
+    existing = _existing(overwrite, add)
     budget = parse_budget(eps) if eps is not None else None
     options = method_options(
         option, model=model, eps=budget, steps=steps, checkpoint=checkpoint, runtime=runtime, seed=seed,
         device=device, dtype=dtype
     )
+    _plan(inputs, output, existing, reference)
+    check_method_paths(options)
     defender = _make("defender", method, options)
+    from facedefense.batch import protect_files
+
     show = progress_default() if progress is None else progress
-    report = protect_files(defender, inputs, output, references=reference, batch_size=batch_size, progress=show)
+    report = protect_files(
+        defender, inputs, output, references=reference, batch_size=batch_size, progress=show, existing=existing,
+        warn_unchanged=False,
+    )  # fmt: skip
     _finish(report, output, "protected")
 
 
@@ -88,14 +140,22 @@ def purify(
     batch_size: BatchSize = 1,
     option: Options = None,
     progress: Progress = None,
+    overwrite: Overwrite = False,
+    add: Add = False,
 ) -> None:
-    """Purify photos (the adversary's counter-measure); writes PNGs and a manifest."""
+    """Purify photos (the adversary's counter-measure); writes PNGs and a manifest.
+
+    An output folder that holds files is refused unless --overwrite or --add says what to do.
+    """
+    existing = _existing(overwrite, add)
+    options = method_options(option, model=model, seed=seed, device=device, dtype=dtype)
+    _plan(inputs, output, existing)
+    check_method_paths(options)
+    purifier = _make("purifier", method, options)
     from facedefense.batch import purify_files
 
-    options = method_options(option, model=model, seed=seed, device=device, dtype=dtype)
-    purifier = _make("purifier", method, options)
     show = progress_default() if progress is None else progress
-    report = purify_files(purifier, inputs, output, batch_size=batch_size, progress=show)
+    report = purify_files(purifier, inputs, output, batch_size=batch_size, progress=show, existing=existing)
     _finish(report, output, "purified")
 
 

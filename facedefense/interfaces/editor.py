@@ -57,12 +57,12 @@ class Editor(Method, abc.ABC):
             The edited images, same shape, float32 in [0, 1].
         """
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ConfigError(f"editor '{self.name}' needs a non-empty prompt (--prompt)")
+            raise ConfigError(f"editor '{self.name}' needs a non-empty prompt")
         if not self.config.model:
-            raise ConfigError(f"{self.name or type(self).__name__} needs a model (--model)")
+            raise ConfigError(f"{self.name or type(self).__name__} needs a model (option 'model')")
         original = check_image_batch(images)
         if mask is None and self.needs_mask:
-            raise ConfigError(f"editor '{self.name}' needs a mask (--mask)")
+            raise ConfigError(f"editor '{self.name}' needs a mask")
         if mask is not None:
             mask = self._check_mask(mask, original)
         edited = self._edit(self._to_device(original), prompt, mask, self.make_generator(generator))

@@ -132,7 +132,7 @@ class Metric(Method, abc.ABC):
         refs = None
         if self.pairing != "none":
             if references is None or (not isinstance(references, torch.Tensor) and len(references) == 0):
-                raise ConfigError(f"metric '{self.name}' needs reference images (--reference)")
+                raise ConfigError(f"metric '{self.name}' needs reference images")
             refs = as_image_list(references, "references")
             if self.pairing == "paired":
                 if len(refs) != len(listed):
@@ -146,7 +146,7 @@ class Metric(Method, abc.ABC):
         prompt_list = None
         if self.needs_prompt:
             if prompts is None or (isinstance(prompts, str) and not prompts.strip()):
-                raise ConfigError(f"metric '{self.name}' needs a prompt (--prompt)")
+                raise ConfigError(f"metric '{self.name}' needs a prompt")
             prompt_list = [prompts] * len(listed) if isinstance(prompts, str) else list(prompts)
             if len(prompt_list) != len(listed):
                 raise ConfigError(f"metric '{self.name}': {len(prompt_list)} prompt(s) for {len(listed)} image(s)")

@@ -151,7 +151,7 @@ class Personalizer(Method, abc.ABC):
             generator: source of randomness (default: seeded with ``config.seed``).
         """
         if not self.config.model:
-            raise ConfigError(f"{self.name or type(self).__name__} needs a base model (--model)")
+            raise ConfigError(f"{self.name or type(self).__name__} needs a base model (option 'model')")
         prompt = instance_prompt if instance_prompt is not None else self.config.instance_prompt
         if not prompt.strip():
             raise ConfigError("the instance prompt is empty (e.g. 'a photo of sks person')")

@@ -104,7 +104,7 @@ def test_protect_refuses_input_folder_as_output(png_folder, shift_defender):
 def test_protect_unwritable_output(tmp_path, png_folder, shift_defender):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
-    assert_one_line_error(invoke("protect", png_folder, "--method", "test_shift", "--output", blocker / "out"), match="not writable")
+    assert_one_line_error(invoke("protect", png_folder, "--method", "test_shift", "--output", blocker / "out"), match="is a file, not a folder")
 
 
 def test_protect_missing_input_and_empty_folder(tmp_path, shift_defender):
@@ -136,7 +136,7 @@ def test_purify_and_evaluate(tmp_path, png_folder):
 
 
 def test_evaluate_needs_reference_for_psnr(png_folder):
-    assert_one_line_error(invoke("evaluate", png_folder, "--metric", "psnr"), match="need --reference")
+    assert_one_line_error(invoke("evaluate", png_folder, "--metric", "psnr"), match="need reference images")
 
 
 def test_info_shows_documentation_and_options():

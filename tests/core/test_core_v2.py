@@ -187,7 +187,8 @@ class TestTowardReferencesContract(DefenderContract):
         return TowardReferences(eps=self.eps)
 
     @pytest.fixture(scope="class", autouse=True)
-    def _registered(self):
+    @classmethod
+    def _registered(cls):
         with registered("defender", TowardReferences):
             yield
 
@@ -384,7 +385,8 @@ class TestMeanColourContract(PersonalizerContract):
         return MeanColour()
 
     @pytest.fixture(scope="class", autouse=True)
-    def _registered(self):
+    @classmethod
+    def _registered(cls):
         with registered("personalizer", MeanColour):
             yield
 
@@ -420,7 +422,8 @@ class TestFillContract(EditorContract):
         return Fill()
 
     @pytest.fixture(scope="class", autouse=True)
-    def _registered(self):
+    @classmethod
+    def _registered(cls):
         with registered("editor", Fill):
             yield
 

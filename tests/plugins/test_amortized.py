@@ -219,7 +219,7 @@ def test_rid_budget_from_sidecar_and_unknown(tmp_path):
     anonymous = tmp_path / "weights.bin"
     torch.save(network.state_dict(), anonymous)
     sidecar_path(anonymous).write_text(json.dumps({"architecture": SMALL_DIT}))
-    with pytest.raises(ConfigError, match="pass --eps"):
+    with pytest.raises(ConfigError, match="pass eps"):
         RID(checkpoint=str(anonymous), device="cpu")
     assert RID(checkpoint=str(anonymous), eps=5 / 255, device="cpu").config.eps == pytest.approx(5 / 255)
 
@@ -233,7 +233,7 @@ def test_missing_and_wrong_checkpoints(tmp_path, rid_checkpoint):
         RID(checkpoint=str(tmp_path / "nope.bin"), device="cpu")
     garbage = tmp_path / "ASDS-eps-8_255.bin"
     garbage.write_bytes(b"not a pickle")
-    with pytest.raises(ModelNotFoundError, match="cannot be read"):
+    with pytest.raises(ModelNotFoundError, match="not a weights file"):
         RID(checkpoint=str(garbage), device="cpu")
     path, _ = rid_checkpoint
     with pytest.raises(ModelNotFoundError, match="not a gap_diff checkpoint"):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from facedefense import Defender, DefenderConfig
-from facedefense.errors import ConfigError
+from facedefense.config import option
 
 
 @dataclass
@@ -20,16 +20,11 @@ class ExampleTextureConfig(DefenderConfig):
         pattern: ``"noise"``: random noise minus its 3x3 local mean (high-pass), one draw per
             image; ``"checker"``: a checkerboard whose sign is drawn per image and channel.
             Default: ``"noise"``.
-        cell: side of one texture cell in pixels; 1 is the highest frequency. Default: 1.
+        cell: side of one texture cell in pixels, 1 to 256; 1 is the highest frequency. Default: 1.
     """
 
     pattern: Literal["noise", "checker"] = "noise"
-    cell: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.cell < 1:
-            raise ConfigError(f"example_texture: cell must be at least 1 pixel, got {self.cell}")
+    cell: int = option(1, min=1, max=256)
 
 
 class ExampleTexture(Defender):

@@ -45,6 +45,8 @@ def test_options_come_as_cli_strings():
         ExampleTexture(pattern="stripes", device="cpu")
     with pytest.raises(facedefense.ConfigError, match="cell"):
         ExampleTexture(cell=0, device="cpu")
+    with pytest.raises(facedefense.ConfigError, match="option 'cell' must be from 1 to 256, got 100000"):
+        facedefense.create("defender", "example_texture", cell="100000", device="cpu")
 
 
 def test_checker_cells_alternate_at_the_full_budget():

@@ -1,0 +1,59 @@
+"""Progress bars, one switch for the whole library.
+
+Long work (optimization steps, files) shows a tqdm bar on stderr. From Python the bars are on by
+default, on a terminal or not; switch them off with :func:`set_progress` (``set_progress(False)``),
+for a block with :func:`progress_enabled_as`, or with the environment variable
+``FACEDEFENSE_PROGRESS=0``. The CLI shows them when stderr is a terminal, and always with
+``--progress`` (``--no-progress`` hides them).
+
+Example:
+    >>> from facedefense.progress import bar, set_progress
+    >>> set_progress(False)
+    >>> for step in bar(range(3), desc="PGD"):
+    ...     pass
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+_setting: bool | None = None
+
+
+def set_progress(enabled: bool | None) -> None:
+    """Show (True) or hide (False) progress bars; None restores the default (on unless
+    ``FACEDEFENSE_PROGRESS`` is 0, false, off or no)."""
+    global _setting
+    _setting = enabled
+
+
+def progress_enabled() -> bool:
+    """Whether bars are shown now."""
+    if _setting is not None:
+        return _setting
+    return os.environ.get("FACEDEFENSE_PROGRESS", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+@contextlib.contextmanager
+def progress_enabled_as(enabled: bool | None) -> Iterator[None]:
+    """Within the block, bars are shown when ``enabled`` (None: leave the setting alone)."""
+    global _setting
+    previous = _setting
+    if enabled is not None:
+        _setting = enabled
+    try:
+        yield
+    finally:
+        _setting = previous
+
+
+def bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "", unit: str = "step",
+        leave: bool = False, **kwargs: Any) -> Any:
+    """A tqdm bar on stderr, shown when :func:`progress_enabled` (on a terminal or not)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=not progress_enabled(),
+                dynamic_ncols=True, **kwargs)

@@ -1,0 +1,504 @@
+"""The bad-input corpus: every command against unusual, broken and hostile inputs and outputs.
+
+Each case runs a command in-process (CliRunner) and then checks the invariants every run keeps,
+whatever happened:
+
+- no traceback, at most one ``error:`` line, the expected exit status (0 done, 1 some inputs
+  skipped, 2 refused before any work, 130 interrupted);
+- the inputs are byte-identical afterwards;
+- no temporary or half-written file anywhere (``*.tmp``, probe files);
+- every written image is within its budget (``protect``) and readable with the umask's mode.
+
+Extension point: a branch that adds a command (``attack``, ``benchmark``) adds an entry to
+``COMMANDS`` (name -> function building its argument list from an input path and an output
+folder) and the file cases below run against it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from facedefense.cli import build_app
+
+EPS_LEVELS = 4
+UMASK = 0o022
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(build_app(), [str(a) for a in args])
+
+
+# -- the commands under test ----------------------------------------------------------------------
+
+COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
+    "protect": lambda source, out: ["protect", source, "--method", "test_shift", "--eps", f"{EPS_LEVELS}/255", "--output", out],
+    "purify": lambda source, out: ["purify", source, "--method", "jpeg", "--output", out],
+}
+
+
+def evaluate_args(source: Path, out: Path) -> list[str]:
+    """``evaluate`` scores the file against a clean copy of the good image under the same stem."""
+    from facedefense.errors import ImageError
+    from facedefense.io import load_image, save_image
+
+    reference = out.parent / "reference"
+    reference.mkdir(exist_ok=True)
+    try:
+        save_image(load_image(source).pixels, reference / f"{source.stem}.png")
+    except ImageError:
+        Image.fromarray(rgb(48, 40)).save(reference / f"{source.stem}.png")
+    return ["evaluate", source, "--reference", reference, "--metric", "psnr", "--json", out.parent / "scores.json"]
+
+
+COMMANDS["evaluate"] = evaluate_args
+
+
+# -- the corpus -----------------------------------------------------------------------------------
+
+
+def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(30, 220, (height, width, 3), dtype=np.uint8)
+
+
+def png_with_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` (a decompression bomb's header) and no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def write_case(name: str, folder: Path) -> Path:
+    """Write the corpus file ``name`` into ``folder`` and return its path."""
+    from PIL import ImageCms
+
+    image = Image.fromarray(rgb(48, 40))
+    if name == "good":
+        path = folder / "good.png"
+        image.save(path)
+    elif name == "corrupt":
+        path = folder / "corrupt.png"
+        image.save(path)
+        data = bytearray(path.read_bytes())
+        data[60:-20] = bytes(len(data) - 80)  # the pixel data zeroed: the checksums fail
+        path.write_bytes(bytes(data))
+    elif name == "truncated":
+        path = folder / "truncated.jpg"
+        image.save(folder / "whole.jpg", quality=95)
+        path.write_bytes((folder / "whole.jpg").read_bytes()[:300])
+        (folder / "whole.jpg").unlink()
+    elif name == "zero_bytes":
+        path = folder / "empty.png"
+        path.write_bytes(b"")
+    elif name == "not_an_image":
+        path = folder / "notes.png"
+        path.write_text("these are not pixels\n")
+    elif name == "tiny":
+        path = folder / "tiny.png"
+        Image.fromarray(rgb(8, 8)).save(path)
+    elif name == "huge_header":
+        path = folder / "bomb.png"
+        path.write_bytes(png_with_header(20_000, 20_000))
+    elif name == "extreme_aspect":
+        path = folder / "strip.png"
+        Image.fromarray(rgb(16, 4000)).save(path)
+    elif name == "cmyk":
+        path = folder / "cmyk.jpg"
+        image.convert("CMYK").save(path, quality=95)
+    elif name == "gray16":
+        path = folder / "gray16.png"
+        Image.fromarray((np.arange(48 * 40, dtype=np.uint16).reshape(48, 40) * 30)).save(path)
+    elif name == "palette":
+        path = folder / "palette.png"
+        image.convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+    elif name == "alpha":
+        path = folder / "alpha.png"
+        rgba = np.dstack([rgb(48, 40), np.full((48, 40), 128, np.uint8)])
+        Image.fromarray(rgba, mode="RGBA").save(path)
+    elif name == "exif_rotated":
+        path = folder / "rotated.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+        image.save(path, exif=exif, quality=95)
+    elif name == "icc":
+        path = folder / "icc.png"
+        profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+        image.save(path, icc_profile=profile)
+    else:
+        raise ValueError(name)
+    return path
+
+
+#: file case -> (exit status, what the error/skip line says; "" for a success)
+FILE_CASES = {
+    "good": (0, ""),
+    "corrupt": (1, "corrupt or truncated"),
+    "truncated": (1, "corrupt or truncated"),
+    "zero_bytes": (1, "empty file"),
+    "not_an_image": (1, "not an image"),
+    "tiny": (1, "too small"),
+    "huge_header": (1, "decompression bomb"),
+    "extreme_aspect": (1, "extreme aspect ratio"),
+    "cmyk": (0, ""),
+    "gray16": (0, ""),
+    "palette": (0, ""),
+    "alpha": (0, ""),
+    "exif_rotated": (0, ""),
+    "icc": (0, ""),
+}
+
+
+# -- the invariants -------------------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@dataclass
+class Workspace:
+    root: Path
+    inputs: Path
+    before: dict[str, str] | None = None
+
+    def freeze(self) -> None:
+        self.before = snapshot(self.inputs)
+
+    def check(self, result, code: int, match: str = "") -> None:
+        """The invariants of every run."""
+        output = result.output + (result.stderr if result.stderr_bytes is not None else "")
+        assert "Traceback" not in output and result.exception is None or isinstance(result.exception, SystemExit), output
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) <= 1, result.stderr
+        assert result.exit_code == code, output
+        if code == 2:
+            assert len(errors) == 1 and match in errors[0], result.stderr
+        elif match:
+            assert match in result.stderr, result.stderr
+        assert snapshot(self.inputs) == self.before, "an input was modified"
+        leftovers = [p for p in self.root.rglob("*") if p.name.endswith(".tmp") or "facedefense-probe" in p.name]
+        assert not leftovers, leftovers
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and self.inputs not in path.parents:
+                assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK, (path, oct(path.stat().st_mode))
+
+
+@pytest.fixture
+def workspace(tmp_path, shift_defender):
+    previous = os.umask(UMASK)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    try:
+        yield Workspace(tmp_path, inputs)
+    finally:
+        os.umask(previous)
+
+
+def check_budget_of_outputs(folder: Path, manifest: dict) -> None:
+    """Every written image is within the budget of its (decoded) input."""
+    from facedefense.io import load_image
+
+    for entry in manifest["images"]:
+        written = load_image(folder / entry["output"]).pixels
+        original = load_image(entry["input"]).pixels
+        assert written.shape == original.shape
+        assert ((written - original).abs().max() * 255).round() <= EPS_LEVELS
+        assert entry["within_budget"] and entry["linf_gray_levels"] <= EPS_LEVELS
+
+
+# -- file cases x commands ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_file_case(workspace, case, command):
+    code, match = FILE_CASES[case]
+    source = write_case(case, workspace.inputs)
+    workspace.freeze()
+    out = workspace.root / "out"
+    result = invoke(*COMMANDS[command](source, out))
+    if command == "evaluate":
+        # evaluate refuses a folder with nothing readable (2) and reports a skipped file otherwise
+        workspace.check(result, 0 if code == 0 else 2, match)
+        if code == 0:
+            assert json.loads((workspace.root / "scores.json").read_text())["metrics"]["psnr"]["count"] == 1
+        else:
+            assert not (workspace.root / "scores.json").exists()
+        return
+    workspace.check(result, code, match)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "completed" and manifest["summary"]["completed"]
+    assert manifest["summary"]["planned"] == 1
+    assert manifest["summary"]["processed"] == (1 if code == 0 else 0)
+    assert manifest["summary"]["failed"] == (0 if code == 0 else 1)
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == ([f"{source.stem}.png"] if code == 0 else [])
+    if code == 0:
+        with Image.open(out / written[0]) as image:
+            if case == "alpha":
+                assert image.mode == "RGBA"
+            if case == "exif_rotated":
+                assert image.size == (48, 40)  # upright: the 40x48 landscape file displays as portrait
+            if case == "icc":
+                assert image.info.get("icc_profile")
+        if command == "protect":
+            check_budget_of_outputs(out, manifest)
+
+
+# -- inputs: symlinks and names -------------------------------------------------------------------
+
+
+def test_symlinks_are_named_as_given(workspace):
+    source = write_case("good", workspace.inputs)
+    (workspace.inputs / "my_face.png").symlink_to(source)
+    (workspace.inputs / "also_me.png").symlink_to(source)
+    workspace.freeze()
+    out = workspace.root / "out"
+    links = [workspace.inputs / "my_face.png", workspace.inputs / "also_me.png"]
+    result = invoke(*COMMANDS["protect"](links[0], out), links[1])
+    workspace.check(result, 0)
+    assert sorted(p.name for p in out.glob("*.png")) == ["also_me.png", "my_face.png"]
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert {Path(e["input"]).name for e in manifest["inputs"]} == {"my_face.png", "also_me.png"}
+    assert all(e["target"] == str(source.resolve()) for e in manifest["inputs"])
+
+
+def test_broken_symlink(workspace):
+    (workspace.inputs / "gone.png").symlink_to(workspace.inputs / "missing.png")
+    workspace.freeze()
+    out = workspace.root / "out"
+    workspace.check(invoke(*COMMANDS["protect"](workspace.inputs / "gone.png", out)), 2, "broken symbolic link")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["protect", "purify"])
+def test_duplicate_stems_refused_before_work(workspace, command):
+    source = write_case("good", workspace.inputs)
+    Image.open(source).save(workspace.inputs / "good.jpg", quality=95)
+    workspace.freeze()
+    out = workspace.root / "out"
+    workspace.check(invoke(*COMMANDS[command](workspace.inputs, out)), 2, "would both be written as good.png")
+    assert not out.exists()
+
+
+# -- options and budgets --------------------------------------------------------------------------
+
+BAD_OPTIONS = {
+    "no method": (["protect", "{in}", "--output", "{out}"], "missing option '--method'"),
+    "purifier as defender": (["protect", "{in}", "-m", "jpeg", "--output", "{out}"], "'jpeg' is a purifier"),
+    "defender as purifier": (["purify", "{in}", "-m", "test_shift", "--output", "{out}"], "'test_shift' is a defender"),
+    "unknown method": (["protect", "{in}", "-m", "photoguardd", "--output", "{out}"], "photoguard"),
+    "misspelled option": (["protect", "{in}", "-m", "test_ranged", "-o", "cel=2", "--output", "{out}"], "did you mean 'cell'"),
+    "option out of range": (["protect", "{in}", "-m", "test_ranged", "-o", "cell=100000", "--output", "{out}"], "option 'cell' must be from 1 to 64, got 100000"),
+    "option not a number": (["protect", "{in}", "-m", "test_ranged", "-o", "cell=big", "--output", "{out}"], "must be an integer"),
+    "bad option syntax": (["protect", "{in}", "-m", "test_shift", "-o", "cell", "--output", "{out}"], "use -o key=value"),
+    "zero budget": (["protect", "{in}", "-m", "test_shift", "--eps", "0", "--output", "{out}"], "outside (0, 1]"),
+    "budget above one": (["protect", "{in}", "-m", "test_shift", "--eps", "2", "--output", "{out}"], "outside (0, 1]"),
+    "budget not a number": (["protect", "{in}", "-m", "test_shift", "--eps", "eight", "--output", "{out}"], "bad budget 'eight'"),
+    "budget with zero denominator": (["protect", "{in}", "-m", "test_shift", "--eps", "8/0", "--output", "{out}"], "bad budget '8/0'"),
+    "negative seed": (["protect", "{in}", "-m", "test_shift", "--seed", "-1", "--output", "{out}"], "seed"),
+    "seed overflow": (["protect", "{in}", "-m", "test_shift", "--seed", "99999999999999999999999", "--output", "{out}"], "seed must be"),
+    "batch size zero": (["protect", "{in}", "-m", "test_shift", "--batch-size", "0", "--output", "{out}"], "--batch-size"),
+    "steps not a number": (["protect", "{in}", "-m", "test_shift", "--steps", "abc", "--output", "{out}"], "--steps"),
+    "unknown device": (["protect", "{in}", "-m", "test_shift", "--device", "tpu", "--output", "{out}"], "device"),
+    "missing model folder": (["protect", "{in}", "-m", "test_shift", "--model", "./no/such/model", "--output", "{out}"], "model folder ./no/such/model does not exist"),
+    "text file as checkpoint": (["protect", "{in}", "-m", "test_ranged", "--checkpoint", "{in}", "--output", "{out}"], "not a weights file"),
+    "missing checkpoint": (["protect", "{in}", "-m", "test_shift", "--checkpoint", "nope.pt", "--output", "{out}"], "does not exist"),
+    "overwrite and add": (["protect", "{in}", "-m", "test_shift", "--overwrite", "--add", "--output", "{out}"], "exclude each other"),
+    "missing input": (["protect", "{in}.missing", "-m", "test_shift", "--output", "{out}"], "no such file"),
+    "unknown command": (["atack", "{in}"], "no such command"),
+    "evaluate without metric reference": (["evaluate", "{in}", "--metric", "psnr"], "reference"),
+}
+
+
+@pytest.fixture
+def ranged_defender(register_method):
+    """``test_ranged``: a defender whose ``cell`` option declares its range in one line."""
+    from facedefense.config import option
+    from facedefense.interfaces import Defender, DefenderConfig
+
+    @dataclass
+    class RangedConfig(DefenderConfig):
+        device: str = "cpu"
+        cell: int = option(1, min=1, max=64)
+        checkpoint: str = ""
+
+    class Ranged(Defender):
+        name: ClassVar[str] = "test_ranged"
+        Config: ClassVar[type] = RangedConfig
+
+        def __init__(self, config=None, **options):
+            super().__init__(config, **options)
+            if self.config.checkpoint:
+                from facedefense.checkpoints import read_state_dict
+
+                self.weights = read_state_dict(self.config.checkpoint)
+
+        def _perturb(self, images, generator):
+            return images + self.config.eps
+
+    register_method("defender", Ranged)
+    return Ranged
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_bad_option(workspace, ranged_defender, case):
+    args, match = BAD_OPTIONS[case]
+    source = write_case("good", workspace.inputs)
+    if case == "text file as checkpoint":
+        source = workspace.inputs / "notes.txt"
+        source.write_text("not weights\n")
+        write_case("good", workspace.inputs)
+    workspace.freeze()
+    out = workspace.root / "out"
+    filled = [a.replace("{in}", str(source if "checkpoint" not in case else workspace.inputs / "good.png")).replace("{out}", str(out)) for a in args]
+    if case == "text file as checkpoint":
+        filled[filled.index("--checkpoint") + 1] = str(source)
+    workspace.check(invoke(*filled), 2, match)
+    assert not out.exists(), "nothing may be created before the work starts"
+
+
+# -- outputs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["protect", "purify"])
+def test_output_is_the_input_folder(workspace, command):
+    write_case("good", workspace.inputs)
+    workspace.freeze()
+    workspace.check(invoke(*COMMANDS[command](workspace.inputs, workspace.inputs)), 2, "holds the input")
+
+
+@pytest.mark.parametrize("command", ["protect", "purify"])
+def test_output_under_a_file(workspace, command):
+    source = write_case("good", workspace.inputs)
+    workspace.freeze()
+    blocker = workspace.root / "blocker"
+    blocker.write_text("a file")
+    workspace.check(invoke(*COMMANDS[command](source, blocker / "out")), 2, "is a file, not a folder")
+
+
+@pytest.mark.parametrize("flag", [None, "--overwrite"])
+def test_output_folder_holds_the_input_folder(workspace, flag):
+    """``protect out/photos --output out``: the input folder is one of the output folder's files."""
+    write_case("good", workspace.inputs)
+    workspace.freeze()
+    args = COMMANDS["protect"](workspace.inputs, workspace.root)
+    workspace.check(invoke(*args, *([flag] if flag else [])), 2, "holds files no facedefense run wrote there (inputs/good.png)")
+
+
+def test_output_is_a_file(workspace):
+    source = write_case("good", workspace.inputs)
+    workspace.freeze()
+    target = workspace.root / "taken"
+    target.write_text("x")
+    workspace.check(invoke(*COMMANDS["protect"](source, target)), 2, "exists and is not a folder")
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file", "missing_folder"])
+def test_evaluate_json_unwritable(workspace, where):
+    source = write_case("good", workspace.inputs)
+    reference = workspace.root / "reference"
+    reference.mkdir()
+    Image.open(source).save(reference / "good.png")
+    workspace.freeze()
+    (workspace.root / "blocker").write_text("x")
+    (workspace.root / "a_folder").mkdir()
+    target = {"folder": "a_folder", "under_a_file": "blocker/scores.json", "missing_folder": "nowhere/scores.json"}[where]
+    match = {"folder": "is a folder", "under_a_file": "is not a folder", "missing_folder": "does not exist"}[where]
+    result = invoke("evaluate", workspace.inputs, "--reference", reference, "--metric", "psnr", "--json", workspace.root / target)
+    workspace.check(result, 2, match)
+    assert "psnr" not in result.stdout, "checked before the work"
+
+
+@pytest.mark.parametrize("command", ["protect", "purify"])
+def test_full_disk(workspace, command, monkeypatch):
+    source = write_case("good", workspace.inputs)
+    workspace.freeze()
+
+    save = Image.Image.save
+
+    def no_space(self, fp, *args, **kwargs):
+        if str(fp).endswith(".tmp"):  # the files the runner writes, not the in-memory JPEG round trip
+            raise OSError(28, "No space left on device")
+        return save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", no_space)
+    out = workspace.root / "out"
+    workspace.check(invoke(*COMMANDS[command](source, out)), 2, f"{out / 'good.png'}: cannot be written (No space left on device)")
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "failed" and not manifest["summary"]["completed"]
+    assert "No space left" in manifest["error"] and not list(out.glob("*.png"))
+
+
+# -- reruns and interruptions ---------------------------------------------------------------------
+
+
+def test_rerun_needs_a_decision(workspace):
+    for seed, name in enumerate(("a", "b")):
+        Image.fromarray(rgb(48, 40, seed)).save(workspace.inputs / f"{name}.png")
+    workspace.freeze()
+    out = workspace.root / "out"
+    workspace.check(invoke(*COMMANDS["protect"](workspace.inputs, out)), 0)
+    # a second run into the same folder is refused, then replaces the earlier run when asked to
+    only_a = workspace.inputs / "a.png"
+    workspace.check(invoke(*COMMANDS["protect"](only_a, out)), 2, "--overwrite")
+    workspace.check(invoke(*COMMANDS["protect"](only_a, out), "--overwrite"), 0)
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png"], "the earlier run's b.png is gone"
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert [Path(e["input"]).name for e in manifest["images"]] == ["a.png"]
+    # --add keeps the earlier outputs and lists them
+    workspace.check(invoke(*COMMANDS["protect"](workspace.inputs / "b.png", out), "--add"), 0)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert sorted(e["output"] for e in manifest["images"]) == ["a.png", "b.png"]
+    assert manifest["summary"]["earlier_outputs_kept"] == 1 and len(manifest["earlier_runs"]) == 1
+    # a file no run wrote is never deleted
+    (out / "holiday.jpg").write_bytes(b"mine")
+    workspace.check(invoke(*COMMANDS["protect"](only_a, out), "--overwrite"), 2, "holiday.jpg")
+    assert (out / "holiday.jpg").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("command", ["protect", "purify"])
+def test_interrupted_run(workspace, command, monkeypatch):
+    for seed, name in enumerate(("a", "b", "c")):
+        Image.fromarray(rgb(48, 40, seed)).save(workspace.inputs / f"{name}.png")
+    workspace.freeze()
+    from facedefense import io
+
+    calls = []
+    save = io.save_image
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr("facedefense.batch.save_image", interrupt_second)
+    out = workspace.root / "out"
+    workspace.check(invoke(*COMMANDS[command](workspace.inputs, out)), 130)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert manifest["summary"] == {**manifest["summary"], "planned": 3, "processed": 1, "not_processed": 2, "completed": False}
+    assert len(manifest["inputs"]) == 3 and sorted(p.name for p in out.glob("*.png")) == ["a.png"]
+    monkeypatch.undo()
+    workspace.check(invoke(*COMMANDS[command](workspace.inputs, out)), 2, "earlier run")
+    workspace.check(invoke(*COMMANDS[command](workspace.inputs, out), "--add"), 0)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["summary"]["completed"] and manifest["summary"]["processed"] == 3
