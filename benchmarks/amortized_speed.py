@@ -1,178 +1,194 @@
-"""Photos per second and peak memory of the amortized defenders (RID, GAP-Diff) at 512x512.
+"""RID and GAP-Diff at 512x512: every way to run them, side by side, in ONE interleaved run.
 
-Compares facedefense's path (``Defender.protect`` with ``--dtype`` MODE: batching, bf16 on GPUs
-and AMX CPUs, oneDNN int8 linears for RID and folded, prepacked convolutions for GAP-Diff on other
-CPUs) with a plain fp32 eager forward of the same network (``plain-fp32``: the module, no
-``protect``). Full-size architectures with random weights (they time like trained ones). Each
-measurement runs in its own process, so its peak memory is its own; the time is the best of
-``--repeats`` calls after one warm-up call, divided by the batch size.
+Paths per method (random weights of the real architecture; they time like trained ones):
 
-When ``float32`` is among the modes, every other facedefense mode's protected images are compared
-with it: ``max_gray`` is the largest difference in gray levels (target: at most 2).
+- ``reference fp32``: the network as the reference inference scripts run it (PyTorch eager, fp32);
+- ``reference bf16 autocast``: the same under ``torch.autocast(dtype=torch.bfloat16)``;
+- ``onnxruntime fp32`` and ``onnxruntime int8``: the network exported by ``facedefense export``
+  (done here), and ONNX Runtime's dynamic int8 quantization of that file;
+- every facedefense path (``Defender.protect``, the whole protection including rounding to the
+  uint8 grid): RID ``engine=float32|bfloat16|int8|int8+bf16|module`` and ``--dtype auto``;
+  GAP-Diff ``--dtype float32|bfloat16`` (folded networks) and ``--dtype auto``.
 
-    .venv/bin/python benchmarks/amortized_speed.py --methods rid gap_diff --batch 1 4 --json results.json
+Each path is called once to warm up, then the paths take turns (round-robin) for ``--rounds``
+rounds, so a change of load on a shared machine hits them all alike; the table gives the best
+time per photo, its ratio to ``reference fp32`` (and to ONNX Runtime int8 for RID, to the bf16
+autocast reference for GAP-Diff: the issue's targets), and the largest difference of the protected
+image from ``reference fp32``'s in gray levels. ``--dtype auto``'s first construction (which
+measures, with an empty cache) and second construction (cached) are timed too: the probe's cost.
 
-Targets (issue 3): RID <= 0.5 s/photo and GAP-Diff <= 0.2 s/photo on the CPU, outputs within 2
-gray levels of fp32. The machine must be otherwise idle: the load average is printed first.
+Memory: holding every path of the full-size RID at once takes about 6 GiB; ``--rid-depth`` runs a
+shallower DiT (same width, tokens and heads: every block costs the same, so the ratios hold).
+
+    PYTHONPATH=.:plugins .venv/bin/python benchmarks/amortized_speed.py --rid-depth 4 --rounds 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-TARGETS_CPU = {"rid": 0.5, "gap_diff": 0.2}
 
-
-def _checkpoint(method: str, folder: Path) -> Path:
+def _random_checkpoint(method: str, folder: Path, rid_depth: int) -> Path:
     import torch
 
     from facedefense.checkpoints import save_checkpoint
     from facedefense_amortized.networks import RID_ARCHITECTURE, GAPGenerator, PerturbationDiT
 
-    path = folder / f"{method}-random.safetensors"
-    if not path.exists():
-        torch.manual_seed(0)
-        if method == "rid":
-            network, architecture, eps = PerturbationDiT(), RID_ARCHITECTURE, 6 / 255
-            for parameter in network.parameters():  # DiT init zeroes the output layer: give it signal
-                parameter.data.normal_(0, 0.02)
-        else:
-            network, architecture, eps = GAPGenerator(), {}, 8 / 255
-            for module in network.modules():  # non-trivial batch-norm statistics
-                if isinstance(module, torch.nn.BatchNorm2d):
-                    module.running_mean.normal_(0, 0.1)
-                    module.running_var.uniform_(0.5, 1.5)
-        save_checkpoint(network, path, method=method, eps=eps, architecture=architecture)
-    return path
+    path = folder / f"{method}-random-{rid_depth}.safetensors"
+    if path.exists():
+        return path
+    torch.manual_seed(0)
+    if method == "rid":
+        architecture = {**RID_ARCHITECTURE, "depth": rid_depth}
+        network, eps = PerturbationDiT(**architecture), 6 / 255
+        for parameter in network.parameters():  # DiT init zeroes the output layer: give it signal
+            parameter.data.normal_(0, 0.02)
+    else:
+        architecture, network, eps = {}, GAPGenerator(), 8 / 255
+        for module in network.modules():  # non-trivial batch-norm statistics
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return save_checkpoint(network, path, method=method, eps=eps, architecture=architecture)
 
 
-def _peak_rss_gib() -> float:
-    """This process's peak resident memory. ``VmHWM`` where Linux has it: ``ru_maxrss`` survives
-    ``exec``, so a spawned child would report its parent's peak."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def _measure(method: str, mode: str, batch: int, device: str, checkpoint: str, repeats: int, output: str, queue) -> None:
+def _paths(method: str, checkpoint: Path, folder: Path, images, threads: int) -> tuple[dict, dict]:
+    """``{name: callable(images) -> protected images}`` and notes (probe times, chosen paths)."""
     import torch
 
     from facedefense.imaging import to_vae_range
-    from facedefense.testing.tiny_models import sample_faces
+    from facedefense.registry import get_registry
+    from facedefense_amortized.onnx_io import OnnxEngine
 
-    images = (torch.round(sample_faces(batch, 512).clamp(0, 1) * 255) / 255).to(device)
-    start = time.perf_counter()
-    if mode == "plain-fp32":
-        from facedefense.checkpoints import read_state_dict
-        from facedefense_amortized.networks import GAPGenerator, PerturbationDiT
+    Defender = get_registry().load("defender", method)
+    loaded = Defender.load_trained(str(checkpoint))
+    network, eps = loaded.network.eval(), loaded.eps
 
-        network = PerturbationDiT() if method == "rid" else GAPGenerator()
-        network.load_state_dict(read_state_dict(checkpoint))
-        network = network.eval().to(device)
+    def protected(output):
+        delta = eps * (torch.tanh(output.float()) if method == "rid" else output.float())
+        return (images + delta).clamp(0, 1)
 
-        def run():
-            with torch.no_grad():
-                return network(to_vae_range(images))
-    else:
-        from facedefense.registry import get_registry
+    def reference():
+        with torch.inference_mode():
+            return protected(network(to_vae_range(images)))
 
-        defender = get_registry().load("defender", method)(checkpoint=checkpoint, device=device, dtype=mode)
+    def autocast():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return protected(network(to_vae_range(images)))
 
-        def run():
-            return defender.protect(images).images
+    paths = {"reference fp32": reference, "reference bf16 autocast": autocast}
+    onnx_fp32 = folder / f"{checkpoint.stem}.onnx"
+    if not onnx_fp32.exists():
+        Defender.export_onnx(str(checkpoint), onnx_fp32)
+    onnx_int8 = folder / f"{checkpoint.stem}-int8.onnx"
+    if not onnx_int8.exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    load_seconds = time.perf_counter() - start
-    result = run()  # warm-up
-    if mode != "plain-fp32":
-        torch.save((result * 255).round().to(torch.uint8).cpu(), output)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
+        quantize_dynamic(str(onnx_fp32), str(onnx_int8), weight_type=QuantType.QInt8)
+    for name, file in (("onnxruntime fp32", onnx_fp32), ("onnxruntime int8", onnx_int8)):
+        engine = OnnxEngine(file, method=method, threads=threads)
+        paths[name] = lambda engine=engine: protected(engine(to_vae_range(images)))
+
+    notes = {}
+    cache = tempfile.mkdtemp(prefix="facedefense-bench-cache-")
+    previous = os.environ.get("FACEDEFENSE_CACHE_DIR")
+    os.environ["FACEDEFENSE_CACHE_DIR"] = cache  # an empty cache: the first auto run measures
+    try:
         start = time.perf_counter()
-        run()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    memory = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else _peak_rss_gib()
-    queue.put({"seconds_per_photo": min(times) / batch, "peak_memory_gib": memory, "load_seconds": load_seconds})
+        auto = Defender(checkpoint=str(checkpoint), device="cpu")
+        notes["auto first construction s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        Defender(checkpoint=str(checkpoint), device="cpu")
+        notes["auto cached construction s"] = time.perf_counter() - start
+    finally:
+        if previous is None:
+            os.environ.pop("FACEDEFENSE_CACHE_DIR")
+        else:
+            os.environ["FACEDEFENSE_CACHE_DIR"] = previous
+    notes["auto probe s"] = auto.choice.probe_seconds if auto.choice else 0.0
+    notes["auto chose"] = f"{auto.path} ({auto.choice.reason if auto.choice else 'not measured'})"
+    if method == "rid":
+        from facedefense_amortized.networks.dit import engine_paths
+
+        defenders = {f"facedefense engine={p}": {"engine": p} for p in engine_paths()}
+        defenders["facedefense engine=module fp32"] = {"engine": "module", "dtype": "float32"}
+    else:
+        defenders = {f"facedefense --dtype {d}": {"dtype": d} for d in ("float32", "bfloat16")}
+    for name, options in defenders.items():
+        defender = Defender(checkpoint=str(checkpoint), device="cpu", **options)
+        paths[name] = lambda d=defender: d.protect(images).images
+    paths[f"facedefense --dtype auto ({auto.path})"] = lambda: auto.protect(images).images
+    return paths, notes
+
+
+def _cpu_line() -> str:
+    from facedefense.autotune import NOTABLE_FLAGS, cpu_info
+
+    info = cpu_info()
+    flags = ", ".join(f for f in NOTABLE_FLAGS if f in info["flags"]) or "none"
+    return f"{info['model']} ({os.cpu_count()} logical cores; {flags})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["rid", "gap_diff"], choices=["rid", "gap_diff"])
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 4])
-    parser.add_argument(
-        "--modes", nargs="+", default=["plain-fp32", "float32", "auto"], help="plain-fp32 and/or --dtype values"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="timed round-robin rounds after one warm-up")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rid-depth", type=int, default=14, help="DiT blocks (14 = the released network)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "facedefense-bench"))
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
+    import onnxruntime
     import torch
 
-    from facedefense.runtime import cpu_has_fast_bf16
+    from facedefense.testing.tiny_models import sample_faces
 
+    torch.set_num_threads(args.threads)
     folder = Path(args.cache)
     folder.mkdir(parents=True, exist_ok=True)
-    context = multiprocessing.get_context("spawn")
-    rows = []
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
-        f"device {args.device}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"AMX-BF16: {cpu_has_fast_bf16()}; load average {load:.2f} (should be ~0)"
-    )
-    header = f"{'method':>8} {'mode':>10} {'batch':>5} {'s/photo':>8} {'photos/s':>8} {'peak GiB':>8} {'load s':>6} {'max_gray':>8}"
-    print(header)
+    images = torch.round(sample_faces(args.batch, 512).clamp(0, 1) * 255) / 255
+    load = os.getloadavg()[0]
+    print(f"cpu: {_cpu_line()}")
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"512x512, RID depth {args.rid_depth}/14; load average at start {load:.2f}")
+    results = {}
     for method in args.methods:
-        checkpoint = str(_checkpoint(method, folder))
-        for batch in args.batch:
-            outputs = {}
-            for mode in args.modes:
-                output = str(folder / f"{method}-{mode}-{batch}.pt")
-                queue = context.Queue()
-                process = context.Process(
-                    target=_measure,
-                    args=(method, mode, batch, args.device, checkpoint, args.repeats, output, queue),
-                )
-                process.start()
-                result = queue.get()
-                process.join()
-                if mode != "plain-fp32":
-                    outputs[mode] = torch.load(output)
-                row = {"method": method, "mode": mode, "batch": batch, "device": args.device, **result}
-                row["photos_per_second"] = 1.0 / row["seconds_per_photo"]
-                rows.append(row)
-            for row in rows[-len(args.modes) :]:
-                if "float32" in outputs and row["mode"] in outputs and row["mode"] != "float32":
-                    difference = outputs[row["mode"]].int() - outputs["float32"].int()
-                    row["max_gray"] = int(difference.abs().max())
-                target = TARGETS_CPU.get(method) if args.device == "cpu" and row["mode"] != "plain-fp32" else None
-                verdict = "" if target is None else ("  met" if row["seconds_per_photo"] <= target else f"  > {target} s")
-                gray = str(row.get("max_gray", "-"))
-                print(
-                    f"{method:>8} {row['mode']:>10} {batch:>5} {row['seconds_per_photo']:>8.3f} "
-                    f"{row['photos_per_second']:>8.2f} {row['peak_memory_gib']:>8.2f} {row['load_seconds']:>6.1f} "
-                    f"{gray:>8}{verdict}"
-                )
+        checkpoint = _random_checkpoint(method, folder, args.rid_depth)
+        paths, notes = _paths(method, checkpoint, folder, images, args.threads)
+        outputs = {name: run() for name, run in paths.items()}  # warm-up, and the images compared
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(args.rounds):
+            for name, run in paths.items():
+                start = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - start) / args.batch)
+        base = min(times["reference fp32"])
+        second = "onnxruntime int8" if method == "rid" else "reference bf16 autocast"
+        rows = []
+        for name in paths:
+            best = min(times[name])
+            gray = (outputs[name].float() - outputs["reference fp32"].float()).abs().max().item() * 255
+            rows.append({"path": name, "s_per_photo": best, "median": statistics.median(times[name]),
+                         "vs_reference_fp32": best / base, f"vs_{second}": best / min(times[second]), "max_gray": gray})
+        results[method] = {"rows": rows, "notes": notes}
+        print(f"\n{method}: {'; '.join(f'{k}: {v:.2f}' if isinstance(v, float) else f'{k}: {v}' for k, v in notes.items())}")
+        print(f"| path | s/photo (best) | median | x reference fp32 | x {second} | max gray levels vs reference fp32 |")
+        print("|---|---|---|---|---|---|")
+        for row in rows:
+            print(f"| {row['path']} | {row['s_per_photo']:.3f} | {row['median']:.3f} | {row['vs_reference_fp32']:.2f} | "
+                  f"{row[f'vs_{second}']:.2f} | {row['max_gray']:.2f} |")
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
-        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "amx_bf16": cpu_has_fast_bf16()}
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        meta = {"cpu": _cpu_line(), "torch": torch.__version__, "threads": args.threads, "rid_depth": args.rid_depth}
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# --dtype auto caches what it measures; the suite must not write into the user's cache folder.
+os.environ.setdefault("FACEDEFENSE_CACHE_DIR", tempfile.mkdtemp(prefix="facedefense-test-cache-"))
 
 pytest_plugins = ["facedefense.testing.fixtures"]
 

@@ -70,8 +70,11 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
 
 @friendly_errors
 def info(
-    name: Annotated[str, typer.Argument(help="Method name (any kind).", show_default=False)],
+    name: Annotated[str | None, typer.Argument(help="Method name (any kind).", show_default=False)] = None,
     kind: Annotated[str | None, typer.Option(help="Kind, when the name exists in several.")] = None,
+    hardware: Annotated[
+        bool, typer.Option("--hardware", help="Show this machine and the precisions --dtype auto measured for it.")
+    ] = False,
 ) -> None:
     """Show a method's documentation and its options: type (choices), default, range, description."""
     import inspect
@@ -79,6 +82,15 @@ def info(
     from facedefense.errors import UnknownMethodError
     from facedefense.registry import KINDS, get_registry
 
+    if hardware:
+        from facedefense.autotune import hardware_report
+
+        for line in hardware_report():
+            typer.echo(line)
+        if name is None:
+            return
+    if name is None:
+        raise UnknownMethodError("name a method (see `facedefense list`) or pass --hardware")
     registry = get_registry()
     kinds = [kind] if kind else [k for k in KINDS if name in registry.specs[k] or name in registry.aliases[k]]
     if not kinds:

@@ -91,6 +91,9 @@ def protect(
     eps: Annotated[str | None, typer.Option(help="L-infinity budget in [0,1] units: 8/255 or 0.0314.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimization steps (iterative defenders).")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Network weights (amortized defenders).")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Inference runtime where a method offers several (amortized: torch or onnx).")
+    ] = None,
     seed: Seed = None,
     device: Device = None,
     dtype: Dtype = None,
@@ -109,7 +112,8 @@ def protect(
     existing = _existing(overwrite, add)
     budget = parse_budget(eps) if eps is not None else None
     options = method_options(
-        option, model=model, eps=budget, steps=steps, checkpoint=checkpoint, seed=seed, device=device, dtype=dtype
+        option, model=model, eps=budget, steps=steps, checkpoint=checkpoint, runtime=runtime, seed=seed,
+        device=device, dtype=dtype
     )
     _plan(inputs, output, existing, reference)
     check_method_paths(options)

@@ -4,16 +4,21 @@ Facial Customization", NDSS 2025, doi:10.14722/ndss.2025.242088)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.checkpoints import load_defender_network
 from facedefense.errors import ConfigError
 from facedefense.imaging import to_vae_range
 from facedefense.interfaces import AmortizedDefender, AmortizedDefenderConfig
+from facedefense_amortized.common import check_runtime, onnx_engine, uses_onnx
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
+
+    from facedefense.autotune import Choice
+    from facedefense.checkpoints import LoadedNetwork
 
 OFFICIAL_NAME = r"per(\d+(?:\.\d+)?)"
 WHERE_TO_GET = (
@@ -38,13 +43,20 @@ class GAPDiffConfig(AmortizedDefenderConfig):
         max_side: longest side, in pixels, at which the generator runs. A larger photo is
             downscaled for the network and its perturbation upscaled back (memory grows with the
             area: about 1.5 GB at 2048x2048 in fp32). Default 2048; 0 means always full resolution.
+        runtime: ``"auto"`` (default: ONNX Runtime for an ``.onnx`` checkpoint, else PyTorch),
+            ``"torch"`` or ``"onnx"``.
+
+    With ``--dtype auto`` on a CPU the folded network runs in fp32 or bf16, whichever measured
+    faster on this machine (once, then cached: ``facedefense info --hardware``).
     """
 
     train_mode: bool = False
     max_side: int = 2048
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_runtime(self.runtime)
         if self.max_side < 0 or 0 < self.max_side < 512:
             raise ConfigError(f"max_side must be 0 (no limit) or at least 512 pixels, got {self.max_side}")
 
@@ -58,7 +70,7 @@ class GAPDiff(AmortizedDefender):
     ``x + eps * G(x)`` with ``G`` ending in tanh.
 
     Args:
-        checkpoint, eps, train_mode, max_side: see :class:`GAPDiffConfig`.
+        checkpoint, eps, train_mode, max_side, runtime: see :class:`GAPDiffConfig`.
 
     Shape:
         (N, 3, H, W) in [0, 1], any size: reflection-padded to multiples of 256 (at least 512) and
@@ -83,33 +95,99 @@ class GAPDiff(AmortizedDefender):
         super().__init__(config, **options)
         import torch
 
-        from facedefense_amortized.networks import GAPGenerator
         from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator, folding_supported
 
-        loaded = load_defender_network(
-            "gap_diff",
-            self.config.checkpoint,
-            GAPGenerator,
-            eps=self.config.eps,
-            name_pattern=OFFICIAL_NAME,
-            where_to_get=WHERE_TO_GET,
-            strip_prefix=PREFIX,
-        )
+        on_cpu = self.device.type == "cpu"
+        # One photo at a time on the CPU (faster per photo there, and bounded memory) and in train
+        # mode (batch-norm statistics per photo, as the reference computes them at batch size 1).
+        self.chunk = 1 if on_cpu or self.config.train_mode else None
+        #: How the precision was chosen (``--dtype auto`` on a CPU: the measurement).
+        self.choice: Choice | None = None
+        if uses_onnx(self.config.runtime, self.config.checkpoint):
+            if self.config.train_mode:
+                raise ConfigError("gap_diff: train_mode needs the PyTorch network, not an .onnx export")
+            self.engine, eps = onnx_engine("gap_diff", self.config.checkpoint, self.config.eps, self.device.type)
+            self.config = self.config.replace(eps=eps)
+            self.budget_source, self.architecture = "its ONNX metadata", self.engine.architecture
+            self.network, self.engine_dtype, self.path = None, torch.float32, "onnx"
+            return
+        loaded = self.load_trained(self.config.checkpoint, self.config.eps)
         self.config = self.config.replace(eps=loaded.eps)
         self.budget_source = loaded.budget_source
         self.architecture = loaded.architecture
         #: The trainable generator (for training and export); ``engine`` runs inference.
         self.network = loaded.network.train(self.config.train_mode).requires_grad_(False)
-        on_cpu = self.device.type == "cpu"
-        if on_cpu and not self.config.train_mode and self.dtype in (torch.float32, torch.bfloat16) and folding_supported():
-            self.engine = FoldedGAPGenerator(self.network.float(), self.dtype)
-        else:
-            layout = torch.channels_last if on_cpu else torch.contiguous_format
-            self.network = self.network.to(device=self.device, dtype=self.dtype, memory_format=layout)
-            self.engine = self.network
-        # One photo at a time on the CPU (faster per photo there, and bounded memory) and in train
-        # mode (batch-norm statistics per photo, as the reference computes them at batch size 1).
-        self.chunk = 1 if on_cpu or self.config.train_mode else None
+        self.engine_dtype = self.dtype
+        if on_cpu and not self.config.train_mode and folding_supported():
+            built: dict[str, FoldedGAPGenerator] = {}
+            if self.config.dtype == "auto":
+                self.choice = self._measure(built)
+                self.engine_dtype = getattr(torch, self.choice.name)
+            if self.engine_dtype in (torch.float32, torch.bfloat16):
+                name = str(self.engine_dtype).removeprefix("torch.")
+                self.engine = built.get(name) or FoldedGAPGenerator(self.network.float(), self.engine_dtype)
+                self.path = f"folded {self.choice.name if self.choice else self.config.dtype}"
+                return
+        layout = torch.channels_last if on_cpu else torch.contiguous_format
+        self.network = self.network.to(device=self.device, dtype=self.dtype, memory_format=layout)
+        self.engine, self.engine_dtype, self.path = self.network, self.dtype, "module"
+
+    @classmethod
+    def load_trained(cls, checkpoint: str, eps: float | None = None) -> LoadedNetwork:
+        """The trainable :class:`GAPGenerator` of ``checkpoint`` and its budget (fp32, CPU)."""
+        from facedefense_amortized.networks import GAPGenerator
+
+        return load_defender_network(
+            "gap_diff",
+            checkpoint,
+            GAPGenerator,
+            eps=eps,
+            name_pattern=OFFICIAL_NAME,
+            where_to_get=WHERE_TO_GET,
+            strip_prefix=PREFIX,
+        )
+
+    @classmethod
+    def training_recipe(cls):
+        """``facedefense train --method gap_diff`` (see ``training/gap_diff.py``)."""
+        from facedefense_amortized.training.gap_diff import _recipe
+
+        return _recipe()
+
+    @classmethod
+    def export_onnx(cls, checkpoint: str, output: str | Path, *, eps: float | None = None) -> Path:
+        """Write the generator of ``checkpoint`` as ONNX (eval mode; batch, height and width dynamic:
+        any multiple of 256 of at least 512)."""
+        import torch
+
+        from facedefense_amortized.networks import GAPGenerator
+        from facedefense_amortized.onnx_io import export_onnx
+
+        loaded = cls.load_trained(checkpoint, eps)
+        side = GAPGenerator.min_size
+        return export_onnx(
+            loaded.network.eval(), output, method="gap_diff", eps=loaded.eps, architecture=loaded.architecture,
+            example=torch.zeros(1, 3, side, side), dynamic_size=True,
+        )
+
+    def _measure(self, built: dict) -> Choice:
+        """Folded fp32 against folded bf16, one 512x512 forward each (cached per machine); the
+        engines built for the measurement are left in ``built``."""
+        import torch
+
+        from facedefense import autotune
+        from facedefense_amortized.networks import GAPGenerator
+        from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator
+
+        def probes():
+            side = GAPGenerator.min_size
+            x = torch.zeros(1, 3, side, side).contiguous(memory_format=torch.channels_last)
+            for name in ("float32", "bfloat16"):
+                built[name] = FoldedGAPGenerator(self.network.float(), getattr(torch, name))
+            return {name: (lambda e=engine, n=name: e(x.to(getattr(torch, n)))) for name, engine in built.items()}
+
+        problem = {"ngf": self.network.conv1.out_channels, "side": GAPGenerator.min_size}
+        return autotune.choose("gap_diff", ["float32", "bfloat16"], probes, problem=problem, budget_s=1.0)
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:
         import torch
@@ -135,7 +213,7 @@ class GAPDiff(AmortizedDefender):
         import torch
 
         height, width = images.shape[-2:]
-        inputs = to_vae_range(_pad_for_generator(images)).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        inputs = to_vae_range(_pad_for_generator(images)).to(self.engine_dtype).contiguous(memory_format=torch.channels_last)
         return self.engine(inputs).float()[..., :height, :width]
 
 

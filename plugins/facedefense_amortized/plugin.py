@@ -15,3 +15,10 @@ def register_defenders(register):
         "facedefense_amortized.gap_diff:GAPDiff",
         summary="GAP-Diff: U-Net generator of preprocessing-robust perturbations (Zhu et al., NDSS 2025)",
     )
+
+
+@facedefense.hookimpl
+def register_commands(app):
+    from facedefense_amortized.commands import register
+
+    register(app)

@@ -15,8 +15,10 @@ import facedefense
 from facedefense.checkpoints import save_checkpoint, sidecar_path
 from facedefense.errors import ConfigError, ModelNotFoundError
 from facedefense.testing.contracts import DefenderContract
+from facedefense.testing.tiny_models import sample_faces
 from facedefense_amortized.gap_diff import GAPDiff
 from facedefense_amortized.networks import RID_ARCHITECTURE, GAPGenerator, PerturbationDiT
+from facedefense_amortized.networks.dit import engine_paths
 from facedefense_amortized.rid import RID
 
 SMALL_DIT = {"input_size": 64, "patch_size": 16, "hidden_size": 32, "depth": 2, "num_heads": 4, "num_classes": 10}
@@ -325,10 +327,60 @@ def test_rid_keeps_resolution_and_aspect(rid_checkpoint):
 
 def test_rid_low_precision_paths_stay_within_two_gray_levels(rid_checkpoint, face_images):
     path, _ = rid_checkpoint
-    exact = RID(checkpoint=str(path), device="cpu", dtype="float32", quantize="none").protect(face_images).images
-    for options in ({"dtype": "bfloat16", "quantize": "none"}, {"dtype": "float32", "quantize": "int8"}):
-        fast = RID(checkpoint=str(path), device="cpu", **options).protect(face_images).images
-        assert (fast - exact).abs().max().item() * 255 <= 2.0 + 1e-4, options
+    exact = RID(checkpoint=str(path), device="cpu", dtype="float32", engine="module").protect(face_images).images
+    for engine in ("float32", "bfloat16", "int8", "int8+bf16", "module"):
+        if engine != "module" and engine not in engine_paths():
+            continue
+        dtype = "bfloat16" if engine == "module" else "auto"
+        defender = RID(checkpoint=str(path), device="cpu", dtype=dtype, engine=engine)
+        fast = defender.protect(face_images).images
+        assert (fast - exact).abs().max().item() * 255 <= (0.01 if engine == "float32" else 2.0) + 1e-4, engine
+
+
+@pytest.mark.parametrize("method", ["rid", "gap_diff"])
+def test_dtype_auto_runs_the_measured_fastest_path_and_explicit_dtype_wins(
+    method, rid_checkpoint, gap_checkpoint, monkeypatch, tmp_path
+):
+    from facedefense import autotune
+
+    monkeypatch.setenv("FACEDEFENSE_CACHE_DIR", str(tmp_path))
+    path = str((rid_checkpoint if method == "rid" else gap_checkpoint)[0])
+    Defender = RID if method == "rid" else GAPDiff
+    seen = []
+
+    def measure(probes):
+        seen.append(sorted(probes))
+        for probe in probes.values():
+            probe()  # every candidate really runs
+        return {name: (0.1 if name == "bfloat16" else 1.0) for name in probes}
+
+    with autotune.use_measurement(measure):
+        chosen = Defender(checkpoint=path, device="cpu")
+        again = Defender(checkpoint=path, device="cpu")
+        explicit = Defender(checkpoint=path, device="cpu", dtype="float32")
+    assert len(seen) == 1 and "bfloat16" in seen[0] and "float32" in seen[0]
+    assert chosen.choice.name == "bfloat16" and not chosen.choice.cached and again.choice.cached
+    assert "bfloat16" in chosen.path and explicit.choice is None and "float32" in explicit.path
+    assert chosen.protect(sample_faces(1, 64)).images.shape == (1, 3, 64, 64)
+
+
+def test_dit_engine_splits_large_batches_into_preferred_row_counts(rid_checkpoint, monkeypatch):
+    from facedefense.checkpoints import read_state_dict
+    from facedefense_amortized.networks import dit
+
+    if "float32" not in dit.engine_paths():
+        pytest.skip("no oneDNN linear kernels in this torch build")
+    network = PerturbationDiT(**SMALL_DIT).eval()
+    network.load_state_dict(read_state_dict(rid_checkpoint[0]))
+    x = torch.rand(5, 3, 64, 64) * 2 - 1
+    engine = dit.DiTEngine(network, "float32")
+    whole = engine(x)
+    rows = []
+    original = dit.DenseLinear.__call__
+    monkeypatch.setattr(dit, "ROW_CHUNK", 32)  # 16 tokens per image: two images per call
+    monkeypatch.setattr(dit.DenseLinear, "__call__", lambda self, x, *a: rows.append(len(x)) or original(self, x, *a))
+    split = engine(x)
+    assert max(rows) == 32 and torch.allclose(split, whole, atol=1e-5)
 
 
 def test_sincos_embedding_matches_mae_layout():
@@ -353,7 +405,7 @@ def test_gap_diff_bf16_within_two_gray_levels(gap_checkpoint, face_images):
 
 def test_int8_dit_matches_the_module(rid_checkpoint):
     from facedefense.checkpoints import read_state_dict
-    from facedefense_amortized.networks.dit import Int8DiT, int8_supported
+    from facedefense_amortized.networks.dit import DiTEngine, int8_supported
 
     if not int8_supported():
         pytest.skip("no oneDNN int8 kernels in this torch build")
@@ -363,7 +415,7 @@ def test_int8_dit_matches_the_module(rid_checkpoint):
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         exact = torch.tanh(network(x))
-        fast = torch.tanh(Int8DiT(network)(x))
+        fast = torch.tanh(DiTEngine(network, "int8")(x))
     # the budget scales tanh: 12/255 in [-1, 1] -> at most 6 gray levels; allow 1/6 of that range
     assert (fast - exact).abs().max().item() * 6 <= 1.0
     assert all(isinstance(block, nn.Identity) for block in network.blocks)  # consumed, fp32 released

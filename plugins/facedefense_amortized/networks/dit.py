@@ -6,9 +6,10 @@ every adaLN-Zero modulation ``Linear(SiLU(0))`` reduces to that layer's bias: th
 the biases directly (exactly the same result, no wasted matrix products). The timestep and label
 embedders are never used; they exist only so that checkpoints keep their keys.
 
-:class:`PerturbationDiT` is the trainable network. :class:`Int8DiT` is a CPU inference engine built
-from it: the constant modulations folded into layer-norm affines and into the output rows of the
-gated layers, and the transformer's linear layers run as oneDNN int8 products (VNNI).
+:class:`PerturbationDiT` is the trainable network. :class:`DiTEngine` is a CPU inference engine
+built from it: the constant modulations folded into layer-norm affines and into the output rows of
+the gated layers, and the transformer's linear layers run as oneDNN products with prepacked
+weights in fp32, bf16 or int8 (see :data:`ENGINE_PATHS`).
 """
 
 from __future__ import annotations
@@ -175,6 +176,8 @@ class PerturbationDiT(nn.Module):
         self.pos_embed = nn.Parameter(sincos_position_embedding(hidden_size, grid)[None], requires_grad=False)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
+        #: Recompute each block's activations in the backward pass (training memory / time trade).
+        self.gradient_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -198,7 +201,12 @@ class PerturbationDiT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.x_embedder(x) + self.pos_embed
         for block in self.blocks:
-            tokens = block(tokens)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                tokens = checkpoint(block, tokens, use_reentrant=False)
+            else:
+                tokens = block(tokens)
         patches = self.final_layer(tokens)
         return self.unpatchify(patches)
 
@@ -215,7 +223,15 @@ def unpatchify(patches: torch.Tensor, patch_size: int, channels: int) -> torch.T
     return patches.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, grid * p, grid * p)
 
 
-# --- CPU int8 inference ---------------------------------------------------------------------------
+# --- CPU inference engine -----------------------------------------------------------------------
+
+#: The engine's numeric paths: (linear layers, attention products). ``--dtype auto`` measures them.
+ENGINE_PATHS = {
+    "float32": ("float32", "float32"),
+    "bfloat16": ("bfloat16", "bfloat16"),
+    "int8": ("int8", "float32"),
+    "int8+bf16": ("int8", "bfloat16"),
+}
 
 
 def int8_supported() -> bool:
@@ -224,6 +240,24 @@ def int8_supported() -> bool:
     return torch.backends.mkldnn.is_available() and all(
         hasattr(ops, name) for name in ("qlinear_prepack", "qlinear_pointwise")
     )
+
+
+def onednn_linear_supported() -> bool:
+    """Whether this torch build has oneDNN's prepacked fp32/bf16 linear kernels."""
+    ops = torch.ops.mkldnn
+    return torch.backends.mkldnn.is_available() and all(
+        hasattr(ops, name) for name in ("_reorder_linear_weight", "_linear_pointwise")
+    )
+
+
+def engine_paths() -> list[str]:
+    """The engine paths this torch build can run, best guess first."""
+    paths = []
+    if int8_supported():
+        paths += ["int8", "int8+bf16"]
+    if onednn_linear_supported():
+        paths += ["bfloat16", "float32"]
+    return paths
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
@@ -250,79 +284,130 @@ class Int8Linear:
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, row_scale: torch.Tensor | None = None):
-        weight = weight.detach().float()
-        bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
-        if row_scale is not None:
-            weight, bias = weight * row_scale.float()[:, None], bias * row_scale.float()
+        weight, bias = _scaled(weight, bias, row_scale)
         self.scales = weight.abs().amax(dim=1).clamp_min(1e-12) / 127.0
         quantized = torch.round(weight / self.scales[:, None]).clamp_(-127, 127).to(torch.int8)
         self.weight = torch.ops.onednn.qlinear_prepack(quantized, None)
         self.zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-        self.bias = bias.clone()  # own memory: the checkpoint's (maybe memory-mapped) file can go
+        self.bias = bias
 
     def __call__(self, x: torch.Tensor, post_op: str = "none", algorithm: str = "") -> torch.Tensor:
-        """(M, in) float32 -> (M, out) float32; ``post_op="gelu", algorithm="tanh"`` fuses GELU."""
-        q, scale, zero_point = quantize_activations(x)
+        """(M, in) -> (M, out) float32; ``post_op="gelu", algorithm="tanh"`` fuses GELU."""
+        q, scale, zero_point = quantize_activations(x.float())
         return torch.ops.onednn.qlinear_pointwise(
             q, scale, zero_point, self.weight, self.scales, self.zero_points, self.bias,
             1.0, 0, torch.float32, post_op, [], algorithm,
         )
 
 
-class _Int8Block:
-    def __init__(self, block: DiTBlock) -> None:
+class DenseLinear:
+    """A float32 or bfloat16 linear layer with weights prepacked once for oneDNN (eager ``F.linear``
+    goes through MKL in fp32, about half oneDNN's speed here, and reorders bf16 weights per call).
+
+    Args: as :class:`Int8Linear`, plus ``dtype`` (float32 or bfloat16) of weights and products.
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, row_scale: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        weight, bias = _scaled(weight, bias, row_scale)
+        self.dtype, self.bias = dtype, bias.to(dtype)
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype), ROW_CHUNK)
+
+    def __call__(self, x: torch.Tensor, post_op: str = "none", algorithm: str = "") -> torch.Tensor:
+        """(M, in) -> (M, out) in ``dtype``."""
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, post_op, [], algorithm)
+
+
+def _scaled(weight: torch.Tensor, bias: torch.Tensor | None, row_scale: torch.Tensor | None):
+    weight = weight.detach().float()
+    bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
+    if row_scale is not None:
+        weight, bias = weight * row_scale.float()[:, None], bias * row_scale.float()
+    return weight, bias.clone()  # own memory: the checkpoint's (maybe memory-mapped) file can go
+
+
+#: Rows per linear-layer call: oneDNN's int8 kernel loses up to half its throughput at 4,096 rows
+#: against 1,024 on the CPUs we measured, so larger batches are split (never slower per photo).
+ROW_CHUNK = 1024
+
+
+def _linear(kind: str, weight, bias, row_scale=None):
+    if kind == "int8":
+        return Int8Linear(weight, bias, row_scale)
+    return DenseLinear(weight, bias, row_scale, getattr(torch, kind))
+
+
+def _chunked(layer, x: torch.Tensor, *args: str) -> torch.Tensor:
+    if x.shape[0] <= ROW_CHUNK:
+        return layer(x, *args)
+    return torch.cat([layer(part, *args) for part in x.split(ROW_CHUNK)])
+
+
+class _EngineBlock:
+    def __init__(self, block: DiTBlock, linears: str, attention: str) -> None:
         modulation = block.adaLN_modulation[1].bias.detach().float().clone()
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation.chunk(6)
         self.norm1 = (1 + scale_a, shift_a)
         self.norm2 = (1 + scale_m, shift_m)
         self.heads = block.attn.num_heads
-        self.qkv = Int8Linear(block.attn.qkv.weight, block.attn.qkv.bias)
-        self.proj = Int8Linear(block.attn.proj.weight, block.attn.proj.bias, gate_a)
-        self.fc1 = Int8Linear(block.mlp.fc1.weight, block.mlp.fc1.bias)
-        self.fc2 = Int8Linear(block.mlp.fc2.weight, block.mlp.fc2.bias, gate_m)
+        self.attention_dtype = getattr(torch, attention)
+        self.qkv = _linear(linears, block.attn.qkv.weight, block.attn.qkv.bias)
+        self.proj = _linear(linears, block.attn.proj.weight, block.attn.proj.bias, gate_a)
+        self.fc1 = _linear(linears, block.mlp.fc1.weight, block.mlp.fc1.bias)
+        self.fc2 = _linear(linears, block.mlp.fc2.weight, block.mlp.fc2.bias, gate_m)
 
     def __call__(self, h: torch.Tensor, batch: int) -> torch.Tensor:
         dim = h.shape[-1]
         x = F.layer_norm(h, (dim,), *self.norm1, eps=1e-6)
-        qkv = self.qkv(x).view(batch, -1, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = _chunked(self.qkv, x).to(self.attention_dtype)
+        qkv = qkv.view(batch, -1, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(-1, dim)
-        h.add_(self.proj(x))
+        h.add_(_chunked(self.proj, x))
         x = F.layer_norm(h, (dim,), *self.norm2, eps=1e-6)
-        return h.add_(self.fc2(self.fc1(x, "gelu", "tanh")))
+        return h.add_(_chunked(self.fc2, _chunked(self.fc1, x, "gelu", "tanh")))
 
 
-class Int8DiT:
-    """CPU inference engine for a :class:`PerturbationDiT`, with int8 transformer linears.
+class DiTEngine:
+    """CPU inference engine for a :class:`PerturbationDiT`: same function, several numeric paths.
 
     The constant adaLN modulations become layer-norm affines, the gates are folded into the rows of
     the attention output and second MLP layers, GELU is fused into the first MLP layer, and the
-    attention, MLP and qkv products run in int8 (symmetric per-channel weights, dynamic per-tensor
-    activations). The patch embedding, attention itself and output layer stay in fp32. On a CPU
-    with VNNI but no AMX this is about 2.5x faster than the fp32 module; the protected images
-    differ from fp32's by well under one gray level at RID's budgets.
+    qkv, attention-output and MLP products run through oneDNN with weights prepacked once, in the
+    precision of ``path`` (see :data:`ENGINE_PATHS`): ``"float32"`` (fp32 everywhere; oneDNN's
+    kernels run about twice as fast as eager PyTorch's MKL ones), ``"bfloat16"`` (bf16 linears and
+    attention products, fp32 residual stream and softmax statistics), ``"int8"`` (symmetric
+    per-channel int8 weights, dynamic per-tensor activations, fp32 attention) and ``"int8+bf16"``
+    (int8 linears, bf16 attention). The patch embedding and output layer stay in fp32. Which path is
+    fastest depends on the CPU: ``--dtype auto`` measures them (:mod:`facedefense.autotune`).
 
-    ``network`` is consumed: its blocks are released one by one as they are converted and the
-    engine keeps copies only, so the fp32 and int8 weights are never both held in full (nor is a
-    memory-mapped checkpoint kept mapped). Not trainable; not an ``nn.Module``.
+    ``network`` is consumed: its blocks are released one by one as they are converted, so the fp32
+    weights and the engine's are never both held in full (nor is a memory-mapped checkpoint kept
+    mapped). Not trainable; not an ``nn.Module``.
 
     Shape:
-        (N, C, input_size, input_size) float32 in [-1, 1] -> same shape, unbounded (the network's
-        raw output, before ``tanh``).
+        (N, C, input_size, input_size) float32 in [-1, 1] -> same shape, float32, unbounded (the
+        network's raw output, before ``tanh``).
     """
 
-    def __init__(self, network: PerturbationDiT) -> None:
+    def __init__(self, network: PerturbationDiT, path: str = "int8") -> None:
+        if path not in ENGINE_PATHS:
+            raise ValueError(f"unknown engine path {path!r}; expected one of {', '.join(ENGINE_PATHS)}")
+        linears, attention = ENGINE_PATHS[path]
         network = network.float()
 
         def own(tensor: torch.Tensor) -> torch.Tensor:  # a copy, so no tensor keeps the file mapped
             return tensor.detach().clone()
 
+        self.path = path
         self.patch_size, self.channels = network.patch_size, network.channels
         self.patch_weight = own(network.x_embedder.proj.weight)
         self.patch_bias = own(network.x_embedder.proj.bias)
         self.pos_embed = own(network.pos_embed)
         self.blocks = []
         for index in range(len(network.blocks)):
-            self.blocks.append(_Int8Block(network.blocks[index]))
+            self.blocks.append(_EngineBlock(network.blocks[index], linears, attention))
             network.blocks[index] = nn.Identity()  # release the fp32 weights now
         final = network.final_layer
         shift, scale = own(final.adaLN_modulation[1].bias).chunk(2)
@@ -338,3 +423,13 @@ class Int8DiT:
         h = F.layer_norm(h, (dim,), *self.final_norm, eps=1e-6)
         patches = F.linear(h, self.final_weight, self.final_bias).view(batch, -1, self.final_bias.shape[0])
         return unpatchify(patches, self.patch_size, self.channels)
+
+
+def block_probe(network: PerturbationDiT, path: str, batch: int = 1):
+    """A callable running one transformer block of ``network`` on ``path`` at the network's token
+    count (random activations): the representative problem ``--dtype auto`` times."""
+    block = _EngineBlock(network.blocks[0], *ENGINE_PATHS[path])  # copies the weights it needs
+    tokens = (network.input_size // network.patch_size) ** 2
+    generator = torch.Generator().manual_seed(0)
+    h = torch.randn(batch * tokens, network.pos_embed.shape[-1], generator=generator)
+    return lambda: block(h.clone(), batch)
