@@ -180,12 +180,14 @@ class DreamBoothAttack(Defender):
 
         return loss
 
-    def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        from facedefense.interfaces import IdentitySet
+    def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:  # until core v2 lands
+        import types
 
-        result = self._perturb_identity(IdentitySet.from_images(list(images)), generator, None)
         import torch
 
+        identity = types.SimpleNamespace(images=list(images), references=[], clean=list(images), name="identity",
+                                         instance_prompt="a photo of sks person", class_prompt="a photo of person")
+        result = self._perturb_identity(identity, generator, None)
         return torch.stack(result.images if hasattr(result, "images") else result)
 
 
