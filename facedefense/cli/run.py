@@ -20,12 +20,10 @@ Options = Annotated[list[str] | None, typer.Option("-o", "--option", help="Metho
 Progress = Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 
 
-def _make(kind: str, name: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _make(kind: str, name: str, options: dict[str, Any]) -> Any:
     from facedefense.registry import get_registry
 
-    spec = get_registry().get(kind, name)
-    method = spec.load()(**options)
-    return method, {"name": spec.name, "plugin": spec.plugin, "plugin_version": spec.version}
+    return get_registry().create(kind, name, **options)
 
 
 def _finish(report: Any, output: Path, verb: str) -> None:
@@ -41,6 +39,14 @@ def protect(
     inputs: Inputs,
     method: Annotated[str, typer.Option("--method", "-m", help="Defender name (see `facedefense list defenders`).")],
     output: Output,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Clean photos of the same person (identity-scoped defenders learn from them); for a folder "
+            "of identities, a folder of subfolders with the same names.",
+        ),
+    ] = None,
     model: Model = None,
     eps: Annotated[str | None, typer.Option(help="L-infinity budget in [0,1] units: 8/255 or 0.0314.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimization steps (iterative defenders).")] = None,
@@ -60,9 +66,9 @@ def protect(
     options = method_options(
         option, model=model, eps=budget, steps=steps, checkpoint=checkpoint, seed=seed, device=device, dtype=dtype
     )
-    defender, info = _make("defender", method, options)
+    defender = _make("defender", method, options)
     show = progress_default() if progress is None else progress
-    report = protect_files(defender, inputs, output, batch_size=batch_size, progress=show, method_info=info)
+    report = protect_files(defender, inputs, output, references=reference, batch_size=batch_size, progress=show)
     _finish(report, output, "protected")
 
 
@@ -83,9 +89,9 @@ def purify(
     from facedefense.batch import purify_files
 
     options = method_options(option, model=model, seed=seed, device=device, dtype=dtype)
-    purifier, info = _make("purifier", method, options)
+    purifier = _make("purifier", method, options)
     show = progress_default() if progress is None else progress
-    report = purify_files(purifier, inputs, output, batch_size=batch_size, progress=show, method_info=info)
+    report = purify_files(purifier, inputs, output, batch_size=batch_size, progress=show)
     _finish(report, output, "purified")
 
 

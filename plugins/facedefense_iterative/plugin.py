@@ -9,6 +9,7 @@ def register_defenders(register):
         "photoguard",
         "facedefense_iterative.photoguard:PhotoGuard",
         summary="PhotoGuard encoder attack: push the VAE latent toward a target (Salman et al., 2023)",
+        tags=("demo",),
     )
     register(
         "aspl",
