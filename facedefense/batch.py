@@ -14,10 +14,11 @@ identity, or a folder of subfolders matched by name for several).
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,9 +156,13 @@ def _run(
     import torch
     from tqdm.auto import tqdm
 
+    from facedefense.distributed import current_shard, gather, merge_manifests
+
     if batch_size < 1:
         raise FaceDefenseError(f"--batch-size must be at least 1, got {batch_size}")
     output_dir = Path(output_dir)
+    shard = current_shard()
+    identities = _shard(identities, shard, whole=process_identity is not None)
     targets: dict[Path, Path] = {}
     for identity in identities:
         folder = output_dir / identity.subfolder if identity.subfolder else output_dir
@@ -209,8 +214,25 @@ def _run(
     finally:
         bar.close()
         manifest["summary"] = {"processed": len(report.succeeded), "failed": len(report.failed)}
-        write_json(manifest, report.manifest_path)
+        if not shard.active:
+            write_json(manifest, report.manifest_path)
+    if shard.active:  # one manifest for the whole run, written by rank 0
+        gathered = gather(manifest, shard)
+        if gathered is not None:
+            write_json(merge_manifests(gathered), report.manifest_path)
     return report
+
+
+def _shard(identities: list[IdentityFiles], shard: Any, *, whole: bool) -> list[IdentityFiles]:
+    """This process's part of the work: whole identities (identity scope) or single photos."""
+    if not shard.active:
+        return identities
+    if whole:
+        return shard.take(identities)
+    numbered = [(identity, path) for identity in identities for path in identity.paths]
+    mine = {id(pair[1]) for pair in shard.take(numbered)}
+    parts = [replace(identity, paths=[p for p in identity.paths if id(p) in mine]) for identity in identities]
+    return [part for part in parts if part.paths]
 
 
 def _written_levels(protected: Tensor, original: Tensor, eps: float) -> list[float]:
@@ -239,6 +261,7 @@ def protect_files(
     batch_size: int = 1,
     progress: bool = True,
     method_info: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> RunReport:
     """Protect image files into ``output_dir`` (PNG, same stem) and write the manifest.
 
@@ -250,6 +273,12 @@ def protect_files(
             subfolders named like the identities. Without references an identity-scoped defender
             learns from the photos it protects.
         batch_size: images per call for image-scoped defenders.
+        resume: continue an interrupted run into the same ``output_dir`` from the state its
+            identity-scoped defender saved (its last round), instead of starting over. The run
+            must be the same method, budget and options (else :class:`~facedefense.errors.ResumeError`).
+
+    Identity-scoped defenders keep their by-products and resumable state in
+    ``output_dir/.facedefense-work/<identity>/``; a run without ``resume`` clears it first.
 
     Each written image is checked on its 8-bit values: ``max |written - original| <= eps``; the
     manifest records the distance in gray levels for every image.
@@ -261,6 +290,7 @@ def protect_files(
 
     eps = defender.config.eps
     identities = find_identities(inputs, references)
+    _prepare_work(defender, Path(output_dir), identities, resume)
 
     def process_batch(images: Tensor) -> tuple[Tensor, list[dict[str, Any]]]:
         result = defender.protect(images)
@@ -301,6 +331,41 @@ def protect_files(
         progress=progress,
         extra=extra,
     )
+
+
+def _prepare_work(defender: Defender, output_dir: Path, identities: list[IdentityFiles], resume: bool) -> None:
+    """Check that ``resume`` continues the same run; without it, clear the identities' saved state."""
+    import json
+    import shutil
+
+    from facedefense.errors import ResumeError
+
+    work = output_dir / WORK_DIR_NAME
+    marker = work / "run.json"
+    run = {"method": defender.name, "eps": defender.config.eps, "fingerprint": defender.fingerprint()}
+    if resume and marker.is_file():
+        try:
+            saved = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ResumeError(f"cannot resume {output_dir}: its run record {marker} is unreadable") from exc
+        for key, label in (("method", "method"), ("eps", "budget"), ("fingerprint", "options")):
+            if saved.get(key) != run[key]:
+                raise ResumeError(
+                    f"cannot resume {output_dir}: it was made with {label} {saved.get(key)!r}, this run has {run[key]!r}"
+                )
+    elif resume and output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ResumeError(f"cannot resume {output_dir}: it holds no saved run (no {WORK_DIR_NAME}/run.json)")
+    if defender.scope != "identity":
+        return
+    if not resume:
+        from facedefense.distributed import current_shard
+
+        for identity in current_shard().take(identities):  # another process's identities are its own
+            shutil.rmtree(work / identity.name, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    temporary = marker.with_name(f".run.json.{os.getpid()}")
+    temporary.write_text(json.dumps(run), encoding="utf-8")
+    os.replace(temporary, marker)
 
 
 def _prompts(defender: Defender) -> dict[str, str]:

@@ -57,18 +57,30 @@ def protect(
     batch_size: BatchSize = 1,
     option: Options = None,
     progress: Progress = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run into the same --output from its last saved round "
+            "(same method, budget and options).",
+        ),
+    ] = False,
 ) -> None:
     """Protect photos with a defender; writes PNGs with the same names and a manifest."""
     from facedefense.batch import protect_files
     from facedefense.budget import parse_budget
+    from facedefense.distributed import bind_device, current_shard
 
     budget = parse_budget(eps) if eps is not None else None
     options = method_options(
         option, model=model, eps=budget, steps=steps, checkpoint=checkpoint, seed=seed, device=device, dtype=dtype
     )
+    bind_device(current_shard())
     defender = _make("defender", method, options)
     show = progress_default() if progress is None else progress
-    report = protect_files(defender, inputs, output, references=reference, batch_size=batch_size, progress=show)
+    report = protect_files(
+        defender, inputs, output, references=reference, batch_size=batch_size, progress=show, resume=resume
+    )
     _finish(report, output, "protected")
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError
-from facedefense.interfaces import Defender, IterativeDefenderConfig
+from facedefense.interfaces import Defender, IterativeDefenderConfig, Perturbation
+from facedefense.interfaces.identity import DEFAULT_CLASS_PROMPT, DEFAULT_INSTANCE_PROMPT
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +27,9 @@ class DreamBoothAttackConfig(IterativeDefenderConfig):
         model: surrogate model(s): a diffusers folder or Hugging Face id; several separated by
             commas give the ensemble variant (E-ASPL / E-FSMG), perturbations averaged per round.
         eps: L-infinity budget in [0, 1] units. Default 0.025 = 6.4/255 (the reference's 0.05 in [-1, 1]).
+        instance_prompt: the prompt an attacker binds the person to (the file runner passes it
+            with each identity). Default ``"a photo of sks person"``.
+        class_prompt: the class prompt of prior preservation. Default ``"a photo of person"``.
         step_size: sign step in [0, 1] units. Default 0.0025 (the reference's 0.005 in [-1, 1]).
         resolution: the surrogate sees each photo with its short side at this size (aspect kept);
             training views are centre-cropped squares of this size. Default 512.
@@ -50,6 +54,8 @@ class DreamBoothAttackConfig(IterativeDefenderConfig):
     eps: float = 0.025
     step_size: float = 0.0025
     resolution: int | None = 512
+    instance_prompt: str = DEFAULT_INSTANCE_PROMPT
+    class_prompt: str = DEFAULT_CLASS_PROMPT
     learning_rate: float = 5e-7
     prior_loss_weight: float = 1.0
     num_class_images: int = 200
@@ -180,16 +186,6 @@ class DreamBoothAttack(Defender):
 
         return loss
 
-    def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:  # until core v2 lands
-        import types
-
-        import torch
-
-        identity = types.SimpleNamespace(images=list(images), references=[], clean=list(images), name="identity",
-                                         instance_prompt="a photo of sks person", class_prompt="a photo of person")
-        result = self._perturb_identity(identity, generator, None)
-        return torch.stack(result.images if hasattr(result, "images") else result)
-
 
 class ASPL(DreamBoothAttack):
     """Protect one person's photos against DreamBooth by alternating surrogate and PGD updates.
@@ -264,7 +260,7 @@ class ASPL(DreamBoothAttack):
             bar.close()
         stats = [{"rounds": c.steps, "denoising_loss_last": float(v)} for v in
                  (state.objective if state.objective is not None else torch.zeros(len(photos.sizes)))]
-        return _result(photos.unpack(state.adversarial), stats)
+        return Perturbation(photos.unpack(state.adversarial), stats)
 
     def _round(self, photos: Any, clean: Tensor, identity: IdentitySet, state: Any, pgd: Any,
                generator: torch.Generator, bar: Any) -> Any:
@@ -293,12 +289,3 @@ class ASPL(DreamBoothAttack):
         for index in range(len(self.surrogates)):
             self.train(index, perturbed, identity, generator, self.config.surrogate_steps)  # f <- f + steps on the perturbed photos
         return state
-
-
-def _result(images: list[Tensor], stats: list[dict[str, Any]]) -> Any:
-    """A :class:`~facedefense.interfaces.Perturbation` when the core has it, else the list."""
-    try:
-        from facedefense.interfaces import Perturbation
-    except ImportError:
-        return images
-    return Perturbation(images=images, stats=stats)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense_iterative.aspl import DreamBoothAttack, DreamBoothAttackConfig, _result
+from facedefense.interfaces import Perturbation
+from facedefense_iterative.aspl import DreamBoothAttack, DreamBoothAttackConfig
 
 if TYPE_CHECKING:
     import torch
@@ -108,4 +109,4 @@ class FSMG(DreamBoothAttack):
             state = pgd.run(photos.padded, objective, state, steps=c.steps - done, generator=generator, on_step=save)
         values = state.objective if state.objective is not None else torch.zeros(len(photos.sizes))
         stats = [{"train_steps": c.train_steps, "denoising_loss_last": float(v)} for v in values]
-        return _result(photos.unpack(state.adversarial), stats)
+        return Perturbation(photos.unpack(state.adversarial), stats)
