@@ -256,7 +256,7 @@ class Surrogate:
         except ImportError as exc:
             from facedefense.errors import MissingDependencyError
 
-            raise MissingDependencyError("the LoRA surrogate needs peft: pip install 'facedefense[lora]'") from exc
+            raise MissingDependencyError("the LoRA surrogate needs peft: pip install 'facedefense[iterative]'") from exc
         self.unet.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
         rank = self.lora_rank
