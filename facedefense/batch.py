@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import shutil
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,17 +291,27 @@ def _run(
     progress: bool | None,
     existing: str,
     extra: dict[str, Any],
+    prepare: Callable[[list[IdentityFiles]], None] | None = None,
 ) -> RunReport:
     import torch
 
+    from facedefense.distributed import current_shard, gather, merge_manifests
     from facedefense.progress import bar as progress_bar
     from facedefense.progress import progress_enabled_as
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     output_dir = Path(output_dir)
+    shard = current_shard()  # under a launcher (accelerate, torchrun): this process's part of the work
+    identities = _shard(identities, shard, whole=process_identity is not None)
     targets = plan_outputs(identities, output_dir)
-    earlier = claim_output_dir(output_dir, existing)
+    if shard.active:  # rank 0 claims the folder while the others wait, then all write into it
+        earlier = claim_output_dir(output_dir, existing) if shard.rank == 0 else None
+        gather(None, shard)
+    else:
+        earlier = claim_output_dir(output_dir, existing)
+    if prepare is not None:
+        prepare(identities)
     for identity in identities:
         folder = output_dir / identity.subfolder if identity.subfolder else output_dir
         prepare_output_dir(folder, identity.paths)
@@ -356,7 +367,7 @@ def _run(
     def save_manifest(status: str, *, every: float = 0.0) -> None:
         """Write the manifest (while running, at most once per ``every`` seconds: a long run with
         thousands of images must not spend its time rewriting a growing file)."""
-        if time.monotonic() - last_saved[0] < every:
+        if time.monotonic() - last_saved[0] < every or shard.active:  # a sharded run: rank 0 writes at the end
             return
         last_saved[0] = time.monotonic()
         manifest["status"] = status
@@ -430,7 +441,24 @@ def _run(
             except OutputError:
                 if status == "completed":
                     raise
+    if shard.active:  # one manifest for the whole run, written by rank 0
+        manifest["status"], manifest["summary"] = status, summary(True)
+        gathered = gather(manifest, shard)
+        if gathered is not None:
+            write_json(merge_manifests(gathered), report.manifest_path)
     return report
+
+
+def _shard(identities: list[IdentityFiles], shard: Any, *, whole: bool) -> list[IdentityFiles]:
+    """This process's part of the work: whole identities (identity scope) or single photos."""
+    if not shard.active:
+        return identities
+    if whole:
+        return shard.take(identities)
+    numbered = [(identity, path) for identity in identities for path in identity.paths]
+    mine = {id(pair[1]) for pair in shard.take(numbered)}
+    parts = [replace(identity, paths=[p for p in identity.paths if id(p) in mine]) for identity in identities]
+    return [part for part in parts if part.paths]
 
 
 def _sha256(path: Path) -> str | None:
@@ -476,6 +504,7 @@ def protect_files(
     existing: str = "refuse",
     method_info: dict[str, Any] | None = None,
     warn_unchanged: bool = True,
+    resume: bool = False,
 ) -> RunReport:
     """Protect image files into ``output_dir`` (PNG, same stem) and write the manifest.
 
@@ -495,6 +524,13 @@ def protect_files(
         method_info: extra facts merged into the manifest's ``method`` entry.
         warn_unchanged: emit a :class:`UserWarning` when a protected image equals its input (the
             manifest marks it ``"unchanged": true`` in any case).
+        resume: continue an interrupted run into the same ``output_dir`` from the state its
+            identity-scoped defender saved (its last round), instead of starting over; implies
+            ``existing="add"``. The run must be the same method, budget and options (else
+            :class:`~facedefense.errors.ResumeError`).
+
+    Identity-scoped defenders keep their by-products and resumable state in
+    ``output_dir/.facedefense-work/<identity>/``; a run without ``resume`` clears it first.
 
     The manifest is written when the run starts and after every batch: it lists the inputs planned,
     the images done and failed, and ``status`` (``running``, ``completed``, ``interrupted`` or
@@ -542,6 +578,8 @@ def protect_files(
     if references is not None:
         extra["references"] = str(Path(references).resolve())
     scoped = defender.scope == "identity"
+    if resume and existing == "refuse":
+        existing = "add"
     report = _run(
         "protect",
         info,
@@ -553,6 +591,7 @@ def protect_files(
         progress=progress,
         existing=existing,
         extra=extra,
+        prepare=lambda mine: _prepare_work(defender, Path(output_dir), mine, resume),
     )
     if warn_unchanged and report.unchanged:
         warnings.warn(unchanged_message(report), UserWarning, stacklevel=2)
@@ -566,6 +605,37 @@ def unchanged_message(report: RunReport) -> str:
         f"{len(report.unchanged)} protected image(s) are identical to their input ({names}): the defender "
         "changed nothing, so they are NOT protected (an untrained or wrong checkpoint, or a zero budget?)"
     )
+
+
+def _prepare_work(defender: Defender, output_dir: Path, identities: list[IdentityFiles], resume: bool) -> None:
+    """Check that ``resume`` continues the same run; without it, clear the saved state of the
+    identities this process protects (after the output folder was claimed)."""
+    from facedefense.errors import ResumeError
+
+    work = output_dir / WORK_DIR_NAME
+    marker = work / "run.json"
+    run = {"method": defender.name, "eps": defender.config.eps, "fingerprint": defender.fingerprint()}
+    if resume and marker.is_file():
+        try:
+            saved = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ResumeError(f"cannot resume {output_dir}: its run record {marker} is unreadable") from exc
+        for key, label in (("method", "method"), ("eps", "budget"), ("fingerprint", "options")):
+            if saved.get(key) != run[key]:
+                raise ResumeError(
+                    f"cannot resume {output_dir}: it was made with {label} {saved.get(key)!r}, this run has {run[key]!r}"
+                )
+    elif resume and output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ResumeError(f"cannot resume {output_dir}: it holds no saved run (no {WORK_DIR_NAME}/run.json)")
+    if defender.scope != "identity":
+        return
+    if not resume:
+        for identity in identities:
+            shutil.rmtree(work / identity.name, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    temporary = marker.with_name(f".run.json.{os.getpid()}")
+    temporary.write_text(json.dumps(run), encoding="utf-8")
+    os.replace(temporary, marker)
 
 
 def _prompts(defender: Defender) -> dict[str, str]:

@@ -102,12 +102,21 @@ def protect(
     progress: Progress = None,
     overwrite: Overwrite = False,
     add: Add = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run into the same --output from its last saved round "
+            "(same method, budget and options).",
+        ),
+    ] = False,
 ) -> None:
     """Protect photos with a defender; writes PNGs with the same names and a manifest.
 
     An output folder that holds files is refused unless --overwrite or --add says what to do.
     """
     from facedefense.budget import parse_budget
+    from facedefense.distributed import bind_device, current_shard
 
     existing = _existing(overwrite, add)
     budget = parse_budget(eps) if eps is not None else None
@@ -115,15 +124,18 @@ def protect(
         option, model=model, eps=budget, steps=steps, checkpoint=checkpoint, runtime=runtime, seed=seed,
         device=device, dtype=dtype
     )
+    if resume and existing == "refuse":
+        existing = "add"  # resuming adds to the interrupted run
     _plan(inputs, output, existing, reference)
     check_method_paths(options)
+    bind_device(current_shard())
     defender = _make("defender", method, options)
     from facedefense.batch import protect_files
 
     show = progress_default() if progress is None else progress
     report = protect_files(
         defender, inputs, output, references=reference, batch_size=batch_size, progress=show, existing=existing,
-        warn_unchanged=False,
+        warn_unchanged=False, resume=resume,
     )  # fmt: skip
     _finish(report, output, "protected")
 
