@@ -661,7 +661,7 @@ def purify_files(
     """
     chain = list(purifier) if isinstance(purifier, Sequence) else [purifier]
     if not chain:
-        raise FaceDefenseError("purify_files needs at least one purifier")
+        raise ConfigError("purify_files needs at least one purifier")
 
     def process(images: Tensor) -> tuple[Tensor, list[dict[str, Any]]]:
         for step in chain:

@@ -81,12 +81,14 @@ def merge_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
     if artifacts:
         merged["artifacts"] = artifacts
     summaries = [manifest.get("summary", {}) for manifest in manifests]
-    merged["summary"] = {
-        key: sum(summary.get(key, 0) for summary in summaries)
-        for key in ("planned", "processed", "failed", "not_processed", "unchanged")
-    }
-    merged["summary"]["completed"] = all(summary.get("completed", False) for summary in summaries)
-    merged["status"] = "completed" if merged["summary"]["completed"] else "failed"
-    merged["inputs"] = [entry for manifest in manifests for entry in manifest.get("inputs", [])]
+    merged["summary"] = {"processed": len(merged["images"]), "failed": len(merged["failures"])}
+    for key in ("planned", "not_processed", "unchanged"):
+        if any(key in summary for summary in summaries):
+            merged["summary"][key] = sum(summary.get(key, 0) for summary in summaries)
+    if any("completed" in summary for summary in summaries):
+        merged["summary"]["completed"] = all(summary.get("completed", False) for summary in summaries)
+        merged["status"] = "completed" if merged["summary"]["completed"] else "failed"
+    if any("inputs" in manifest for manifest in manifests):
+        merged["inputs"] = [entry for manifest in manifests for entry in manifest.get("inputs", [])]
     merged["processes"] = len(manifests)
     return merged

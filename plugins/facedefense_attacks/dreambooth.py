@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from facedefense_attacks.personalized import PipelinePersonalized
-from facedefense_attacks.training import TrainedPersonalizer, Trainables, TrainingConfig
+from facedefense_attacks.training import Trainables, TrainedPersonalizer, TrainingConfig
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from facedefense_attacks.personalized import PipelinePersonalized
-from facedefense_attacks.training import TrainedPersonalizer, Trainables, TrainingConfig
+from facedefense_attacks.training import Trainables, TrainedPersonalizer, TrainingConfig
 
 #: Attention projections that get adapters (diffusers' ``train_dreambooth_lora.py``).
 TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from facedefense_attacks.lora import LORA_WEIGHTS, add_lora, save_lora
 from facedefense_attacks.personalized import PipelinePersonalized
 from facedefense_attacks.textual_inversion import EMBEDDING_WEIGHTS, add_token, save_embedding
-from facedefense_attacks.training import TrainedPersonalizer, Trainables, TrainingConfig
+from facedefense_attacks.training import Trainables, TrainedPersonalizer, TrainingConfig
 
 
 @dataclass

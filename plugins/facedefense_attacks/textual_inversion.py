@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from facedefense.errors import ConfigError
 from facedefense_attacks.personalized import PipelinePersonalized
-from facedefense_attacks.training import TrainedPersonalizer, Trainables, TrainingConfig
+from facedefense_attacks.training import Trainables, TrainedPersonalizer, TrainingConfig
 
 #: File name of the learned embedding (diffusers' ``textual_inversion.py`` writes the same).
 EMBEDDING_WEIGHTS = "learned_embeds.safetensors"

@@ -106,7 +106,6 @@ class DreamBoothAttack(Defender):
     def __init__(self, config: DreamBoothAttackConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
         from facedefense.optim import EOT
-
         from facedefense_iterative.surrogate import Surrogate, load_target_image
 
         models = [m.strip() for m in self.config.model.split(",") if m.strip()]
@@ -155,7 +154,6 @@ class DreamBoothAttack(Defender):
         """The run's checkpoint, keyed by method, budget, every other option and the photos."""
         from facedefense.config import config_to_dict
         from facedefense.optim import RunCheckpoint
-
         from facedefense_iterative.surrogate import file_digest
 
         options = {k: v for k, v in config_to_dict(self.config).items() if k not in ("device", "dtype", "eps")}
@@ -226,7 +224,6 @@ class ASPL(DreamBoothAttack):
         from tqdm.auto import tqdm
 
         from facedefense.optim import PGDState, generator_state, restore_generator
-
         from facedefense_iterative.surrogate import PhotoBatch, square_crop
 
         c = self.config

@@ -4,7 +4,6 @@ Protecting users from personalized text-to-image synthesis", ICCV 2023, arXiv:23
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -65,7 +64,6 @@ class FSMG(DreamBoothAttack):
         import torch
 
         from facedefense.optim import PGDState, generator_state, restore_generator
-
         from facedefense_iterative.surrogate import PhotoBatch, square_crop
 
         c = self.config

@@ -124,7 +124,7 @@ def write_case(name: str, folder: Path) -> Path:
         image.convert("CMYK").save(path, quality=95)
     elif name == "gray16":
         path = folder / "gray16.png"
-        Image.fromarray((np.arange(48 * 40, dtype=np.uint16).reshape(48, 40) * 30)).save(path)
+        Image.fromarray(np.arange(48 * 40, dtype=np.uint16).reshape(48, 40) * 30).save(path)
     elif name == "palette":
         path = folder / "palette.png"
         image.convert("P", palette=Image.Palette.ADAPTIVE).save(path)

@@ -128,12 +128,11 @@ def test_shards_are_disjoint_and_complete():
 
 def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_sd_path):
     """`accelerate launch -m facedefense protect` with two processes: every photo once, one manifest."""
-    from pathlib import Path
-
     import json
     import socket
     import subprocess
     import sys
+    from pathlib import Path
 
     from facedefense.io import save_image
     from facedefense.testing.tiny_models import sample_faces
@@ -156,6 +155,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_sd_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "out" / "facedefense.json").read_text())
-    assert manifest["processes"] == 2 and manifest["summary"] == {"processed": 5, "failed": 0}
+    assert manifest["processes"] == 2 and manifest["status"] == "completed"
+    assert manifest["summary"] == {"processed": 5, "failed": 0, "planned": 5, "not_processed": 0, "unchanged": 0, "completed": True}
     assert sorted(Path(e["input"]).name for e in manifest["images"]) == [f"{i}.png" for i in range(5)]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"{i}.png" for i in range(5)]

@@ -30,7 +30,7 @@ def _class_image_cache(tmp_path_factory):
 
 def attacker_loss(model_path: str, images: torch.Tensor, generator: torch.Generator, prompt: str = PROMPT) -> torch.Tensor:
     """The attacker's (base model's) denoising loss per image, averaged over 4 draws of (t, eps)."""
-    from facedefense.diffusion import TextEmbeddingCache, denoising_loss, encode_latents, load_components
+    from facedefense.diffusion import TextEmbeddingCache, denoising_loss, encode_latents
     from facedefense.imaging import resize
 
     parts = _parts(model_path)

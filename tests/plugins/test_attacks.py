@@ -188,8 +188,8 @@ def test_editor_refuses_wrong_model_kind(tmp_path, png_folder, tiny_sd_path):
 
 
 def test_automatic_face_mask_keeps_the_face():
-    from facedefense_attacks.masks import face_mask
     from facedefense.testing.tiny_models import sample_faces
+    from facedefense_attacks.masks import face_mask
 
     face = sample_faces(1, 256)[0]
     background = face_mask(face, "background")
