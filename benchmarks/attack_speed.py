@@ -1,0 +1,143 @@
+"""Seconds per training step and peak memory of each personalizer at 512x512.
+
+Architectures: ``tiny`` (the test suite's tiny Stable Diffusion) and ``sd15`` (Stable Diffusion
+1.5's UNet, VAE and text encoder shapes with random weights: they time like trained ones; the tiny
+offline tokenizer stands in for CLIP's, so textual inversion resizes a 49,408-row embedding to a
+few hundred rows). Each measurement runs in its own process, so its peak memory is its own: peak
+resident memory on the CPU (``VmHWM``), ``torch.cuda.max_memory_allocated`` on a GPU. The time per
+step is the mean over the steps after the first (warm-up). Class images are random tensors passed
+to ``fit`` (class-image generation is not training).
+
+    .venv/bin/python benchmarks/attack_speed.py --arch tiny --steps 4
+    .venv/bin/python benchmarks/attack_speed.py --arch sd15 --steps 3 --methods lora textual_inversion lora_ti \
+        -o mixed_precision=bf16 -o gradient_checkpointing=true
+
+Full-size DreamBooth trains all 860M UNet parameters with AdamW (about 14 GB of weights, gradients
+and optimizer state in float32): run it on a GPU (``-o optimizer=adamw_8bit`` there saves ~5 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import tempfile
+from pathlib import Path
+
+METHODS = ("dreambooth", "lora", "textual_inversion", "lora_ti")
+
+
+def build_sd15(folder: Path) -> Path:
+    """Stable Diffusion 1.5's architecture with random weights, saved as a diffusers folder."""
+    import torch
+
+    from facedefense.testing.tiny_models import _prepare
+
+    _prepare()
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from facedefense.testing.tokenizer import build_tiny_tokenizer
+
+    if (folder / "model_index.json").exists():
+        return folder
+    torch.manual_seed(0)
+    tokenizer = build_tiny_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+        pad_token_id=len(tokenizer) - 1, hidden_act="quick_gelu"))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD 1.x's
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build(arch: str, root: Path) -> Path:
+    from facedefense.testing.tiny_models import build_tiny_sd
+
+    folder = root / arch
+    if arch == "tiny":
+        return folder if (folder / "model_index.json").exists() else build_tiny_sd(folder)
+    return build_sd15(folder)
+
+
+def _peak_gib(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def measure(queue: multiprocessing.Queue, method: str, model: str, resolution: int, steps: int,
+            device: str, options: dict) -> None:
+    """One personalizer, one process: fit for ``steps`` steps, report s/step and peak memory."""
+    import torch
+
+    from facedefense.registry import get_registry
+
+    generator = torch.Generator().manual_seed(0)
+    photos = [torch.rand(3, resolution, resolution, generator=generator) for _ in range(4)]
+    classes = [torch.rand(3, resolution, resolution, generator=generator) for _ in range(4)]
+    personalizer = get_registry().load("personalizer", method)(
+        model=model, steps=steps, resolution=resolution, device=device, **options)
+    personalizer.fit(photos, class_images=classes)
+    seconds = personalizer.last_training.seconds
+    timings = getattr(personalizer.last_training, "step_seconds", None) or []
+    per_step = sum(timings[1:]) / max(1, len(timings) - 1) if len(timings) > 1 else seconds / steps
+    queue.put({"method": method, "resolution": resolution, "steps": steps, "device": device,
+               "batch": personalizer.config.batch_size, "prior": personalizer.config.prior_preservation,
+               "options": options, "seconds_per_step": round(per_step, 3), "first_step": round(timings[0], 3) if timings else None,
+               "peak_gib": round(_peak_gib(device), 2)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=4, help="training steps (the first is warm-up)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "facedefense-attack-bench")
+    parser.add_argument("-o", "--option", action="append", default=[], help="personalizer option key=value")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+
+    from facedefense.config import parse_option_pairs
+
+    options = parse_option_pairs(args.option)
+    print(f"load average: {os.getloadavg()}; cores: {os.cpu_count()}", flush=True)
+    model = str(build(args.arch, args.cache))
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for method in args.methods:
+        queue = context.Queue()
+        process = context.Process(target=measure, args=(queue, method, model, args.resolution, args.steps,
+                                                        args.device, options))
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            print(f"{args.arch:5s} {method:18s} failed (exit {process.exitcode})", flush=True)
+            continue
+        result = {"arch": args.arch, **queue.get()}
+        results.append(result)
+        print(f"{args.arch:5s} {method:18s} {result['seconds_per_step']:8.3f} s/step  "
+              f"peak {result['peak_gib']:.2f} GiB  (batch {result['batch']}, prior {result['prior']})", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The attacks plugin: personalizers and editors through the CLI on the tiny models, the saved
+formats through diffusers' own loaders, bad input, and a LoRA that really learns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from facedefense.cli import build_app
+
+runner = CliRunner()
+#: Fast training/generation settings for the tiny models (64 px, 2 steps, 2 class images).
+TINY = ["-o", "resolution=64", "-o", "num_class_images=2", "-o", "class_inference_steps=2",
+        "-o", "inference_steps=2", "--steps", "2", "--device", "cpu"]
+PROMPTS = {"dreambooth": "a dslr portrait of sks person", "lora": "a dslr portrait of sks person",
+           "textual_inversion": "a dslr portrait of <new1> person", "lora_ti": "a dslr portrait of <new1> person"}
+
+
+def invoke(*args):
+    return runner.invoke(build_app(), [str(a) for a in args])
+
+
+def assert_one_line_error(result, match, code=2):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def save_png(tensor, path):
+    array = (tensor.permute(1, 2, 0) * 255).round().byte().numpy()
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """Four sample faces of mixed sizes (they are resized and center-cropped, not refused)."""
+    from facedefense.imaging import resize
+    from facedefense.testing.tiny_models import sample_faces
+
+    folder = tmp_path_factory.mktemp("photos")
+    for index, (face, size) in enumerate(zip(sample_faces(4, 96), [(64, 64), (80, 64), (64, 96), (72, 72)])):
+        save_png(resize(face[None], size)[0].clamp(0, 1), folder / f"face{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def class_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("class-cache")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_sd_path, photo_dir, class_cache):
+    """Each personalizer trained through the CLI once: name -> output folder."""
+    outputs = {}
+    for name, prompt in PROMPTS.items():
+        output = tmp_path_factory.mktemp(f"attack-{name}")
+        result = invoke("attack", photo_dir, "--personalizer", name, "--output", output, "--model", tiny_sd_path,
+                        "--prompt", prompt, "--prompt", "a photo of person", "--num-images", 2, "--seed", 1,
+                        "-o", f"class_cache={class_cache}", *TINY)
+        assert result.exit_code == 0, result.output
+        outputs[name] = output
+    return outputs
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_personalizer_cli_writes_weights_images_manifest(trained, name):
+    output = trained[name]
+    manifest = json.loads((output / "facedefense.json").read_text())
+    assert manifest["status"] == "finished" and manifest["method"]["name"] == name
+    assert len(manifest["inputs"]) == 4 and manifest["training"]["steps"] == 2
+    for entry in manifest["prompts"]:
+        images = sorted((output / entry["folder"]).glob("*.png"))
+        assert [p.name for p in images] == ["0000.png", "0001.png"]
+        assert Image.open(images[0]).size == (64, 64)
+    expected = {"dreambooth": "model_index.json", "lora": "pytorch_lora_weights.safetensors",
+                "textual_inversion": "learned_embeds.safetensors", "lora_ti": "learned_embeds.safetensors"}[name]
+    assert (output / "model" / expected).is_file()
+    metadata = json.loads((output / "model" / "facedefense_personalized.json").read_text())
+    assert metadata["personalizer"] == name and metadata["format"] == ("pipeline" if name == "dreambooth" else name)
+
+
+def _render(pipe, prompt):
+    return pipe(prompt, num_inference_steps=2, height=64, width=64, generator=torch.Generator().manual_seed(3),
+                output_type="pt").images
+
+
+@pytest.mark.parametrize("name", ["lora", "textual_inversion", "lora_ti"])
+def test_saved_adapters_load_with_diffusers_loaders(trained, tiny_sd_path, name):
+    from diffusers import StableDiffusionPipeline
+
+    from facedefense.interfaces.personalizer import load_personalized
+
+    folder = trained[name] / "model"
+    prompt = PROMPTS[name]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    before = _render(pipe, prompt)
+    if name != "lora":
+        pipe.load_textual_inversion(folder / "learned_embeds.safetensors", token="<new1>")
+    if name != "textual_inversion":
+        pipe.load_lora_weights(folder)
+    after = _render(pipe, prompt)
+    assert not torch.allclose(before, after, atol=1e-6), "the loaded personalization must change the output"
+    ours = load_personalized(folder, device="cpu").generate(
+        [prompt], num_images=1, steps=2, guidance_scale=pipe.guidance_scale, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(ours, after.float(), atol=1e-5), "diffusers' loaders and ours must give the same model"
+
+
+def test_dreambooth_folder_loads_with_from_pretrained(trained, tiny_sd_path):
+    from diffusers import StableDiffusionPipeline
+
+    tuned = StableDiffusionPipeline.from_pretrained(trained["dreambooth"] / "model", safety_checker=None)
+    base = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None)
+    changed = [not torch.equal(a, b) for a, b in zip(tuned.unet.parameters(), base.unet.parameters())]
+    assert any(changed), "DreamBooth must change the UNet"
+    assert not torch.equal(tuned.text_encoder.get_input_embeddings().weight, base.text_encoder.get_input_embeddings().weight)
+
+
+def test_finished_output_is_refused_then_resumed(trained, tiny_sd_path, photo_dir):
+    output = trained["lora"]
+    again = ["attack", photo_dir, "--personalizer", "lora", "--output", output, "--model", tiny_sd_path,
+             "--prompt", PROMPTS["lora"], "--prompt", "a photo of person", "--num-images", 2, "--seed", 1, *TINY]
+    assert_one_line_error(invoke(*again), "holds a finished attack run; pass --resume")
+    weights = output / "model" / "pytorch_lora_weights.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    image = next(iter(sorted((output / "images").glob("*/0001.png"))))
+    original = image.read_bytes()
+    image.unlink()
+    result = invoke(*again, "--resume")
+    assert result.exit_code == 0, result.output
+    assert weights.stat().st_mtime_ns == stamp, "resume must reuse the saved model, not train again"
+    assert image.read_bytes() == original, "a resumed image is the one the first run wrote"
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, tiny_sd_path, tiny_ip2p_path, photo_dir):
+    empty = tmp_path / "broken"
+    empty.mkdir()
+    (empty / "a.png").write_bytes(b"not an image")
+    base = ["--output", tmp_path / "out", "--model", tiny_sd_path, *TINY]
+    assert_one_line_error(invoke("attack", empty, "--personalizer", "lora", *base), "no usable image")
+    assert_one_line_error(
+        invoke("attack", photo_dir, "--personalizer", "lora", "--instance-prompt", "a photo of a person", *base),
+        "does not contain the identifier 'sks'")
+    assert_one_line_error(
+        invoke("attack", photo_dir, "--personalizer", "dreambooth", "--output", tmp_path / "o2", "--model",
+               tmp_path / "missing-model", *TINY), "does not exist")
+    assert_one_line_error(
+        invoke("attack", photo_dir, "--personalizer", "dreambooth", "--output", tmp_path / "o3", "--model",
+               tiny_ip2p_path, *TINY), "is an InstructPix2Pix model")
+    assert_one_line_error(invoke("attack", photo_dir, "--editor", "sdedit", "--output", tmp_path / "o4"), "needs an instruction")
+    assert_one_line_error(invoke("attack", photo_dir, "--output", tmp_path / "o5"), "exactly one of")
+
+
+@pytest.mark.parametrize(
+    ("editor", "fixture", "extra"),
+    [("instruct_pix2pix", "tiny_ip2p_path", []), ("sdedit", "tiny_sd_path", []), ("inpaint", "tiny_inpaint_path", ["mask"])],
+)
+def test_editor_cli_keeps_size_and_name(request, tmp_path, png_folder, editor, fixture, extra):
+    model = request.getfixturevalue(fixture)
+    options = ["--steps", 2, "-o", "resolution=64", "--device", "cpu", "--model", model]
+    if extra:
+        mask = tmp_path / "mask.png"
+        white_left = Image.new("L", (20, 20), 0)
+        white_left.paste(255, (0, 0, 10, 20))
+        white_left.save(mask)
+        options += ["--mask", mask]
+    output = tmp_path / "edited"
+    result = invoke("attack", png_folder, "--editor", editor, "--prompt", "make it a statue", "--output", output, *options)
+    assert result.exit_code == 0, result.output
+    for source in sorted(png_folder.glob("*.png")):
+        edited = Image.open(output / source.name)
+        assert edited.size == Image.open(source).size
+        assert edited.tobytes() != Image.open(source).convert("RGB").tobytes()
+    manifest = json.loads((output / "facedefense.json").read_text())
+    assert manifest["status"] == "finished" and len(manifest["images"]) == 3
+
+
+def test_editor_refuses_wrong_model_kind(tmp_path, png_folder, tiny_sd_path):
+    result = invoke("attack", png_folder, "--editor", "instruct_pix2pix", "--prompt", "x", "--output", tmp_path / "o",
+                    "--model", tiny_sd_path, "--device", "cpu")
+    assert_one_line_error(result, "is a text-to-image model")
+
+
+def test_automatic_face_mask_keeps_the_face():
+    from facedefense_attacks.masks import face_mask
+    from facedefense.testing.tiny_models import sample_faces
+
+    face = sample_faces(1, 256)[0]
+    background = face_mask(face, "background")
+    assert background.shape == (1, 256, 256)
+    assert background[0, 60, 110] == 0, "the astronaut's face is kept"
+    assert background[0, 250, 5] == 1, "the corner is repainted"
+    assert torch.equal(face_mask(face, "face"), 1 - background)
+
+
+def test_class_images_are_cached_and_grow(tmp_path, tiny_sd_path):
+    from facedefense.diffusion import load_pipeline
+    from facedefense_attacks.lora import LoRAConfig
+    from facedefense_attacks.training import generate_class_images
+
+    pipe = load_pipeline(str(tiny_sd_path))
+    config = LoRAConfig(model=str(tiny_sd_path), resolution=64, num_class_images=1, class_inference_steps=1,
+                        class_cache=str(tmp_path))
+    first = generate_class_images(pipe, config, "a photo of person")
+    stamp = next(tmp_path.rglob("00000.png")).stat().st_mtime_ns
+    more = generate_class_images(pipe, config.__class__(**{**config.__dict__, "num_class_images": 2}), "a photo of person")
+    assert len(first) == 1 and len(more) == 2 and torch.equal(first[0], more[0])
+    assert next(tmp_path.rglob("00000.png")).stat().st_mtime_ns == stamp, "cached images are reused, not redone"
+
+
+def test_eight_bit_optimizer_needs_cuda():
+    from facedefense.errors import ConfigError
+    from facedefense_attacks.training import TrainingConfig, _optimizer
+
+    with pytest.raises(ConfigError, match="CUDA"):
+        _optimizer(TrainingConfig(optimizer="adamw_8bit"), [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
+
+
+def test_lora_lowers_the_denoising_loss_on_its_faces(trained_tiny_sd_path):
+    """On the trained tiny model, LoRA on 4 faces lowers their denoising loss (common random numbers)."""
+    from facedefense.diffusion import TextEmbeddingCache, denoising_loss, encode_latents, load_components
+    from facedefense.testing.tiny_models import sample_faces
+    from facedefense_attacks.lora import LoRA
+
+    faces = sample_faces(8, 64)[4:]  # zoomed crops the tiny model was not trained on
+    prompt = "a photo of sks person"
+
+    def loss(unet, parts):
+        with torch.no_grad():
+            latents = encode_latents(parts.vae, faces).repeat(16, 1, 1, 1)
+            states = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)(prompt)
+            return denoising_loss(unet, parts.scheduler, latents, states, generator=torch.Generator().manual_seed(5),
+                                  reduction="mean").item()
+
+    parts = load_components(str(trained_tiny_sd_path))
+    before = loss(parts.unet, parts)
+    lora = LoRA(model=str(trained_tiny_sd_path), steps=40, learning_rate=3e-3, resolution=64, batch_size=4,
+                prior_preservation=False, sample_latents=False, device="cpu")
+    after = loss(lora.fit(list(faces), instance_prompt=prompt).pipeline.unet, parts)
+    assert after < before * 0.99, (before, after)  # measured: 3% lower (torch 2.13, diffusers 0.42)
