@@ -1,0 +1,32 @@
+"""L-infinity distance in gray levels: checks the budget of images protected by any tool."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from facedefense.interfaces.metric import Metric
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+class Linf(Metric):
+    """Largest absolute difference between an image and its reference, over pixels and channels,
+    in gray levels (0-255): a budget of 8/255 reads 8.
+
+    Shape:
+        images, references: N pairs of equal sizes -> N values in [0, 255].
+
+    Example:
+        >>> Linf().compute(protected, originals).value
+        8.0
+    """
+
+    name: ClassVar[str] = "linf"
+    pairing: ClassVar[str] = "paired"
+    higher_is_better: ClassVar[bool] = False
+    protected_if: ClassVar[str | None] = None
+    unit: ClassVar[str] = "gray levels"
+
+    def _compute(self, images: list[Tensor], references: list[Tensor] | None, prompts) -> list[float]:
+        return [float(((a.double() - b.double()).abs().max() * 255).round(decimals=6)) for a, b in zip(images, references)]

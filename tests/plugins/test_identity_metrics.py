@@ -1,0 +1,149 @@
+"""Face metrics (FDFR, ISM, FR, SER-FIQ) on real offline face models: contracts, the behaviour the
+papers rely on (own identity scores higher than another person's) and the bad-input cases."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import ClassVar
+
+import pytest
+import torch
+
+from facedefense.errors import ConfigError
+from facedefense.testing.contracts import MetricContract
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models") is None,
+    reason="needs dlib-bin and face-recognition-models",
+)
+
+
+def astronaut_crops(count: int = 2, size: int = 320) -> torch.Tensor:
+    """Photos of one person (public-domain NASA portrait, shifted/mirrored crops)."""
+    from facedefense.testing.tiny_models import sample_faces
+
+    return sample_faces(count, size)
+
+
+def grace_hopper(size: int = 320) -> torch.Tensor:
+    """Another person: matplotlib's public-domain sample photo of Grace Hopper, (1, 3, size, size)."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+
+    image = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    image = image.crop((0, 0, 512, 512)).resize((size, size))
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def noise(count: int = 2, size: int = 96) -> torch.Tensor:
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+class FaceContract(MetricContract):
+    image_size: ClassVar[tuple[int, int]] = (320, 320)
+
+
+class TestFDFR(FaceContract):
+    registry_name = "fdfr"
+
+    def make_method(self, request):
+        from facedefense_metrics.fdfr import FDFR
+
+        return FDFR(device="cpu")
+
+
+class TestISM(FaceContract):
+    registry_name = "ism"
+
+    def make_method(self, request):
+        from facedefense_metrics.ism import ISM
+
+        return ISM(device="cpu")
+
+
+class TestFR(FaceContract):
+    registry_name = "fr"
+
+    def make_method(self, request):
+        from facedefense_metrics.fr import FR
+
+        return FR(device="cpu")
+
+
+def test_fdfr_is_zero_on_portraits_and_one_without_faces():
+    from facedefense_metrics.fdfr import FDFR
+
+    metric = FDFR(device="cpu")
+    portraits = metric.compute(astronaut_crops())
+    assert portraits.value == 0.0 and portraits.details["backend"] == "dlib"
+    empty = metric.compute(noise())
+    assert empty.value == 1.0 and empty.details["no_face"] == 2
+
+
+def test_ism_own_identity_scores_higher_than_another_person():
+    from facedefense_metrics.ism import ISM
+
+    metric = ISM(device="cpu")
+    references = list(astronaut_crops(4))[2:] + [astronaut_crops(6)[5]]
+    own = metric.compute(astronaut_crops(2), references)
+    other = metric.compute(grace_hopper(), references)
+    assert own.value > 0.9 and other.value < own.value - 0.1
+    assert own.details["backend"] == "dlib" and own.details["no_face"] == 0
+
+
+def test_ism_without_any_face_is_undefined_and_says_so():
+    from facedefense_metrics.ism import ISM
+
+    result = ISM(device="cpu").compute(noise(), astronaut_crops(1))
+    assert math.isnan(result.value) and all(math.isnan(v) for v in result.per_image)
+    assert result.details["no_face"] == 2 and "no face" in result.details["undefined"]
+
+
+def test_ism_with_faceless_references_is_a_one_line_error():
+    from facedefense_metrics.ism import ISM
+
+    with pytest.raises(ConfigError, match="no identity to compare with"):
+        ISM(device="cpu").compute(astronaut_crops(1), noise())
+
+
+def test_ism_backends_agree_and_are_named():
+    from facedefense_metrics.ism import ISM
+
+    images, references = astronaut_crops(1), grace_hopper()
+    ours = ISM(device="cpu", backend="dlib_torch").compute(images, references)
+    theirs = ISM(device="cpu", backend="dlib").compute(images, references)
+    assert ours.details["backend"] == "dlib_torch" and theirs.details["backend"] == "dlib"
+    assert ours.value == pytest.approx(theirs.value, abs=1e-3)
+
+
+def test_fr_is_nan_where_the_edit_lost_the_face():
+    from facedefense_metrics.fr import FR
+
+    photos = astronaut_crops(2, 160)
+    edits = torch.cat([photos[:1], noise(1, 160)])
+    result = FR(device="cpu", upsample=1).compute(edits, photos)
+    assert result.per_image[0] == pytest.approx(1.0, abs=1e-6) and math.isnan(result.per_image[1])
+    assert result.details["no_face"] == 1
+
+
+def test_ser_fiq_is_deterministic_in_unit_range_and_nan_without_face():
+    from facedefense_metrics.ser_fiq import SERFIQ
+
+    metric = SERFIQ(device="cpu", passes=20)
+    images = torch.cat([astronaut_crops(1), noise(1, 320)])
+    first, second = metric.compute(images), metric.compute(images)
+    assert 0.0 <= first.per_image[0] <= 1.0 and math.isnan(first.per_image[1])
+    assert first.per_image[0] == second.per_image[0]
+    with pytest.raises(ConfigError, match="dlib_torch"):
+        SERFIQ(backend="dlib")
+
+
+def test_face_metric_options_are_validated():
+    from facedefense_metrics.ism import ISM
+
+    with pytest.raises(ConfigError, match="unknown face backend"):
+        ISM(backend="arcface")
+    with pytest.raises(ConfigError, match="no identity embedding"):
+        ISM(device="cpu", backend="mtcnn").compute(astronaut_crops(1), astronaut_crops(1))
