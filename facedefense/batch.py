@@ -309,7 +309,7 @@ def _prompts(defender: Defender) -> dict[str, str]:
 
 
 def purify_files(
-    purifier: Purifier,
+    purifier: Purifier | Sequence[Purifier],
     inputs: Sequence[str | Path],
     output_dir: str | Path,
     *,
@@ -317,11 +317,22 @@ def purify_files(
     progress: bool = True,
     method_info: dict[str, Any] | None = None,
 ) -> RunReport:
-    """Purify image files into ``output_dir`` (PNG, same stem; identity subfolders kept) and write the manifest."""
+    """Purify image files into ``output_dir`` (PNG, same stem; identity subfolders kept) and write the manifest.
+
+    ``purifier`` may be a sequence: a chain applied in order (an adversary's JPEG then DiffPure);
+    the manifest's ``method`` then names the chain (``jpeg+diffpure``) and lists each method under ``chain``.
+    """
+    chain = list(purifier) if isinstance(purifier, Sequence) else [purifier]
+    if not chain:
+        raise FaceDefenseError("purify_files needs at least one purifier")
 
     def process(images: Tensor) -> tuple[Tensor, list[dict[str, Any]]]:
-        return purifier.purify(images), []
+        for step in chain:
+            images = step.purify(images)
+        return images, []
 
-    info = {**purifier.describe(), **(method_info or {})}
+    described = [step.describe() for step in chain]
+    info = described[0] if len(chain) == 1 else {"name": "+".join(d["name"] for d in described), "chain": described}
+    info = {**info, **(method_info or {})}
     identities = find_identities(inputs)
     return _run("purify", info, identities, output_dir, process, None, batch_size=batch_size, progress=progress, extra={"batch_size": batch_size})

@@ -9,7 +9,7 @@ import typer
 
 from facedefense.cli.common import friendly_errors, progress_default
 
-TINY_KINDS = ("sd", "instruct_pix2pix", "inpaint", "upscaler")
+TINY_KINDS = ("sd", "instruct_pix2pix", "inpaint", "upscaler", "pixel_ddpm")
 DEMO_BANNER = (
     "DEMO: this run uses a tiny random-weight diffusion model built offline. It exercises the whole "
     "pipeline (load, protect, budget check, manifest, evaluate) but gives NO real protection; use a real "
@@ -35,6 +35,7 @@ def make_tiny_model(
         "instruct_pix2pix": tiny_models.build_tiny_instruct_pix2pix,
         "inpaint": tiny_models.build_tiny_inpaint,
         "upscaler": tiny_models.build_tiny_upscaler,
+        "pixel_ddpm": tiny_models.build_tiny_pixel_ddpm,
     }
     if kind not in builders:
         raise ConfigError(f"unknown tiny model kind '{kind}'; expected one of {', '.join(TINY_KINDS)}")

@@ -72,10 +72,57 @@ def protect(
     _finish(report, output, "protected")
 
 
+def chain_options(names: list[str], pairs: list[str] | None, **named: Any) -> list[dict[str, Any]]:
+    """Route ``-o`` options (and the named ones) to the purifiers of a chain.
+
+    ``key=value`` goes to every method of the chain that has the option ``key``;
+    ``NAME.key=value`` only to the method ``NAME`` (every occurrence of it), ``N.key=value`` only to
+    the N-th method (1-based); a targeted option wins over a plain one. An option that no method of
+    the chain has, or a target not in the chain, is an error; so is a named option (``--model``)
+    given again as ``-o``.
+
+    Example:
+        >>> chain_options(["jpeg", "diffpure"], ["jpeg.quality=70", "seed=3"], model="m")
+        [{'seed': '3', 'quality': '70'}, {'seed': '3', 'model': 'm'}]
+    """
+    from facedefense.config import config_fields, parse_option_pairs
+    from facedefense.errors import ConfigError
+    from facedefense.registry import get_registry
+
+    registry = get_registry()
+    fields = [set(config_fields(registry.load("purifier", name).Config)) for name in names]
+    given = parse_option_pairs(pairs)
+    for key, value in named.items():
+        if value is not None:
+            if key in given:
+                raise ConfigError(f"option '{key}' given twice (as --{key.replace('_', '-')} and -o {key}=...)")
+            given[key] = value
+    routed: list[dict[str, Any]] = [{} for _ in names]
+    for key, value in sorted(given.items(), key=lambda item: "." in item[0]):
+        target, dot, option = key.rpartition(".")
+        if dot:
+            chosen = [i for i, name in enumerate(names) if target in (name, str(i + 1))]
+            if not chosen:
+                raise ConfigError(f"option '{key}': no method '{target}' in the chain ({', '.join(names)})")
+            for i in chosen:
+                if option not in fields[i]:
+                    raise ConfigError(f"{names[i]} has no option '{option}'; valid options: {', '.join(sorted(fields[i]))}")
+        else:
+            chosen = [i for i in range(len(names)) if option in fields[i]]
+            if not chosen:
+                raise ConfigError(f"no method in the chain ({', '.join(names)}) has an option '{option}'")
+        for i in chosen:
+            routed[i][option] = value
+    return routed
+
+
 @friendly_errors
 def purify(
     inputs: Inputs,
-    method: Annotated[str, typer.Option("--method", "-m", help="Purifier name (see `facedefense list purifiers`).")],
+    method: Annotated[
+        list[str],
+        typer.Option("--method", "-m", help="Purifier name (see `facedefense list purifiers`); repeat to chain them in order."),
+    ],
     output: Output,
     model: Model = None,
     seed: Seed = None,
@@ -85,13 +132,15 @@ def purify(
     option: Options = None,
     progress: Progress = None,
 ) -> None:
-    """Purify photos (the adversary's counter-measure); writes PNGs and a manifest."""
+    """Purify photos (the adversary's counter-measure) with one purifier or a chain applied in order;
+    writes PNGs and a manifest. ``-o key=value`` goes to every method with that option,
+    ``-o NAME.key=value`` to one method of the chain."""
     from facedefense.batch import purify_files
 
-    options = method_options(option, model=model, seed=seed, device=device, dtype=dtype)
-    purifier = _make("purifier", method, options)
+    options = chain_options(method, option, model=model, seed=seed, device=device, dtype=dtype)
+    purifiers = [_make("purifier", name, opts) for name, opts in zip(method, options)]
     show = progress_default() if progress is None else progress
-    report = purify_files(purifier, inputs, output, batch_size=batch_size, progress=show)
+    report = purify_files(purifiers, inputs, output, batch_size=batch_size, progress=show)
     _finish(report, output, "purified")
 
 

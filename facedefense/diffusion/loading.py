@@ -225,6 +225,7 @@ def load_components(
     unknown = set(components) - set(COMPONENTS)
     if unknown:
         raise ConfigError(f"unknown component(s) {', '.join(sorted(unknown))}; expected {', '.join(COMPONENTS)}")
+    refuse_pixel_ddpm(str(model))
     _prepare_imports()
     dtype = dtype or torch.float32
     loaded = SDComponents(model=str(model), device=torch.device(device), dtype=dtype)
@@ -291,6 +292,7 @@ def load_pipeline(
 
     if kind not in PIPELINE_KINDS:
         raise ConfigError(f"unknown pipeline kind '{kind}'; expected one of {', '.join(PIPELINE_KINDS)}")
+    refuse_pixel_ddpm(str(model))
     _prepare_imports()
     local = _local_folder(str(model))
     if local is not None:
@@ -305,3 +307,92 @@ def load_pipeline(
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=not progress)
     return pipeline
+
+
+def _read_json(path: Path | str | None) -> dict[str, Any]:
+    if not path or not Path(path).is_file():
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_pixel_ddpm(model: str) -> bool:
+    """Whether ``model`` (local folder, or a hub id in the Hugging Face cache) is a pixel-space
+    diffusion model: a ``DDPMPipeline``-style folder whose ``unet`` is a ``UNet2DModel``, or a bare
+    ``UNet2DModel`` folder. Unknown hub ids answer False.
+
+    Example:
+        >>> is_pixel_ddpm(str(build_tiny_pixel_ddpm("/tmp/ddpm"))), is_pixel_ddpm(str(build_tiny_sd("/tmp/sd")))
+        (True, False)
+    """
+    local = Path(model).expanduser()
+    if local.is_dir():
+        index, config = local / "model_index.json", local / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            index, config = (try_to_load_from_cache(model, name) for name in ("model_index.json", "config.json"))
+        except (ValueError, OSError):
+            return False
+        index, config = (path if isinstance(path, str) else None for path in (index, config))
+    unet = _read_json(index).get("unet")
+    if isinstance(unet, list) and len(unet) == 2:
+        return unet[1] == "UNet2DModel"
+    return _read_json(config).get("_class_name") == "UNet2DModel"
+
+
+def refuse_pixel_ddpm(model: str) -> None:
+    """Raise one clear line when a pixel-space DDPM is given where Stable Diffusion is expected.
+
+    Raises:
+        ModelNotFoundError: ``model`` is a pixel DDPM (see :func:`is_pixel_ddpm`).
+    """
+    if is_pixel_ddpm(model):
+        raise ModelNotFoundError(
+            f"model '{model}' is a pixel-space DDPM (UNet2DModel), not a Stable Diffusion model; "
+            "pass a Stable Diffusion folder or id"
+        )
+
+
+def load_pixel_ddpm(
+    model: str, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> tuple[Any, Any]:
+    """Load a pixel-space diffusion model: a ``UNet2DModel`` and its ``DDPMScheduler``.
+
+    Accepts a ``DDPMPipeline`` folder or id (``unet/`` and ``scheduler/``, like
+    ``google/ddpm-celebahq-256``'s pipeline layout) or a bare ``UNet2DModel`` folder
+    (``config.json`` at the top, optionally ``scheduler_config.json``; without it, DiffPure's linear
+    betas 1e-4..0.02 over 1000 steps).
+
+    Returns:
+        ``(unet, scheduler)``: the UNet frozen in eval mode on ``device`` in ``dtype`` (default
+        float32); a ``DDPMScheduler`` built from the model's scheduler config.
+
+    Raises:
+        ModelNotFoundError: the model cannot be found or read, or it is not a pixel DDPM.
+
+    Example:
+        >>> unet, scheduler = load_pixel_ddpm("google/ddpm-ema-celebahq-256", device="cuda")
+    """
+    import torch
+
+    _prepare_imports()
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    local = _local_folder(str(model))
+    if local is not None and not is_pixel_ddpm(str(model)):
+        raise ModelNotFoundError(
+            f"model '{model}' is not a pixel-space DDPM (no UNet2DModel in model_index.json or config.json); "
+            "pass a DDPMPipeline folder or a UNet2DModel folder"
+        )
+    flat = local is not None and not (local / "unet").is_dir()
+    unet = _from_pretrained(UNet2DModel, str(model), subfolder=None if flat else "unet", dtype=dtype or torch.float32)
+    if flat and not (local / "scheduler_config.json").is_file():
+        scheduler = DDPMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000)
+    else:
+        scheduler = _from_pretrained(DDPMScheduler, str(model), subfolder=None if flat else "scheduler")
+    return unet.to(device).eval().requires_grad_(False), scheduler

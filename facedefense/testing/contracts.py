@@ -191,13 +191,33 @@ class DefenderContract(MethodContract):
 
 
 class PurifierContract(MethodContract):
-    """Contract of a :class:`~facedefense.Purifier`: shape/range, no mutation, determinism, gradient."""
+    """Contract of a :class:`~facedefense.Purifier`: shape/range, odd sizes kept, no mutation,
+    determinism, gradient, and :meth:`purify_differentiable` within ``differentiable_tolerance``
+    (mean absolute difference, [0, 1] units, same generator) of :meth:`purify`."""
+
+    odd_size: ClassVar[tuple[int, int]] = (56, 72)
+    #: Largest mean |purify - purify_differentiable| allowed (0 for exact or straight-through versions).
+    differentiable_tolerance: ClassVar[float] = 0.0
 
     kind: ClassVar[str] = "purifier"
 
     def test_output_contract(self, method: Any, images: Tensor) -> None:
+        import torch
+
+        out = method.purify(images)
+        assert out.shape == images.shape and out.dtype == torch.float32
+        assert out.min() >= 0 and out.max() <= 1
+
+    def test_keeps_odd_size(self, method: Any) -> None:
+        images = _images(1, *self.odd_size)
         out = method.purify(images)
         assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+
+    def test_differentiable_close_to_purify(self, method: Any, images: Tensor) -> None:
+        real = method.purify(images, generator=_generator(5))
+        approx = method.purify_differentiable(images, generator=_generator(5)).detach()
+        gap = (real - approx).abs().mean().item()
+        assert gap <= self.differentiable_tolerance + 1e-6, f"mean |purify - differentiable| = {gap:.4g}"
 
     def test_input_not_mutated(self, method: Any, images: Tensor) -> None:
         before = images.clone()

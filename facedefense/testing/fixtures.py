@@ -56,6 +56,12 @@ def tiny_upscaler_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _built(tmp_path_factory, "build_tiny_upscaler")
 
 
+@pytest.fixture(scope="session")
+def tiny_pixel_ddpm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny pixel-space DDPM folder (``UNet2DModel`` + DDPM scheduler)."""
+    return _built(tmp_path_factory, "build_tiny_pixel_ddpm")
+
+
 def _cache_key() -> str:
     """Hash of the library versions, the recipe and the source of everything that shapes the model."""
     from importlib.metadata import version

@@ -15,6 +15,8 @@ from facedefense_purifiers.jpeg import JPEG
 
 
 class TestJPEG(PurifierContract):
+    differentiable_tolerance = 0.02  # kornia's differentiable JPEG vs the libjpeg codec, mean |diff|
+
     def make_method(self, request):
         return JPEG(quality=50, device="cpu")
 
@@ -29,7 +31,7 @@ class TestSSIM(MetricContract):
         return SSIM(device="cpu")
 
 
-def test_jpeg_matches_pil_and_lower_quality_changes_more(face_images):
+def test_lower_jpeg_quality_changes_more(face_images):
     high = JPEG(quality=95, device="cpu").purify(face_images)
     low = JPEG(quality=10, device="cpu").purify(face_images)
     assert (high - face_images).abs().mean() < (low - face_images).abs().mean()
