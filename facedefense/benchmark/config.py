@@ -218,8 +218,8 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     base = path.parent
     protocol, overrides = _protocol(where, raw)
     model = _text(where, raw, "model") if "model" in raw else None
-    if model and _looks_local(model) and (base / model).exists():
-        model = str((base / model).resolve())
+    if model and (model.startswith((".", "/", "~")) or (base / model).exists()):
+        model = str((base / model).expanduser().resolve())
     resources = raw.get("resources", LinedDict())
     if not isinstance(resources, LinedDict):
         raise where.error(_line(raw, "resources"), "resources: is a mapping (gpus_per_stage: 1)")
@@ -250,10 +250,6 @@ def load_config(path: str | Path) -> BenchmarkConfig:
                     f"identity '{identity.name}' has no {protocol.reference_set} (the protocol's reference_set for set metrics such as ISM)",
                 )
     return config
-
-
-def _looks_local(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or "/" not in value or value.count("/") > 1
 
 
 def _text(where: _Where, mapping: LinedDict, key: str) -> str:
@@ -346,10 +342,14 @@ def _method(where: _Where, kind: str, item: Any, container: Any, index: int, ext
         line = item.line
     else:
         raise where.error(line, f"a {kind} is a name or a mapping with 'name:', got {item!r}")
+    registry = get_registry()
     try:
-        spec = get_registry().get(kind, name)
+        spec = registry.get(kind, name)
         cls = spec.load()
     except FaceDefenseError as exc:
+        for other in ("defender", "purifier", "personalizer", "editor", "metric"):
+            if other != kind and name in registry.names(other):
+                raise where.error(line, f"'{name}' is a {other}, not a {kind} (see `facedefense list {other}s`)") from None
         raise where.error(line, str(exc).splitlines()[0]) from None
     from facedefense.config import config_fields
 

@@ -162,17 +162,19 @@ class Planner:
         if entry.kind == "metric" and "face" in spec.tags:
             offer("backend", protocol.face_backend)
         options = {**derived, **entry.options}
-        fingerprint = self.fingerprint(entry, spec, cls, options)
+        fingerprint, resolved = self.fingerprint(entry, spec, cls, options)
         description = {
-            "kind": entry.kind, "name": entry.name, "label": entry.label, "options": options,
+            "kind": entry.kind, "name": entry.name, "label": entry.label, "options": options, "config": resolved,
             "fingerprint": fingerprint, "plugin": spec.plugin, "plugin_version": spec.version,
             "tags": list(spec.tags),
         }
         self.methods.setdefault(f"{entry.kind}:{entry.label}", description)
         return description
 
-    def fingerprint(self, entry: MethodEntry, spec: Any, cls: type, options: dict[str, Any]) -> str:
-        """``Method.fingerprint`` of the configured method, without building its networks."""
+    def fingerprint(self, entry: MethodEntry, spec: Any, cls: type, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """``Method.fingerprint`` of the configured method and its full configuration, without
+        building its networks (only the base ``Method.__init__`` runs: config checks, device)."""
+        from facedefense.config import config_to_dict
         from facedefense.interfaces.base import Method
 
         method = cls.__new__(cls)
@@ -182,7 +184,7 @@ class Planner:
             where = f"{self.config.path}:{entry.line}: " if entry.line else ""
             raise type(exc)(f"{where}{entry.kind} '{entry.label}': {str(exc).splitlines()[0]}") from None
         method.plugin, method.plugin_version = spec.plugin, spec.version
-        return method.fingerprint()
+        return method.fingerprint(), config_to_dict(method.config)
 
     def _method_facts(self, method: dict[str, Any]) -> dict[str, Any]:
         signatures = {k: local_signature(v) for k, v in method["options"].items()}
@@ -238,7 +240,8 @@ class Planner:
         }
 
     def _protect(self, identity: Identity, defender: Any, share: float, seed: int) -> str:
-        spec = {"identity": self._identity_spec(identity), "share": share, "defender": defender.label}
+        shown = defender.label + (f"@{share:g}" if share not in (0.0, 1.0) else "")
+        spec = {"identity": self._identity_spec(identity), "share": share, "defender": shown}
         facts: dict[str, Any] = {
             "set_B": self.files.shas(identity.set_b), "share": share,
             "prompts": [self.config.protocol.instance_prompt, self.config.protocol.class_prompt],
@@ -253,7 +256,7 @@ class Planner:
             spec["method"] = method
             facts["method"] = self._method_facts(method)
             facts["set_A"] = self.files.shas(identity.sets.get("set_A", ()))
-        label = f"protect {identity.name} with {defender.label}" + (f" ({share:g})" if share not in (0.0, 1.0) else "")
+        label = f"protect {identity.name} with {shown}"
         return self.add("protect", label, facts, (), spec, self._gpus(method))
 
     def _purify(self, identity: Identity, protect: str, chain: Any, seed: int) -> str:

@@ -135,9 +135,15 @@ def _by_size(images: list[Tensor], apply: Any) -> list[Tensor]:
 
 def run_stage(stage: Stage, cache: Cache, methods: MethodCache, kinds: dict[str, str]) -> dict[str, Any]:
     """Compute one stage into the cache (``kinds`` maps each dependency key to its stage kind)."""
+    import time
+
+    started = time.perf_counter()
     with cache.writing(stage) as folder:
         info = RUNNERS[stage.kind](stage, folder, cache, methods, kinds)
-        info = {"kind": stage.kind, "key": stage.key, "label": stage.label, "deps": list(stage.deps), **info}
+        info = {
+            "kind": stage.kind, "key": stage.key, "label": stage.label, "deps": list(stage.deps),
+            "seconds": round(time.perf_counter() - started, 3), **info,
+        }
         (folder / STAGE_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n", encoding="utf-8")
     return info
 
