@@ -168,6 +168,10 @@ class Planner:
             "fingerprint": fingerprint, "plugin": spec.plugin, "plugin_version": spec.version,
             "tags": list(spec.tags),
         }
+        if entry.kind == "metric":
+            description["protected_if"] = cls.protection_direction()
+            description["pairing"] = cls.pairing
+            description["higher_is_better"] = cls.higher_is_better
         self.methods.setdefault(f"{entry.kind}:{entry.label}", description)
         return description
 
@@ -216,13 +220,13 @@ class Planner:
                             input_scores = {
                                 entry.label: self._score(identity, "input", purify, method, [str(p) for p in identity.set_b], (), seed)
                                 for entry, method in metrics
-                                if method_pairing(method) == "paired"
+                                if method["pairing"] == "paired"
                             }
                             for attack in config.attacks:
                                 train, output, prompts = self._attack(identity, purify, attack, seed)
                                 scores = dict(input_scores)
                                 for entry, method in metrics:
-                                    if method_pairing(method) != "paired":
+                                    if method["pairing"] != "paired":
                                         scores[entry.label] = self._score(identity, "generated", output, method, references, prompts, seed)
                                 self.cells.append(
                                     Cell(identity.name, defender.label, share, chain.label, attack.label, seed,
@@ -295,14 +299,8 @@ class Planner:
         facts = {"metric": self._method_facts(method), "target": target, "references": self.files.shas(references)}
         spec = {"metric": method, "target": target, "references": references}
         heavy = bool({"needs_model", "face"} & set(method["tags"]))
-        label = f"score {method['label']} on {self.stages[source].label.split(' ', 1)[1]}"
+        label = f"score {method['label']} on {self.stages[source].label}"
         return self.add("score", label, facts, (source,), spec, self.config.gpus_per_stage if heavy else 0.0)
-
-
-def method_pairing(method: dict[str, Any]) -> str:
-    from facedefense.registry import get_registry
-
-    return getattr(get_registry().load("metric", method["name"]), "pairing", "none")
 
 
 def protected_count(share: float, total: int) -> int:

@@ -72,15 +72,17 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
     return mean, spread, len(finite)
 
 
-def _number(value: float) -> str:
+def _number(value: float, digits: int = 4) -> str:
     if math.isnan(value):
         return "n/a"
     if math.isinf(value):
         return "∞" if value > 0 else "-∞"
-    return f"{value:.4g}"
+    return f"{value:.{digits}g}"
 
 
-def render_report(config: BenchmarkConfig, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
+def render_report(
+    config: BenchmarkConfig, rows: Sequence[dict[str, Any]], summary: dict[str, Any], methods: dict[str, dict[str, Any]]
+) -> str:
     """The report: per attack, rows defenders x purifiers, columns metrics per prompt (mean ± spread
     over identities and seeds), and per defender the worst case over the purifier chains."""
     protocol = config.protocol
@@ -93,8 +95,11 @@ def render_report(config: BenchmarkConfig, rows: Sequence[dict[str, Any]], summa
         "",
         f"{len(config.identities)} identit{'y' if len(config.identities) == 1 else 'ies'} "
         f"({', '.join(i.name for i in config.identities)}), seeds {', '.join(map(str, config.seeds))}; "
-        f"values are mean ± standard deviation over identities and seeds (n in the legend when it varies). "
-        f"Arrows give the direction that means *protected*. "
+        f"values are mean ± standard deviation over identities and seeds. "
+        f"Arrows give the direction that means *protected*, except in \"(input)\" columns, which compare the "
+        f"attacker's input (protected, then purified) with the clean photos and whose arrows point to less "
+        f"visible changes; **worst case** is, per column, the purifier chain "
+        f"an adversary would pick. "
         f"Stages: {summary['stages']} ({summary['computed']} computed, {summary['cached']} cached, {summary['failed']} failed, {summary['skipped']} skipped).",
         "",
     ]
@@ -103,11 +108,13 @@ def render_report(config: BenchmarkConfig, rows: Sequence[dict[str, Any]], summa
         attack_rows = [row for row in ok if row["attack"] == attack.label]
         prompts = list(attack.prompts or protocol.prompts)
         columns: list[tuple[str, str | None, str]] = []
+        directions = {metric.label: methods[f"metric:{metric.label}"]["protected_if"] for metric in config.metrics}
+        inputs = set()
         for metric in config.metrics:
-            metric_rows = [row for row in attack_rows if row["metric"] == metric.label]
-            direction = next((row.get("protected_if") for row in metric_rows if row.get("protected_if")), None)
-            arrow = ARROWS.get(direction or "", "")
-            if any(row["target"] == "input" for row in metric_rows):
+            arrow = ARROWS[directions[metric.label]]
+            if methods[f"metric:{metric.label}"].get("pairing") == "paired":
+                inputs.add(metric.label)
+                arrow = ARROWS["higher" if methods[f"metric:{metric.label}"]["higher_is_better"] else "lower"]
                 columns.append((metric.label, None, f"{metric.label} {arrow} (input)"))
             else:
                 columns += [(metric.label, prompt, f"{metric.label} {arrow} P{index + 1}") for index, prompt in enumerate(prompts)]
@@ -126,9 +133,9 @@ def render_report(config: BenchmarkConfig, rows: Sequence[dict[str, Any]], summa
                 cells = []
                 for index, (metric, prompt, _) in enumerate(columns):
                     mean, spread, count = _stats(groups.get((defender, chain.label, f"{metric}\x00{prompt}"), []))
-                    cells.append("n/a" if count == 0 else f"{_number(mean)} ± {_number(spread)}" if count > 1 else _number(mean))
-                    direction = next((r.get("protected_if") for r in attack_rows if r["metric"] == metric), "higher")
-                    if count:
+                    cells.append("n/a" if count == 0 else f"{_number(mean)} ± {_number(spread, 2)}" if count > 1 else _number(mean))
+                    direction = directions[metric]
+                    if count and metric not in inputs:
                         score = mean if direction == "higher" else -mean  # the adversary picks the least protected
                         if len(worst) <= index:
                             worst += [(math.inf, "")] * (index + 1 - len(worst))
@@ -138,21 +145,24 @@ def render_report(config: BenchmarkConfig, rows: Sequence[dict[str, Any]], summa
             if len(config.purifiers) > 1 and defender.split(" (")[0] != NONE:
                 cells = []
                 for index, (metric, _, _) in enumerate(columns):
-                    if index < len(worst) and worst[index][1]:
-                        direction = next((r.get("protected_if") for r in attack_rows if r["metric"] == metric), "higher")
-                        value = worst[index][0] if direction == "higher" else -worst[index][0]
+                    if metric in inputs:
+                        cells.append("")
+                    elif index < len(worst) and worst[index][1]:
+                        value = worst[index][0] if directions[metric] == "higher" else -worst[index][0]
                         cells.append(f"**{_number(value)}** ({worst[index][1]})")
                     else:
                         cells.append("n/a")
                 lines.append(f"| {defender} | **worst case** | " + " | ".join(cells) + " |")
         lines += ["", *(f"P{index + 1}: \"{prompt}\"" + ("  " if index < len(prompts) - 1 else "") for index, prompt in enumerate(prompts)), ""]
-    failures = [row for row in rows if row["status"] != "ok"]
+    failures: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for row in rows:
+        if row["status"] != "ok":
+            failures[(str(row.get("origin", "")), str(row.get("error", "")))].add(row["cell"])
     if failures:
-        lines += ["## Failures", "", "| cell | metric | stage | error |", "|---|---|---|---|"]
-        for row in failures:
-            error = str(row.get("error", "")).replace("|", "\\|")
-            origin = str(row.get("origin", "")).replace("|", "\\|")
-            lines.append(f"| {row['cell']} | {row['metric']} | {origin} | {error} |")
+        lines += ["## Failures", "", "The failing stages (not cached: the next run tries them again) and the cells they cost.", ""]
+        lines += ["| failed stage | error | cells |", "|---|---|---|"]
+        for (origin, error), cells_hit in failures.items():
+            lines.append(f"| {origin.replace('|', '/')} | {error.replace('|', '/')} | {len(cells_hit)} |")
         lines.append("")
     lines += ["Per-image values, methods (fingerprints, options) and stage keys: `results.jsonl`. Example images: `examples.png`.", ""]
     return "\n".join(lines)

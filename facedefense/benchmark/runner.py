@@ -88,7 +88,7 @@ def run_benchmark(
     }
     rows = collect_rows(config, cells, outcomes, store, methods)
     write_results(rows, output / "results.jsonl")
-    _write_text(output / "report.md", render_report(config, rows, summary))
+    _write_text(output / "report.md", render_report(config, rows, summary, methods))
     kinds = {stage.key: stage.kind for stage in stages}
     write_examples(cells, store, kinds, output, per_prompt=config.examples)
     summary["seconds"] = round(time.perf_counter() - started, 2)
