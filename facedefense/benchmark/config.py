@@ -325,7 +325,8 @@ def _protocol(where: _Where, raw: LinedDict) -> tuple[Protocol, dict[str, Any]]:
 
 
 def _method(where: _Where, kind: str, item: Any, container: Any, index: int, extra: Sequence[str] = ()) -> MethodEntry:
-    """``name`` or ``{name: NAME, options: {...}, label: ...}``; the name is looked up in the registry."""
+    """``name`` or ``{name: NAME, options: {...}, label: ...}``; the name is looked up in the registry.
+    Option values starting with ``./`` or ``../`` are paths relative to the config file."""
     from facedefense.registry import get_registry
 
     line = _line(container, index)
@@ -359,7 +360,9 @@ def _method(where: _Where, kind: str, item: Any, container: Any, index: int, ext
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise where.error(_line(options, key, line), f"{kind} '{name}' has no option '{key}'{hint}")
-    return MethodEntry(kind, spec.name, {str(k): _plain(v) for k, v in options.items()}, label, line)
+    values = {str(k): _plain(v) for k, v in options.items()}
+    values = {k: str((where.path.parent / v).resolve()) if isinstance(v, str) and v.startswith(("./", "../")) else v for k, v in values.items()}
+    return MethodEntry(kind, spec.name, values, label, line)
 
 
 def _plain(value: Any) -> Any:

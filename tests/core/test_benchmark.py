@@ -135,6 +135,9 @@ def _setup(tmp_path: Path, text: str = GRID, identities: int = 1) -> Path:
     return tmp_path / "bench.yaml"
 
 
+SMALL = GRID.replace("protected_share: [1.0, 0.5]", "protected_share: [1.0]")
+
+
 def _values(output: Path) -> list[tuple]:
     rows = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
     return [(r["cell"], r["metric"], r["prompt"], r["status"], r["per_image"]) for r in rows]
@@ -168,7 +171,7 @@ def test_grid_runs_through_the_cli_then_finishes_from_the_cache(tmp_path, method
     # one protection per identity/defender/share serves both purifiers: 5 protect stages, not 10
     assert len(list((out / "cache" / "protect").iterdir())) == 5
     report = (out / "report.md").read_text()
-    assert "| defender | purifier | psnr ↓ (input) | bench_color ↑ P1 | bench_color ↑ P2 |" in report
+    assert "| defender | purifier | psnr ↑ (input) | bench_color ↑ P1 | bench_color ↑ P2 |" in report
     assert "| bench_noise | **worst case** |" in report and "| none | none |" in report
     assert (out / "examples.png").is_file() and len(list((out / "examples").glob("*.png"))) == 10
 
@@ -181,18 +184,17 @@ def test_grid_runs_through_the_cli_then_finishes_from_the_cache(tmp_path, method
 
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, methods):
-    config = _setup(tmp_path)
+    config = _setup(tmp_path, SMALL)
     reference = run_benchmark(config, tmp_path / "reference")
-    assert CALLS["fit"] == 10
+    assert CALLS["fit"] == 6
     CALLS.update(fit=0, interrupt_at=4)
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(config, tmp_path / "out")
-    assert not list((tmp_path / "out" / "cache" / "train").glob("*/stage.json")) or len(
-        list((tmp_path / "out" / "cache" / "train").glob("*/stage.json"))
-    ) == 3
+    assert len(list((tmp_path / "out" / "cache" / "train").glob("*/stage.json"))) == 3
+    assert not list((tmp_path / "out" / "cache" / "train").glob(".*"))  # nothing half-written looks finished
     CALLS.update(fit=0, interrupt_at=0)
     resumed = run_benchmark(config, tmp_path / "out")
-    assert CALLS["fit"] == 7  # the 3 trainings finished before the interruption are reused
+    assert CALLS["fit"] == 3  # the 3 trainings finished before the interruption are reused
     assert resumed["cached"] > 0 and resumed["stages"] == reference["stages"]
     assert _values(tmp_path / "out") == _values(tmp_path / "reference")
 
@@ -200,7 +202,7 @@ def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, metho
 def test_a_failing_cell_is_recorded_and_the_rest_continue(tmp_path, methods):
     from facedefense.cli import build_app
 
-    config = _setup(tmp_path, GRID.replace("  - name: bench_noise", "  - name: bench_noise\n  - bench_broken"))
+    config = _setup(tmp_path, SMALL.replace("  - name: bench_noise", "  - name: bench_noise\n  - bench_broken"))
     result = CliRunner().invoke(build_app(), ["benchmark", str(config), "--output", str(tmp_path / "out"), "--no-progress"])
     assert result.exit_code == 1
     assert "cell(s) failed" in result.output and "the surrogate diverged" in result.output
@@ -217,15 +219,15 @@ def test_a_new_method_version_recomputes_its_stages(tmp_path, methods):
 
     from facedefense.registry import get_registry
 
-    config = _setup(tmp_path)
+    config = _setup(tmp_path, SMALL)
     run_benchmark(config, tmp_path / "out")
-    assert CALLS["fit"] == 10
+    assert CALLS["fit"] == 6
     specs = get_registry().specs["personalizer"]
     specs["bench_mean"] = dataclasses.replace(specs["bench_mean"], version="2")  # the plugin was upgraded
     summary = run_benchmark(config, tmp_path / "out")
-    assert CALLS["fit"] == 20  # every training (and what follows it) again
-    # protections and purifications (10 stages) and the input metrics (10) are still valid
-    assert summary["cached"] == 5 + 10 + 10
+    assert CALLS["fit"] == 12  # every training (and what follows it) again
+    # protections (3), purifications (6) and the input metrics (6) are still valid
+    assert summary["cached"] == 3 + 6 + 6 and summary["computed"] == summary["stages"] - 15
 
 
 @pytest.mark.parametrize(
@@ -289,10 +291,10 @@ attacks:
   - editor: sdedit
     options: {{steps: 2, resolution: 32}}
     instructions: ["a painting of a person"]
-metrics: [psnr, ssim]
+metrics: [psnr]
 """
     config = _setup(tmp_path, text)
     local = run_benchmark(config, tmp_path / "local")
-    distributed = run_benchmark(config, tmp_path / "ray", executor="ray", num_cpus=2)
-    assert distributed["computed"] == local["computed"] == local["stages"] and distributed["failed"] == 0
+    distributed = run_benchmark(config, tmp_path / "ray", executor="ray", num_cpus=1)  # one worker: one model load
+    assert distributed["failures"] == [] and distributed["computed"] == local["computed"] == local["stages"]
     assert _values(tmp_path / "ray") == _values(tmp_path / "local")
