@@ -7,6 +7,7 @@ the grid goes on. Failed stages are not cached: the next run tries them again.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ def _attempt(stage: Stage, root: str, methods: MethodCache, kinds: dict[str, str
     try:
         run_stage(stage, Cache(root), methods, kinds)
     except Exception as exc:  # noqa: BLE001 - one cell's failure must not stop the grid
-        if "FACEDEFENSE_BENCHMARK_TRACEBACK" in __import__("os").environ:
+        if os.environ.get("FACEDEFENSE_BENCHMARK_TRACEBACK"):
             traceback.print_exc(file=sys.stderr)
         return {"status": "failed", "error": _error_line(exc), "origin": stage.label}
     return {"status": "done"}

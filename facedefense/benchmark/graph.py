@@ -308,8 +308,21 @@ def protected_count(share: float, total: int) -> int:
     return 0 if share <= 0 else max(1, min(total, math.floor(share * total + 0.5)))
 
 
+def _method_of(stage: Stage) -> str:
+    spec = stage.spec
+    method = spec.get("method") or spec.get("metric") or (spec.get("chain") or [{}])[0]
+    return str(method.get("fingerprint", ""))
+
+
 def plan(config: BenchmarkConfig) -> tuple[list[Stage], list[Cell], dict[str, dict[str, Any]]]:
-    """The stages (in an order where each comes after the stages it reads) and the cells of the grid."""
+    """The stages and the cells of the grid.
+
+    The stages come kind by kind (protect, purify, train, generate, edit, score: each kind reads
+    only earlier kinds, so this is an order where every stage follows the stages it reads), and
+    within a kind grouped by method, so consecutive stages reuse a loaded model.
+    """
     planner = Planner(config)
     stages, cells = planner.build()
+    order = {kind: index for index, kind in enumerate(KINDS)}
+    stages.sort(key=lambda stage: (order[stage.kind], _method_of(stage)))
     return stages, cells, planner.methods
