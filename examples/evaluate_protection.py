@@ -19,11 +19,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--quality", type=int, default=75, help="JPEG quality of the purification")
     parser.add_argument("--output", type=Path, help="also save protected.png and purified.png here")
+    parser.add_argument("--resolution", type=int, default=512, help="short side the model sees (pixels)")
     args = parser.parse_args()
 
     loaded = load_image(args.image)  # EXIF orientation applied; alpha and ICC profile kept aside
     original = loaded.pixels  # (1, 3, H, W) float32 in [0, 1]
-    protected = facedefense.create("defender", "photoguard", model=args.model, steps=args.steps).protect(original)
+    defender = facedefense.create("defender", "photoguard", model=args.model, steps=args.steps, resolution=args.resolution)
+    protected = defender.protect(original)
     jpeg = facedefense.create("purifier", "jpeg", quality=args.quality)
     purified = jpeg.purify(protected.images)
     psnr, ssim = facedefense.create("metric", "psnr"), facedefense.create("metric", "ssim")

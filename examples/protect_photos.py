@@ -24,11 +24,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resolution", type=int, default=512, help="short side the model sees (pixels)")
     args = parser.parse_args()
 
     defender = facedefense.create(
-        "defender", "photoguard", model=args.model, eps=args.eps, steps=args.steps, device=args.device, seed=args.seed
-    )
+        "defender", "photoguard", model=args.model, eps=args.eps, steps=args.steps, device=args.device,
+        seed=args.seed, resolution=args.resolution,
+    )  # fmt: skip
     report = protect_files(defender, args.inputs, args.output)
     for entry in report.succeeded:
         print(f"{entry['output']}: max change {entry['linf_gray_levels']:.0f} gray levels")

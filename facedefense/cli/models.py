@@ -62,6 +62,9 @@ def demo(
     ] = None,
     steps: Annotated[int, typer.Option(help="Optimization steps.")] = 5,
     eps: Annotated[str, typer.Option(help="Budget in [0,1] units.")] = "8/255",
+    option: Annotated[
+        list[str] | None, typer.Option("-o", "--option", help="Defender option key=value (repeatable).")
+    ] = None,
 ) -> None:
     """Protect sample portraits with a tiny model built on the spot (a pipeline demo, offline)."""
     from facedefense.batch import protect_files
@@ -88,9 +91,12 @@ def demo(
         if not tagged:
             raise ConfigError("no defender is registered for the demo (tag 'demo'); pass --method NAME")
         method = tagged[0]
-    defender = registry.create(
-        "defender", method, model=str(model_dir), eps=parse_budget(eps), steps=steps, device="cpu", dtype="float32"
-    )
+    from facedefense.config import config_fields, parse_option_pairs
+
+    fields = config_fields(registry.load("defender", method).Config)
+    offered = {"model": str(model_dir), "eps": parse_budget(eps), "steps": steps, "device": "cpu", "dtype": "float32"}
+    options = {key: value for key, value in offered.items() if key in fields}  # only what the method has
+    defender = registry.create("defender", method, **{**options, **parse_option_pairs(option)})
     protected = output / "protected"
     report = protect_files(defender, inputs, protected, progress=progress_default())
     typer.echo(f"protected {len(report.succeeded)} image(s) into {protected}")

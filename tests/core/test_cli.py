@@ -153,7 +153,7 @@ def test_make_tiny_model(tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path, png_folder):
-    result = invoke("demo", png_folder, "--output", tmp_path / "demo", "--steps", "1")
+    result = invoke("demo", png_folder, "--output", tmp_path / "demo", "--steps", "1", "-o", "resolution=64")
     assert result.exit_code == 0, result.output
     assert "DEMO" in result.stderr and "psnr" in result.stdout
     assert sorted(p.name for p in (tmp_path / "demo" / "protected").glob("*.png")) == ["a.png", "b.png", "c.png"]

@@ -23,14 +23,17 @@ def test_scripts_stay_short():
 
 
 def test_protect_photos(tmp_path, png_folder, tiny_sd_path):
-    out = run("protect_photos.py", str(png_folder), str(tmp_path / "out"), "--model", str(tiny_sd_path), "--steps", "1")
+    out = run(
+        "protect_photos.py", str(png_folder), str(tmp_path / "out"), "--model", str(tiny_sd_path), "--steps", "1",
+        "--resolution", "64",
+    )  # fmt: skip
     assert "a.png: max change" in out and (tmp_path / "out" / "facedefense.json").exists()
 
 
 def test_evaluate_protection(tmp_path, png_folder, tiny_sd_path):
     out = run(
         "evaluate_protection.py", str(png_folder / "a.png"), "--model", str(tiny_sd_path), "--steps", "1",
-        "--output", str(tmp_path / "saved"),
+        "--output", str(tmp_path / "saved"), "--resolution", "64",
     )  # fmt: skip
     assert "PSNR" in out and "budget: max change" in out and "JPEG keeps" in out
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["protected.png", "purified.png"]

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+import facedefense
+from facedefense.checkpoints import save_checkpoint, sidecar_path
 from facedefense.errors import ConfigError, ModelNotFoundError
 from facedefense.testing.contracts import DefenderContract
-from facedefense.checkpoints import save_checkpoint, sidecar_path
 from facedefense_amortized.gap_diff import GAPDiff
 from facedefense_amortized.networks import RID_ARCHITECTURE, GAPGenerator, PerturbationDiT
 from facedefense_amortized.rid import RID
@@ -167,6 +168,20 @@ class TestGAPDiffContract(DefenderContract):
     def make_method(self, request):
         path, _ = request.getfixturevalue("gap_checkpoint")
         return GAPDiff(checkpoint=str(path), device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("method", ["rid", "gap_diff"])
+def test_perturbation_depends_on_the_image(method, rid_checkpoint, gap_checkpoint, face_images):
+    """Their objective needs SD models, so no "beats noise" check: at least the network must look at
+    the photo (a constant pattern would protect nothing), and the trainable module is kept."""
+    path, _ = rid_checkpoint if method == "rid" else gap_checkpoint
+    defender = facedefense.create("defender", method, checkpoint=str(path), device="cpu")
+    first, second = face_images[:1], face_images[1:2]
+    delta_first = defender.protect(first).images - first
+    delta_second = defender.protect(second).images - second
+    assert (delta_first - delta_second).abs().mean() > 1 / 255
+    assert isinstance(defender.network, torch.nn.Module) and sum(p.numel() for p in defender.network.parameters()) > 0
+    assert defender.plugin == "amortized"
 
 
 # --- checkpoints and budgets ------------------------------------------------------------------------
