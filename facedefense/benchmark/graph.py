@@ -95,10 +95,16 @@ class _Files:
         return [self.sha(Path(p)) for p in paths]
 
 
-def local_signature(value: Any) -> Any:
-    """For an option naming a local file or folder: its files' names, sizes and modification times.
+#: Files whose sizes and modification times enter the stage keys when an option names their folder.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".dat", ".pkl", ".npz", ".npy")
 
-    A model rebuilt in place at the same path then changes the stage keys that use it.
+
+def local_signature(value: Any) -> Any:
+    """For an option naming a local weights file or a folder holding weights: their names, sizes and
+    modification times (a model rebuilt in place at the same path then changes the stage keys).
+
+    Only weight files count: a folder that a method writes into as it runs (a class-image cache)
+    must not change the keys of the stages that use it.
     """
     if not isinstance(value, str) or not value or "\n" in value:
         return None
@@ -108,8 +114,9 @@ def local_signature(value: Any) -> Any:
             stat = path.stat()
             return [stat.st_size, stat.st_mtime_ns]
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())[:5000]
-            return digest([[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+            files = sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())[:5000]
+            if files:
+                return digest([[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
     except OSError:
         return None
     return None

@@ -298,3 +298,18 @@ metrics: [psnr]
     distributed = run_benchmark(config, tmp_path / "ray", executor="ray", num_cpus=1)  # one worker: one model load
     assert distributed["failures"] == [] and distributed["computed"] == local["computed"] == local["stages"]
     assert _values(tmp_path / "ray") == _values(tmp_path / "local")
+
+
+def test_stage_keys_follow_model_weights_not_folders_a_method_writes_into(tmp_path):
+    from facedefense.benchmark.graph import local_signature
+
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "weights.safetensors").write_bytes(b"0" * 10)
+    (model / "model_index.json").write_text("{}")
+    before = local_signature(str(model))
+    (model / "model_index.json").write_text('{"touched": true}')  # configs and caches do not count
+    assert local_signature(str(model)) == before
+    (model / "unet" / "weights.safetensors").write_bytes(b"1" * 11)  # rebuilt weights do
+    assert local_signature(str(model)) != before
+    assert local_signature(str(tmp_path / "missing")) is None and local_signature("a photo of sks person") is None
