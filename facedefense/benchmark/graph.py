@@ -21,7 +21,7 @@ from facedefense.benchmark.config import NONE, BenchmarkConfig, Identity, Method
 from facedefense.errors import FaceDefenseError
 
 #: Bumped when a stage's on-disk layout changes (every cached stage is then recomputed).
-STAGE_FORMAT = 1
+STAGE_FORMAT = 2
 KINDS = ("protect", "purify", "train", "generate", "edit", "score")
 
 

@@ -137,6 +137,7 @@ def run_stage(stage: Stage, cache: Cache, methods: MethodCache, kinds: dict[str,
     """Compute one stage into the cache (``kinds`` maps each dependency key to its stage kind)."""
     import time
 
+    seed_globals(stage.key)
     started = time.perf_counter()
     with cache.writing(stage) as folder:
         info = RUNNERS[stage.kind](stage, folder, cache, methods, kinds)
@@ -146,6 +147,21 @@ def run_stage(stage: Stage, cache: Cache, methods: MethodCache, kinds: dict[str,
         }
         (folder / STAGE_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n", encoding="utf-8")
     return info
+
+
+def seed_globals(key: str) -> None:
+    """Seed the process-wide generators (torch, numpy, random) from the stage key, so a stage gives
+    the same output whatever ran before it in the process (methods that draw from the global
+    generator, e.g. a LoRA adapter's initialization, become reproducible too)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = int(key[:8], 16)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _protect(stage: Stage, folder: Path, cache: Cache, methods: MethodCache, kinds: dict[str, str]) -> dict[str, Any]:
