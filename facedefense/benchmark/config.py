@@ -179,6 +179,7 @@ class BenchmarkConfig:
     model: str | None = None
     device: str | None = None
     gpus_per_stage: float = 1.0
+    cpus_per_stage: int | None = None
     examples: int = 2
     protocol_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -223,7 +224,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     resources = raw.get("resources", LinedDict())
     if not isinstance(resources, LinedDict):
         raise where.error(_line(raw, "resources"), "resources: is a mapping (gpus_per_stage: 1)")
-    where.check_keys(resources, ("gpus_per_stage",), "resources")
+    where.check_keys(resources, ("gpus_per_stage", "cpus_per_stage"), "resources")
     identities = _identities(where, raw, base)
     config = BenchmarkConfig(
         path=path,
@@ -238,6 +239,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
         model=model,
         device=_text(where, raw, "device") if "device" in raw else None,
         gpus_per_stage=_number(where, resources, "gpus_per_stage", 1.0),
+        cpus_per_stage=int(_number(where, resources, "cpus_per_stage", 0)) or None,
         examples=int(_number(where, raw, "examples", 2)),
         protocol_overrides=overrides,
     )

@@ -96,7 +96,7 @@ def run_ray(
                 progress(stage, outcomes[stage.key])
                 continue
             gpus = stage.gpus if has_gpus else 0
-            ref = task.options(num_gpus=gpus, num_cpus=1, max_retries=0, name=stage.kind).remote(
+            ref = task.options(num_gpus=gpus, num_cpus=stage.threads or 1, max_retries=0, name=stage.kind).remote(
                 stage, str(cache.root), kinds_ref, *[refs[d] for d in stage.deps]
             )
             refs[stage.key] = ref

@@ -36,6 +36,9 @@ class Stage:
         deps: keys of the stages whose outputs it reads.
         spec: what the worker needs (paths, method names and options, prompts), JSON-able.
         gpus: GPUs a Ray task of this stage asks for (0 for file shuffling and light metrics).
+        threads: CPU threads the stage uses (``torch.set_num_threads``) and a Ray task asks for;
+            None: torch's default in-process, one CPU on Ray. Fixing it makes CPU results identical
+            across executors (float sums depend on the thread count).
     """
 
     kind: str
@@ -44,6 +47,7 @@ class Stage:
     deps: tuple[str, ...]
     spec: dict[str, Any]
     gpus: float = 0.0
+    threads: int | None = None
 
 
 @dataclass
@@ -207,7 +211,7 @@ class Planner:
     def add(self, kind: str, label: str, facts: dict[str, Any], deps: tuple[str, ...], spec: dict[str, Any], gpus: float) -> str:
         key = digest({"format": STAGE_FORMAT, "kind": kind, "facts": facts, "deps": deps})
         if key not in self.stages:
-            self.stages[key] = Stage(kind, key, label, deps, spec, gpus)
+            self.stages[key] = Stage(kind, key, label, deps, spec, gpus, self.config.cpus_per_stage)
         return key
 
     # -- the grid ----------------------------------------------------------------------------

@@ -138,6 +138,10 @@ def run_stage(stage: Stage, cache: Cache, methods: MethodCache, kinds: dict[str,
     import time
 
     seed_globals(stage.key)
+    if stage.threads:
+        import torch
+
+        torch.set_num_threads(stage.threads)
     started = time.perf_counter()
     with cache.writing(stage) as folder:
         info = RUNNERS[stage.kind](stage, folder, cache, methods, kinds)
