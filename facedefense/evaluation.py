@@ -17,11 +17,11 @@ from facedefense.io import LoadedImage, collect_images, iter_images
 
 
 def pair_by_stem(generated: Sequence[Path], references: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[Path]]:
-    """Pair each generated image with the reference of the same file stem; return pairs and orphans."""
-    by_stem = {path.stem: path for path in references}
-    pairs = [(path, by_stem[path.stem]) for path in generated if path.stem in by_stem]
-    orphans = [path for path in generated if path.stem not in by_stem]
-    return pairs, orphans
+    """Pair each generated image with the reference of the same file stem; return pairs and orphans
+    (:func:`facedefense.pairing.pair_by_pattern` with other name patterns)."""
+    from facedefense.pairing import pair_by_pattern
+
+    return pair_by_pattern(generated, references)
 
 
 def _load_all(paths: Sequence[Path], failures: list[dict[str, str]]) -> dict[Path, LoadedImage]:
@@ -49,6 +49,7 @@ def evaluate_folder(
     prompts: str | Sequence[str] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     device: str | None = None,
+    match: str = "{stem}",
 ) -> dict[str, Any]:
     """Score every image of ``generated`` with each metric.
 
@@ -60,6 +61,8 @@ def evaluate_folder(
         prompts: for metrics that need prompts: one for all images, or one per image.
         options: per-metric options, ``{"ism": {"backend": "dlib"}}``.
         device: device for the metrics (default: each metric's own default).
+        match: how a generated file's stem is built from its reference's, for paired metrics:
+            ``"{stem}"`` (same names, default), ``"noisy_{stem}"`` (MetaCloak's release), ...
 
     Returns:
         ``{"generated", "reference", "metrics": {name: {value, higher_is_better, protected_if,
@@ -67,8 +70,10 @@ def evaluate_folder(
 
     Raises:
         ConfigError: a metric needs references or prompts that were not given.
-        ImageError: nothing to score, or no image pairs with a reference.
+        ImageError: nothing to score, or no image pairs with a reference (the message lists the
+            unmatched names).
     """
+    from facedefense.pairing import pair_by_pattern
     from facedefense.registry import get_registry
 
     registry = get_registry()
@@ -98,9 +103,15 @@ def evaluate_folder(
         paths = list(images)
         refs = None
         if metric.pairing == "paired":
-            pairs, orphans = pair_by_stem(paths, list(references))
+            pairs, orphans = pair_by_pattern(paths, list(references), match)
+            if not pairs:
+                shown = ", ".join(p.name for p in orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+                raise ImageError(
+                    f"metric '{name}' pairs images by name (--match '{match}'), but none of {generated} matches "
+                    f"a reference in {reference}: unmatched {shown}"
+                )
             for orphan in orphans:
-                failures.append({"input": str(orphan), "error": f"{orphan.name}: no reference with stem '{orphan.stem}' ({name})"})
+                failures.append({"input": str(orphan), "error": f"{orphan.name}: no reference matching '{match}' ({name})"})
             sized = [(g, r) for g, r in pairs if images[g].size == references[r].size]
             for g, r in pairs:
                 if images[g].size != references[r].size:
@@ -132,6 +143,54 @@ def evaluate_folder(
         "reference": str(reference) if reference is not None else None,
         "metrics": summary,
         "failures": _unique(failures),
+    }
+
+
+def evaluate_identities(
+    generated: str | Path,
+    reference: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`evaluate_folder` per identity when ``generated`` holds one subfolder per person.
+
+    References come from the subfolder of ``reference`` with the same name, or from ``reference``
+    itself when it has no subfolders (see :func:`facedefense.pairing.identity_groups`). With a
+    single folder of images this is :func:`evaluate_folder` plus ``"identities"``.
+
+    Args:
+        generated, reference, metrics: as :func:`evaluate_folder`.
+        kwargs: ``prompts``, ``options``, ``device``, ``match`` of :func:`evaluate_folder`.
+
+    Returns:
+        ``{"generated", "reference", "identities": {name: evaluate_folder result}, "metrics": {name:
+        {value: mean over identities, ..., "identities": count}}, "failures": [...]}``.
+    """
+    from facedefense.pairing import identity_groups
+
+    groups = identity_groups(generated, reference)
+    per_identity = {group.name: evaluate_folder(group.generated, group.reference, metrics, **kwargs) for group in groups}
+    if len(per_identity) == 1:
+        (only,) = per_identity.values()
+        return {**only, "identities": per_identity}
+    summary: dict[str, Any] = {}
+    for name in next(iter(per_identity.values()))["metrics"]:
+        entries = [result["metrics"][name] for result in per_identity.values()]
+        defined = [e["value"] for e in entries if not math.isnan(e["value"])]
+        summary[name] = {
+            **{key: entries[0][key] for key in ("higher_is_better", "protected_if", "unit", "pairing")},
+            "value": sum(defined) / len(defined) if defined else math.nan,
+            "count": sum(e["count"] for e in entries),
+            "identities": len(defined),
+            "details": {},
+            "per_image": None,
+        }
+    return {
+        "generated": str(generated),
+        "reference": str(reference) if reference is not None else None,
+        "identities": per_identity,
+        "metrics": summary,
+        "failures": [f for result in per_identity.values() for f in result["failures"]],
     }
 
 

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 
+#: Scores are rounded to this many decimals: the package's floating-point path (OpenCV threads,
+#: denormal handling) moves them by about 1e-11 from run to run.
+DIGITS = 6
+
+
 @lru_cache(maxsize=1)
 def _scorer():
     import numpy as np
@@ -49,8 +54,9 @@ class BRISQUE(Metric):
         23.4
 
     Differences from the reference code: the package's own features, SVM and scaling; only the
-    scaling step is rewritten (identical arithmetic) so it runs on numpy >= 2. CPU only, not
-    differentiable.
+    scaling step is rewritten (identical arithmetic) so it runs on numpy >= 2. Scores are rounded
+    to 6 decimals and OpenCV runs single-threaded while scoring, so repeated runs agree exactly.
+    CPU only, not differentiable.
     """
 
     name: ClassVar[str] = "brisque"
@@ -58,7 +64,14 @@ class BRISQUE(Metric):
     protected_if: ClassVar[str] = "higher"
 
     def _compute(self, images: list[Tensor], references, prompts) -> list[float]:
+        import cv2
+
         from facedefense_metrics.faces.base import to_uint8_hwc
 
         scorer = _scorer()
-        return [float(scorer.score(to_uint8_hwc(image))) for image in images]
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # OpenCV's parallel resize changes the score in the 11th digit
+        try:
+            return [round(float(scorer.score(to_uint8_hwc(image))), DIGITS) for image in images]
+        finally:
+            cv2.setNumThreads(threads)

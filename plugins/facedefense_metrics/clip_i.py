@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from facedefense.interfaces.metric import Metric
+from facedefense.interfaces import PairedMetric
 from facedefense_metrics.clip_s import CLIPConfig
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 
-class CLIPImage(Metric):
+class CLIPImage(PairedMetric):
     """Cosine similarity of the CLIP embeddings of each image and its paired reference (in [-1, 1]).
 
     Shape:
@@ -27,20 +27,11 @@ class CLIPImage(Metric):
 
     name: ClassVar[str] = "clip_i"
     Config: ClassVar[type[CLIPConfig]] = CLIPConfig
-    pairing: ClassVar[str] = "paired"
     higher_is_better: ClassVar[bool] = True
 
-    def _compute(self, images: list[Tensor], references: list[Tensor] | None, prompts) -> list[float]:
-        import torch
-
+    def _pairs(self, images: Tensor, references: Tensor) -> Tensor:
         from facedefense.models import shared_model
         from facedefense_metrics._clip import image_features
 
         model = shared_model("clip", path=self.config.weights, device=self.device, architecture=self.config.architecture)
-        values = [float("nan")] * len(images)
-        for indices, batch in self.batches(images):
-            ours = image_features(model, batch)
-            theirs = image_features(model, torch.stack([references[i] for i in indices]).to(batch.device))
-            for index, value in zip(indices, (ours * theirs).sum(-1).tolist()):
-                values[index] = value
-        return values
+        return (image_features(model, images) * image_features(model, references)).sum(-1)

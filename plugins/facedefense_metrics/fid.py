@@ -35,17 +35,21 @@ def build(*, path: str | None, device: torch.device, dtype: torch.dtype) -> torc
 
 
 def frechet_distance(a, b) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two (N, D) float64 feature arrays."""
-    import numpy as np
-    from scipy import linalg
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two (N, D) float64 feature arrays.
 
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(root).all():
-        offset = np.eye(len(cov_a)) * 1e-6
-        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root.real))
+    With X_a, X_b the centered features divided by sqrt(n - 1), S_a S_b has the same non-zero
+    eigenvalues as M M^T for M = X_a X_b^T, so Tr((S_a S_b)^(1/2)) is the sum of M's singular values:
+    exact, and an (n, m) SVD instead of a (D, D) matrix square root.
+    """
+    import numpy as np
+
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("the Frechet distance needs at least 2 samples per set")
+    xa = (a - a.mean(0)) / np.sqrt(len(a) - 1)
+    xb = (b - b.mean(0)) / np.sqrt(len(b) - 1)
+    cross = np.linalg.svd(xa @ xb.T, compute_uv=False).sum()
+    mean_term = ((a.mean(0) - b.mean(0)) ** 2).sum()
+    return float(max(mean_term + (xa**2).sum() + (xb**2).sum() - 2 * cross, 0.0))
 
 
 @dataclass

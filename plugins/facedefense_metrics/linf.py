@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from facedefense.interfaces.metric import Metric
+from facedefense.interfaces import PairedMetric
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 
-class Linf(Metric):
+class Linf(PairedMetric):
     """Largest absolute difference between an image and its reference, over pixels and channels,
     in gray levels (0-255): a budget of 8/255 reads 8.
 
@@ -23,10 +23,9 @@ class Linf(Metric):
     """
 
     name: ClassVar[str] = "linf"
-    pairing: ClassVar[str] = "paired"
     higher_is_better: ClassVar[bool] = False
     protected_if: ClassVar[str | None] = None
     unit: ClassVar[str] = "gray levels"
 
-    def _compute(self, images: list[Tensor], references: list[Tensor] | None, prompts) -> list[float]:
-        return [float(((a.double() - b.double()).abs().max() * 255).round(decimals=6)) for a, b in zip(images, references)]
+    def _pairs(self, images: Tensor, references: Tensor) -> Tensor:
+        return ((images.double() - references.double()).abs().flatten(1).amax(dim=1) * 255).round(decimals=4)

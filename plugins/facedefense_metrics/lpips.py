@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from facedefense.errors import ConfigError
-from facedefense.interfaces.metric import Metric, MetricConfig
+from facedefense.interfaces import PairedMetric
+from facedefense.interfaces.metric import MetricConfig
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +69,7 @@ class LPIPSConfig(MetricConfig):
             raise ConfigError(f"net must be one of {', '.join(BACKBONES)}, got '{self.net}'")
 
 
-class LPIPS(Metric):
+class LPIPS(PairedMetric):
     """Learned perceptual distance between each image and its reference (0 = identical).
 
     For imperceptibility (protected vs clean photo) lower is better; on an attacker's outputs a
@@ -87,19 +88,10 @@ class LPIPS(Metric):
 
     name: ClassVar[str] = "lpips"
     Config: ClassVar[type[LPIPSConfig]] = LPIPSConfig
-    pairing: ClassVar[str] = "paired"
     higher_is_better: ClassVar[bool] = False
 
-    def _compute(self, images: list[Tensor], references: list[Tensor] | None, prompts) -> list[float]:
-        import torch
-
+    def _pairs(self, images: Tensor, references: Tensor) -> Tensor:
         from facedefense.models import shared_model
 
         model = shared_model("lpips", path=self.config.weights, device=self.device, net=self.config.net)
-        values = [float("nan")] * len(images)
-        for indices, batch in self.batches(images):
-            paired = torch.stack([references[i] for i in indices]).to(batch.device)
-            distances = model(batch * 2 - 1, paired * 2 - 1).flatten()
-            for index, distance in zip(indices, distances.tolist()):
-                values[index] = distance
-        return values
+        return model(images * 2 - 1, references * 2 - 1).flatten()

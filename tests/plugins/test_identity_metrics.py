@@ -42,7 +42,27 @@ def noise(count: int = 2, size: int = 96) -> torch.Tensor:
 
 
 class FaceContract(MetricContract):
+    """The metric contract on portraits large enough for dlib's detector (the astronaut at 320 px)."""
+
     image_size: ClassVar[tuple[int, int]] = (320, 320)
+
+    def _references(self, method, images):
+        return images if method.pairing == "paired" else list(astronaut_crops(6))[3:]
+
+
+class UndefinedWithoutFaceContract(FaceContract):
+    """ISM and FR are undefined (NaN) on an image without a face, by definition; the generic contract
+    adds a small faceless image and wants every value finite, so check the same things with NaN
+    allowed exactly where no face is."""
+
+    def test_values(self, method, images):
+        listed = [*images.unbind(0), noise(1, 48)[0]]
+        references = self._references(method, listed[:-1]) + ([listed[-1]] if method.pairing == "paired" else [])
+        result = method.compute(listed, references)
+        assert len(result.per_image) == len(listed)
+        assert all(math.isfinite(v) for v in result.per_image[:-1]) and math.isnan(result.per_image[-1])
+        assert result.details["no_face"] == 1 and math.isfinite(result.value) and result.protected_if == "lower"
+        assert method.compute(listed, references).per_image[:-1] == result.per_image[:-1]
 
 
 class TestFDFR(FaceContract):
@@ -54,7 +74,7 @@ class TestFDFR(FaceContract):
         return FDFR(device="cpu")
 
 
-class TestISM(FaceContract):
+class TestISM(UndefinedWithoutFaceContract):
     registry_name = "ism"
 
     def make_method(self, request):
@@ -63,13 +83,13 @@ class TestISM(FaceContract):
         return ISM(device="cpu")
 
 
-class TestFR(FaceContract):
+class TestFR(UndefinedWithoutFaceContract):
     registry_name = "fr"
 
     def make_method(self, request):
         from facedefense_metrics.fr import FR
 
-        return FR(device="cpu")
+        return FR(device="cpu", upsample=1)  # the contract's noisy copies need the finer detection pass
 
 
 def test_fdfr_is_zero_on_portraits_and_one_without_faces():
@@ -128,22 +148,32 @@ def test_fr_is_nan_where_the_edit_lost_the_face():
     assert result.details["no_face"] == 1
 
 
-def test_ser_fiq_is_deterministic_in_unit_range_and_nan_without_face():
+def test_ser_fiq_is_deterministic_in_unit_range_and_nan_without_face(monkeypatch):
+    """SER-FIQ's arithmetic on facexlib's ArcFace with random weights (real ones do not ship); the
+    detector is replaced by fixed landmarks so the test does not depend on random detections."""
+    from facedefense_metrics.faces.arcface import TEMPLATE_112, ArcFaceBackend
+    from facedefense_metrics.faces.base import Face
     from facedefense_metrics.ser_fiq import SERFIQ
 
-    metric = SERFIQ(device="cpu", passes=20)
-    images = torch.cat([astronaut_crops(1), noise(1, 320)])
+    def detect(self, image):
+        if image.mean() < 0.01:
+            return []
+        return [Face((0.0, 0.0, 112.0, 112.0), 1.0, torch.tensor(TEMPLATE_112) * image.shape[-1] / 112)]
+
+    monkeypatch.setattr(ArcFaceBackend, "detect", detect)
+    metric = SERFIQ(device="cpu", passes=8, weights="random", detector_weights="random", alpha=1.0, r=0.0)
+    images = [astronaut_crops(1, 112)[0], torch.zeros(3, 112, 112)]
     first, second = metric.compute(images), metric.compute(images)
-    assert 0.0 <= first.per_image[0] <= 1.0 and math.isnan(first.per_image[1])
-    assert first.per_image[0] == second.per_image[0]
-    with pytest.raises(ConfigError, match="dlib_torch"):
-        SERFIQ(backend="dlib")
+    assert 0.0 < first.per_image[0] < 1.0 and math.isnan(first.per_image[1])
+    assert first.per_image[0] == second.per_image[0] and first.details["backend"] == "arcface"
+    with pytest.raises(ConfigError, match="arcface"):
+        SERFIQ(backend="dlib_torch")
 
 
 def test_face_metric_options_are_validated():
     from facedefense_metrics.ism import ISM
 
     with pytest.raises(ConfigError, match="unknown face backend"):
-        ISM(backend="arcface")
+        ISM(backend="facenet")
     with pytest.raises(ConfigError, match="no identity embedding"):
         ISM(device="cpu", backend="mtcnn").compute(astronaut_crops(1), astronaut_crops(1))

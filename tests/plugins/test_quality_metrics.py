@@ -4,13 +4,34 @@ CLIP-S/CLIP-I (random weights: plumbing only), and their missing-weights errors.
 from __future__ import annotations
 
 import importlib.util
-from typing import ClassVar
 
 import pytest
 import torch
 
 from facedefense.errors import ModelNotFoundError
 from facedefense.testing.contracts import MetricContract
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """Register a tiny open_clip architecture (random weights: plumbing only) and return its name."""
+    import json
+
+    from facedefense._compat.torchvision_ops import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import open_clip
+
+    path = tmp_path_factory.mktemp("clip") / "facedefense-tiny-clip.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(path)
+    return "facedefense-tiny-clip"
 
 
 def astronaut() -> torch.Tensor:
@@ -80,15 +101,26 @@ def test_lpips_missing_backbone_names_the_file(tmp_path, monkeypatch):
         LPIPS(device="cpu", weights=str(tmp_path / "absent.pth")).compute(image, image)
 
 
-def test_fid_is_zero_for_the_same_set_and_grows_with_distortion():
+def test_fid_is_zero_for_the_same_set_and_grows_with_distortion(monkeypatch):
+    """FID's plumbing on a stub feature network (a random-weight Inception takes ~20 s here and gives
+    vanishing features); the distance itself is checked against scipy below."""
+    import torch.nn.functional as F
+
+    from facedefense import models
     from facedefense.testing.tiny_models import sample_faces
     from facedefense_metrics.fid import FID
 
+    class Stub(torch.nn.Module):
+        def forward(self, x):
+            assert x.shape[-2:] == (299, 299) and x.min() >= -1 and x.max() <= 1
+            return F.adaptive_avg_pool2d(x, (16, 16)).flatten(1)[:, :2048].repeat(1, 3)[:, :2048]
+
+    monkeypatch.setattr(models, "shared_model", lambda *a, **k: Stub())
     metric = FID(device="cpu", weights="random")
-    faces = sample_faces(4, 64)
-    same = metric.compute(faces, faces)
-    different = metric.compute(faces, (1 - faces))
-    assert same.value == pytest.approx(0.0, abs=1e-3) and different.value > same.value + 1e-3
+    faces = sample_faces(3, 48)
+    same, different = metric.compute(faces, faces), metric.compute(faces, [1 - f for f in faces[:2]])
+    assert same.value == pytest.approx(0.0, abs=1e-6) and different.value > 1.0
+    assert same.per_image is None and same.protected_if == "higher"
 
 
 def test_fid_missing_weights_names_the_file(tmp_path, monkeypatch):
@@ -100,44 +132,87 @@ def test_fid_missing_weights_names_the_file(tmp_path, monkeypatch):
         FID(device="cpu").compute(sample_faces(2, 32), sample_faces(2, 32))
 
 
-class CLIPContract(MetricContract):
-    image_size: ClassVar[tuple[int, int]] = (64, 64)
-
-
-class TestCLIPImage(CLIPContract):
+class TestCLIPImage(MetricContract):
     registry_name = "clip_i"
 
     def make_method(self, request):
         from facedefense_metrics.clip_i import CLIPImage
 
-        return CLIPImage(device="cpu", weights="random")
+        return CLIPImage(device="cpu", weights="random", architecture=request.getfixturevalue("tiny_clip"))
 
 
-def test_clip_s_scores_each_image_against_its_prompt_and_needs_weights():
+class TestCLIPScore(MetricContract):
+    registry_name = "clip_s"
+
+    def make_method(self, request):
+        from facedefense_metrics.clip_s import CLIPScore
+
+        return CLIPScore(device="cpu", weights="random", architecture=request.getfixturevalue("tiny_clip"))
+
+
+def test_clip_s_scores_each_image_against_its_prompt_and_needs_weights(tiny_clip):
     from facedefense.testing.tiny_models import sample_faces
     from facedefense_metrics.clip_s import CLIPScore
 
     faces = sample_faces(2, 64)
-    result = CLIPScore(device="cpu", weights="random").compute(faces, prompts=["a photo of a person", "a dog"])
+    result = CLIPScore(device="cpu", weights="random", architecture=tiny_clip).compute(faces, prompts=["a photo of a person", "a dog"])
     assert len(result.per_image) == 2 and all(-1 <= v <= 1 for v in result.per_image)
     assert result.per_image[0] != result.per_image[1]
     with pytest.raises(ModelNotFoundError, match="ViT-B-32"):
         CLIPScore(device="cpu").compute(faces, prompts="a photo")
 
 
-def test_clip_iqa_is_a_probability_per_image():
+def test_clip_iqa_is_a_probability_per_image(tiny_clip):
     from facedefense.testing.tiny_models import sample_faces
     from facedefense_metrics.clip_iqa import CLIPIQA
 
-    result = CLIPIQA(device="cpu", weights="random", architecture="ViT-B-32").compute(sample_faces(2, 64))
+    result = CLIPIQA(device="cpu", weights="random", architecture=tiny_clip).compute(sample_faces(2, 64))
     assert all(0.0 <= v <= 1.0 for v in result.per_image)
 
 
-def test_liqe_is_an_expected_level_between_one_and_five_and_needs_its_checkpoint():
+def test_liqe_averages_patches_and_takes_the_expected_level(monkeypatch):
+    """LIQE's arithmetic on a stub model whose image features pick the prompt of one quality level."""
+    from facedefense import models
+    from facedefense.testing.tiny_models import sample_faces
+    from facedefense_metrics import liqe
+
+    levels = len(liqe.QUALITIES)
+    per_level = len(liqe.SCENES) * len(liqe.DISTORTIONS)
+
+    class Stub(torch.nn.Module):
+        logit_scale = torch.tensor(100.0).log()
+        prompt_features = torch.eye(levels).repeat_interleave(per_level, dim=0)  # (495, 5)
+
+        def encode_image(self, patches):
+            self.seen = patches.shape
+            brightness = patches.mean(dim=(1, 2, 3))
+            return torch.stack([brightness < -1.0, brightness >= -1.0, *(torch.zeros_like(brightness),) * 3], -1).float()
+
+    stub = Stub()
+    monkeypatch.setattr(models, "shared_model", lambda *a, **k: stub)
+    bright, dark = sample_faces(1, 300), torch.zeros(1, 3, 300, 300)
+    values = liqe.LIQE(device="cpu", weights="random").compute(torch.cat([bright, dark])).per_image
+    assert stub.seen[1:] == (3, 224, 224) and stub.seen[0] == 2 * 9  # 300 px: 3x3 patches at stride 32
+    assert values == pytest.approx([2.0, 1.0], abs=1e-3)
+
+
+def test_liqe_without_its_checkpoint_names_the_file():
     from facedefense.testing.tiny_models import sample_faces
     from facedefense_metrics.liqe import LIQE
 
-    result = LIQE(device="cpu", weights="random").compute(sample_faces(1, 64))
-    assert 1.0 <= result.value <= 5.0
     with pytest.raises(ModelNotFoundError, match="LIQE.pt"):
         LIQE(device="cpu").compute(sample_faces(1, 64))
+
+
+def test_frechet_distance_matches_the_matrix_square_root_formula():
+    import numpy as np
+    from scipy import linalg
+
+    from facedefense_metrics.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 20)), rng.normal(1.0, 2.0, size=(5, 20))
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca + cb) - 2 * np.trace(linalg.sqrtm(ca @ cb).real)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)

@@ -189,8 +189,8 @@ def _pad_add(a: Tensor, b: Tensor) -> Tensor:
 
 def _build_resnet(weights: dict | None):
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     class Affine(nn.Module):
         def __init__(self, channels: int) -> None:

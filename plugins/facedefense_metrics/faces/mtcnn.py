@@ -71,12 +71,12 @@ class MTCNNBackend(FaceBackend):
             pixels = (batch.detach().float().clamp(0, 1) * 255).round().permute(0, 2, 3, 1).cpu()
             with torch.no_grad():
                 boxes, probs, points = model.detect(pixels, landmarks=True)
-            for index, b, p, l in zip(indices, boxes, probs, points):
-                if b is None:
+            for index, image_boxes, image_probs, image_marks in zip(indices, boxes, probs, points):
+                if image_boxes is None:
                     continue
                 faces = [
                     Face(tuple(float(v) for v in box), float(prob), torch.tensor(marks.astype(float), dtype=torch.float32))
-                    for box, prob, marks in zip(b, p, l)
+                    for box, prob, marks in zip(image_boxes, image_probs, image_marks)
                     if prob is not None and float(prob) >= self.min_probability
                 ]
                 out[index] = sorted(faces, key=lambda face: -face.area)
