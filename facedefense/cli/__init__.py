@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from facedefense.cli import attack, evaluate, listing, models, run
+from facedefense.cli import attack, benchmark, evaluate, listing, models, run
 from facedefense.cli.common import OneLineErrorsGroup
 from facedefense.registry import call_each_plugin, get_registry
 
@@ -30,7 +30,7 @@ def build_app(*, with_plugins: bool = True) -> typer.Typer:
         pretty_exceptions_show_locals=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    for module in (run, attack, evaluate, listing, models):
+    for module in (run, attack, evaluate, benchmark, listing, models):
         module.register(app)
     if with_plugins:
         registry = get_registry()

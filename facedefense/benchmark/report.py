@@ -1,0 +1,246 @@
+"""The outputs: ``results.jsonl`` (one row per cell, metric and prompt, with per-image values),
+``report.md`` (the papers' layout) and ``examples.png`` plus ``examples/<cell>.png`` (clean,
+protected, purified, generated)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from facedefense.benchmark.config import NONE, BenchmarkConfig
+from facedefense.benchmark.graph import Cell
+from facedefense.benchmark.stages import IMAGES, STAGE_FILE, Cache
+
+ARROWS = {"higher": "↑", "lower": "↓"}
+
+
+def _write_text(path: Path, text: str) -> None:
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(name, path)
+
+
+def collect_rows(
+    config: BenchmarkConfig, cells: Sequence[Cell], outcomes: dict[str, dict[str, Any]], cache: Cache,
+    methods: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One row per cell, metric and prompt (a failed cell: one row per metric with its error)."""
+    protocol = config.protocol.to_dict()
+    rows = []
+    for cell in cells:
+        described = {
+            "defender": methods.get(f"defender:{cell.defender}", {"name": cell.defender}),
+            "purifiers": [methods[f"purifier:{step.label}"] for chain in config.purifiers if chain.label == cell.purifier for step in chain.steps],
+            "attack": next(methods[f"{a.method.kind}:{a.label}"] for a in config.attacks if a.label == cell.attack),
+        }
+        for metric in config.metrics:
+            key = cell.scores[metric.label]
+            outcome = outcomes.get(key, {"status": "failed", "error": "not run"})
+            base = {
+                **cell.facts(), "cell": cell.name, "metric": metric.label,
+                "stages": {"protect": cell.protect, "purify": cell.purify, "train": cell.train, "output": cell.output, "score": key},
+                "protocol": protocol, "methods": {**described, "metric": methods[f"metric:{metric.label}"]},
+            }
+            if outcome["status"] in ("done", "cached"):
+                info = json.loads((cache.path(key, "score") / STAGE_FILE).read_text(encoding="utf-8"))
+                for result in info["results"]:
+                    target = "input" if result["prompt"] is None else "generated"
+                    rows.append({**base, "status": "ok", "target": target, **result})
+            else:
+                rows.append({**base, "status": outcome["status"], "error": outcome.get("error", ""), "origin": outcome.get("origin", ""),
+                             "prompt": None, "value": math.nan, "per_image": None})
+    return rows
+
+
+def write_results(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    _write_text(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan, 0
+    mean = sum(finite) / len(finite)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else 0.0
+    return mean, spread, len(finite)
+
+
+def _number(value: float, digits: int = 4) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return f"{value:.{digits}g}"
+
+
+def render_report(
+    config: BenchmarkConfig, rows: Sequence[dict[str, Any]], summary: dict[str, Any], methods: dict[str, dict[str, Any]]
+) -> str:
+    """The report: per attack, rows defenders x purifiers, columns metrics per prompt (mean ± spread
+    over identities and seeds), and per defender the worst case over the purifier chains."""
+    protocol = config.protocol
+    lines = [f"# Benchmark: {config.path.name}", ""]
+    lines += [
+        f"Protocol **{protocol.profile}**" + (f" (overridden: {', '.join(sorted(config.protocol_overrides))})" if config.protocol_overrides else "") + ".",
+        "",
+        "| field | value |", "|---|---|",
+        *(f"| {key} | {value if key != 'eps' else f'{value:.5g} ({value * 255:.3g}/255)'} |" for key, value in protocol.to_dict().items() if key != "profile"),
+        "",
+        f"{len(config.identities)} identit{'y' if len(config.identities) == 1 else 'ies'} "
+        f"({', '.join(i.name for i in config.identities)}), seeds {', '.join(map(str, config.seeds))}; "
+        f"values are mean ± standard deviation over identities and seeds. "
+        f"Arrows give the direction that means *protected*, except in \"(input)\" columns, which compare the "
+        f"attacker's input (protected, then purified) with the clean photos and whose arrows point to less "
+        f"visible changes; **worst case** is, per column, the purifier chain "
+        f"an adversary would pick. "
+        f"Stages: {summary['stages']} ({summary['computed']} computed, {summary['cached']} cached, {summary['failed']} failed, {summary['skipped']} skipped).",
+        "",
+    ]
+    ok = [row for row in rows if row["status"] == "ok"]
+    for attack in config.attacks:
+        attack_rows = [row for row in ok if row["attack"] == attack.label]
+        prompts = list(attack.prompts or protocol.prompts)
+        columns: list[tuple[str, str | None, str]] = []
+        directions = {metric.label: methods[f"metric:{metric.label}"]["protected_if"] for metric in config.metrics}
+        inputs = set()
+        for metric in config.metrics:
+            arrow = ARROWS[directions[metric.label]]
+            if methods[f"metric:{metric.label}"].get("pairing") == "paired":
+                inputs.add(metric.label)
+                arrow = ARROWS["higher" if methods[f"metric:{metric.label}"]["higher_is_better"] else "lower"]
+                columns.append((metric.label, None, f"{metric.label} {arrow} (input)"))
+            else:
+                columns += [(metric.label, prompt, f"{metric.label} {arrow} P{index + 1}") for index, prompt in enumerate(prompts)]
+        kind = "personalizer" if attack.method.kind == "personalizer" else "editor"
+        lines += [f"## {attack.label} ({kind} `{attack.method.name}`)", ""]
+        lines += ["| defender | purifier | " + " | ".join(title for _, _, title in columns) + " |"]
+        lines += ["|---|---|" + "---|" * len(columns)]
+        groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        for row in attack_rows:
+            share = "" if row["share"] in (0.0, 1.0) else f" ({row['share']:g})"
+            groups[(row["defender"] + share, row["purifier"], f"{row['metric']}\x00{row['prompt']}")].append(row["value"])
+        defenders = list(dict.fromkeys(key[0] for key in groups))
+        for defender in defenders:
+            worst: list[tuple[float, str]] = []
+            for chain in config.purifiers:
+                cells = []
+                for index, (metric, prompt, _) in enumerate(columns):
+                    mean, spread, count = _stats(groups.get((defender, chain.label, f"{metric}\x00{prompt}"), []))
+                    cells.append("n/a" if count == 0 else f"{_number(mean)} ± {_number(spread, 2)}" if count > 1 else _number(mean))
+                    direction = directions[metric]
+                    if count and metric not in inputs:
+                        score = mean if direction == "higher" else -mean  # the adversary picks the least protected
+                        if len(worst) <= index:
+                            worst += [(math.inf, "")] * (index + 1 - len(worst))
+                        if score < worst[index][0]:
+                            worst[index] = (score, chain.label)
+                lines.append(f"| {defender} | {chain.label} | " + " | ".join(cells) + " |")
+            if len(config.purifiers) > 1 and defender.split(" (")[0] != NONE:
+                cells = []
+                for index, (metric, _, _) in enumerate(columns):
+                    if metric in inputs:
+                        cells.append("")
+                    elif index < len(worst) and worst[index][1]:
+                        value = worst[index][0] if directions[metric] == "higher" else -worst[index][0]
+                        cells.append(f"**{_number(value)}** ({worst[index][1]})")
+                    else:
+                        cells.append("n/a")
+                lines.append(f"| {defender} | **worst case** | " + " | ".join(cells) + " |")
+        lines += ["", *(f"P{index + 1}: \"{prompt}\"" + ("  " if index < len(prompts) - 1 else "") for index, prompt in enumerate(prompts)), ""]
+    failures: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for row in rows:
+        if row["status"] != "ok":
+            failures[(str(row.get("origin", "")), str(row.get("error", "")))].add(row["cell"])
+    if failures:
+        lines += ["## Failures", "", "The failing stages (not cached: the next run tries them again) and the cells they cost.", ""]
+        lines += ["| failed stage | error | cells |", "|---|---|---|"]
+        for (origin, error), cells_hit in failures.items():
+            lines.append(f"| {origin.replace('|', '/')} | {error.replace('|', '/')} | {len(cells_hit)} |")
+        lines.append("")
+    lines += ["Per-image values, methods (fingerprints, options) and stage keys: `results.jsonl`. Example images: `examples.png`.", ""]
+    return "\n".join(lines)
+
+
+# -- example images ------------------------------------------------------------------------------
+
+
+def _thumb(path: Path, height: int) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        return image.resize((max(1, round(image.width * height / image.height)), height), Image.Resampling.BICUBIC)
+
+
+def _cell_strip(cell: Cell, cache: Cache, kinds: dict[str, str], per_prompt: int, height: int) -> tuple[list[Any], list[str]] | None:
+    try:
+        protect = json.loads((cache.path(cell.protect, "protect") / STAGE_FILE).read_text())
+        purify = json.loads((cache.path(cell.purify, "purify") / STAGE_FILE).read_text())
+        output_kind = kinds[cell.output]
+        output = json.loads((cache.path(cell.output, output_kind) / STAGE_FILE).read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    first = protect["files"][0]
+    clean = Path(protect.get("clean", [""])[0]) if protect.get("clean") else None
+    tiles, titles = [], []
+    if clean is not None and clean.is_file():
+        tiles.append(_thumb(clean, height))
+        titles.append("clean")
+    tiles.append(_thumb(cache.path(cell.protect, "protect") / IMAGES / first, height))
+    titles.append("protected")
+    tiles.append(_thumb(cache.path(cell.purify, "purify") / IMAGES / purify["files"][0], height))
+    titles.append("purified")
+    for group in range(len(output.get("prompts", []))):
+        chosen = [f for f, g in zip(output["files"], output["groups"]) if g == group][:per_prompt]
+        for name in chosen:
+            tiles.append(_thumb(cache.path(cell.output, output_kind) / IMAGES / name, height))
+            titles.append(f"P{group + 1}")
+    return tiles, titles
+
+
+def write_examples(cells: Sequence[Cell], cache: Cache, kinds: dict[str, str], output: Path, *, per_prompt: int = 2, height: int = 128) -> list[Path]:
+    """``examples/<cell>.png`` for every finished cell and ``examples.png``, one row per cell of the
+    first identity and seed (clean, protected, purified, then generated images per prompt)."""
+    from PIL import Image, ImageDraw
+
+    folder = output / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    written, overview = [], []
+    for cell in cells:
+        strip = _cell_strip(cell, cache, kinds, per_prompt, height)
+        if strip is None:
+            continue
+        tiles, titles = strip
+        canvas = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), height + 14), "white")
+        draw = ImageDraw.Draw(canvas)
+        x = 0
+        for tile, title in zip(tiles, titles):
+            canvas.paste(tile, (x, 14))
+            draw.text((x + 2, 1), title, fill="black")
+            x += tile.width + 2
+        path = folder / (cell.name.replace("/", "__") + ".png")
+        canvas.save(path)
+        written.append(path)
+        if cell.identity == cells[0].identity and cell.seed == cells[0].seed:
+            overview.append((cell, canvas))
+    if overview:
+        label_width = 8 + 7 * max(len(f"{c.defender} | {c.purifier} | {c.attack}") for c, _ in overview)
+        width = label_width + max(canvas.width for _, canvas in overview)
+        sheet = Image.new("RGB", (width, sum(canvas.height + 4 for _, canvas in overview)), "white")
+        draw = ImageDraw.Draw(sheet)
+        y = 0
+        for cell, canvas in overview:
+            share = "" if cell.share in (0.0, 1.0) else f" ({cell.share:g})"
+            draw.text((4, y + canvas.height // 2), f"{cell.defender}{share} | {cell.purifier} | {cell.attack}", fill="black")
+            sheet.paste(canvas, (label_width, y))
+            y += canvas.height + 4
+        sheet.save(output / "examples.png")
+        written.append(output / "examples.png")
+    return written
