@@ -11,7 +11,13 @@ from typing import Any
 from facedefense.benchmark.config import load_config
 from facedefense.benchmark.executors import run_local, run_ray
 from facedefense.benchmark.graph import Stage, plan
-from facedefense.benchmark.report import _write_text, collect_rows, render_report, write_examples, write_results
+from facedefense.benchmark.report import (
+    _write_text,
+    collect_rows,
+    render_report,
+    write_examples,
+    write_results,
+)
 from facedefense.benchmark.stages import Cache
 from facedefense.errors import ConfigError
 
