@@ -226,7 +226,8 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path)
     first = CliRunner().invoke(app, [*base, "--method", "aspl", *options])
     assert first.exit_code == 0, first.output
     manifest = json.loads((out / "facedefense.json").read_text())
-    assert manifest["summary"] == {"processed": 2, "failed": 0} and manifest["references"].endswith("A")
+    assert manifest["summary"]["processed"] == 2 and manifest["summary"]["failed"] == 0
+    assert manifest["status"] == "completed" and manifest["references"].endswith("A")
     written = {p.name: p.read_bytes() for p in out.glob("*.png")}
     again = CliRunner().invoke(app, [*base, "--method", "aspl", *options, "--resume"])
     assert again.exit_code == 0, again.output
