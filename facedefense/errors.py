@@ -48,3 +48,7 @@ class ModelNotFoundError(FaceDefenseError, OSError):
 
 class OutputError(FaceDefenseError, OSError):
     """The output location is unusable (not writable, or it would overwrite an input)."""
+
+
+class ResumeError(FaceDefenseError):
+    """A run cannot be resumed: its saved state belongs to another method, budget or input."""

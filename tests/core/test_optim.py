@@ -1,0 +1,109 @@
+"""The optimization engine: steps, schedules, momentum, EOT, checkpoint/resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facedefense.errors import ConfigError, ResumeError, UnknownMethodError
+from facedefense.optim import EOT, LinfPGD, RunCheckpoint, linf_pgd, step_size_at, step_sizes
+
+
+def _setup(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, 3, 16, 16, generator=g), torch.randn(3, 16, 16, generator=g)
+
+
+def test_schedules() -> None:
+    assert step_sizes(1.0, 3) == [1.0, 1.0, 1.0]
+    assert [round(s, 2) for s in step_sizes(1.0, 3, "linear")] == [1.0, 0.67, 0.34]
+    cosine = step_sizes(1.0, 4, "cosine")
+    assert cosine[0] == pytest.approx(1.0) and all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert step_size_at(1.0, 4, 4, "cosine") == pytest.approx(0.01)
+    with pytest.raises(ConfigError):
+        step_sizes(1.0, 3, "exponential")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("minimize", [False, True])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_pgd_moves_objective_within_budget(minimize: bool, momentum: float) -> None:
+    x, w = _setup()
+    eps = 8 / 255
+    adversarial, start, end = linf_pgd(
+        x, lambda a: (a * w).flatten(1).sum(1), eps=eps, steps=6, step_size=2 / 255, minimize=minimize,
+        momentum=momentum, random_start=True, generator=torch.Generator().manual_seed(1),
+    )
+    assert (adversarial - x).abs().max() <= eps + 1e-6 and adversarial.min() >= 0 and adversarial.max() <= 1
+    assert ((end < start) if minimize else (end > start)).all()
+
+
+def test_generator_makes_it_reproducible() -> None:
+    x, w = _setup()
+
+    def run(seed: int) -> torch.Tensor:
+        return linf_pgd(x, lambda a: (a * w).flatten(1).sum(1), eps=0.03, steps=2, step_size=0.01, minimize=False,
+                        random_start=True, generator=torch.Generator().manual_seed(seed))[0]
+
+    assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+
+
+def test_eot_through_registered_purifier() -> None:
+    x, w = _setup()
+    eot = EOT.from_names("none, jpeg", samples=3)
+    assert eot.names == ["none", "jpeg"]
+    picks = [name for name, _ in eot.draw(torch.Generator().manual_seed(0))]
+    assert len(picks) == 3 and set(picks) <= {"none", "jpeg"}
+    pgd = LinfPGD(eps=8 / 255, step_size=2 / 255, eot=EOT.from_names("jpeg"))
+    state = pgd.run(x, lambda a: (a * w).flatten(1).sum(1), steps=2, generator=torch.Generator().manual_seed(0))
+    assert state.step == 2 and not torch.equal(state.adversarial, x)
+    assert EOT.from_names("") is None
+    with pytest.raises(UnknownMethodError):
+        EOT.from_names("jpeg,no-such-purifier")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path) -> None:
+    x, w = _setup()
+
+    def objective_factory(generator: torch.Generator, stop_at: int | None):
+        calls = {"n": 0}
+
+        def objective(a: torch.Tensor) -> torch.Tensor:
+            calls["n"] += 1
+            if stop_at is not None and calls["n"] > stop_at:
+                raise _Interrupt
+            noise = torch.randn(a.shape, generator=generator)  # the objective draws randomness too
+            return ((a + 0.1 * noise) * w).flatten(1).sum(1)
+
+        return objective
+
+    def run(checkpoint, stop_at=None):
+        generator = torch.Generator().manual_seed(5)
+        return linf_pgd(x, objective_factory(generator, stop_at), eps=0.05, steps=7, step_size=0.01, minimize=False,
+                        momentum=0.5, random_start=True, generator=generator, checkpoint=checkpoint,
+                        checkpoint_every=2, progress=False)
+
+    reference = run(None)
+    checkpoint = RunCheckpoint(tmp_path / "work", {"method": "test", "eps": 0.05})
+    with pytest.raises(_Interrupt):
+        run(checkpoint, stop_at=5)
+    assert checkpoint.load()["pgd"]["step"] == 4
+    resumed = run(checkpoint)
+    for a, b in zip(reference, resumed):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_refuses_another_run(tmp_path) -> None:
+    RunCheckpoint(tmp_path, {"method": "aspl", "eps": 0.025}).save({"round": 3})
+    assert RunCheckpoint(tmp_path, {"method": "aspl", "eps": 0.025}).load() == {"round": 3}
+    with pytest.raises(ResumeError, match="eps=0.025"):
+        RunCheckpoint(tmp_path, {"method": "aspl", "eps": 0.05}).load()
+    with pytest.raises(ResumeError, match="method='aspl'"):
+        RunCheckpoint(tmp_path, {"method": "fsmg", "eps": 0.025}).load()
+    (tmp_path / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ResumeError, match="unreadable"):
+        RunCheckpoint(tmp_path, {"method": "aspl"}).load()
+    assert RunCheckpoint(None, {}).load() is None
