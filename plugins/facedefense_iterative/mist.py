@@ -94,6 +94,7 @@ class Mist(Defender):
         )
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
+        from facedefense_iterative.surrogate import flush_denormals
         import torch
 
         from facedefense.diffusion import denoising_loss, encode_latents
@@ -118,16 +119,17 @@ class Mist(Defender):
                 loss = loss - weight * semantic
             return loss
 
-        adversarial, start, end = linf_pgd(
-            images,
-            objective,
-            eps=self.config.eps,
-            steps=self.config.steps,
-            step_size=self.config.step_size,
-            minimize=True,
-            random_start=self.config.random_start,
-            generator=generator,
-            description=f"mist {mode}",
-        )
+        with flush_denormals():
+            adversarial, start, end = linf_pgd(
+                images,
+                objective,
+                eps=self.config.eps,
+                steps=self.config.steps,
+                step_size=self.config.step_size,
+                minimize=True,
+                random_start=self.config.random_start,
+                generator=generator,
+                description=f"mist {mode}",
+            )
         stats = [{"objective_start": float(s), "objective_end": float(e)} for s, e in zip(start, end)]
         return adversarial, stats

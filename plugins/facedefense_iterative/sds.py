@@ -90,6 +90,7 @@ class SDS(Defender):
         )
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
+        from facedefense_iterative.surrogate import flush_denormals
         import torch
 
         from facedefense.diffusion import encode_latents
@@ -116,16 +117,17 @@ class SDS(Defender):
             texture = (latents - target_latent).pow(2).flatten(1).sum(1)
             return direction * self.config.target_weight * sds - texture
 
-        adversarial, start, end = linf_pgd(
-            images,
-            objective,
-            eps=self.config.eps,
-            steps=self.config.steps,
-            step_size=self.config.step_size,
-            minimize=False,
-            random_start=self.config.random_start,
-            generator=generator,
-            description=f"sds{self.config.mode}",
-        )
+        with flush_denormals():
+            adversarial, start, end = linf_pgd(
+                images,
+                objective,
+                eps=self.config.eps,
+                steps=self.config.steps,
+                step_size=self.config.step_size,
+                minimize=False,
+                random_start=self.config.random_start,
+                generator=generator,
+                description=f"sds{self.config.mode}",
+            )
         stats = [{"objective_start": float(s), "objective_end": float(e)} for s, e in zip(start, end)]
         return adversarial, stats

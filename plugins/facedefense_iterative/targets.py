@@ -62,7 +62,8 @@ def load_target(value: str, *, method: str, option: str = "target") -> Tensor | 
     if not Path(value).is_file():
         raise ConfigError(f"{method} option {option}='{value}' is not a file; give an image path or '{PATTERN}'")
     try:
-        return load_image(value).pixels.unsqueeze(0)
+        pixels = load_image(value).pixels
+        return pixels.reshape(1, 3, *pixels.shape[-2:])
     except ImageError as exc:
         raise ConfigError(f"{method} option {option}: {exc}") from exc
 
@@ -93,7 +94,8 @@ def load_mask(path: str | None, *, method: str) -> Tensor | None:
         pixels = load_image(path).pixels
     except ImageError as exc:
         raise ConfigError(f"{method} option mask: {exc}") from exc
-    return (pixels.mean(dim=0, keepdim=True) > 0.5).to(torch.float32).unsqueeze(0)
+    pixels = pixels.reshape(1, 3, *pixels.shape[-2:])
+    return (pixels.mean(dim=1, keepdim=True) > 0.5).to(torch.float32)
 
 
 def check_mask(mask: Tensor, images: Tensor, *, method: str) -> None:
