@@ -33,7 +33,7 @@ TARGETS_CPU = {"rid": 0.5, "gap_diff": 0.2}
 def _checkpoint(method: str, folder: Path) -> Path:
     import torch
 
-    from facedefense_amortized.checkpoints import save_checkpoint
+    from facedefense.checkpoints import save_checkpoint
     from facedefense_amortized.networks import RID_ARCHITECTURE, GAPGenerator, PerturbationDiT
 
     path = folder / f"{method}-random.safetensors"
@@ -75,7 +75,7 @@ def _measure(method: str, mode: str, batch: int, device: str, checkpoint: str, r
     images = (torch.round(sample_faces(batch, 512).clamp(0, 1) * 255) / 255).to(device)
     start = time.perf_counter()
     if mode == "plain-fp32":
-        from facedefense_amortized.checkpoints import read_state_dict
+        from facedefense.checkpoints import read_state_dict
         from facedefense_amortized.networks import GAPGenerator, PerturbationDiT
 
         network = PerturbationDiT() if method == "rid" else GAPGenerator()

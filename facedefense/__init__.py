@@ -33,6 +33,7 @@ _LAZY = {
     "Method": "facedefense.interfaces",
     "Defender": "facedefense.interfaces",
     "AmortizedDefender": "facedefense.interfaces",
+    "AmortizedDefenderConfig": "facedefense.interfaces",
     "DefenderConfig": "facedefense.interfaces",
     "IterativeDefenderConfig": "facedefense.interfaces",
     "ProtectionResult": "facedefense.interfaces",
@@ -46,6 +47,13 @@ _LAZY = {
     "Metric": "facedefense.interfaces",
     "MetricConfig": "facedefense.interfaces",
     "MetricResult": "facedefense.interfaces",
+    "MetricScores": "facedefense.interfaces",
+    "PairedMetric": "facedefense.interfaces",
+    "IdentitySet": "facedefense.interfaces",
+    "IdentityProtection": "facedefense.interfaces",
+    "Perturbation": "facedefense.interfaces",
+    "load_personalized": "facedefense.interfaces",
+    "shared_model": "facedefense.models",
     "load_image": "facedefense.io",
     "load_images": "facedefense.io",
     "save_image": "facedefense.io",
@@ -59,8 +67,9 @@ def __getattr__(name: str) -> Any:
 
 
 def create(kind: str, name: str, **options: Any) -> Any:
-    """Instantiate a registered method: ``create("defender", "photoguard", eps=8/255)``."""
-    return get_registry().load(kind, name)(**options)
+    """Build a registered method by name, recording the plugin that supplies it (the one
+    construction path; the CLI uses it too): ``create("defender", "photoguard", eps=8/255)``."""
+    return get_registry().create(kind, name, **options)
 
 
 __all__ = [

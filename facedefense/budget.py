@@ -23,6 +23,26 @@ _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 _TOLERANCE = 1e-4
 
 
+def parse_fraction(value: str, key: str = "value") -> float:
+    """Parse ``"8/255"`` or ``"0.0314"`` into a float (the one number parser of every option).
+
+    Raises:
+        ConfigError: neither a number nor a fraction ``a/b``.
+
+    Example:
+        >>> parse_fraction("1/4")
+        0.25
+    """
+    match = _FRACTION.match(value)
+    try:
+        number = float(match.group(1)) / float(match.group(2)) if match else float(value)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise ConfigError(f"option '{key}' must be a number or a fraction like 8/255, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise ConfigError(f"option '{key}' must be a finite number, got {value!r}")
+    return number
+
+
 def parse_budget(value: str | float) -> float:
     """Parse a budget given as ``"8/255"``, ``"0.0314"`` or a float, in [0, 1] units.
 
@@ -36,10 +56,9 @@ def parse_budget(value: str | float) -> float:
     if isinstance(value, (int, float)):
         eps = float(value)
     else:
-        match = _FRACTION.match(value)
         try:
-            eps = float(match.group(1)) / float(match.group(2)) if match else float(value)
-        except (ValueError, ZeroDivisionError) as exc:
+            eps = parse_fraction(value, "eps")
+        except ConfigError as exc:
             raise ConfigError(f"bad budget '{value}': use a fraction like 8/255 or a number like 0.0314") from exc
     if not math.isfinite(eps) or not 0.0 < eps <= 1.0:
         raise ConfigError(f"budget {value} is outside (0, 1]; in [0, 1] pixel units 8/255 is typical")

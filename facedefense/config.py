@@ -12,24 +12,48 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
-from facedefense.budget import parse_budget
+from facedefense.budget import parse_budget, parse_fraction
 from facedefense.errors import ConfigError
+
+#: Largest seed accepted (``torch.Generator.manual_seed`` takes 64-bit values).
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
 class MethodConfig:
     """Options every method has.
 
+    A config is validated when built (``__post_init__`` raises :class:`ConfigError`) and frozen once
+    its method owns it: assigning a field then raises. Derive a changed copy with :meth:`replace`,
+    which validates again.
+
     Attributes:
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
         dtype: model precision: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``. Images
             stay float32 in [0, 1] whatever the model precision.
-        seed: seed of the method's random generator (random starts, timesteps, noise).
+        seed: seed of the method's random generator (random starts, timesteps, noise), 0 to 2**63-1.
     """
 
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise ConfigError(
+                f"{type(self).__name__} is frozen; build a changed copy with config.replace({name}=...)"
+            )
+        object.__setattr__(self, name, value)
+
+    def freeze(self) -> MethodConfig:
+        """Make this config immutable (done by :class:`~facedefense.Method`); returns it."""
+        self.__dict__["_frozen"] = True
+        return self
+
+    def replace(self, **changes: Any) -> MethodConfig:
+        """A validated, frozen copy with ``changes`` applied (values coerced like ``-o key=value``)."""
+        options = {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **changes}
+        return build_config(type(self), options, method=type(self).__name__).freeze()
 
 
 def config_fields(config_class: type) -> dict[str, Any]:
@@ -80,7 +104,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"option '{key}' must be an integer, got {value!r}") from exc
     if annotation is float:
-        if isinstance(value, str) and "/" in value:
+        if isinstance(value, bool):
+            raise ConfigError(f"option '{key}' must be a number, got {value!r}")
+        if isinstance(value, str):
             return parse_fraction(value, key)
         try:
             return float(value)
@@ -89,14 +115,6 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is str:
         return str(value)
     return value
-
-
-def parse_fraction(value: str, key: str) -> float:
-    numerator, _, denominator = value.partition("/")
-    try:
-        return float(numerator) / float(denominator)
-    except (ValueError, ZeroDivisionError) as exc:
-        raise ConfigError(f"option '{key}' must be a number or a fraction like 8/255, got {value!r}") from exc
 
 
 def build_config(config_class: type, options: dict[str, Any], *, method: str = "method") -> Any:
@@ -108,12 +126,19 @@ def build_config(config_class: type, options: dict[str, Any], *, method: str = "
     fields = config_fields(config_class)
     unknown = sorted(set(options) - set(fields))
     if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(
-            f"{method} has no option {', '.join(repr(k) for k in unknown)}; valid options: {', '.join(fields)}"
+            f"{method} has no option {', '.join(repr(k) for k in unknown)}{hint}; valid options: {', '.join(fields)}"
         )
     values = {key: _coerce(value, fields[key], key) for key, value in options.items()}
     if "eps" in values and values["eps"] is not None:
         values["eps"] = parse_budget(values["eps"])
+    seed = values.get("seed", 0)
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     try:
         return config_class(**values)
     except (TypeError, ValueError) as exc:

@@ -3,11 +3,14 @@
 A plugin is a module (or object) with functions marked ``@facedefense.hookimpl`` whose names are the
 hooks below. The ``register_*`` hooks receive a ``register`` callback::
 
-    register(name, target, *, summary="", aliases=())
+    register(name, target, *, summary="", aliases=(), tags=())
 
 ``name`` is the registry name (``^[a-z][a-z0-9_]*$``), ``target`` the class or a lazy reference
 ``"package.module:Class"`` imported only when the method is used, so that listing stays fast. The
 registry records which plugin registered what; a duplicate name is an error naming both plugins.
+``tags`` are free labels; the core reads two: metrics tagged ``"default"`` are what
+``facedefense evaluate`` computes when no ``--metric`` is given, and the defender tagged ``"demo"`` is
+what ``facedefense demo`` runs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class RegisterFn(Protocol):
     """The callback a ``register_*`` hook receives."""
 
     def __call__(
-        self, name: str, target: Any, *, summary: str = "", aliases: tuple[str, ...] = ()
+        self, name: str, target: Any, *, summary: str = "", aliases: tuple[str, ...] = (), tags: tuple[str, ...] = ()
     ) -> None: ...
 
 
@@ -68,6 +71,19 @@ def register_metrics(register: RegisterFn) -> None:
     """Register :class:`~facedefense.Metric` subclasses (``psnr``, ``ssim``, ``ism``, ...).
 
     :param register: call ``register(name, target, summary=..., aliases=...)`` once per metric.
+    """
+
+
+@hookspec
+def register_models(register: RegisterFn) -> None:
+    """Register shared networks (face embedders, CLIP, LPIPS, ...) that several methods use.
+
+    ``target`` is a factory, ``"package.module:build"``, called as
+    ``build(*, path: str | None, device: torch.device, dtype: torch.dtype, **options) -> torch.nn.Module``
+    (``path``: weights file or folder, None for the factory's default). Use the models through
+    :func:`facedefense.models.shared_model`, which builds each once per process.
+
+    :param register: call ``register(name, target, summary=...)`` once per model.
     """
 
 

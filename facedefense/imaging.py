@@ -7,6 +7,7 @@ that VAEs and most reference code use appears only through :func:`to_vae_range` 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from facedefense.errors import ImageError
@@ -72,3 +73,49 @@ def working_size(height: int, width: int, resolution: int | None, multiple: int 
         scale = resolution / min(height, width)
         height, width = height * scale, width * scale
     return (max(multiple, round(height / multiple) * multiple), max(multiple, round(width / multiple) * multiple))
+
+
+def as_image_list(images: Tensor | Sequence[Tensor], name: str = "images") -> list[Tensor]:
+    """A batch (N, 3, H, W) or a sequence of images of any sizes -> checked list of (3, H, W) float32.
+
+    Items of a sequence may be (3, H, W) or (1, 3, H, W).
+
+    Raises:
+        ImageError: an item breaks the image contract, or nothing was given.
+
+    Example:
+        >>> [tuple(x.shape) for x in as_image_list([torch.rand(3, 8, 8), torch.rand(1, 3, 4, 6)])]
+        [(3, 8, 8), (3, 4, 6)]
+    """
+    import torch
+
+    if isinstance(images, torch.Tensor):
+        return list(check_image_batch(images, name).unbind(0))
+    items = list(images)
+    if not items:
+        raise ImageError(f"{name} is empty")
+    checked = []
+    for index, item in enumerate(items):
+        if isinstance(item, torch.Tensor) and item.ndim == 3:
+            item = item.unsqueeze(0)
+        checked.append(check_image_batch(item, f"{name}[{index}]")[0])
+    return checked
+
+
+def group_by_size(
+    images: Sequence[Tensor], max_batch: int | None = None
+) -> Iterator[tuple[list[int], Tensor]]:
+    """Stack same-size images: yields ``(indices, batch)`` with batch (n, 3, H, W), n <= ``max_batch``.
+
+    Images keep their order inside a group; every index appears exactly once.
+    """
+    import torch
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(index)
+    for indices in groups.values():
+        step = max_batch or len(indices)
+        for start in range(0, len(indices), step):
+            chunk = indices[start : start + step]
+            yield chunk, torch.stack([images[i] for i in chunk])

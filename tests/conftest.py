@@ -14,10 +14,9 @@ pytest_plugins = ["facedefense.testing.fixtures"]
 
 
 @pytest.fixture
-def shift_defender():
+def shift_defender(register_method):
     """Register ``test_shift`` (adds +eps everywhere it can) in the process registry for CLI tests."""
     from facedefense.interfaces import Defender, DefenderConfig
-    from facedefense.registry import MethodSpec, get_registry
 
     @dataclass
     class ShiftConfig(DefenderConfig):
@@ -30,10 +29,8 @@ def shift_defender():
         def _perturb(self, images, generator):
             return images + self.config.eps
 
-    registry = get_registry()
-    registry.add(MethodSpec("defender", "test_shift", Shift, "tests"))
-    yield Shift
-    del registry.specs["defender"]["test_shift"]
+    register_method("defender", Shift)
+    return Shift
 
 
 @pytest.fixture

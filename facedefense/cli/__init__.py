@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from facedefense.cli import evaluate, listing, models, run
-from facedefense.registry import get_registry
+from facedefense.registry import call_each_plugin, get_registry
 
 HELP = (
     "Protect portrait photos against diffusion-model personalization and editing.\n\n"
@@ -33,11 +33,9 @@ def build_app(*, with_plugins: bool = True) -> typer.Typer:
     if with_plugins:
         registry = get_registry()
         if registry.plugin_manager is not None:
-            for impl in registry.plugin_manager.hook.register_commands.get_hookimpls():
-                try:
-                    impl.function(*[{"app": app}[arg] for arg in impl.argnames])
-                except Exception as exc:  # one plugin's bug must not take the CLI down
-                    typer.echo(f"warning: plugin '{impl.plugin_name}' failed to add commands: {exc}", err=True)
+            failures = call_each_plugin(registry.plugin_manager, "register_commands", lambda plugin: {"app": app})
+            for plugin, exc in failures:  # one plugin's bug must not take the CLI down
+                typer.echo(f"warning: plugin '{plugin}' failed to add commands: {exc}", err=True)
     return app
 
 

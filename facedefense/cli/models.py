@@ -56,13 +56,16 @@ def demo(
         list[Path] | None, typer.Argument(help="Portraits to protect (default: a sample portrait).")
     ] = None,
     output: Annotated[Path, typer.Option("--output", help="Demo folder.")] = Path("demo-output"),
-    method: Annotated[str, typer.Option("--method", "-m", help="Defender to demonstrate.")] = "photoguard",
+    method: Annotated[
+        str | None, typer.Option("--method", "-m", help="Defender to demonstrate (default: the one tagged 'demo').")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Optimization steps.")] = 5,
     eps: Annotated[str, typer.Option(help="Budget in [0,1] units.")] = "8/255",
 ) -> None:
     """Protect sample portraits with a tiny model built on the spot (a pipeline demo, offline)."""
     from facedefense.batch import protect_files
     from facedefense.budget import parse_budget
+    from facedefense.errors import ConfigError
     from facedefense.evaluation import evaluate_folder
     from facedefense.io import save_image
     from facedefense.registry import get_registry
@@ -78,16 +81,23 @@ def demo(
         samples.mkdir(exist_ok=True)
         save_image(_sample_portrait(tiny_models), samples / "astronaut.png")
         inputs = [samples]
-    spec = get_registry().get("defender", method)
-    defender = spec.load()(model=str(model_dir), eps=parse_budget(eps), steps=steps, device="cpu", dtype="float32")
+    registry = get_registry()
+    if method is None:
+        tagged = registry.tagged("defender", "demo")
+        if not tagged:
+            raise ConfigError("no defender is registered for the demo (tag 'demo'); pass --method NAME")
+        method = tagged[0]
+    defender = registry.create(
+        "defender", method, model=str(model_dir), eps=parse_budget(eps), steps=steps, device="cpu", dtype="float32"
+    )
     protected = output / "protected"
-    report = protect_files(defender, inputs, protected, progress=progress_default(), method_info={"plugin": spec.plugin})
+    report = protect_files(defender, inputs, protected, progress=progress_default())
     typer.echo(f"protected {len(report.succeeded)} image(s) into {protected}")
     for entry in report.succeeded:
         typer.echo(f"  {entry['output']}: max change {entry['linf_gray_levels']:.0f} gray levels (budget {eps})")
     reference = Path(report.succeeded[0]["input"]).parent if report.succeeded else None
     if reference is not None and all(Path(e["input"]).parent == reference for e in report.succeeded):
-        scores = evaluate_folder(protected, reference, ["psnr", "ssim"])
+        scores = evaluate_folder(protected, reference)
         for name, entry in scores["metrics"].items():
             typer.echo(f"  {name} (protected vs original): {entry['value']:.3f} {entry['unit']}")
     typer.secho("DEMO finished (tiny random model: pipeline check only).", fg=typer.colors.YELLOW, err=True)

@@ -20,12 +20,10 @@ Options = Annotated[list[str] | None, typer.Option("-o", "--option", help="Metho
 Progress = Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 
 
-def _make(kind: str, name: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _make(kind: str, name: str, options: dict[str, Any]) -> Any:
     from facedefense.registry import get_registry
 
-    spec = get_registry().get(kind, name)
-    method = spec.load()(**options)
-    return method, {"name": spec.name, "plugin": spec.plugin, "plugin_version": spec.version}
+    return get_registry().create(kind, name, **options)
 
 
 def _finish(report: Any, output: Path, verb: str) -> None:
@@ -41,6 +39,14 @@ def protect(
     inputs: Inputs,
     method: Annotated[str, typer.Option("--method", "-m", help="Defender name (see `facedefense list defenders`).")],
     output: Output,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Clean photos of the same person (identity-scoped defenders learn from them); for a folder "
+            "of identities, a folder of subfolders with the same names.",
+        ),
+    ] = None,
     model: Model = None,
     eps: Annotated[str | None, typer.Option(help="L-infinity budget in [0,1] units: 8/255 or 0.0314.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimization steps (iterative defenders).")] = None,
@@ -51,18 +57,30 @@ def protect(
     batch_size: BatchSize = 1,
     option: Options = None,
     progress: Progress = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run into the same --output from its last saved round "
+            "(same method, budget and options).",
+        ),
+    ] = False,
 ) -> None:
     """Protect photos with a defender; writes PNGs with the same names and a manifest."""
     from facedefense.batch import protect_files
     from facedefense.budget import parse_budget
+    from facedefense.distributed import bind_device, current_shard
 
     budget = parse_budget(eps) if eps is not None else None
     options = method_options(
         option, model=model, eps=budget, steps=steps, checkpoint=checkpoint, seed=seed, device=device, dtype=dtype
     )
-    defender, info = _make("defender", method, options)
+    bind_device(current_shard())
+    defender = _make("defender", method, options)
     show = progress_default() if progress is None else progress
-    report = protect_files(defender, inputs, output, batch_size=batch_size, progress=show, method_info=info)
+    report = protect_files(
+        defender, inputs, output, references=reference, batch_size=batch_size, progress=show, resume=resume
+    )
     _finish(report, output, "protected")
 
 
@@ -83,9 +101,9 @@ def purify(
     from facedefense.batch import purify_files
 
     options = method_options(option, model=model, seed=seed, device=device, dtype=dtype)
-    purifier, info = _make("purifier", method, options)
+    purifier = _make("purifier", method, options)
     show = progress_default() if progress is None else progress
-    report = purify_files(purifier, inputs, output, batch_size=batch_size, progress=show, method_info=info)
+    report = purify_files(purifier, inputs, output, batch_size=batch_size, progress=show)
     _finish(report, output, "purified")
 
 

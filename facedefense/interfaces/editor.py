@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from facedefense.config import MethodConfig
-from facedefense.errors import ConfigError
+from facedefense.errors import ConfigError, ImageError
 from facedefense.imaging import check_image_batch
 from facedefense.interfaces.base import Method
 
@@ -28,18 +28,60 @@ class EditorConfig(MethodConfig):
 
 
 class Editor(Method, abc.ABC):
-    """Base class of editing attacks: :meth:`edit` checks inputs and calls :meth:`_edit`."""
+    """Base class of editing attacks: :meth:`edit` checks inputs and calls :meth:`_edit`.
+
+    Attributes:
+        needs_mask: the editor only works with a mask (inpainting without an automatic mask).
+    """
 
     Config: ClassVar[type[EditorConfig]] = EditorConfig
+    needs_mask: ClassVar[bool] = False
 
-    def edit(self, images: Tensor, prompt: str, *, generator: torch.Generator | None = None) -> Tensor:
-        """Edit ``images`` ((N, 3, H, W) in [0, 1]) following ``prompt``; same shape out, in [0, 1]."""
-        if not prompt.strip():
-            raise ConfigError("an edit needs a non-empty prompt")
+    def edit(
+        self,
+        images: Tensor,
+        prompt: str,
+        *,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Edit ``images`` following ``prompt``.
+
+        Args:
+            images: (N, 3, H, W) float in [0, 1].
+            prompt: the instruction or target prompt (non-empty).
+            mask: optional (N, 1, H, W) or (1, 1, H, W) in [0, 1]; 1 marks the region to edit.
+            generator: source of randomness (default: seeded with ``config.seed``).
+
+        Returns:
+            The edited images, same shape, float32 in [0, 1].
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(f"editor '{self.name}' needs a non-empty prompt (--prompt)")
         if not self.config.model:
             raise ConfigError(f"{self.name or type(self).__name__} needs a model (--model)")
-        return self._edit(check_image_batch(images).clone(), prompt, self.make_generator(generator)).clamp(0, 1)
+        original = check_image_batch(images)
+        if mask is None and self.needs_mask:
+            raise ConfigError(f"editor '{self.name}' needs a mask (--mask)")
+        if mask is not None:
+            mask = self._check_mask(mask, original)
+        edited = self._edit(self._to_device(original), prompt, mask, self.make_generator(generator))
+        return self._check_output(edited, original, "_edit")
+
+    def _check_mask(self, mask: Tensor, images: Tensor) -> Tensor:
+        import torch
+
+        if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1:
+            raise ImageError(f"mask must be a (N, 1, H, W) tensor, got {getattr(mask, 'shape', type(mask).__name__)}")
+        if mask.shape[-2:] != images.shape[-2:] or mask.shape[0] not in (1, images.shape[0]):
+            raise ImageError(
+                f"mask of shape {tuple(mask.shape)} does not fit images of shape {tuple(images.shape)}"
+            )
+        mask = mask.float()
+        if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise ImageError("mask values must lie in [0, 1]")
+        return mask.expand(images.shape[0], -1, -1, -1).to(self.device, copy=True)
 
     @abc.abstractmethod
-    def _edit(self, images: Tensor, prompt: str, generator: torch.Generator) -> Tensor:
-        """Return the edited images."""
+    def _edit(self, images: Tensor, prompt: str, mask: Tensor | None, generator: torch.Generator) -> Tensor:
+        """Return the edited images (same shape); ``mask`` is (N, 1, H, W) on the device, or None."""

@@ -24,7 +24,9 @@ class Purifier(Method, abc.ABC):
     """Base class of purifiers.
 
     :meth:`purify` checks the batch, never modifies it, calls :meth:`_purify` and returns images of
-    the same shape in [0, 1]. :meth:`purify_differentiable` is what a defender optimizes through
+    the same shape in [0, 1] (a purifier may work at another size inside, e.g. x4 upscaling, but
+    returns the input's). It runs without autograd unless the purifier sets ``needs_grad = True``
+    (IMPRESS optimizes the image). :meth:`purify_differentiable` is what a defender optimizes through
     (expectation over transformations): by default the straight-through estimator (BPDA: forward is
     the real purifier, backward is the identity); a purifier with a differentiable approximation sets
     ``differentiable = True`` and overrides it.
@@ -32,20 +34,16 @@ class Purifier(Method, abc.ABC):
 
     Config: ClassVar[type[PurifierConfig]] = PurifierConfig
     differentiable: ClassVar[bool] = False
+    needs_grad: ClassVar[bool] = False
 
     def purify(self, images: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Purify a batch: (N, 3, H, W) in [0, 1] -> same shape in [0, 1]."""
         import torch
 
         original = check_image_batch(images)
-        with torch.no_grad():
-            purified = self._purify(original.clone().to(self.device), self.make_generator(generator))
-        purified = purified.to(device=original.device, dtype=torch.float32).clamp(0.0, 1.0)
-        if purified.shape != original.shape:
-            raise RuntimeError(
-                f"{type(self).__name__}._purify returned shape {tuple(purified.shape)}, expected {tuple(original.shape)}"
-            )
-        return purified
+        with torch.set_grad_enabled(self.needs_grad):
+            purified = self._purify(self._to_device(original), self.make_generator(generator))
+        return self._check_output(purified, original, "_purify")
 
     def purify_differentiable(self, images: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Purify with a gradient: straight-through (BPDA) unless the purifier overrides it."""

@@ -3,6 +3,8 @@
 Subclass the mixin in a test module, name the class ``Test...`` and implement ``make_method``::
 
     class TestPhotoGuard(DefenderContract):
+        registry_name = "photoguard"
+
         def make_method(self, request):
             return PhotoGuard(model=str(request.getfixturevalue("tiny_sd_path")), steps=4, eps=self.eps)
 
@@ -41,8 +43,16 @@ def _images(count: int, height: int, width: int, seed: int = 0) -> Tensor:
 
 
 class MethodContract:
-    """Shared plumbing: a class-scoped ``method`` fixture built by :meth:`make_method`."""
+    """Shared plumbing: a class-scoped ``method`` fixture built by :meth:`make_method`.
 
+    Attributes:
+        kind: the registry kind the contract is for.
+        registry_name: the name the method is registered under (default: ``method.name``); the
+            contract checks that the registry gives back the tested class under that name.
+    """
+
+    kind: ClassVar[str] = ""
+    registry_name: ClassVar[str | None] = None
     image_size: ClassVar[tuple[int, int]] = (64, 64)
     batch: ClassVar[int] = 2
 
@@ -61,8 +71,25 @@ class MethodContract:
         clone = type(method)(method.config)
         assert clone.config == method.config
 
-    def test_has_registry_name(self, method: Any) -> None:
+    def test_registered_under_its_name(self, method: Any) -> None:
+        from facedefense.registry import get_registry
+
         assert method.name, "set the class attribute `name` to the registry name"
+        name = self.registry_name or method.name
+        assert name == method.name, f"registered as {name!r} but the class says name = {method.name!r}"
+        assert get_registry().load(self.kind, name) is type(method), (
+            f"the registry's {self.kind} '{name}' is not {type(method).__qualname__}"
+        )
+
+    def test_config_is_frozen(self, method: Any) -> None:
+        import dataclasses
+
+        from facedefense.errors import ConfigError
+
+        first = dataclasses.fields(method.config)[0].name
+        with pytest.raises(ConfigError):
+            setattr(method.config, first, getattr(method.config, first))
+        assert len(method.fingerprint()) == 16 and method.fingerprint() == type(method)(method.config).fingerprint()
 
 
 class DefenderContract(MethodContract):
@@ -73,6 +100,7 @@ class DefenderContract(MethodContract):
     noise of the same budget (override :meth:`objective`; return None to skip that check).
     """
 
+    kind: ClassVar[str] = "defender"
     eps: ClassVar[float] = 8 / 255
     odd_size: ClassVar[tuple[int, int]] = (56, 72)
     objective_higher_is_better: ClassVar[bool] = False
@@ -127,6 +155,19 @@ class DefenderContract(MethodContract):
         assert result.images.shape == images.shape
         assert max(result.linf) <= method.config.eps * 255 + 1e-3
 
+    def test_identity_of_mixed_sizes(self, method: Any) -> None:
+        """Photos of different sizes with references of other sizes, as the file runner gives them."""
+        from facedefense.interfaces import IdentitySet
+
+        photos = [_images(1, *self.image_size)[0], _images(1, *self.odd_size, seed=1)[0]]
+        references = [_images(1, 48, 40, seed=2)[0]]
+        identity = IdentitySet.from_images(photos, names=["a.png", "b.png"], references=references, name="person")
+        result = method.protect_identity(identity)
+        assert [tuple(x.shape) for x in result.images] == [tuple(x.shape) for x in photos]
+        assert result.names == ["a.png", "b.png"]
+        assert max(result.linf) <= method.config.eps * 255 + 1e-3
+        assert all((out != photo).any() for out, photo in zip(result.images, photos))
+
     def test_beats_random_noise(self, method: Any, images: Tensor, result: Any) -> None:
         import torch
 
@@ -151,6 +192,8 @@ class DefenderContract(MethodContract):
 
 class PurifierContract(MethodContract):
     """Contract of a :class:`~facedefense.Purifier`: shape/range, no mutation, determinism, gradient."""
+
+    kind: ClassVar[str] = "purifier"
 
     def test_output_contract(self, method: Any, images: Tensor) -> None:
         out = method.purify(images)
@@ -177,24 +220,106 @@ class PurifierContract(MethodContract):
 
 
 class MetricContract(MethodContract):
-    """Contract of a :class:`~facedefense.Metric`: finite values, one per image, deterministic,
-    identical inputs at the good end."""
+    """Contract of a :class:`~facedefense.Metric`: one finite value per image (images of different
+    sizes in one call), deterministic, identical inputs at the good end (paired metrics), set metrics
+    against a reference set of another size and count."""
+
+    kind: ClassVar[str] = "metric"
+    prompt: ClassVar[str] = "a photo of a person"
+
+    def _references(self, method: Any, images: list) -> Any:
+        if method.pairing == "paired":
+            return images
+        if method.pairing == "set":
+            return [_images(1, 48, 40, seed=5)[0], _images(1, 56, 56, seed=6)[0], _images(1, 40, 48, seed=7)[0]]
+        return None
 
     def test_values(self, method: Any, images: Tensor) -> None:
         import math
 
-        references = images if method.needs_reference else None
-        result = method.compute(images, references)
-        assert len(result.per_image) == images.shape[0]
-        assert all(math.isfinite(v) for v in result.per_image)
-        assert method.compute(images, references).per_image == result.per_image
+        listed = [*images.unbind(0), _images(1, 40, 56, seed=4)[0]]
+        references = self._references(method, listed)
+        prompts = self.prompt if method.needs_prompt else None
+        result = method.compute(listed, references, prompts=prompts)
+        if method.per_image:
+            assert result.per_image is not None and len(result.per_image) == len(listed)
+            assert all(math.isfinite(v) for v in result.per_image)
+            assert method.compute(listed, references, prompts=prompts).per_image == result.per_image
+        else:
+            assert result.per_image is None
+        assert math.isfinite(result.value)
+        assert result.protected_if in ("higher", "lower")
 
     def test_identical_scores_at_good_end(self, method: Any, images: Tensor) -> None:
         import torch
 
-        if not method.needs_reference:
-            pytest.skip("no-reference metric")
+        if method.pairing != "paired":
+            pytest.skip("only paired metrics compare an image with itself")
         noisy = (images + 0.1 * torch.randn(images.shape, generator=_generator(2))).clamp(0, 1)
         same = method.compute(images, images).value
         different = method.compute(noisy, images).value
         assert (same > different) if method.higher_is_better else (same < different)
+
+    def test_rejects_missing_references(self, method: Any, images: Tensor) -> None:
+        from facedefense.errors import ConfigError
+
+        if method.pairing == "none":
+            pytest.skip("no-reference metric")
+        with pytest.raises(ConfigError):
+            method.compute(images, None, prompts=self.prompt if method.needs_prompt else None)
+
+
+class EditorContract(MethodContract):
+    """Contract of an :class:`~facedefense.Editor`: same shape and range, input untouched, seeded."""
+
+    kind: ClassVar[str] = "editor"
+    prompt: ClassVar[str] = "make it a painting"
+
+    def test_output_contract(self, method: Any, images: Tensor) -> None:
+        before = images.clone()
+        out = method.edit(images, self.prompt)
+        assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+        assert (images == before).all()
+
+    def test_deterministic_with_seed(self, method: Any, images: Tensor) -> None:
+        import torch
+
+        first = method.edit(images, self.prompt, generator=_generator(1))
+        assert torch.equal(first, method.edit(images, self.prompt, generator=_generator(1)))
+
+    def test_rejects_empty_prompt(self, method: Any, images: Tensor) -> None:
+        from facedefense.errors import ConfigError
+
+        with pytest.raises(ConfigError):
+            method.edit(images, "  ")
+
+
+class PersonalizerContract(MethodContract):
+    """Contract of a :class:`~facedefense.Personalizer`: fits photos of mixed sizes, generates the
+    requested count, saves in its format with metadata and loads back to the same images."""
+
+    kind: ClassVar[str] = "personalizer"
+    prompts: ClassVar[tuple[str, ...]] = ("a photo of sks person",)
+
+    @pytest.fixture(scope="class")
+    def fitted(self, method: Any, images: Tensor, tmp_path_factory: pytest.TempPathFactory) -> Any:
+        photos = [*images.unbind(0), _images(1, 56, 72, seed=3)[0]]
+        return method.fit(photos, output_dir=tmp_path_factory.mktemp("personalized"))
+
+    def test_generates_requested_count(self, fitted: Any) -> None:
+        out = fitted.generate(list(self.prompts), num_images=2, generator=_generator(0))
+        assert out.ndim == 4 and out.shape[0] == 2 * len(self.prompts) and out.shape[1] == 3
+        assert out.min() >= 0 and out.max() <= 1
+
+    def test_save_and_load_round_trip(self, fitted: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+        import torch
+
+        from facedefense.interfaces.personalizer import METADATA_NAME, load_personalized, read_metadata
+
+        folder = fitted.save(tmp_path_factory.mktemp("saved"))
+        metadata = read_metadata(folder)
+        assert (folder / METADATA_NAME).is_file() and metadata["format"] == fitted.format
+        loaded = load_personalized(folder, device="cpu")
+        a = fitted.generate(list(self.prompts), generator=_generator(4))
+        b = loaded.generate(list(self.prompts), generator=_generator(4))
+        assert torch.allclose(a, b, atol=2 / 255)

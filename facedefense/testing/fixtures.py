@@ -9,11 +9,14 @@ Importing this module sets ``HF_HUB_OFFLINE=1`` (tests never touch the network).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,6 +140,34 @@ def trained_tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except OSError:  # read-only home, a concurrent writer: the session copy is as good
         shutil.rmtree(staging, ignore_errors=True)
         return work
+
+
+@contextlib.contextmanager
+def registered(kind: str, target: Any, name: str | None = None, *, plugin: str = "tests", **facts: Any) -> Iterator[str]:
+    """Register ``target`` in the process registry for the duration of a ``with`` block.
+
+    Example:
+        >>> with registered("defender", MyDefender):
+        ...     facedefense.create("defender", "my_defender")
+    """
+    from facedefense.registry import MethodSpec, get_registry
+
+    registry = get_registry()
+    name = name or target.name
+    registry.add(MethodSpec(kind, name, target, plugin, **facts))
+    if registry.specs[kind].get(name) is None or registry.specs[kind][name].target is not target:
+        raise RuntimeError(f"{kind} '{name}' could not be registered: {registry.problems[-1:]}")
+    try:
+        yield name
+    finally:
+        registry.remove(kind, name)
+
+
+@pytest.fixture
+def register_method() -> Iterator[Any]:
+    """A function ``register_method(kind, target, name=None)`` whose registrations end with the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda kind, target, name=None, **facts: stack.enter_context(registered(kind, target, name, **facts))
 
 
 @pytest.fixture(scope="session")

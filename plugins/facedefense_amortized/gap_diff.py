@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from facedefense.checkpoints import load_defender_network
 from facedefense.errors import ConfigError
 from facedefense.imaging import to_vae_range
-from facedefense.interfaces import AmortizedDefender, DefenderConfig
-from facedefense_amortized.checkpoints import load_defender_network
+from facedefense.interfaces import AmortizedDefender, AmortizedDefenderConfig
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +24,7 @@ PREFIX = "generator."
 
 
 @dataclass
-class GAPDiffConfig(DefenderConfig):
+class GAPDiffConfig(AmortizedDefenderConfig):
     """GAP-Diff options.
 
     Attributes:
@@ -40,14 +40,11 @@ class GAPDiffConfig(DefenderConfig):
             area: about 1.5 GB at 2048x2048 in fp32). Default 2048; 0 means always full resolution.
     """
 
-    checkpoint: str = ""
-    eps: float | None = None  # type: ignore[assignment]
     train_mode: bool = False
     max_side: int = 2048
 
     def __post_init__(self) -> None:
-        if self.eps is not None:
-            super().__post_init__()
+        super().__post_init__()
         if self.max_side < 0 or 0 < self.max_side < 512:
             raise ConfigError(f"max_side must be 0 (no limit) or at least 512 pixels, got {self.max_side}")
 
@@ -98,14 +95,18 @@ class GAPDiff(AmortizedDefender):
             where_to_get=WHERE_TO_GET,
             strip_prefix=PREFIX,
         )
-        self.config.eps, self.budget_source = loaded.eps, loaded.budget_source
-        network = loaded.network.train(self.config.train_mode).requires_grad_(False)
+        self.config = self.config.replace(eps=loaded.eps)
+        self.budget_source = loaded.budget_source
+        self.architecture = loaded.architecture
+        #: The trainable generator (for training and export); ``engine`` runs inference.
+        self.network = loaded.network.train(self.config.train_mode).requires_grad_(False)
         on_cpu = self.device.type == "cpu"
         if on_cpu and not self.config.train_mode and self.dtype in (torch.float32, torch.bfloat16) and folding_supported():
-            self.network = FoldedGAPGenerator(network.float(), self.dtype)
+            self.engine = FoldedGAPGenerator(self.network.float(), self.dtype)
         else:
             layout = torch.channels_last if on_cpu else torch.contiguous_format
-            self.network = network.to(device=self.device, dtype=self.dtype, memory_format=layout)
+            self.network = self.network.to(device=self.device, dtype=self.dtype, memory_format=layout)
+            self.engine = self.network
         # One photo at a time on the CPU (faster per photo there, and bounded memory) and in train
         # mode (batch-norm statistics per photo, as the reference computes them at batch size 1).
         self.chunk = 1 if on_cpu or self.config.train_mode else None
@@ -135,7 +136,7 @@ class GAPDiff(AmortizedDefender):
 
         height, width = images.shape[-2:]
         inputs = to_vae_range(_pad_for_generator(images)).to(self.dtype).contiguous(memory_format=torch.channels_last)
-        return self.network(inputs).float()[..., :height, :width]
+        return self.engine(inputs).float()[..., :height, :width]
 
 
 def _pad_for_generator(images: Tensor) -> Tensor:

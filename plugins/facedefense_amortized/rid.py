@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from facedefense.checkpoints import load_defender_network
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, to_vae_range
-from facedefense.interfaces import AmortizedDefender, DefenderConfig
-from facedefense_amortized.checkpoints import load_defender_network
+from facedefense.interfaces import AmortizedDefender, AmortizedDefenderConfig
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,7 +27,7 @@ QUANTIZE = ("auto", "int8", "none")
 
 
 @dataclass
-class RIDConfig(DefenderConfig):
+class RIDConfig(AmortizedDefenderConfig):
     """RID options.
 
     Attributes:
@@ -41,13 +41,10 @@ class RIDConfig(DefenderConfig):
             uses int8 on such CPUs when ``dtype`` is ``"auto"``.
     """
 
-    checkpoint: str = ""
-    eps: float | None = None  # type: ignore[assignment]
     quantize: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.eps is not None:
-            super().__post_init__()
+        super().__post_init__()
         if self.quantize not in QUANTIZE:
             raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
 
@@ -83,9 +80,20 @@ class RID(AmortizedDefender):
 
     def __init__(self, config: RIDConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
+        loaded = self._load()
+        self.config = self.config.replace(eps=loaded.eps)
+        self.budget_source = loaded.budget_source
+        self.architecture = loaded.architecture
+        self.input_size = loaded.architecture["input_size"]
+        self._network: torch.nn.Module | None = loaded.network.eval().requires_grad_(False)
+        self.engine = self._optimize(self._network)
+        if self.engine is not self._network:
+            self._network = None  # consumed by the int8 engine; reloaded on demand by .network
+
+    def _load(self):
         from facedefense_amortized.networks import RID_ARCHITECTURE, PerturbationDiT
 
-        loaded = load_defender_network(
+        return load_defender_network(
             "rid",
             self.config.checkpoint,
             PerturbationDiT,
@@ -94,9 +102,17 @@ class RID(AmortizedDefender):
             where_to_get=WHERE_TO_GET,
             defaults=RID_ARCHITECTURE,
         )
-        self.config.eps, self.budget_source = loaded.eps, loaded.budget_source
-        self.input_size = loaded.architecture["input_size"]
-        self.network = self._optimize(loaded.network.eval().requires_grad_(False))
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The trainable fp32 :class:`PerturbationDiT` (for training and export).
+
+        When the int8 engine consumed the loaded weights, they are read again from the checkpoint on
+        first access, so inference alone never holds both copies.
+        """
+        if self._network is None:
+            self._network = self._load().network.eval().requires_grad_(False)
+        return self._network
 
     def _optimize(self, network: torch.nn.Module) -> Callable[[Tensor], Tensor]:
         import torch
@@ -126,5 +142,5 @@ class RID(AmortizedDefender):
         size = (self.input_size, self.input_size)
         with torch.inference_mode():
             inputs = to_vae_range(resize(images, size)).to(self.device, self.input_dtype)
-            delta = self.config.eps * torch.tanh(self.network(inputs).float())
+            delta = self.config.eps * torch.tanh(self.engine(inputs).float())
         return images + resize(delta, tuple(images.shape[-2:]))

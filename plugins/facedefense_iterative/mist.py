@@ -85,7 +85,7 @@ class Mist(Defender):
 
     def __init__(self, config: MistConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        from facedefense_iterative.surrogate import load_surrogate
+        from facedefense_iterative.frozen_model import load_surrogate
         from facedefense_iterative.targets import load_target
 
         self.target_image = load_target(self.config.target, method=self.name)
@@ -94,7 +94,7 @@ class Mist(Defender):
         )
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
-        from facedefense_iterative.surrogate import flush_denormals
+        from facedefense_iterative.frozen_model import flush_denormals
         import torch
 
         from facedefense.diffusion import denoising_loss, encode_latents

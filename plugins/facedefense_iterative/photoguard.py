@@ -135,7 +135,7 @@ class PhotoGuard(Defender):
         self.mask = load_mask(self.config.mask, method=self.name)
         self.surrogate = None
         if self.config.attack == "diffusion":
-            from facedefense_iterative.surrogate import load_surrogate
+            from facedefense_iterative.frozen_model import load_surrogate
 
             self.surrogate = load_surrogate(
                 self.config.model, self.config.prompt, device=self.device, dtype=self.dtype, method=self.name,
@@ -211,7 +211,7 @@ class PhotoGuard(Defender):
         from torch.utils.checkpoint import checkpoint
 
         from facedefense.diffusion import decode_latents, encode_latents
-        from facedefense_iterative.surrogate import draw_noise
+        from facedefense_iterative.frozen_model import draw_noise
 
         if self.surrogate is None:
             raise ConfigError("photoguard edit needs attack='diffusion'")
@@ -284,7 +284,7 @@ class PhotoGuard(Defender):
     # ------------------------------------------------------------------------------------------
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
-        from facedefense_iterative.surrogate import flush_denormals
+        from facedefense_iterative.frozen_model import flush_denormals
         from facedefense.diffusion import latent_mean
 
         size = working_size(*images.shape[-2:], self.config.resolution)

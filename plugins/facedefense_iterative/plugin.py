@@ -9,6 +9,22 @@ def register_defenders(register):
         "photoguard",
         "facedefense_iterative.photoguard:PhotoGuard",
         summary="PhotoGuard: push the VAE latent (encoder attack) or the edit itself (diffusion attack) toward a target (Salman et al., 2023)",
+        tags=("demo",),
+    )
+    register(
+        "aspl",
+        "facedefense_iterative.aspl:ASPL",
+        summary="Anti-DreamBooth ASPL: alternate DreamBooth surrogate fine-tuning and PGD on one identity (Van Le et al., 2023)",
+    )
+    register(
+        "fsmg",
+        "facedefense_iterative.fsmg:FSMG",
+        summary="Anti-DreamBooth FSMG: PGD against a DreamBooth surrogate trained on clean photos (Van Le et al., 2023)",
+    )
+    register(
+        "advdm",
+        "facedefense_iterative.advdm:AdvDM",
+        summary="AdvDM: maximize the diffusion model's denoising loss (Liang et al., 2023)",
     )
     register(
         "mist",

@@ -81,7 +81,7 @@ class SDS(Defender):
 
     def __init__(self, config: SDSConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        from facedefense_iterative.surrogate import load_surrogate
+        from facedefense_iterative.frozen_model import load_surrogate
         from facedefense_iterative.targets import load_target
 
         self.target_image = load_target(self.config.target, method=self.name) if self.config.target else None
@@ -90,11 +90,11 @@ class SDS(Defender):
         )
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
-        from facedefense_iterative.surrogate import flush_denormals
+        from facedefense_iterative.frozen_model import flush_denormals
         import torch
 
         from facedefense.diffusion import encode_latents
-        from facedefense_iterative.surrogate import denoising_residual
+        from facedefense_iterative.frozen_model import denoising_residual
         from facedefense_iterative.targets import target_at
 
         vae = self.surrogate.parts.vae

@@ -1,99 +1,521 @@
-"""The surrogate latent diffusion model the iterative defenders attack: loaded once, frozen, with the
-prompt's text embedding computed once, and the denoising residual that SDS-type gradients use."""
+"""What the Anti-DreamBooth family shares: photos of any sizes as one optimizable batch, the
+DreamBooth surrogate (full or LoRA fine-tuning with prior preservation), cached class images, and
+the denoising objective with its targeted variant.
+
+Nothing here is a method; ``aspl``, ``fsmg`` and ``advdm`` are thin files on top of it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facedefense.errors import ConfigError
+from facedefense.errors import ConfigError, ImageError
+from facedefense.imaging import resize, working_size
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
 
+# ----------------------------------------------------------------------------------------------
+# Photos of any sizes
+
+
 @dataclass
-class Surrogate:
-    """Frozen SD parts plus the cached embedding of one prompt.
+class PhotoBatch:
+    """Images of any sizes packed into one zero-padded batch the optimizer can move as one tensor.
+
+    Each image keeps its own size; the model sees it resized so that its short side is
+    ``resolution`` (aspect kept, a multiple of 8), the perturbation lives at the original size and is
+    optimized through the (differentiable) resize, and images whose working sizes agree share one
+    forward pass. Padding receives no gradient and is cut away by :meth:`unpack`.
 
     Attributes:
-        parts: :class:`facedefense.diffusion.SDComponents` (vae, unet, scheduler, ...).
-        condition: (1, L, D) text embedding of the prompt (computed once, no gradient).
-        uncond: (1, L, D) embedding of the empty prompt (classifier-free guidance), or None.
+        padded: (N, 3, Hmax, Wmax) float32 in [0, 1].
+        sizes: original (H, W) per image.
+        work_sizes: working (h, w) per image.
     """
 
-    parts: Any
-    condition: Tensor
-    uncond: Tensor | None = None
+    padded: Tensor
+    sizes: list[tuple[int, int]]
+    work_sizes: list[tuple[int, int]]
+    groups: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def pack(cls, images: Sequence[Tensor], resolution: int | None, *, device: Any = None) -> PhotoBatch:
+        import torch
+
+        if not images:
+            raise ImageError("no images to protect")
+        sizes = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
+        height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        padded = torch.zeros(len(images), 3, height, width, device=device or images[0].device)
+        for index, (image, (h, w)) in enumerate(zip(images, sizes)):
+            padded[index, :, :h, :w] = image.reshape(3, h, w)
+        work = [working_size(h, w, resolution) for h, w in sizes]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(work):
+            groups.setdefault(size, []).append(index)
+        return cls(padded, sizes, work, groups)
+
+    def unpack(self, padded: Tensor) -> list[Tensor]:
+        return [padded[i, :, :h, :w] for i, (h, w) in enumerate(self.sizes)]
+
+    def working(self, padded: Tensor) -> list[tuple[list[int], Tensor]]:
+        """``(indices, batch)`` per working size: the images the model sees (differentiable)."""
+        import torch
+
+        out = []
+        for size, indices in self.groups.items():
+            crops = [resize(padded[i : i + 1, :, : self.sizes[i][0], : self.sizes[i][1]], size) for i in indices]
+            out.append((indices, torch.cat(crops)))
+        return out
+
+    def square(self, padded: Tensor, resolution: int) -> Tensor:
+        """DreamBooth's training view: short side to ``resolution``, centre crop, (N, 3, r, r)."""
+        import torch
+
+        return torch.cat([square_crop(padded[i : i + 1, :, :h, :w], resolution) for i, (h, w) in enumerate(self.sizes)])
 
 
-def load_surrogate(
-    model: str, prompt: str, *, device: torch.device, dtype: torch.dtype, method: str, uncond: bool = False
-) -> Surrogate:
-    """Load every SD component of ``model`` once and embed ``prompt`` (and "" when ``uncond``)."""
-    from facedefense.diffusion import TextEmbeddingCache, load_components
-
-    if not model:
-        raise ConfigError(f"{method} needs a surrogate model: --model (a diffusers folder or a Hugging Face id)")
-    parts = load_components(model, device=device, dtype=dtype)
-    cache = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)
-    return Surrogate(parts=parts, condition=cache(prompt), uncond=cache.uncond if uncond else None)
+def square_crop(image: Tensor, resolution: int) -> Tensor:
+    """Resize the short side to ``resolution`` and centre-crop a square, as DreamBooth's loader does."""
+    h, w = image.shape[-2:]
+    scale = resolution / min(h, w)
+    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+    resized = resize(image, size)
+    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    return resized[..., top : top + resolution, left : left + resolution]
 
 
-def draw_noise(latents: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise like ``latents``, drawn on the generator's device (seed-stable)."""
-    import torch
-
-    device = generator.device if generator is not None else "cpu"
-    return torch.randn(latents.shape, generator=generator, device=device).to(latents.device, torch.float32)
+# ----------------------------------------------------------------------------------------------
+# Class images for prior preservation
 
 
-def denoising_residual(
-    surrogate: Surrogate, latents: Tensor, generator: torch.Generator | None, *, low: int = 0, high: int | None = None
+def cache_root() -> Path:
+    """``$FACEDEFENSE_CACHE`` or ``~/.cache/facedefense``."""
+    configured = os.environ.get("FACEDEFENSE_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "facedefense"
+
+
+def class_images(
+    model: str,
+    prompt: str,
+    count: int,
+    *,
+    resolution: int,
+    steps: int,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    folder: str | Path | None = None,
+    progress: bool | None = None,
 ) -> Tensor:
-    """``UNet(z_t, t, c) - target`` at a random t and noise, WITHOUT autograd (the SDS gradient).
+    """Prior-preservation images of ``prompt`` drawn from the base model once, then cached.
 
-    ``latents`` are scaled latents (N, 4, h, w); the target is the noise (or the velocity for
-    v-prediction models). The per-image denoising loss is ``residual.pow(2).flatten(1).mean(1)``.
+    The cache key is the model, prompt, count, resolution, sampling steps and seed; the images are
+    PNG files under ``cache_root()/class_images/<key>/`` written atomically (a folder renamed into
+    place), so concurrent runs never see half a set. A user ``folder`` of images replaces generation.
+
+    Returns:
+        (count, 3, resolution, resolution) float32 in [0, 1] on the CPU.
     """
     import torch
 
-    from facedefense.diffusion import sample_timesteps
+    from facedefense.io import collect_images, load_image
 
-    parts = surrogate.parts
-    with torch.no_grad():
-        z = latents.detach().float()
-        timesteps = sample_timesteps(parts.scheduler, z.shape[0], generator=generator, device=z.device, low=low, high=high)
-        noise = draw_noise(z, generator)
-        noisy = parts.scheduler.add_noise(z, noise, timesteps)
-        states = surrogate.condition.expand(z.shape[0], -1, -1)
-        prediction = parts.unet(noisy.to(parts.unet.dtype), timesteps, states.to(parts.unet.dtype)).sample.float()
-        if parts.scheduler.config.prediction_type == "v_prediction":
-            target = parts.scheduler.get_velocity(z, noise, timesteps)
-        elif parts.scheduler.config.prediction_type == "sample":
-            target = z
-        else:
-            target = noise
-        return prediction - target
+    if folder is not None:
+        paths = collect_images([Path(folder)])
+        if not paths:
+            raise ConfigError(f"class image folder {folder} holds no images")
+        return torch.cat([square_crop(load_image(p).pixels, resolution) for p in paths[:count]]).clamp(0, 1)
+    key_text = json.dumps([str(model), prompt, count, resolution, steps, seed])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    target = cache_root() / "class_images" / key
+    if (target / "done.json").is_file():
+        paths = sorted(target.glob("*.png"))
+        return torch.cat([load_image(p).pixels for p in paths])
+    images = _generate(model, prompt, count, resolution=resolution, steps=steps, seed=seed, device=device,
+                       dtype=dtype, progress=progress)
+    _store(images, target, key_text)
+    return images
 
 
-@contextmanager
-def flush_denormals() -> Iterator[None]:
-    """Flush denormal floats to zero on the CPU for the duration (restoring the previous mode).
-
-    Unrolled denoising steps produce denormal activations (SiLU of large negative inputs); x86
-    CPUs process those 10-100 times slower. Measured on the tiny model: one 2-step img2img edit at
-    64 px went from 10.8 s to 0.9 s. Results change only below 1e-38.
-    """
+def _generate(model: str, prompt: str, count: int, *, resolution: int, steps: int, seed: int, device: Any,
+              dtype: Any, progress: bool | None) -> Tensor:
     import torch
+    from tqdm.auto import tqdm
 
-    was_on = bool((torch.tensor([1e-40]) * 1.0).item() == 0.0)
-    supported = torch.set_flush_denormal(True)
+    from facedefense.diffusion import load_pipeline
+
+    pipeline = load_pipeline(model, "text2img", device=device, dtype=dtype)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    batches = []
+    with tqdm(total=count, desc="class images", leave=False, disable=None if progress is None else not progress) as bar:
+        for start in range(0, count, 4):
+            number = min(4, count - start)
+            latents = torch.randn(number, pipeline.unet.config.in_channels, resolution // pipeline.vae_scale_factor,
+                                  resolution // pipeline.vae_scale_factor, generator=generator)
+            out = pipeline([prompt] * number, height=resolution, width=resolution, num_inference_steps=steps,
+                           latents=latents.to(device, dtype), output_type="pt").images
+            batches.append(out.float().cpu().clamp(0, 1))
+            bar.update(number)
+    del pipeline
+    return torch.round(torch.cat(batches) * 255) / 255
+
+
+def _store(images: Tensor, target: Path, key_text: str) -> None:
+    import shutil
+
+    from facedefense.io import save_image
+
+    staging = target.with_name(f".{target.name}.{os.getpid()}")
     try:
-        yield
-    finally:
-        if supported and not was_on:
-            torch.set_flush_denormal(False)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for index, image in enumerate(images):
+            save_image(image, staging / f"{index:04d}.png")
+        (staging / "done.json").write_text(key_text, encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    except OSError:  # a read-only cache or a concurrent writer: the images in memory are as good
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The DreamBooth surrogate
+
+
+class Surrogate:
+    """A Stable Diffusion model fine-tuned DreamBooth-style: UNet and text encoder (or LoRA adapters).
+
+    The VAE stays frozen. Training is the DreamBooth loss with prior preservation
+    (``L_inst + w * L_prior`` on one instance and one class image per step, AdamW, gradient
+    clipping at 1.0), as in Anti-DreamBooth's ``train_one_epoch``; the optimizer is recreated per
+    call as there. :meth:`snapshot` / :meth:`restore` copy only the trainable tensors, which is how
+    ASPL's ``f' = copy(f)`` costs one memory copy instead of a deep copy of the networks.
+
+    Args:
+        model: diffusers folder or Hugging Face id.
+        device, dtype: where and in what precision the networks live.
+        train_text_encoder: fine-tune the text encoder too (the reference does).
+        lora_rank: 0 for a full fine-tune, else LoRA adapters of this rank on the attention
+            projections of the UNet (and of the text encoder when it is trained).
+        gradient_checkpointing: trade compute for memory in the UNet.
+    """
+
+    LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+    TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        train_text_encoder: bool = True,
+        lora_rank: int = 0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        from facedefense.diffusion import TextEmbeddingCache, load_components
+
+        self.model = model
+        self.parts = load_components(model, device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+        self.train_text_encoder = train_text_encoder
+        self.lora_rank = lora_rank
+        self.unet, self.text_encoder, self.vae = self.parts.unet, self.parts.text_encoder, self.parts.vae
+        self.scheduler, self.tokenizer = self.parts.scheduler, self.parts.tokenizer
+        if lora_rank > 0:
+            self._add_lora()
+        else:
+            self.unet.requires_grad_(True)
+            self.text_encoder.requires_grad_(train_text_encoder)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.trainable = {
+            **{f"unet.{k}": p for k, p in self.unet.named_parameters() if p.requires_grad},
+            **{f"text_encoder.{k}": p for k, p in self.text_encoder.named_parameters() if p.requires_grad},
+        }
+        self._frozen_text = TextEmbeddingCache(self.tokenizer, self.text_encoder) if not self.text_trained else None
+
+    @property
+    def text_trained(self) -> bool:
+        return self.train_text_encoder
+
+    def _add_lora(self) -> None:
+        try:
+            from peft import LoraConfig
+        except ImportError as exc:
+            from facedefense.errors import MissingDependencyError
+
+            raise MissingDependencyError("the LoRA surrogate needs peft: pip install 'facedefense[lora]'") from exc
+        self.unet.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        rank = self.lora_rank
+        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                         target_modules=list(self.LORA_TARGETS)))
+        if self.train_text_encoder:
+            from peft import get_peft_model
+
+            config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=list(self.TEXT_LORA_TARGETS))
+            self.text_encoder = get_peft_model(self.text_encoder, config)
+        for module in (self.unet, self.text_encoder):
+            for name, parameter in module.named_parameters():
+                parameter.requires_grad_("lora_" in name)
+
+    # -- weights ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Tensor]:
+        """A copy of the trainable tensors (on their device)."""
+        return {name: p.detach().clone() for name, p in self.trainable.items()}
+
+    def restore(self, snapshot: dict[str, Tensor]) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, p in self.trainable.items():
+                p.copy_(snapshot[name])
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The trainable tensors on the CPU (what a checkpoint needs to continue a run)."""
+        return {name: p.detach().cpu().clone() for name, p in self.trainable.items()}
+
+    # -- conditioning ------------------------------------------------------------------------
+
+    def embed(self, prompts: Sequence[str], *, grad: bool) -> Tensor:
+        """Text embeddings (N, L, D); with gradients to the text encoder when it is being trained."""
+        import torch
+
+        if self._frozen_text is not None:
+            return self._frozen_text(list(prompts))
+        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(self.device)
+        with torch.set_grad_enabled(grad):
+            return self.text_encoder(tokens)[0]
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train(
+        self,
+        instances: Tensor,
+        *,
+        instance_prompt: str,
+        steps: int,
+        learning_rate: float,
+        generator: torch.Generator,
+        class_images: Tensor | None = None,
+        class_prompt: str = "",
+        prior_loss_weight: float = 1.0,
+    ) -> list[float]:
+        """``steps`` DreamBooth steps on randomly drawn instance (and class) images.
+
+        Args:
+            instances: (N, 3, r, r) in [0, 1], the training view (:func:`square_crop`).
+            class_images: (M, 3, r, r) for prior preservation, or None.
+
+        Returns:
+            The loss of every step.
+        """
+        import torch
+
+        from facedefense.diffusion import encode_latents
+
+        params = list(self.trainable.values())
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        use_prior = class_images is not None and len(class_images) > 0 and prior_loss_weight > 0
+        prompts = [instance_prompt, class_prompt] if use_prior else [instance_prompt]
+        self.unet.train()
+        if self.text_trained:
+            self.text_encoder.train()
+        losses = []
+        try:
+            for _ in range(steps):
+                index = int(torch.randint(len(instances), (1,), generator=generator))
+                batch = [instances[index : index + 1]]
+                if use_prior:
+                    other = int(torch.randint(len(class_images), (1,), generator=generator))
+                    batch.append(class_images[other : other + 1].to(instances.device))
+                pixels = torch.cat(batch).to(self.device)
+                with torch.no_grad():
+                    latents = encode_latents(self.vae, pixels, sample=True, generator=generator).float()
+                states = self.embed(prompts, grad=self.text_trained)
+                with self.autocast():
+                    per_image = self.denoising(latents, states, generator=generator)
+                loss = per_image[0] + (prior_loss_weight * per_image[1] if use_prior else 0.0)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            self.unet.eval()
+            self.text_encoder.eval()
+        return losses
+
+    # -- the objective ------------------------------------------------------------------------
+
+    def frozen(self) -> Any:
+        """Trainable tensors stop requiring gradients inside the block (PGD differentiates the images only)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def block() -> Any:
+            for p in self.trainable.values():
+                p.requires_grad_(False)
+            try:
+                yield
+            finally:
+                for p in self.trainable.values():
+                    p.requires_grad_(True)
+
+        return block()
+
+    def target_latents(self, target: Tensor | None, photos: PhotoBatch) -> dict:
+        """Scaled latents (posterior means) of the target image at each working size of ``photos``."""
+        import torch
+
+        from facedefense.diffusion import encode_latents
+
+        if target is None:
+            return {}
+        with torch.no_grad():
+            return {
+                size: encode_latents(self.vae, resize(target.to(self.device), size)).float()
+                for size in photos.groups
+            }
+
+    def photo_loss(
+        self,
+        photos: PhotoBatch,
+        padded: Tensor,
+        states: Tensor,
+        *,
+        generator: torch.Generator,
+        targets: dict | None = None,
+    ) -> Tensor:
+        """Per-image denoising loss (N,) of the photos in ``padded`` (any sizes), VAE posterior sampled."""
+        import torch
+
+        from facedefense.diffusion import encode_latents
+
+        values, order = [], []
+        for indices, batch in photos.working(padded):
+            latents = encode_latents(self.vae, batch, sample=True, generator=generator).float()
+            target = (targets or {}).get(tuple(batch.shape[-2:]))
+            with self.autocast():
+                values.append(self.denoising(latents, states, generator=generator, target_latents=target))
+            order.extend(indices)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(values)[inverse.to(values[0].device)]
+
+
+    def autocast(self) -> Any:
+        """bf16/fp16 autocast on accelerators only; a no-op on the CPU (fp32 is fastest there)."""
+        import contextlib
+
+        import torch
+
+        if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def denoising(
+        self,
+        latents: Tensor,
+        states: Tensor,
+        *,
+        generator: torch.Generator,
+        target_latents: Tensor | None = None,
+    ) -> Tensor:
+        """Per-image denoising loss ``|| target - eps_theta(z_t, t, c) ||^2`` at a random t.
+
+        With ``target_latents`` (targeted ASPL) the value is ``L_LDM - || x_{t-1}(pred) - q(z_target, t-1) ||^2``:
+        the DDPM posterior mean of the prediction is pulled toward the target latent noised with the
+        same eps at t-1 (the reference's target-shift loss).
+        """
+        import torch
+
+        from facedefense.diffusion import sample_timesteps
+
+        scheduler = self.scheduler
+        kind = scheduler.config.prediction_type
+        count = latents.shape[0]
+        timesteps = sample_timesteps(scheduler, count, generator=generator, device=latents.device)
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device, latents.dtype)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if states.shape[0] == 1 and count > 1:
+            states = states.expand(count, -1, -1)
+        prediction = self.unet(noisy.to(self.unet.dtype), timesteps, states.to(self.unet.dtype)).sample.float()
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise ConfigError(f"unsupported prediction_type '{kind}' for the DreamBooth surrogate")
+        loss = (prediction - target.float()).pow(2).flatten(1).mean(1)
+        if target_latents is None:
+            return loss
+        previous = _posterior_mean(scheduler, noisy.float(), prediction, timesteps, kind)
+        before = (timesteps - 1).clamp_min(0)
+        shifted = scheduler.add_noise(target_latents.float().expand_as(latents), noise.float(), before)
+        return loss - (previous - shifted).pow(2).flatten(1).mean(1)
+
+
+def _posterior_mean(scheduler: Any, noisy: Tensor, prediction: Tensor, timesteps: Tensor, kind: str) -> Tensor:
+    """DDPM ``x_{t-1}`` posterior mean given the model's prediction (no sampling noise)."""
+    alphas = scheduler.alphas_cumprod.to(noisy.device, noisy.dtype)
+    shape = (-1,) + (1,) * (noisy.ndim - 1)
+    a_t = alphas[timesteps].view(shape)
+    a_prev = _alpha_prev(alphas, timesteps).view(shape)
+    if kind == "epsilon":
+        x0 = (noisy - (1 - a_t).sqrt() * prediction) / a_t.sqrt()
+    else:
+        x0 = a_t.sqrt() * noisy - (1 - a_t).sqrt() * prediction
+    beta_t = 1 - a_t / a_prev
+    first = a_prev.sqrt() * beta_t / (1 - a_t)
+    second = (1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)
+    return first * x0 + second * noisy
+
+
+def _alpha_prev(alphas: Tensor, timesteps: Tensor) -> Tensor:
+    """``alpha_bar_{t-1}``, with ``alpha_bar_{-1} = 1``."""
+    import torch
+
+    previous = (timesteps - 1).clamp_min(0)
+    return torch.where(timesteps > 0, alphas[previous], torch.ones_like(alphas[previous]))
+
+
+def file_digest(images: Sequence[Tensor]) -> str:
+    """A short hash of image contents (checkpoint keys: a resumed run must see the same photos)."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(str(tuple(image.shape)).encode())
+        digest.update((image.detach().float().cpu() * 255).round().to(dtype=_uint8()).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _uint8() -> Any:
+    import torch
+
+    return torch.uint8
+
+
+def load_target_image(path: str) -> Tensor:
+    """A target image (targeted ASPL), (1, 3, H, W) in [0, 1]; a one-line error when it is not one."""
+    from facedefense.io import load_image
+
+    try:
+        return load_image(path).pixels
+    except ImageError as exc:
+        raise ConfigError(f"target_image: {exc}") from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from facedefense.interfaces import Metric
+from facedefense.interfaces import PairedMetric
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -13,14 +13,14 @@ if TYPE_CHECKING:
 MAX_PSNR_DB = 100.0
 
 
-class PSNR(Metric):
+class PSNR(PairedMetric):
     """PSNR = 10 log10(1 / MSE) per image, data range [0, 1], over all pixels and channels.
 
     Higher means the images are closer (a protection's imperceptibility). Identical images score
     ``MAX_PSNR_DB`` (100 dB) instead of infinity.
 
     Shape:
-        images, references: (N, 3, H, W) float in [0, 1] -> N values in dB.
+        images, references: same-size pairs, (3, H, W) float in [0, 1] (any size per pair) -> N values in dB.
 
     Example:
         >>> PSNR().compute(protected, originals).value
@@ -29,10 +29,9 @@ class PSNR(Metric):
 
     name: ClassVar[str] = "psnr"
     higher_is_better: ClassVar[bool] = True
-    needs_reference: ClassVar[bool] = True
     unit: ClassVar[str] = "dB"
 
-    def _per_image(self, images: Tensor, references: Tensor | None) -> Tensor:
+    def _pairs(self, images: Tensor, references: Tensor) -> Tensor:
         import torch
 
         mse = (images.double() - references.double()).pow(2).flatten(1).mean(dim=1)

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from facedefense.interfaces import Metric
+from facedefense.interfaces import PairedMetric
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 
-class SSIM(Metric):
+class SSIM(PairedMetric):
     """Mean SSIM per image: 11x11 Gaussian window (sigma 1.5), data range [0, 1], averaged over the
     RGB channels and all positions (as torchmetrics and the FaceLock evaluation do).
 
     Shape:
-        images, references: (N, 3, H, W) float in [0, 1] -> N values in [-1, 1]; 1 means identical.
+        images, references: same-size pairs, (3, H, W) float in [0, 1] (any size per pair) -> N values in [-1, 1]; 1 means identical.
 
     Example:
         >>> SSIM().compute(protected, originals).value
@@ -25,9 +25,8 @@ class SSIM(Metric):
 
     name: ClassVar[str] = "ssim"
     higher_is_better: ClassVar[bool] = True
-    needs_reference: ClassVar[bool] = True
 
-    def _per_image(self, images: Tensor, references: Tensor | None) -> Tensor:
+    def _pairs(self, images: Tensor, references: Tensor) -> Tensor:
         from kornia.metrics import ssim
 
         window = min(11, images.shape[-1], images.shape[-2])

@@ -11,7 +11,15 @@ import torch
 
 from facedefense.errors import ConfigError, ImageError
 from facedefense.interfaces import Defender, DefenderConfig, Metric, Purifier
-from facedefense.testing.contracts import DefenderContract, PurifierContract
+from facedefense.testing.contracts import DefenderContract, MetricContract, PurifierContract
+from facedefense.testing.fixtures import registered
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _test_methods_registered():
+    """The contract checks that the registry gives back the tested class: register the local ones."""
+    with registered("defender", Brighten), registered("purifier", Posterize), registered("metric", Darkness):
+        yield
 
 
 @dataclass
@@ -86,15 +94,22 @@ def test_bpda_default_passes_gradient_straight_through():
 
 
 class Darkness(Metric):
+    """Mean brightness; undefined (NaN) for all-black images."""
+
     name: ClassVar[str] = "darkness"
     higher_is_better: ClassVar[bool] = False
 
-    def _per_image(self, images, references):
-        values = images.flatten(1).mean(dim=1)
-        values[0] = float("nan")
-        return values
+    def _compute(self, images, references, prompts):
+        values = torch.stack([image.mean() for image in images])
+        return torch.where(values == 0, torch.nan, values)
+
+
+class TestDarknessContract(MetricContract):
+    def make_method(self, request):
+        return Darkness(device="cpu")
 
 
 def test_metric_mean_ignores_undefined_values():
-    result = Darkness(device="cpu").compute(torch.stack([torch.zeros(3, 4, 4), torch.full((3, 4, 4), 0.5)]))
+    result = Darkness(device="cpu").compute([torch.zeros(3, 4, 4), torch.full((3, 6, 4), 0.5)])
     assert math.isnan(result.per_image[0]) and result.value == pytest.approx(0.5)
+    assert result.count == 1 and result.protected_if == "higher"

@@ -13,7 +13,7 @@ from torch import nn
 
 from facedefense.errors import ConfigError, ModelNotFoundError
 from facedefense.testing.contracts import DefenderContract
-from facedefense_amortized.checkpoints import save_checkpoint, sidecar_path
+from facedefense.checkpoints import save_checkpoint, sidecar_path
 from facedefense_amortized.gap_diff import GAPDiff
 from facedefense_amortized.networks import RID_ARCHITECTURE, GAPGenerator, PerturbationDiT
 from facedefense_amortized.rid import RID
@@ -337,7 +337,7 @@ def test_gap_diff_bf16_within_two_gray_levels(gap_checkpoint, face_images):
 
 
 def test_int8_dit_matches_the_module(rid_checkpoint):
-    from facedefense_amortized.checkpoints import read_state_dict
+    from facedefense.checkpoints import read_state_dict
     from facedefense_amortized.networks.dit import Int8DiT, int8_supported
 
     if not int8_supported():

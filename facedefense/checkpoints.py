@@ -1,4 +1,5 @@
-"""Reading and writing the amortized defenders' weights safely, and knowing their budget.
+"""Network weights read and written safely, with the facts that travel with them (the core's
+checkpoint code: amortized defenders, training and export all use it).
 
 Weights are read without unpickling code: safetensors, or a legacy ``.bin``/``.pth`` through
 ``torch.load(weights_only=True)``. The budget a network was trained for is part of the network (it
@@ -21,6 +22,17 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 SIDECAR_SUFFIX = ".json"
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (manifests record it so a run names exactly its weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -113,15 +125,22 @@ def resolve_budget(
 
 
 def save_checkpoint(
-    network: nn.Module, path: str | Path, *, method: str, eps: float, architecture: dict[str, Any]
+    network: nn.Module,
+    path: str | Path,
+    *,
+    method: str,
+    eps: float,
+    architecture: dict[str, Any],
+    **facts: Any,
 ) -> Path:
-    """Save weights as safetensors plus the sidecar (method, budget in [0, 1] units, architecture)."""
+    """Save weights as safetensors plus the sidecar (method, budget in [0, 1] units, architecture,
+    and any further ``facts``: training data, steps, ...)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in network.state_dict().items()}
     save_file(state, str(path))
-    metadata = {"method": method, "eps": eps, "units": "[0,1]", "architecture": architecture}
+    metadata = {"method": method, "eps": eps, "units": "[0,1]", "architecture": architecture, **facts}
     sidecar_path(path).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return path
 

@@ -1,0 +1,232 @@
+"""Anti-DreamBooth family (aspl, fsmg) and advdm: contracts on the trained tiny model, identity
+sets, targeted and ensemble variants, resume, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facedefense.errors import ConfigError, ModelNotFoundError
+from facedefense.testing.contracts import DefenderContract
+
+PROMPT = "a photo of sks person"
+FAST = dict(device="cpu", dtype="float32", resolution=32, step_size=2 / 255)
+SET_FAST = dict(FAST, num_class_images=2, class_image_steps=2, learning_rate=1e-4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _class_image_cache(tmp_path_factory):
+    """Class images of these tests go to a private cache (never the user's)."""
+    import os
+
+    before = os.environ.get("FACEDEFENSE_CACHE")
+    os.environ["FACEDEFENSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("FACEDEFENSE_CACHE", None)
+    else:
+        os.environ["FACEDEFENSE_CACHE"] = before
+
+
+def attacker_loss(model_path: str, images: torch.Tensor, generator: torch.Generator, prompt: str = PROMPT) -> torch.Tensor:
+    """The attacker's (base model's) denoising loss per image, averaged over 4 draws of (t, eps)."""
+    from facedefense.diffusion import TextEmbeddingCache, denoising_loss, encode_latents, load_components
+    from facedefense.imaging import resize
+
+    parts = _parts(model_path)
+    with torch.no_grad():
+        latents = encode_latents(parts.vae, resize(images, (32, 32)))
+        states = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)(prompt)
+        return sum(denoising_loss(parts.unet, parts.scheduler, latents, states, generator=generator) for _ in range(4)) / 4
+
+
+_PARTS: dict = {}
+
+
+def _parts(model_path: str):
+    from facedefense.diffusion import load_components
+
+    if model_path not in _PARTS:
+        _PARTS[model_path] = load_components(model_path)
+    return _PARTS[model_path]
+
+
+class SmallContract(DefenderContract):
+    image_size = (32, 32)
+    odd_size = (24, 40)
+
+
+class TestAdvDM(SmallContract):
+    registry_name = "advdm"
+    objective_higher_is_better = True
+
+    def make_method(self, request):
+        from facedefense_iterative.advdm import AdvDM
+
+        return AdvDM(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, steps=3, prompt=PROMPT, **FAST)
+
+    def objective(self, method, images, generator):
+        return attacker_loss(method.config.model, images, generator)
+
+
+def test_advdm_options_and_eot(trained_tiny_sd_path, face_images):
+    from facedefense_iterative.advdm import AdvDM
+
+    defender = AdvDM(model=str(trained_tiny_sd_path), steps=2, eot="none,jpeg", momentum=0.5, schedule="cosine", **FAST)
+    assert defender.eot.names == ["none", "jpeg"]
+    result = defender.protect(face_images[:1])
+    assert max(result.linf) <= 16 + 1e-3 and result.stats[0]["objective_end"] > 0
+    with pytest.raises(ConfigError, match="schedule"):
+        AdvDM(model=str(trained_tiny_sd_path), schedule="exponential", **FAST)
+    with pytest.raises(ConfigError, match="needs a surrogate model"):
+        AdvDM(device="cpu")
+
+
+ASPL_FAST = dict(SET_FAST, steps=1, pgd_steps=2, surrogate_steps=1)
+
+
+class TestASPL(SmallContract):
+    registry_name = "aspl"
+    objective_higher_is_better = True
+
+    def make_method(self, request):
+        from facedefense_iterative.aspl import ASPL
+
+        return ASPL(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, **ASPL_FAST)
+
+    def objective(self, method, images, generator):
+        return attacker_loss(method.config.model, images, generator)
+
+
+class TestFSMG(SmallContract):
+    registry_name = "fsmg"
+    objective_higher_is_better = True
+
+    def make_method(self, request):
+        from facedefense_iterative.fsmg import FSMG
+
+        return FSMG(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, steps=2, train_steps=1, **SET_FAST)
+
+    def objective(self, method, images, generator):
+        return attacker_loss(method.config.model, images, generator)
+
+
+def _faces(count: int, size: int = 64) -> list[torch.Tensor]:
+    from facedefense.testing.tiny_models import sample_faces
+
+    return list(torch.round(sample_faces(count, size) * 255) / 255)
+
+
+def test_identity_of_any_sizes_targeted_ensemble_lora(trained_tiny_sd_path, tmp_path):
+    """Photos and references of other sizes, a target image, two models and LoRA in one run."""
+    from facedefense.imaging import resize
+    from facedefense.interfaces import IdentitySet
+    from facedefense.io import save_image
+    from facedefense_iterative.aspl import ASPL
+
+    faces = _faces(4, 48)
+    photos = [resize(faces[0][None], (32, 32))[0], resize(faces[1][None], (40, 32))[0]]
+    references = [resize(faces[2][None], (48, 24))[0], faces[3]]
+    target = tmp_path / "target.png"
+    save_image(torch.full((3, 40, 40), 0.5), target)
+    model = str(trained_tiny_sd_path)
+    aspl = ASPL(model=f"{model},{model}", target_image=str(target), lora_rank=2, eps=4 / 255, **ASPL_FAST)
+    assert all("lora_" in name for name in aspl.surrogates[0].trainable)
+    result = aspl.protect_identity(IdentitySet.from_images(photos, references=references), workdir=tmp_path / "w")
+    assert [tuple(i.shape) for i in result.images] == [(3, 32, 32), (3, 40, 32)]
+    assert max(result.linf) <= 4 + 1e-3 and min(result.linf) > 0
+    assert all("denoising_loss_last" in s for s in result.stats)
+
+
+def test_single_photo_identity(trained_tiny_sd_path):
+    from facedefense.interfaces import IdentitySet
+    from facedefense_iterative.aspl import ASPL
+
+    aspl = ASPL(model=str(trained_tiny_sd_path), prior_loss_weight=0, **ASPL_FAST)
+    result = aspl.protect_identity(IdentitySet.from_images(_faces(1, 32)))
+    assert len(result.images) == 1 and 0 < result.linf[0] <= aspl.config.eps * 255 + 1e-3
+
+
+def test_interrupted_aspl_resumes_to_the_same_result(trained_tiny_sd_path, tmp_path, monkeypatch):
+    from facedefense.interfaces import IdentitySet
+    from facedefense_iterative.aspl import ASPL
+
+    identity = IdentitySet.from_images(_faces(2, 32), references=_faces(3, 32)[2:])
+    options = dict(ASPL_FAST, steps=2, momentum=0.5, random_start=True)
+    aspl = ASPL(model=str(trained_tiny_sd_path), **options)
+    reference = aspl.protect_identity(identity, workdir=tmp_path / "whole")
+
+    original_round = ASPL._round
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original_round(self, *args, **kwargs)
+
+    monkeypatch.setattr(ASPL, "_round", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        aspl.protect_identity(identity, workdir=tmp_path / "cut")
+    monkeypatch.setattr(ASPL, "_round", original_round)
+    fresh = ASPL(model=str(trained_tiny_sd_path), **options)  # a new process would build a new one
+    resumed = fresh.protect_identity(identity, workdir=tmp_path / "cut")
+    for a, b in zip(reference.images, resumed.images):
+        assert torch.equal(a, b)
+
+
+def test_bad_inputs(trained_tiny_sd_path, tmp_path):
+    from facedefense_iterative.aspl import ASPL
+
+    not_an_image = tmp_path / "target.png"
+    not_an_image.write_text("hello")
+    with pytest.raises(ConfigError, match="target_image"):
+        ASPL(model=str(trained_tiny_sd_path), target_image=str(not_an_image), **ASPL_FAST)
+    with pytest.raises(ModelNotFoundError, match="nowhere"):
+        ASPL(model=f"{trained_tiny_sd_path},{tmp_path / 'nowhere'}", **ASPL_FAST)
+    with pytest.raises(ConfigError, match="needs a surrogate model"):
+        ASPL(device="cpu")
+    with pytest.raises(ConfigError, match="schedule"):
+        ASPL(model=str(trained_tiny_sd_path), schedule="fast", **ASPL_FAST)
+
+
+def _write_set(folder, faces):
+    from facedefense.io import save_image
+
+    folder.mkdir(parents=True)
+    for index, face in enumerate(faces):
+        save_image(face, folder / f"{index}.png")
+    return folder
+
+
+def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path):
+    """`protect SET_B --reference SET_A --method aspl`, then --resume (same images), then --resume
+    with another method or budget: one-line errors."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from facedefense.cli import build_app
+    from facedefense.imaging import resize
+
+    faces = _faces(4, 32)
+    set_b = _write_set(tmp_path / "B", [faces[0], resize(faces[1][None], (24, 40))[0]])
+    set_a = _write_set(tmp_path / "A", faces[2:])
+    out = tmp_path / "out"
+    common = ["-o", "num_class_images=1", "-o", "class_image_steps=1", "-o", "resolution=32", "--steps", "2",
+              "--device", "cpu", "--dtype", "float32", "--no-progress"]
+    options = [*common, "-o", "pgd_steps=2", "-o", "surrogate_steps=1"]
+    base = ["protect", str(set_b), "--reference", str(set_a), "--output", str(out), "--model", str(trained_tiny_sd_path)]
+    app = build_app()
+    first = CliRunner().invoke(app, [*base, "--method", "aspl", *options])
+    assert first.exit_code == 0, first.output
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["summary"] == {"processed": 2, "failed": 0} and manifest["references"].endswith("A")
+    written = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    again = CliRunner().invoke(app, [*base, "--method", "aspl", *options, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == written
+    for other, message in ((["--method", "fsmg", *common], "method"), (["--method", "aspl", "--eps", "4/255", *options], "budget")):
+        failed = CliRunner().invoke(app, [*base, *other, "--resume"])
+        assert failed.exit_code == 2 and message in failed.output and "Traceback" not in failed.output
+        assert len(failed.output.strip().splitlines()) == 1, failed.output
