@@ -36,6 +36,10 @@ class FaceLockConfig(IterativeDefenderConfig):
         identity_start, lpips_start: fraction of the steps after which the identity and LPIPS
             terms switch on. Defaults 0.35 and 0.25 (the reference's).
         random_start: start from a uniform point of the ball, as the reference does.
+        eot: purifiers to optimize through (expectation over transformations), e.g. ``jpeg`` or
+            ``none,jpeg``; empty: none.
+        eot_samples: transform draws per step.
+        momentum: MI-FGSM momentum (0 = plain sign steps, the reference).
     """
 
     eps: float = 4 / 255
@@ -50,6 +54,9 @@ class FaceLockConfig(IterativeDefenderConfig):
     identity_start: float = 0.35
     lpips_start: float = 0.25
     random_start: bool = True
+    eot: str = ""
+    eot_samples: int = 1
+    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -134,6 +141,9 @@ class FaceLock(Defender):
 
     def __init__(self, config: FaceLockConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
+        from facedefense.optim import EOT
+
+        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
         from facedefense.diffusion import load_components
         from facedefense.models import shared_model
 
@@ -195,7 +205,7 @@ class FaceLock(Defender):
 
         pgd = LinfPGD(
             eps=config.eps, step_size=config.step_size, minimize=False, schedule="linear", total_steps=config.steps,
-            random_start=config.random_start, description="facelock",
+            random_start=config.random_start, momentum=config.momentum, eot=self.eot, description="facelock",
         )
         with flush_denormals():
             state = pgd.run(images, objective, steps=config.steps, generator=generator, on_step=advance)

@@ -25,7 +25,7 @@ class MistConfig(IterativeDefenderConfig):
     """Mist options (the reference's /255 numbers are already [0, 1] units).
 
     Attributes:
-        eps: L-infinity budget in [0, 1] units. Default 8/255 (the reference's default is 16/255).
+        eps: L-infinity budget in [0, 1] units. Default 16/255 (the reference's ``-e 16``).
         steps: PGD steps. Default 100 (the reference's).
         step_size: constant sign step in [0, 1] units. Default 1/255 (the reference's).
         mode: ``"fused"`` (the reference's mode 2, default) minimizes
@@ -36,13 +36,21 @@ class MistConfig(IterativeDefenderConfig):
         target: ``"pattern"`` (a built-in texture standing in for Mist's ``MIST.png``) or an image path.
         prompt: conditioning of the semantic loss. Default "a photo" (the reference's object mode).
         random_start: start from a uniform point of the ball, as the reference (advertorch) does.
+        eot: purifiers to optimize through (expectation over transformations), e.g. ``jpeg`` or
+            ``none,jpeg``; empty: none.
+        eot_samples: transform draws per step.
+        momentum: MI-FGSM momentum (0 = plain sign steps, the reference).
     """
 
+    eps: float = 16 / 255
     mode: Literal["fused", "textural", "semantic"] = "fused"
     semantic_weight: float = REFERENCE_SEMANTIC_WEIGHT
     target: str = "pattern"
     prompt: str = "a photo"
     random_start: bool = True
+    eot: str = ""
+    eot_samples: int = 1
+    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,7 +85,7 @@ class Mist(Defender):
         per-element (resolution-independent) loss weights; the posterior mean instead of a sample
         for the textural term; no random crop for the semantic term (the image is resized to the
         working resolution instead); a procedural texture by default (MIST.png is not shipped);
-        default budget 8/255 (reference 16/255); rounded to 8 bits inside the budget.
+        rounded to 8 bits inside the budget.
     """
 
     name: ClassVar[str] = "mist"
@@ -85,6 +93,9 @@ class Mist(Defender):
 
     def __init__(self, config: MistConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
+        from facedefense.optim import EOT
+
+        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
         from facedefense_iterative.frozen_model import load_surrogate
         from facedefense_iterative.targets import load_target
 
@@ -128,6 +139,8 @@ class Mist(Defender):
                 step_size=self.config.step_size,
                 minimize=True,
                 random_start=self.config.random_start,
+                momentum=self.config.momentum,
+                eot=self.eot,
                 generator=generator,
                 description=f"mist {mode}",
             )

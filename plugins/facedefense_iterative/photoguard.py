@@ -46,6 +46,10 @@ class PhotoGuardConfig(IterativeDefenderConfig):
         grad_reps: edits averaged per step (the reference averages 10 gradients). Default 1.
         checkpointing: recompute each denoising step in the backward pass instead of storing its
             activations (gradient checkpointing; less memory, about one more forward).
+        eot: purifiers to optimize through (expectation over transformations), e.g. ``jpeg`` or
+            ``none,jpeg``; empty: none.
+        eot_samples: transform draws per step.
+        momentum: MI-FGSM momentum (0 = plain sign steps, the reference).
     """
 
     steps: int = 200
@@ -61,6 +65,9 @@ class PhotoGuardConfig(IterativeDefenderConfig):
     eta: float = 1.0
     grad_reps: int = 1
     checkpointing: bool = True
+    eot: str = ""
+    eot_samples: int = 1
+    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,6 +127,9 @@ class PhotoGuard(Defender):
 
     def __init__(self, config: PhotoGuardConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
+        from facedefense.optim import EOT
+
+        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
         from facedefense.diffusion import load_components
         from facedefense_iterative.targets import load_mask
 
@@ -316,6 +326,8 @@ class PhotoGuard(Defender):
                 minimize=True,
                 schedule="linear",
                 random_start=self.config.random_start,
+                momentum=self.config.momentum,
+                eot=self.eot,
                 generator=generator,
                 description=f"photoguard {self.config.attack}",
             )

@@ -21,7 +21,7 @@ class SDSConfig(IterativeDefenderConfig):
     """SDS options (the reference's 16/255-scale numbers are already in [0, 1] units).
 
     Attributes:
-        eps: L-infinity budget in [0, 1] units. Default 8/255 (the reference's default is 16/255).
+        eps: L-infinity budget in [0, 1] units. Default 16/255 (the reference's ``-e 16``).
         steps: sign steps. Default 100 (the reference's).
         step_size: constant sign step in [0, 1] units. Default 1/255 (the reference's).
         mode: ``"+"`` raises the surrogate's denoising loss, ``"-"`` lowers it (the paper's
@@ -31,13 +31,21 @@ class SDSConfig(IterativeDefenderConfig):
         target_weight: weight of the SDS gradient against the texture gradient. Default 5 (the reference's).
         prompt: conditioning of the surrogate. Default "a portrait photo" (the reference's prompt for portraits).
         random_start: start from a uniform point of the ball (the reference starts at the image).
+        eot: purifiers to optimize through (expectation over transformations), e.g. ``jpeg`` or
+            ``none,jpeg``; empty: none.
+        eot_samples: transform draws per step.
+        momentum: MI-FGSM momentum (0 = plain sign steps, the reference).
     """
 
+    eps: float = 16 / 255
     mode: Literal["+", "-"] = "-"
     target: str | None = None
     target_weight: float = 5.0
     prompt: str = "a portrait photo"
     random_start: bool = False
+    eot: str = ""
+    eot_samples: int = 1
+    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,9 +79,8 @@ class SDS(Defender):
         >>> protected = defender.protect(images).images
 
     Differences from the reference code:
-        the encoder's posterior mean instead of a sample; budgets in [0, 1] units with default
-        8/255 (reference 16/255); per-image timesteps and objective; any resolution; the result
-        is rounded to 8 bits inside the budget.
+        the encoder's posterior mean instead of a sample; budgets in [0, 1] units; per-image
+        timesteps and objective; any resolution; the result is rounded to 8 bits inside the budget.
     """
 
     name: ClassVar[str] = "sds"
@@ -81,6 +88,9 @@ class SDS(Defender):
 
     def __init__(self, config: SDSConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
+        from facedefense.optim import EOT
+
+        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
         from facedefense_iterative.frozen_model import load_surrogate
         from facedefense_iterative.targets import load_target
 
@@ -126,6 +136,8 @@ class SDS(Defender):
                 step_size=self.config.step_size,
                 minimize=False,
                 random_start=self.config.random_start,
+                momentum=self.config.momentum,
+                eot=self.eot,
                 generator=generator,
                 description=f"sds{self.config.mode}",
             )
