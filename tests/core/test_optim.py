@@ -107,3 +107,55 @@ def test_checkpoint_refuses_another_run(tmp_path) -> None:
     with pytest.raises(ResumeError, match="unreadable"):
         RunCheckpoint(tmp_path, {"method": "aspl"}).load()
     assert RunCheckpoint(None, {}).load() is None
+
+
+def test_shards_are_disjoint_and_complete():
+    from pathlib import Path
+
+    from facedefense.batch import IdentityFiles, _shard
+    from facedefense.distributed import Shard, merge_manifests
+
+    identities = [IdentityFiles(f"id{i}", [Path(f"id{i}/{j}.png") for j in range(i + 1)]) for i in range(3)]
+    for whole in (True, False):
+        parts = [_shard(identities, Shard(rank, 2), whole=whole) for rank in range(2)]
+        files = [p for part in parts for identity in part for p in identity.paths]
+        assert sorted(files) == sorted(p for identity in identities for p in identity.paths)
+        if whole:  # an identity is never split
+            assert [[i.name for i in part] for part in parts] == [["id0", "id2"], ["id1"]]
+    merged = merge_manifests([{"images": [1], "failures": []}, {"images": [2, 3], "failures": [4]}])
+    assert merged["summary"] == {"processed": 3, "failed": 1} and merged["processes"] == 2
+
+
+def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_sd_path):
+    """`accelerate launch -m facedefense protect` with two processes: every photo once, one manifest."""
+    from pathlib import Path
+
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from facedefense.io import save_image
+    from facedefense.testing.tiny_models import sample_faces
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index, face in enumerate(sample_faces(5, 32)):
+        save_image(face, inputs / f"{index}.png")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # accelerate's CLI imports timm -> torchvision, which needs the same shim as facedefense here
+    launcher = ("import sys; from facedefense._compat.torchvision_ops import ensure_torchvision_importable;"
+                "ensure_torchvision_importable(); from accelerate.commands.accelerate_cli import main;"
+                "sys.argv = ['accelerate', *sys.argv[1:]]; main()")
+    command = [sys.executable, "-c", launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "facedefense", "protect", str(inputs), "--method", "photoguard", "--model", str(tiny_sd_path),
+               "--steps", "1", "--device", "cpu", "--dtype", "float32", "--output", str(tmp_path / "out"), "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "facedefense.json").read_text())
+    assert manifest["processes"] == 2 and manifest["summary"] == {"processed": 5, "failed": 0}
+    assert sorted(Path(e["input"]).name for e in manifest["images"]) == [f"{i}.png" for i in range(5)]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"{i}.png" for i in range(5)]

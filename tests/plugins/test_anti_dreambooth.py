@@ -138,22 +138,27 @@ def test_identity_of_any_sizes_targeted_ensemble_lora(trained_tiny_sd_path, tmp_
     assert all("denoising_loss_last" in s for s in result.stats)
 
 
-def test_single_photo_identity(trained_tiny_sd_path):
-    from facedefense.interfaces import IdentitySet
+@pytest.fixture(scope="module")
+def small_aspl(trained_tiny_sd_path):
     from facedefense_iterative.aspl import ASPL
 
-    aspl = ASPL(model=str(trained_tiny_sd_path), prior_loss_weight=0, **ASPL_FAST)
+    return ASPL(model=str(trained_tiny_sd_path), **dict(ASPL_FAST, steps=2, momentum=0.5, random_start=True))
+
+
+def test_single_photo_identity(small_aspl):
+    from facedefense.interfaces import IdentitySet
+
+    aspl = small_aspl
     result = aspl.protect_identity(IdentitySet.from_images(_faces(1, 32)))
     assert len(result.images) == 1 and 0 < result.linf[0] <= aspl.config.eps * 255 + 1e-3
 
 
-def test_interrupted_aspl_resumes_to_the_same_result(trained_tiny_sd_path, tmp_path, monkeypatch):
+def test_interrupted_aspl_resumes_to_the_same_result(small_aspl, tmp_path, monkeypatch):
     from facedefense.interfaces import IdentitySet
     from facedefense_iterative.aspl import ASPL
 
     identity = IdentitySet.from_images(_faces(2, 32), references=_faces(3, 32)[2:])
-    options = dict(ASPL_FAST, steps=2, momentum=0.5, random_start=True)
-    aspl = ASPL(model=str(trained_tiny_sd_path), **options)
+    aspl = small_aspl
     reference = aspl.protect_identity(identity, workdir=tmp_path / "whole")
 
     original_round = ASPL._round
@@ -169,8 +174,8 @@ def test_interrupted_aspl_resumes_to_the_same_result(trained_tiny_sd_path, tmp_p
     with pytest.raises(KeyboardInterrupt):
         aspl.protect_identity(identity, workdir=tmp_path / "cut")
     monkeypatch.setattr(ASPL, "_round", original_round)
-    fresh = ASPL(model=str(trained_tiny_sd_path), **options)  # a new process would build a new one
-    resumed = fresh.protect_identity(identity, workdir=tmp_path / "cut")
+    assert (tmp_path / "cut" / "aspl" / "state.pt").is_file()
+    resumed = aspl.protect_identity(identity, workdir=tmp_path / "cut")  # surrogates come from the saved state
     for a, b in zip(reference.images, resumed.images):
         assert torch.equal(a, b)
 
