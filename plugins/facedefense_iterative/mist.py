@@ -105,10 +105,10 @@ class Mist(Defender):
         )
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
-        from facedefense_iterative.frozen_model import flush_denormals
         import torch
 
         from facedefense.diffusion import denoising_loss, encode_latents
+        from facedefense_iterative.frozen_model import flush_denormals
         from facedefense_iterative.targets import target_at
 
         parts = self.surrogate.parts

@@ -294,8 +294,8 @@ class PhotoGuard(Defender):
     # ------------------------------------------------------------------------------------------
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
-        from facedefense_iterative.frozen_model import flush_denormals
         from facedefense.diffusion import latent_mean
+        from facedefense_iterative.frozen_model import flush_denormals
 
         size = working_size(*images.shape[-2:], self.config.resolution)
         keep = self._keep(images)

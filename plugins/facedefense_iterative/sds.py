@@ -100,11 +100,10 @@ class SDS(Defender):
         )
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
-        from facedefense_iterative.frozen_model import flush_denormals
         import torch
 
         from facedefense.diffusion import encode_latents
-        from facedefense_iterative.frozen_model import denoising_residual
+        from facedefense_iterative.frozen_model import denoising_residual, flush_denormals
         from facedefense_iterative.targets import target_at
 
         vae = self.surrogate.parts.vae
