@@ -11,7 +11,9 @@ after one warm-up call (allocations, kernels, the class-image cache). ``--model`
 
 What one "unit" is per method: ``aspl`` one round (``surrogate_steps`` + ``pgd_steps`` +
 ``surrogate_steps``, the reference's 3 + 6 + 3 by default); ``fsmg`` ``--steps`` PGD steps after
-``train_steps`` DreamBooth steps; ``advdm`` / ``photoguard`` ``--steps`` PGD steps.
+``train_steps`` DreamBooth steps; ``advdm`` / ``photoguard`` / ``photoguard:diffusion`` (4 unrolled
+DDIM steps with guidance 7.5) / ``mist`` / ``sds`` / ``facelock`` ``--steps`` PGD steps. ``facelock``
+uses a small random face embedder and a random-weight LPIPS VGG16 (ArcFace IR-SE50 costs more).
 
     .venv/bin/python benchmarks/iterative_speed.py --methods aspl fsmg advdm photoguard --photos 4
     .venv/bin/python benchmarks/iterative_speed.py --model sd15 --methods advdm --steps 1 --photos 1
@@ -37,6 +39,13 @@ RECIPES = {
     "fsmg": lambda steps: {"steps": steps, "train_steps": 3, "num_class_images": 8, "class_image_steps": 2},
     "advdm": lambda steps: {"steps": steps},
     "photoguard": lambda steps: {"steps": steps},
+    # name:variant rows run the defender `name` with extra options
+    "photoguard:diffusion": lambda steps: {"steps": steps, "attack": "diffusion"},
+    "mist": lambda steps: {"steps": steps},
+    "sds": lambda steps: {"steps": steps, "mode": "+"},
+    # random face embedder and LPIPS backbone (no weights here); every term on from the first step
+    "facelock": lambda steps: {"steps": steps, "face_model": "random_face_embedder", "lpips_weights": "random",
+                               "identity_start": 0.0, "lpips_start": 0.0},
 }
 
 
@@ -111,7 +120,7 @@ def _measure(method: str, model: str, options: dict, photos: int, size: int, dev
     from facedefense.testing.tiny_models import sample_faces
 
     images = (torch.round(sample_faces(photos, size).clamp(0, 1) * 255) / 255)
-    cls = get_registry().load("defender", method)
+    cls = get_registry().load("defender", method.split(":")[0])
     start = time.perf_counter()
     defender = cls(model=model, device=device, dtype=dtype, resolution=size, **options)
     load_seconds = time.perf_counter() - start
@@ -159,7 +168,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"model {args.model}; device {args.device}, dtype {args.dtype}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; AMX-BF16: {cpu_has_fast_bf16()}; load average {load:.2f} (should be ~0)")
-    print(f"{'method':>10} {'unit':>28} {'s/unit':>8} {'s/photo':>8} {'peak GiB':>8} {'load s':>6}")
+    print(f"{'method':>20} {'unit':>28} {'s/unit':>8} {'s/photo':>8} {'peak GiB':>8} {'load s':>6}")
     context = multiprocessing.get_context("spawn")
     rows = []
     extra = parse_option_pairs(args.option)
@@ -171,14 +180,14 @@ def main() -> None:
         process.start()
         process.join()
         if process.exitcode != 0:
-            print(f"{method:>10} failed (exit code {process.exitcode})")
+            print(f"{method:>20} failed (exit code {process.exitcode})")
             continue
         row = {"method": method, "photos": args.photos, "size": args.size, "options": options, **queue.get()}
         unit = ("1 round (3+6+3 steps)" if method == "aspl" else
                 f"{options['train_steps']} train + {args.steps} PGD" if method == "fsmg" else f"{args.steps} PGD steps")
         row["unit"] = unit
         rows.append(row)
-        print(f"{method:>10} {unit:>28} {row['seconds']:8.2f} {row['seconds'] / args.photos:8.2f} "
+        print(f"{method:>20} {unit:>28} {row['seconds']:8.2f} {row['seconds'] / args.photos:8.2f} "
               f"{row['peak_memory_gib']:8.2f} {row['load_seconds']:6.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "device": args.device, "load_average": load,

@@ -8,7 +8,7 @@ def register_defenders(register):
     register(
         "photoguard",
         "facedefense_iterative.photoguard:PhotoGuard",
-        summary="PhotoGuard encoder attack: push the VAE latent toward a target (Salman et al., 2023)",
+        summary="PhotoGuard: push the VAE latent (encoder attack) or the edit itself (diffusion attack) toward a target (Salman et al., 2023)",
         tags=("demo",),
     )
     register(
@@ -25,4 +25,33 @@ def register_defenders(register):
         "advdm",
         "facedefense_iterative.advdm:AdvDM",
         summary="AdvDM: maximize the diffusion model's denoising loss (Liang et al., 2023)",
+    )
+    register(
+        "mist",
+        "facedefense_iterative.mist:Mist",
+        summary="Mist: textural loss toward a target pattern plus the surrogate's denoising loss (Liang et al., 2023)",
+    )
+    register(
+        "sds",
+        "facedefense_iterative.sds:SDS",
+        summary="SDS(+/-): score-distillation gradient through the encoder only, optional texture target (Xue et al., 2024)",
+    )
+    register(
+        "facelock",
+        "facedefense_iterative.facelock:FaceLock",
+        summary="FaceLock: destroy the identity in the editor's VAE reconstruction (face embedding, latent and LPIPS terms; Wang et al., 2025)",
+    )
+
+
+@facedefense.hookimpl
+def register_models(register):
+    register(
+        "arcface",
+        "facedefense_iterative.face_embedders:build_arcface",
+        summary="facexlib's ArcFace IR-SE50 face embedder, 512-D (weights recognition_arcface_ir_se50.pth by path)",
+    )
+    register(
+        "random_face_embedder",
+        "facedefense_iterative.face_embedders:build_random",
+        summary="a seeded random-weight face embedder with the embedder contract (tests and plumbing only)",
     )

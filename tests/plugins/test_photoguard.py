@@ -76,3 +76,118 @@ def test_cli_protects_a_folder_within_budget(tmp_path, tiny_sd_path, png_folder)
     manifest = json.loads((out / "facedefense.json").read_text())
     assert manifest["method"]["name"] == "photoguard" and manifest["method"]["config"]["steps"] == 5
     assert all(entry["within_budget"] for entry in manifest["images"])
+
+
+class TestPhotoGuardDiffusion(DefenderContract):
+    """The diffusion attack (img2img edit unrolled) on the trained tiny model.
+
+    No beats-noise check: with the tiny model's untrained VAE decoder the edit is dominated by its
+    own noise draw, so a few PGD steps do not generalize to other draws (see
+    test_diffusion_gradient_descends_the_edit_distance for the objective under fixed randomness).
+    """
+
+    registry_name = "photoguard"
+
+    def make_method(self, request):
+        model = str(request.getfixturevalue("trained_tiny_sd_path"))
+        return PhotoGuard(
+            model=model, attack="diffusion", eps=self.eps, steps=2, step_size=2 / 255, diffusion_steps=1,
+            guidance_scale=1.0, resolution=None, device="cpu", dtype="float32",
+        )
+
+
+def test_diffusion_gradient_descends_the_edit_distance(trained_tiny_sd_path, face_images):
+    """With the edit's random numbers fixed, one sign step against the gradient brings the edit of
+    every image closer to the target by far more than same-budget noise moves it."""
+    import torch
+
+    defender = PhotoGuard(
+        model=str(trained_tiny_sd_path), attack="diffusion", diffusion_steps=2, guidance_scale=1.0,
+        resolution=None, device="cpu",
+    )
+    x = face_images.clone().requires_grad_(True)
+    clean = defender.diffusion_distance(x, torch.Generator().manual_seed(7))
+    (gradient,) = torch.autograd.grad(clean.sum(), x)
+    noise = (torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 2 / 255
+    with torch.no_grad():
+        stepped = defender.diffusion_distance(face_images - 2 / 255 * gradient.sign(), torch.Generator().manual_seed(7))
+        noisy = defender.diffusion_distance(face_images + noise, torch.Generator().manual_seed(7))
+    gain, noise_gain = clean.detach() - stepped, clean.detach() - noisy
+    assert (gain > 0).all() and (gain > 2 * noise_gain.abs()).all(), (gain, noise_gain)
+
+
+def test_text_to_image_model_needs_strength_below_one(tiny_sd_path, face_images):
+    defender = PhotoGuard(model=str(tiny_sd_path), attack="diffusion", strength=1.0, steps=1, device="cpu")
+    with pytest.raises(ConfigError, match="strength"):
+        defender.protect(face_images)
+
+
+@pytest.fixture
+def half_mask(tmp_path):
+    """A 64x64 mask whose right half (white) is to be repainted."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.zeros((64, 64), dtype=np.uint8)
+    pixels[:, 32:] = 255
+    path = tmp_path / "mask.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_diffusion_attack_inpainting_with_mask(tiny_inpaint_path, face_images, half_mask):
+    """Inpainting model, classifier-free guidance, checkpointing: the perturbation stays outside the
+    mask and the edit moves toward the target."""
+    import torch
+
+    defender = PhotoGuard(
+        model=str(tiny_inpaint_path), attack="diffusion", mask=str(half_mask), steps=4, step_size=2 / 255,
+        diffusion_steps=2, guidance_scale=3.0, resolution=None, device="cpu",
+    )
+    result = defender.protect(face_images)
+    delta = (result.images - face_images).abs()
+    assert delta[..., 32:].max() == 0 and delta[..., :32].max() > 0
+    assert all(s["objective_end"] < s["objective_start"] for s in result.stats)
+    with torch.no_grad():
+        a = defender.diffusion_distance(face_images, torch.Generator().manual_seed(1))
+        b = defender.diffusion_distance(face_images, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_checkpointing_gives_the_same_gradient(tiny_sd_path, face_images):
+    import torch
+
+    grads = []
+    for checkpointing in (True, False):
+        defender = PhotoGuard(
+            model=str(tiny_sd_path), attack="diffusion", diffusion_steps=2, guidance_scale=2.0,
+            checkpointing=checkpointing, resolution=None, device="cpu",
+        )
+        x = face_images.clone().requires_grad_(True)
+        defender.diffusion_distance(x, torch.Generator().manual_seed(0)).sum().backward()
+        grads.append(x.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_mask_of_the_wrong_size(tiny_sd_path, face_images, tmp_path):
+    from PIL import Image
+
+    from facedefense.errors import ConfigError
+
+    path = tmp_path / "small.png"
+    Image.new("L", (32, 40), 255).save(path)
+    defender = PhotoGuard(model=str(tiny_sd_path), mask=str(path), steps=1, device="cpu")
+    with pytest.raises(ConfigError, match="mask is 32x40 but the image is 64x64"):
+        defender.protect(face_images)
+
+
+def test_target_or_mask_that_is_not_an_image(tiny_sd_path, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ConfigError, match="target.*not an image"):
+        PhotoGuard(model=str(tiny_sd_path), target=str(bad), device="cpu")
+    with pytest.raises(ConfigError, match="mask.*not an image"):
+        PhotoGuard(model=str(tiny_sd_path), mask=str(bad), device="cpu")
+    with pytest.raises(ConfigError, match="attack"):
+        PhotoGuard(model=str(tiny_sd_path), attack="decoder", device="cpu")

@@ -1,0 +1,93 @@
+"""Face-recognition networks for defenders that optimize through an identity (FaceLock), registered
+with ``register_models`` and used through :func:`facedefense.models.shared_model`.
+
+Contract of a face embedder (the same as the metrics plugin's ``dlib_torch``): ``embedder(images)``
+maps (N, 3, H, W) float images in [0, 1] of any size (resized to the network's input inside) to
+(N, D) embeddings, differentiably with respect to the images; compare them with cosine similarity.
+
+- ``arcface``: facexlib's ArcFace IR-SE50 (``recognition_arcface_ir_se50.pth``, 112x112 input,
+  512-D); the weights are given by path (they ship in no wheel; never downloaded here).
+- ``random_face_embedder``: a small seeded random CNN with the same contract, for tests and plumbing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facedefense.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
+ARCFACE_ORIGIN = "facexlib's GitHub release v0.1.0 (xinntao/facexlib)"
+
+
+def _embedder_class() -> type:
+    import torch
+
+    class FaceEmbedder(torch.nn.Module):
+        """Resize to ``size``, map [0, 1] to [-1, 1], run ``network``."""
+
+        def __init__(self, network: torch.nn.Module, size: int) -> None:
+            super().__init__()
+            self.network, self.size = network, size
+
+        def forward(self, images: Tensor) -> Tensor:
+            import torch.nn.functional as F
+
+            if images.shape[-2:] != (self.size, self.size):
+                images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                       antialias=images.shape[-1] > self.size)
+            return self.network(images * 2 - 1).flatten(1)
+
+    return FaceEmbedder
+
+
+def build_arcface(*, path: str | None, device: torch.device, dtype: torch.dtype, **options: Any) -> torch.nn.Module:
+    """facexlib's ArcFace IR-SE50 with weights from ``path`` (required).
+
+    Raises:
+        ModelNotFoundError: no path, or the file is missing (one line naming the file and its origin).
+    """
+    import torch
+
+    from facedefense._compat.torchvision_ops import ensure_torchvision_importable
+
+    if path is None:
+        raise ModelNotFoundError(
+            f"arcface needs its weights file {ARCFACE_FILE} (from {ARCFACE_ORIGIN}): pass its path "
+            "(facelock: -o face_model_path=PATH)"
+        )
+    weights = Path(path).expanduser()
+    if not weights.is_file():
+        raise ModelNotFoundError(f"arcface: weights file {weights} not found (expected {ARCFACE_FILE}, from {ARCFACE_ORIGIN})")
+    ensure_torchvision_importable()
+    from facexlib.recognition.arcface_arch import Backbone
+
+    network = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
+    try:
+        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"arcface: {weights} is not an ArcFace IR-SE50 checkpoint ({ARCFACE_FILE})") from exc
+    return _embedder_class()(network, 112).to(device=device, dtype=dtype)
+
+
+def build_random(
+    *, path: str | None, device: torch.device, dtype: torch.dtype, seed: int = 0, dim: int = 128, **options: Any
+) -> torch.nn.Module:
+    """A random face embedder (3 strided convolutions, global pooling, a linear layer; 112x112
+    input), seeded so every build is identical. ``path`` is ignored. Tests and plumbing only."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(256, dim),
+        )
+    return _embedder_class()(network, 112).to(device=device, dtype=dtype)
