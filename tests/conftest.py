@@ -10,6 +10,13 @@ from typing import ClassVar
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist (`-n auto`), share the cores among the workers instead of letting each start one
+# thread per core: oversubscribed, two workers on 2 cores run slower than one. Set before torch is
+# imported, so subprocesses the tests start (CLI runs, accelerate launch) inherit it too.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, _threads)
 # --dtype auto caches what it measures; the suite must not write into the user's cache folder.
 os.environ.setdefault("FACEDEFENSE_CACHE_DIR", tempfile.mkdtemp(prefix="facedefense-test-cache-"))
 
