@@ -9,7 +9,7 @@
    random noise of the same budget (uniform in [-eps, eps], and random signs +-eps), with common
    random numbers (the same timesteps and noise for every variant).
 
-    PYTHONPATH=.:plugins .venv/bin/python benchmarks/rid_training_check.py --steps 300
+    PYTHONPATH=.:plugins .venv/bin/python benchmarks/rid_training_check.py --steps 400
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ def _faces(folder: Path, images) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a tiny SD folder (default: build and fine-tune one)")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--train", type=int, default=8, help="training faces")
     parser.add_argument("--eval", type=int, default=8, help="unseen evaluation faces")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--eps", type=float, default=8 / 255)
-    parser.add_argument("--draws", type=int, default=32, help="timestep/noise draws per image")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--draws", type=int, default=512, help="timestep/noise draws per image")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "facedefense-rid-check"))
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -61,13 +63,13 @@ def main() -> None:
     pool = sample_faces(args.train + args.eval + 8, args.size)
     train_faces = _faces(work / "train", pool[: args.train])
     unseen = pool[args.train + 8 :]  # skip 8 so that no shifted twin of a training crop is evaluated
-    run = work / f"rid-{args.steps}"
+    run = work / f"rid-{args.steps}-{args.size}-{args.lr:g}-{args.seed}"
     if not (run / "rid.safetensors").exists():
-        architecture = f"input_size={args.size},patch_size=16,hidden_size=64,depth=2,num_heads=4,num_classes=4"
+        architecture = f"input_size={args.size},patch_size=8,hidden_size=64,depth=2,num_heads=4,num_classes=4"
         settings = TrainSettings(
             method="rid", data=train_faces, models=[str(model)], output=run, eps=args.eps, steps=args.steps,
-            batch_size=2, device="cpu", progress=True, save_every=args.steps,
-            options={"architecture": architecture, "warmup_steps": 0, "lr": 1e-3},
+            batch_size=2, device="cpu", progress=True, save_every=args.steps, seed=args.seed,
+            options={"architecture": architecture, "warmup_steps": 0, "lr": args.lr},
         )
         start = time.perf_counter()
         train(settings, RID.training_recipe())
@@ -83,21 +85,35 @@ def main() -> None:
     }
     parts = load_components(str(model))
     prompt = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)("a photo of sks person")
-    losses = {}
+    losses, per_draw = {}, {}
     with torch.no_grad():
         for name, images in variants.items():
             latents = encode_latents(parts.vae, images)
             draws = torch.Generator().manual_seed(0)  # common random numbers for every variant
-            values = [denoising_loss(parts.unet, parts.scheduler, latents, prompt, generator=draws) for _ in range(args.draws)]
-            losses[name] = torch.stack(values).mean().item()
+            per_draw[name] = torch.stack(
+                [denoising_loss(parts.unet, parts.scheduler, latents, prompt, generator=draws) for _ in range(args.draws)]
+            )
+            losses[name] = per_draw[name].mean().item()
     clean = losses["clean"]
     print(f"\nunseen faces: {len(unseen)}, budget {args.eps * 255:.3g}/255, {args.draws} draws each, RID trained {args.steps} steps")
-    print("| images | denoising loss | vs clean |")
-    print("|---|---|---|")
+    print("| images | denoising loss | vs clean | paired difference / its standard error |")
+    print("|---|---|---|---|")
     for name, value in losses.items():
-        print(f"| {name} | {value:.4f} | {100 * (value / clean - 1):+.1f}% |")
+        # common random numbers: the same draws for every variant, so the paired differences are tight
+        difference = per_draw[name] - per_draw["clean"]
+        error = difference.std() / args.draws**0.5
+        z = "-" if name == "clean" else f"{(difference.mean() / error).item():+.1f}"
+        print(f"| {name} | {value:.4f} | {100 * (value / clean - 1):+.2f}% | {z} |")
+    margins = {}
+    for name in ("uniform noise", "sign noise"):
+        difference = per_draw["rid"] - per_draw[name]
+        margins[name] = (difference.mean() / (difference.std() / args.draws**0.5)).item()
+        print(f"RID - {name}: {100 * difference.mean().item() / clean:+.2f}% of the clean loss, {margins[name]:+.1f} standard errors")
+    verdict = "beats" if min(margins.values()) > 2 else "does not clearly beat"
+    print(f"RID {verdict} random noise of the same budget (more than 2 standard errors above both)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"losses": losses, "args": vars(args)}, indent=2) + "\n")
+        result = {"losses": losses, "margins_in_standard_errors": margins, "verdict": verdict, "args": vars(args)}
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

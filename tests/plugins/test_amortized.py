@@ -383,6 +383,20 @@ def test_dit_engine_splits_large_batches_into_preferred_row_counts(rid_checkpoin
     assert max(rows) == 32 and torch.allclose(split, whole, atol=1e-5)
 
 
+def test_bf16_attention_matches_the_fused_kernel_in_score_chunks(monkeypatch):
+    from facedefense_amortized.networks import dit
+
+    generator = torch.Generator().manual_seed(0)
+    qkv = torch.randn(3, 5, 2, 16, 8, generator=generator)  # (q/k/v, batch, heads, tokens, head dim)
+    fused = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=1.0)
+    assert torch.equal(dit._attention(qkv), fused)  # fp32 takes the fused kernel
+    whole = dit._attention(qkv.to(torch.bfloat16))
+    monkeypatch.setattr(dit, "SCORE_CHUNK", 2 * 16 * 16 * 2)  # two images' scores per product
+    chunked = dit._attention(qkv.to(torch.bfloat16))
+    assert chunked.dtype == torch.bfloat16 and chunked.shape == fused.shape and torch.equal(chunked, whole)
+    assert (chunked.float() - fused).abs().max().item() < 0.05
+
+
 def test_sincos_embedding_matches_mae_layout():
     from facedefense_amortized.networks.dit import sincos_position_embedding
 

@@ -291,12 +291,15 @@ class Int8Linear:
         self.zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
         self.bias = bias
 
-    def __call__(self, x: torch.Tensor, post_op: str = "none", algorithm: str = "") -> torch.Tensor:
-        """(M, in) -> (M, out) float32; ``post_op="gelu", algorithm="tanh"`` fuses GELU."""
+    def __call__(
+        self, x: torch.Tensor, post_op: str = "none", algorithm: str = "", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """(M, in) -> (M, out) in ``dtype`` (float32 or bfloat16, written by the kernel itself);
+        ``post_op="gelu", algorithm="tanh"`` fuses GELU."""
         q, scale, zero_point = quantize_activations(x.float())
         return torch.ops.onednn.qlinear_pointwise(
             q, scale, zero_point, self.weight, self.scales, self.zero_points, self.bias,
-            1.0, 0, torch.float32, post_op, [], algorithm,
+            1.0, 0, dtype, post_op, [], algorithm,
         )
 
 
@@ -315,9 +318,12 @@ class DenseLinear:
         self.dtype, self.bias = dtype, bias.to(dtype)
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype), ROW_CHUNK)
 
-    def __call__(self, x: torch.Tensor, post_op: str = "none", algorithm: str = "") -> torch.Tensor:
-        """(M, in) -> (M, out) in ``dtype``."""
-        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, post_op, [], algorithm)
+    def __call__(
+        self, x: torch.Tensor, post_op: str = "none", algorithm: str = "", dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """(M, in) -> (M, out) in ``dtype`` (default: the layer's)."""
+        y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, post_op, [], algorithm)
+        return y if dtype is None else y.to(dtype)
 
 
 def _scaled(weight: torch.Tensor, bias: torch.Tensor | None, row_scale: torch.Tensor | None):
@@ -336,13 +342,40 @@ ROW_CHUNK = 1024
 def _linear(kind: str, weight, bias, row_scale=None):
     if kind == "int8":
         return Int8Linear(weight, bias, row_scale)
+    if not onednn_linear_supported():  # fp32 fallback for the patch embedding and output layer
+        weight, bias = _scaled(weight, bias, row_scale)
+        return lambda x, *args: F.linear(x.float(), weight, bias)
     return DenseLinear(weight, bias, row_scale, getattr(torch, kind))
 
 
-def _chunked(layer, x: torch.Tensor, *args: str) -> torch.Tensor:
+def _chunked(layer, x: torch.Tensor, *args) -> torch.Tensor:
     if x.shape[0] <= ROW_CHUNK:
         return layer(x, *args)
     return torch.cat([layer(part, *args) for part in x.split(ROW_CHUNK)])
+
+
+#: Score elements per bf16 attention call (64 MiB of bf16 scores): larger batches are split.
+SCORE_CHUNK = 32 * 2**20
+
+
+def _attention(qkv: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of (3, N, heads, T, d) queries (already scaled), keys and values.
+
+    fp32 goes through PyTorch's fused kernel. bf16 does not: on CPUs the fused kernel runs bf16 no
+    faster than fp32 (26 ms per RID block on an AVX512-BF16 EPYC), while two bf16 matrix products
+    around a bf16 softmax (fp32 statistics inside) take 9 ms on contiguous operands, at the same
+    accuracy. Their (N, heads, T, T) scores are computed :data:`SCORE_CHUNK` elements at a time.
+    """
+    if qkv.dtype == torch.float32:
+        return F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=1.0)
+    qkv = qkv.contiguous()
+    batch, heads, tokens = qkv.shape[1:4]
+    step = max(1, SCORE_CHUNK // (heads * tokens * tokens))
+    parts = []
+    for start in range(0, batch, step):
+        q, k, v = qkv[:, start : start + step].unbind(0)
+        parts.append(torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), -1), v))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class _EngineBlock:
@@ -353,7 +386,11 @@ class _EngineBlock:
         self.norm2 = (1 + scale_m, shift_m)
         self.heads = block.attn.num_heads
         self.attention_dtype = getattr(torch, attention)
-        self.qkv = _linear(linears, block.attn.qkv.weight, block.attn.qkv.bias)
+        # 1/sqrt(head dim) folded into the query rows of the qkv layer: one multiply less per call.
+        dim = block.attn.qkv.weight.shape[1]
+        query_scale = torch.ones(3 * dim)
+        query_scale[:dim] = (dim // self.heads) ** -0.5
+        self.qkv = _linear(linears, block.attn.qkv.weight, block.attn.qkv.bias, query_scale)
         self.proj = _linear(linears, block.attn.proj.weight, block.attn.proj.bias, gate_a)
         self.fc1 = _linear(linears, block.mlp.fc1.weight, block.mlp.fc1.bias)
         self.fc2 = _linear(linears, block.mlp.fc2.weight, block.mlp.fc2.bias, gate_m)
@@ -361,9 +398,9 @@ class _EngineBlock:
     def __call__(self, h: torch.Tensor, batch: int) -> torch.Tensor:
         dim = h.shape[-1]
         x = F.layer_norm(h, (dim,), *self.norm1, eps=1e-6)
-        qkv = _chunked(self.qkv, x).to(self.attention_dtype)
+        qkv = _chunked(self.qkv, x, "none", "", self.attention_dtype)
         qkv = qkv.view(batch, -1, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(-1, dim)
+        x = _attention(qkv).transpose(1, 2).reshape(-1, dim)
         h.add_(_chunked(self.proj, x))
         x = F.layer_norm(h, (dim,), *self.norm2, eps=1e-6)
         return h.add_(_chunked(self.fc2, _chunked(self.fc1, x, "gelu", "tanh")))
@@ -379,7 +416,9 @@ class DiTEngine:
     kernels run about twice as fast as eager PyTorch's MKL ones), ``"bfloat16"`` (bf16 linears and
     attention products, fp32 residual stream and softmax statistics), ``"int8"`` (symmetric
     per-channel int8 weights, dynamic per-tensor activations, fp32 attention) and ``"int8+bf16"``
-    (int8 linears, bf16 attention). The patch embedding and output layer stay in fp32. Which path is
+    (int8 linears, bf16 attention products; see :func:`_attention`). The attention scale is folded
+    into the query rows of the qkv layer. The patch embedding (as a linear layer over flattened
+    patches) and the output layer run in the attention precision. Which path is
     fastest depends on the CPU: ``--dtype auto`` measures them (:mod:`facedefense.autotune`).
 
     ``network`` is consumed: its blocks are released one by one as they are converted, so the fp32
@@ -402,8 +441,10 @@ class DiTEngine:
 
         self.path = path
         self.patch_size, self.channels = network.patch_size, network.channels
-        self.patch_weight = own(network.x_embedder.proj.weight)
-        self.patch_bias = own(network.x_embedder.proj.bias)
+        # the patch embedding (a stride-p convolution) as one linear layer over flattened patches; it
+        # and the output layer run in the attention products' precision (fp32 where bf16 is slow)
+        projection = network.x_embedder.proj
+        self.patch_embed = _linear(attention, projection.weight.flatten(1), projection.bias)
         self.pos_embed = own(network.pos_embed)
         self.blocks = []
         for index in range(len(network.blocks)):
@@ -412,16 +453,20 @@ class DiTEngine:
         final = network.final_layer
         shift, scale = own(final.adaLN_modulation[1].bias).chunk(2)
         self.final_norm = (1 + scale, shift)
-        self.final_weight, self.final_bias = own(final.linear.weight), own(final.linear.bias)
+        self.final_linear = _linear(attention, final.linear.weight, final.linear.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = F.conv2d(x.float(), self.patch_weight, self.patch_bias, stride=self.patch_size)
-        batch, dim = tokens.shape[:2]
-        h = (tokens.flatten(2).transpose(1, 2) + self.pos_embed).reshape(-1, dim).contiguous()
+        batch, channels, height, width = x.shape
+        p = self.patch_size
+        patches = x.float().reshape(batch, channels, height // p, p, width // p, p)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(-1, channels * p * p)  # (N*T, C*p*p), token order
+        tokens = _chunked(self.patch_embed, patches, "none", "", torch.float32)
+        dim = tokens.shape[-1]
+        h = (tokens.view(batch, -1, dim) + self.pos_embed).reshape(-1, dim)
         for block in self.blocks:
             h = block(h, batch)
         h = F.layer_norm(h, (dim,), *self.final_norm, eps=1e-6)
-        patches = F.linear(h, self.final_weight, self.final_bias).view(batch, -1, self.final_bias.shape[0])
+        patches = _chunked(self.final_linear, h, "none", "", torch.float32).view(batch, h.shape[0] // batch, -1)
         return unpatchify(patches, self.patch_size, self.channels)
 
 
