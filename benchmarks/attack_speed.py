@@ -61,13 +61,52 @@ def build_sd15(folder: Path) -> Path:
     return folder
 
 
+def build_sd21_base(folder: Path) -> Path:
+    """Stable Diffusion 2.1-base's architecture with random weights (OpenCLIP ViT-H text tower
+    shapes, 1024-wide cross-attention, linear projections, epsilon prediction at 512x512)."""
+    import torch
+
+    from facedefense.testing.tiny_models import _prepare
+
+    _prepare()
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from facedefense.testing.tokenizer import build_tiny_tokenizer
+
+    if (folder / "model_index.json").exists():
+        return folder
+    torch.manual_seed(0)
+    tokenizer = build_tiny_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+        max_position_embeddings=77, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+        pad_token_id=len(tokenizer) - 1, hidden_act="gelu", projection_dim=512))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                                use_linear_projection=True)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=768)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              steps_offset=1, prediction_type="epsilon")
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+#: Architectures ``build`` knows: the test suite's tiny model and full-size ones with random weights.
+ARCHITECTURES = ("tiny", "sd15", "sd21")
+
+
 def build(arch: str, root: Path) -> Path:
     from facedefense.testing.tiny_models import build_tiny_sd
 
     folder = root / arch
     if arch == "tiny":
         return folder if (folder / "model_index.json").exists() else build_tiny_sd(folder)
-    return build_sd15(folder)
+    return build_sd15(folder) if arch == "sd15" else build_sd21_base(folder)
 
 
 def _peak_gib(device: str) -> float:
@@ -106,7 +145,7 @@ def measure(queue: multiprocessing.Queue, method: str, model: str, resolution: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="tiny")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--steps", type=int, default=4, help="training steps (the first is warm-up)")

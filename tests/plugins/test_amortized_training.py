@@ -38,7 +38,10 @@ def faces(tmp_path_factory):
 
 
 def losses(run):
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    """The logged loss terms per step (without each step's wall-clock ``seconds``)."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(record.pop("seconds") > 0 for record in records)
+    return records
 
 
 def train(method, faces, model, output, *extra):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
@@ -296,9 +297,11 @@ def train(settings: TrainSettings, recipe: Recipe) -> TrainResult:
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
             first = (offset * world + rank) * settings.batch_size
             images = data.images[order[first : first + settings.batch_size]].to(accelerator.device)
+            started = time.perf_counter()
             last = trainer.step(images, step, epoch, generator)
+            seconds = time.perf_counter() - started
             if log is not None:
-                log.write(json.dumps({"step": step + 1, "epoch": epoch, **last}) + "\n")
+                log.write(json.dumps({"step": step + 1, "epoch": epoch, **last, "seconds": round(seconds, 4)}) + "\n")
                 log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4g}")
