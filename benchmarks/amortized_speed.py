@@ -8,7 +8,7 @@ Paths per method (random weights of the real architecture; they time like traine
   (done here), and ONNX Runtime's dynamic int8 quantization of that file;
 - every facedefense path (``Defender.protect``, the whole protection including rounding to the
   uint8 grid): RID ``engine=float32|bfloat16|int8|int8+bf16|module`` and ``--dtype auto``;
-  GAP-Diff ``--dtype float32|bfloat16`` (folded networks) and ``--dtype auto``.
+  GAP-Diff ``engine=float32|bfloat16|int8`` (folded networks) and ``--dtype auto``.
 
 Each path is called once to warm up, then the paths take turns (round-robin) for ``--rounds``
 rounds, so a change of load on a shared machine hits them all alike; the table gives the best
@@ -119,7 +119,10 @@ def _paths(method: str, checkpoint: Path, folder: Path, images, threads: int) ->
         defenders = {f"facedefense engine={p}": {"engine": p} for p in engine_paths()}
         defenders["facedefense engine=module fp32"] = {"engine": "module", "dtype": "float32"}
     else:
-        defenders = {f"facedefense --dtype {d}": {"dtype": d} for d in ("float32", "bfloat16")}
+        from facedefense_amortized.networks.gap_generator import int8_convolution_supported
+
+        engines = ["float32", "bfloat16"] + (["int8"] if int8_convolution_supported() else [])
+        defenders = {f"facedefense engine={e} (folded)": {"engine": e} for e in engines}
     for name, options in defenders.items():
         defender = Defender(checkpoint=str(checkpoint), device="cpu", **options)
         paths[name] = lambda d=defender: d.protect(images).images

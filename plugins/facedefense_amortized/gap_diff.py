@@ -28,6 +28,10 @@ WHERE_TO_GET = (
 PREFIX = "generator."
 
 
+#: ``-o engine=...`` values (see :class:`GAPDiffConfig`).
+ENGINES = ("auto", "float32", "bfloat16", "int8", "module")
+
+
 @dataclass
 class GAPDiffConfig(AmortizedDefenderConfig):
     """GAP-Diff options.
@@ -45,18 +49,23 @@ class GAPDiffConfig(AmortizedDefenderConfig):
             area: about 1.5 GB at 2048x2048 in fp32). Default 2048; 0 means always full resolution.
         runtime: ``"auto"`` (default: ONNX Runtime for an ``.onnx`` checkpoint, else PyTorch),
             ``"torch"`` or ``"onnx"``.
-
-    With ``--dtype auto`` on a CPU the folded network runs in fp32 or bf16, whichever measured
-    faster on this machine (once, then cached: ``facedefense info --hardware``).
+        engine: how the network runs on a CPU. ``"auto"`` (default): with ``--dtype auto`` the
+            folded network in fp32, bf16 or int8, whichever measured fastest on this machine
+            (once, then cached: ``facedefense info --hardware``), with an explicit ``--dtype``
+            the folded network in that precision; ``"float32"``, ``"bfloat16"`` or ``"int8"``
+            force one; ``"module"`` runs the PyTorch module itself in ``--dtype``.
     """
 
     train_mode: bool = False
     max_side: int = 2048
     runtime: str = "auto"
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_runtime(self.runtime)
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.max_side < 0 or 0 < self.max_side < 512:
             raise ConfigError(f"max_side must be 0 (no limit) or at least 512 pixels, got {self.max_side}")
 
@@ -95,7 +104,11 @@ class GAPDiff(AmortizedDefender):
         super().__init__(config, **options)
         import torch
 
-        from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator, folding_supported
+        from facedefense_amortized.networks.gap_generator import (
+            FoldedGAPGenerator,
+            folding_supported,
+            int8_convolution_supported,
+        )
 
         on_cpu = self.device.type == "cpu"
         # One photo at a time on the CPU (faster per photo there, and bounded memory) and in train
@@ -118,15 +131,24 @@ class GAPDiff(AmortizedDefender):
         #: The trainable generator (for training and export); ``engine`` runs inference.
         self.network = loaded.network.train(self.config.train_mode).requires_grad_(False)
         self.engine_dtype = self.dtype
-        if on_cpu and not self.config.train_mode and folding_supported():
+        engine = self.config.engine
+        if engine not in ("auto", "module") and not (on_cpu and not self.config.train_mode and folding_supported()):
+            raise ConfigError(
+                f"gap_diff: engine={engine} needs the CPU, eval mode and this torch build's oneDNN kernels; "
+                "use -o engine=module"
+            )
+        if engine == "int8" and not int8_convolution_supported():
+            raise ConfigError("gap_diff: engine=int8 needs oneDNN's int8 convolutions (x86 CPUs); use -o engine=auto")
+        if engine != "module" and on_cpu and not self.config.train_mode and folding_supported():
             built: dict[str, FoldedGAPGenerator] = {}
-            if self.config.dtype == "auto":
+            name = str(self.engine_dtype).removeprefix("torch.") if engine == "auto" else engine
+            if engine == "auto" and self.config.dtype == "auto":
                 self.choice = self._measure(built)
-                self.engine_dtype = getattr(torch, self.choice.name)
-            if self.engine_dtype in (torch.float32, torch.bfloat16):
-                name = str(self.engine_dtype).removeprefix("torch.")
-                self.engine = built.get(name) or FoldedGAPGenerator(self.network.float(), self.engine_dtype)
-                self.path = f"folded {self.choice.name if self.choice else self.config.dtype}"
+                name = self.choice.name
+            if name in ("float32", "bfloat16", "int8"):
+                self.engine = built.get(name) or FoldedGAPGenerator(self.network.float(), _engine_precision(name))
+                self.engine_dtype = self.engine.dtype
+                self.path = f"folded {name}"
                 return
         layout = torch.channels_last if on_cpu else torch.contiguous_format
         self.network = self.network.to(device=self.device, dtype=self.dtype, memory_format=layout)
@@ -171,23 +193,28 @@ class GAPDiff(AmortizedDefender):
         )
 
     def _measure(self, built: dict) -> Choice:
-        """Folded fp32 against folded bf16, one 512x512 forward each (cached per machine); the
-        engines built for the measurement are left in ``built``."""
+        """Folded fp32, bf16 and int8 (where oneDNN has int8 convolutions), one 512x512 forward each
+        (cached per machine); the engines built for the measurement are left in ``built``."""
         import torch
 
         from facedefense import autotune
         from facedefense_amortized.networks import GAPGenerator
-        from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator
+        from facedefense_amortized.networks.gap_generator import (
+            FoldedGAPGenerator,
+            int8_convolution_supported,
+        )
+
+        candidates = ["float32", "bfloat16"] + (["int8"] if int8_convolution_supported() else [])
 
         def probes():
             side = GAPGenerator.min_size
             x = torch.zeros(1, 3, side, side).contiguous(memory_format=torch.channels_last)
-            for name in ("float32", "bfloat16"):
-                built[name] = FoldedGAPGenerator(self.network.float(), getattr(torch, name))
-            return {name: (lambda e=engine, n=name: e(x.to(getattr(torch, n)))) for name, engine in built.items()}
+            for name in candidates:
+                built[name] = FoldedGAPGenerator(self.network.float(), _engine_precision(name))
+            return {name: (lambda e=engine: e(x.to(e.dtype))) for name, engine in built.items()}
 
         problem = {"ngf": self.network.conv1.out_channels, "side": GAPGenerator.min_size}
-        return autotune.choose("gap_diff", ["float32", "bfloat16"], probes, problem=problem, budget_s=1.0)
+        return autotune.choose("gap_diff", candidates, probes, problem=problem, budget_s=0.6)
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:
         import torch
@@ -215,6 +242,13 @@ class GAPDiff(AmortizedDefender):
         height, width = images.shape[-2:]
         inputs = to_vae_range(_pad_for_generator(images)).to(self.engine_dtype).contiguous(memory_format=torch.channels_last)
         return self.engine(inputs).float()[..., :height, :width]
+
+
+def _engine_precision(name: str):
+    """``"float32"`` / ``"bfloat16"`` -> the torch dtype, ``"int8"`` as is (FoldedGAPGenerator's argument)."""
+    import torch
+
+    return name if name == "int8" else getattr(torch, name)
 
 
 def _pad_for_generator(images: Tensor) -> Tensor:

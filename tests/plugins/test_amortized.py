@@ -451,6 +451,58 @@ def test_folded_gap_generator_matches_the_module(gap_checkpoint):
     assert (folded - exact).abs().max().item() < 1e-4
 
 
+def test_gap_diff_auto_can_choose_the_int8_engine(gap_checkpoint, face_images, monkeypatch, tmp_path):
+    from facedefense import autotune
+    from facedefense_amortized.networks.gap_generator import int8_convolution_supported
+
+    if not int8_convolution_supported():
+        pytest.skip("no oneDNN int8 convolution kernels in this torch build")
+    monkeypatch.setenv("FACEDEFENSE_CACHE_DIR", str(tmp_path))
+    path = str(gap_checkpoint[0])
+    with autotune.use_measurement(lambda probes: {name: 0.1 if name == "int8" else 1.0 for name in probes}):
+        chosen = GAPDiff(checkpoint=path, device="cpu")
+    assert chosen.choice.name == "int8" and chosen.path == "folded int8" and chosen.engine_dtype == torch.float32
+    exact = GAPDiff(checkpoint=path, device="cpu", dtype="float32").protect(face_images).images
+    assert (chosen.protect(face_images).images - exact).abs().max().item() * 255 <= 2.0 + 1e-4
+    assert GAPDiff(checkpoint=path, device="cpu", engine="int8").path == "folded int8"  # forced, no measurement
+    assert GAPDiff(checkpoint=path, device="cpu", dtype="float32", engine="module").path == "module"
+    with pytest.raises(ConfigError, match="engine must be one of"):
+        GAPDiff(checkpoint=path, device="cpu", engine="int4")
+
+
+def test_transposed_convolution_as_four_output_phases_is_exact():
+    from facedefense_amortized.networks.gap_generator import _interleave, _phase_kernels
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 9, 7, generator=generator)
+    weight, bias = torch.randn(6, 5, 4, 4, generator=generator), torch.randn(5, generator=generator)
+    expected = torch.nn.functional.conv_transpose2d(x, weight, bias, stride=2, padding=1)
+    phases = torch.nn.functional.conv2d(x, _phase_kernels(weight), bias.repeat(4), padding=1)
+    assert torch.allclose(_interleave(phases), expected, atol=1e-4)
+
+
+def test_folded_gap_generator_int8_within_a_gray_level(gap_checkpoint):
+    from facedefense_amortized.networks.gap_generator import (
+        FoldedGAPGenerator,
+        folding_supported,
+        int8_convolution_supported,
+    )
+
+    if not (folding_supported() and int8_convolution_supported()):
+        pytest.skip("no oneDNN int8 convolution kernels in this torch build")
+    _, reference = gap_checkpoint
+    network = GAPGenerator(ngf=8).eval()
+    network.load_state_dict(reference.state_dict())
+    x = (torch.rand(1, 3, 512, 768) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        exact = network(x)
+        engine = FoldedGAPGenerator(network, "int8")
+        fast = engine(x)
+    assert engine.dtype == torch.float32 and fast.shape == exact.shape
+    # 8/255 scales the output: a difference of 1/8 in [-1, 1] is one gray level
+    assert (fast - exact).abs().max().item() * 8 <= 1.0
+
+
 def test_gap_diff_max_side(gap_checkpoint):
     from facedefense.testing.tiny_models import sample_faces
 

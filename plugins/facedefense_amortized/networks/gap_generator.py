@@ -114,6 +114,94 @@ def folding_supported() -> bool:
     return torch.backends.mkldnn.is_available() and all(hasattr(ops, name) for name in names)
 
 
+def int8_convolution_supported() -> bool:
+    """Whether this torch build has oneDNN's int8 convolution kernels (x86 CPUs)."""
+    ops = torch.ops.onednn
+    return torch.backends.mkldnn.is_available() and all(hasattr(ops, n) for n in ("qconv_prepack", "qconv2d_pointwise"))
+
+
+def _folded(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of ``conv`` with the eval-mode batch norm after it folded in (fp32)."""
+    weight = conv.weight.detach().float()
+    out_axis = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
+    bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(weight.shape[out_axis])
+    if norm is not None:
+        factor = norm.weight.detach().float() / torch.sqrt(norm.running_var.float() + norm.eps)
+        shape = [1] * weight.dim()
+        shape[out_axis] = -1
+        weight = weight * factor.view(shape)
+        bias = (bias - norm.running_mean.float()) * factor + norm.bias.detach().float()
+    return weight, bias
+
+
+#: For a 4x4, stride-2, padding-1 transposed convolution: the kernel rows (columns) that output
+#: phase 0 and phase 1 take from input rows (i-1, i) and (i, i+1).
+_PHASE_TAPS = ([3, 1], [2, 0])
+
+
+def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """(in, out, 4, 4) transposed-convolution weights -> (4 * out, in, 2, 2) weights of one stride-1
+    convolution (padding 1) whose output channels are the four output phases (row, column parity)."""
+    phases = [weight[:, :, _PHASE_TAPS[a]][:, :, :, _PHASE_TAPS[b]] for a in (0, 1) for b in (0, 1)]
+    return torch.cat([kernel.transpose(0, 1) for kernel in phases])
+
+
+def _interleave(phases: torch.Tensor) -> torch.Tensor:
+    """(N, 4 * C, H + 1, W + 1) phase outputs -> (N, C, 2H, 2W): phase (a, b) fills pixels
+    (2i + a, 2j + b) from its position (i + a, j + b)."""
+    batch, channels = phases.shape[0], phases.shape[1] // 4
+    height, width = phases.shape[-2] - 1, phases.shape[-1] - 1
+    out = torch.empty(batch, channels, 2 * height, 2 * width, dtype=phases.dtype, memory_format=torch.channels_last)
+    for index, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        out[:, :, a::2, b::2] = phases[:, index * channels : (index + 1) * channels, a : a + height, b : b + width]
+    return out
+
+
+class _Int8Conv:
+    """A convolution with its batch norm folded in, as symmetric per-channel int8 weights prepacked
+    for oneDNN, on dynamically quantized (per-tensor, uint8) activations; fp32 out.
+
+    A 4x4 stride-2 transposed convolution becomes one stride-1 2x2 convolution computing its four
+    output phases (the same multiply-adds, where oneDNN has int8 kernels), then interleaved.
+    ``activation`` (relu, leaky_relu, tanh) follows the convolution.
+    """
+
+    def __init__(self, conv, norm, input_shape: list[int], activation: str = "none", scalars: tuple = ()) -> None:
+        from facedefense_amortized.networks.dit import quantize_activations
+
+        self.quantize = quantize_activations
+        weight, self.bias = _folded(conv, norm)
+        self.transposed = isinstance(conv, nn.ConvTranspose2d)
+        if self.transposed:
+            if conv.kernel_size != (4, 4) or conv.stride != (2, 2) or conv.padding != (1, 1):
+                raise ValueError("int8 transposed convolutions: only kernel 4, stride 2, padding 1")
+            weight, self.bias = _phase_kernels(weight), self.bias.repeat(4)
+            self.stride, self.padding = [1, 1], [1, 1]
+        else:
+            self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.scales = weight.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / 127.0
+        quantized = torch.round(weight / self.scales[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
+        self.weight = torch.ops.onednn.qconv_prepack(
+            quantized, self.scales, 1.0, 0, self.stride, self.padding, [1, 1], 1, input_shape
+        )
+        self.zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+        self.activation, self.scalars = activation, scalars
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # quantize the channels-last memory as it lies (NHWC-contiguous): no layout copy
+        q, scale, zero_point = self.quantize(x.float().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1))
+        y = torch.ops.onednn.qconv2d_pointwise(
+            q.permute(0, 3, 1, 2), scale, zero_point, self.weight, self.scales,
+            self.zero_points, self.bias, self.stride, self.padding, [1, 1], 1, 1.0, 0, torch.float32,
+            "relu" if self.activation == "relu" else "none", [], "",
+        )
+        if self.transposed:
+            y = _interleave(y)
+        if self.activation == "leaky_relu":
+            return F.leaky_relu_(y, *self.scalars)
+        return y.tanh_() if self.activation == "tanh" else y
+
+
 class _PackedConv:
     """A (transposed) convolution with its eval-mode batch norm folded in, weights prepacked."""
 
@@ -127,15 +215,7 @@ class _PackedConv:
         scalars: tuple[float, ...] = (),
     ) -> None:
         self.transposed = isinstance(conv, nn.ConvTranspose2d)
-        weight = conv.weight.detach().float()
-        out_axis = 1 if self.transposed else 0
-        bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(weight.shape[out_axis])
-        if norm is not None:
-            factor = norm.weight.detach().float() / torch.sqrt(norm.running_var.float() + norm.eps)
-            shape = [1] * weight.dim()
-            shape[out_axis] = -1
-            weight = weight * factor.view(shape)
-            bias = (bias - norm.running_mean.float()) * factor + norm.bias.detach().float()
+        weight, bias = _folded(conv, norm)
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.activation, self.scalars = activation, list(scalars)
         weight, self.bias = weight.to(dtype), bias.to(dtype).clone()  # no view into the checkpoint
@@ -165,30 +245,44 @@ class FoldedGAPGenerator:
     Each batch norm (eval statistics) is folded into the convolution before it, the weights are
     reordered once into oneDNN's blocked layout (eager PyTorch reorders them at every call), and the
     LeakyReLU, ReLU and final tanh run inside the convolutions. Dropout is the identity in eval
-    mode. fp32 results match the module to about 1e-6; ``dtype=torch.bfloat16`` is for CPUs with
-    AMX. Not trainable; not an ``nn.Module``.
+    mode. fp32 results match the module to about 1e-6. ``dtype=torch.bfloat16`` runs bf16 weights
+    and activations; ``dtype="int8"`` runs every convolution but the first and the last (3 channels:
+    little work, most of the error) in int8 (:class:`_Int8Conv`, transposed ones as four output
+    phases), fp32 between them. Which is fastest depends on the CPU: ``--dtype auto`` measures.
+    Not trainable; not an ``nn.Module``.
 
     Args:
         generator: the network (read, not modified).
-        dtype: float32 or bfloat16 weights and activations.
+        dtype: ``torch.float32``, ``torch.bfloat16`` or ``"int8"``.
         input_size: the side the weights' layout is tuned for (any size works).
 
     Shape:
-        (N, 3, H, W) channels-last, ``dtype``, in [-1, 1], H and W as for :class:`GAPGenerator`
-        -> (N, 3, H, W) in [-1, 1].
+        (N, 3, H, W) channels-last, in :attr:`dtype` (float32 for int8), in [-1, 1], H and W as for
+        :class:`GAPGenerator` -> (N, 3, H, W) in [-1, 1].
     """
 
-    def __init__(self, generator: GAPGenerator, dtype: torch.dtype = torch.float32, input_size: int = 512) -> None:
+    def __init__(
+        self, generator: GAPGenerator, dtype: torch.dtype | str = torch.float32, input_size: int = 512
+    ) -> None:
         g, side = generator, input_size
+        self.dtype = torch.float32 if dtype == "int8" else dtype  # what the engine takes and gives
+
+        def conv(layer, norm, shape, activation="none", scalars=(), edge=False):
+            if dtype != "int8":
+                return _PackedConv(layer, norm, shape, dtype, activation, scalars)
+            if edge:  # the 3-channel input and output layers: little work, most of the error
+                return _PackedConv(layer, norm, shape, torch.float32, activation, scalars)
+            return _Int8Conv(layer, norm, shape, activation, scalars)
+
         encoder_norms = [None, g.norm2, g.norm4, g.norm8, g.norm8, g.norm8, g.norm8, None]
         self.encoder = []
         for index, norm in enumerate(encoder_norms, start=1):
-            conv = getattr(g, f"conv{index}")
+            layer = getattr(g, f"conv{index}")
             leaky = index < 8
             self.encoder.append(
-                _PackedConv(
-                    conv, norm, [1, conv.in_channels, side, side], dtype,
-                    "leaky_relu" if leaky else "none", (0.2,) if leaky else (),
+                conv(
+                    layer, norm, [1, layer.in_channels, side, side],
+                    "leaky_relu" if leaky else "none", (0.2,) if leaky else (), edge=index == 1,
                 )
             )
             side //= 2
@@ -196,15 +290,13 @@ class FoldedGAPGenerator:
         for block in g.bottle_neck:
             layers = block.conv_block
             shape = [1, layers[1].in_channels, side + 2, side + 2]
-            self.bottleneck.append(
-                (_PackedConv(layers[1], layers[2], shape, dtype, "relu"), _PackedConv(layers[5], layers[6], shape, dtype))
-            )
+            self.bottleneck.append((conv(layers[1], layers[2], shape, "relu"), conv(layers[5], layers[6], shape)))
         decoder_norms = [g.norm8, g.norm8, g.norm8, g.norm8, g.norm4, g.norm2, g.norm, None]
         self.decoder = []
         for index, norm in enumerate(decoder_norms, start=1):
-            conv = getattr(g, f"dconv{index}")
+            layer = getattr(g, f"dconv{index}")
             activation = "tanh" if index == 8 else "none"
-            self.decoder.append(_PackedConv(conv, norm, [1, conv.in_channels, side, side], dtype, activation))
+            self.decoder.append(conv(layer, norm, [1, layer.in_channels, side, side], activation, edge=index == 8))
             side *= 2
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
