@@ -4,6 +4,7 @@ evaluation settings as the default."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,6 +33,11 @@ class SDEditConfig(DiffusionEditorConfig):
         super().__post_init__()
         if not 0 < self.strength <= 1:
             raise ConfigError(f"option 'strength' must be in (0, 1], got {self.strength}")
+        if int(self.steps * self.strength) < 1:  # img2img runs int(steps * strength) denoising steps
+            raise ConfigError(
+                f"strength {self.strength} x steps {self.steps} runs no denoising step; "
+                f"use steps >= {math.ceil(1 / self.strength)} or a larger strength"
+            )
 
 
 class SDEdit(DiffusionEditor):

@@ -155,6 +155,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_sd_path, tiny_ip2p_path,
                tiny_ip2p_path, *TINY), "is an InstructPix2Pix model")
     assert_one_line_error(invoke("attack", photo_dir, "--editor", "sdedit", "--output", tmp_path / "o4"), "needs an instruction")
     assert_one_line_error(invoke("attack", photo_dir, "--output", tmp_path / "o5"), "exactly one of")
+    assert_one_line_error(  # img2img would run int(2 * 0.3) = 0 denoising steps
+        invoke("attack", photo_dir, "--editor", "sdedit", "--prompt", "a photo", "--model", tiny_sd_path,
+               "-o", "steps=2", "-o", "strength=0.3", "--output", tmp_path / "o6"),
+        "runs no denoising step; use steps >= 4")
 
 
 @pytest.mark.parametrize(
