@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.config import MethodConfig, build_config, config_to_dict
-from facedefense.runtime import make_generator, resolve_device, resolve_dtype
+from facedefense.runtime import keep_freed_memory, make_generator, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +45,8 @@ class Method:
         self.config = build_config(self.Config, options, method=label).freeze()
         self.device: torch.device = resolve_device(self.config.device)
         self.dtype: torch.dtype = resolve_dtype(self.config.dtype, self.device, cpu_bf16=self.cpu_bf16)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # large tensors reused, not re-faulted at every step
 
     def make_generator(self, generator: torch.Generator | None = None) -> torch.Generator:
         """The generator to use: ``generator`` if given, else a fresh one seeded with ``config.seed``."""

@@ -188,7 +188,7 @@ def train(settings: TrainSettings, recipe: Recipe) -> TrainResult:
     from tqdm.auto import tqdm
 
     from facedefense.checkpoints import save_checkpoint
-    from facedefense.runtime import resolve_device
+    from facedefense.runtime import keep_freed_memory, resolve_device
     from facedefense_amortized.training.data import ImageSet, read_pairs
     from facedefense_amortized.training.surrogates import load_surrogates
 
@@ -215,6 +215,8 @@ def train(settings: TrainSettings, recipe: Recipe) -> TrainResult:
         raise ConfigError(f"--eps {eps} is outside (0, 1] ([0, 1] units, e.g. 8/255)")
 
     device = resolve_device(settings.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     try:
         accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=settings.mixed_precision)
     except ValueError:  # an earlier run in this process fixed accelerate's (process-wide) precision
