@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facedefense.errors import ConfigError, ImageError
-from facedefense.imaging import resize, working_size
+from facedefense.imaging import resize, to_vae_range, working_size
 
 if TYPE_CHECKING:
     import torch
@@ -245,6 +246,37 @@ class Surrogate:
             **{f"text_encoder.{k}": p for k, p in self.text_encoder.named_parameters() if p.requires_grad},
         }
         self._frozen_text = TextEmbeddingCache(self.tokenizer, self.text_encoder) if not self.text_trained else None
+        #: The frozen VAE's posterior (mean, std) per training image, keyed by its pixels: class
+        #: images and clean photos recur every round (see :meth:`latent_samples`).
+        self._posteriors: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+
+    #: Posteriors kept (least recently used dropped): 128 KiB each at 512x512.
+    POSTERIOR_CACHE = 256
+
+    def latent_samples(self, pixels: Tensor, generator: torch.Generator) -> Tensor:
+        """Scaled latents drawn from the VAE posterior of each image, as ``encode_latents(...,
+        sample=True)`` draws them (one normal sample of the batch's shape from ``generator``), with
+        each image's posterior encoded once (alone, so a cached and a fresh one are identical) and
+        kept: the class images and the clean photos are encoded once per run instead of at every
+        surrogate step (a third of a surrogate step's time at 512x512 on the tiny model)."""
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        means, stds = [], []
+        for image in pixels:
+            key = hashlib.blake2b(image.detach().float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+            if key not in self._posteriors:
+                with torch.no_grad():
+                    posterior = self.vae.encode(to_vae_range(image[None]).to(self.vae.dtype)).latent_dist
+                self._posteriors[key] = (posterior.mean, posterior.std)
+                if len(self._posteriors) > self.POSTERIOR_CACHE:
+                    self._posteriors.popitem(last=False)
+            self._posteriors.move_to_end(key)
+            means.append(self._posteriors[key][0])
+            stds.append(self._posteriors[key][1])
+        mean, std = torch.cat(means), torch.cat(stds)
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return ((mean + std * noise) * self.vae.config.scaling_factor).float()
 
     @property
     def text_trained(self) -> bool:
@@ -327,8 +359,6 @@ class Surrogate:
         """
         import torch
 
-        from facedefense.diffusion import encode_latents
-
         params = list(self.trainable.values())
         optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
         use_prior = class_images is not None and len(class_images) > 0 and prior_loss_weight > 0
@@ -344,9 +374,7 @@ class Surrogate:
                 if use_prior:
                     other = int(torch.randint(len(class_images), (1,), generator=generator))
                     batch.append(class_images[other : other + 1].to(instances.device))
-                pixels = torch.cat(batch).to(self.device)
-                with torch.no_grad():
-                    latents = encode_latents(self.vae, pixels, sample=True, generator=generator).float()
+                latents = self.latent_samples(torch.cat(batch).to(self.device), generator)
                 states = self.embed(prompts, grad=self.text_trained)
                 with self.autocast():
                     per_image = self.denoising(latents, states, generator=generator)

@@ -236,3 +236,21 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path)
         failed = CliRunner().invoke(app, [*base, *other, "--resume"])
         assert failed.exit_code == 2 and message in failed.output and "Traceback" not in failed.output
         assert len(failed.output.strip().splitlines()) == 1, failed.output
+
+
+def test_surrogate_latents_match_encode_latents_and_encode_each_image_once(tiny_sd_path):
+    from facedefense.diffusion import encode_latents
+    from facedefense.testing.tiny_models import sample_faces
+    from facedefense_iterative.surrogate import Surrogate
+
+    surrogate = Surrogate(str(tiny_sd_path), device=torch.device("cpu"), dtype=torch.float32)
+    pixels = sample_faces(2, 32)
+    with torch.no_grad():
+        expected = encode_latents(surrogate.vae, pixels, sample=True, generator=torch.Generator().manual_seed(3))
+    calls = []
+    encode = surrogate.vae.encode
+    surrogate.vae.encode = lambda x: calls.append(len(x)) or encode(x)
+    drawn = surrogate.latent_samples(pixels, torch.Generator().manual_seed(3))
+    assert torch.allclose(drawn, expected.float(), atol=1e-5) and calls == [1, 1]  # one image at a time
+    again = surrogate.latent_samples(pixels.flip(0), torch.Generator().manual_seed(4))
+    assert calls == [1, 1] and again.shape == drawn.shape and not torch.equal(again, drawn.flip(0))  # cached; new noise
