@@ -20,7 +20,12 @@ measures, with an empty cache) and second construction (cached) are timed too: t
 Memory: holding every path of the full-size RID at once takes about 6 GiB; ``--rid-depth`` runs a
 shallower DiT (same width, tokens and heads: every block costs the same, so the ratios hold).
 
-    PYTHONPATH=.:plugins .venv/bin/python benchmarks/amortized_speed.py --rid-depth 4 --rounds 4
+    PYTHONPATH=.:plugins .venv/bin/python benchmarks/amortized_speed.py --rid-depth 14 --rounds 3
+
+On a GPU (``--device cuda``) the rows are the reference network in fp32 and under bf16 autocast and
+facedefense's ``--dtype auto`` (bf16) and ``--dtype float32``, with photos per second; batch them:
+
+    PYTHONPATH=.:plugins .venv/bin/python benchmarks/amortized_speed.py --device cuda --batch 64 --rounds 5
 """
 
 from __future__ import annotations
@@ -130,6 +135,38 @@ def _paths(method: str, checkpoint: Path, folder: Path, images, threads: int) ->
     return paths, notes
 
 
+def _gpu_paths(method: str, checkpoint: Path, images, device: str) -> tuple[dict, dict]:
+    """The GPU rows: the reference network in fp32 and under bf16 autocast, and facedefense's
+    ``--dtype auto`` (the module in bf16 where supported) and ``--dtype float32``, on ``device``."""
+    import torch
+
+    from facedefense.imaging import to_vae_range
+    from facedefense.registry import get_registry
+
+    Defender = get_registry().load("defender", method)
+    loaded = Defender.load_trained(str(checkpoint))
+    network, eps = loaded.network.eval().to(device), loaded.eps
+    images = images.to(device)
+
+    def protected(output):
+        delta = eps * (torch.tanh(output.float()) if method == "rid" else output.float())
+        return (images + delta).clamp(0, 1)
+
+    def reference():
+        with torch.inference_mode():
+            return protected(network(to_vae_range(images)))
+
+    def autocast():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return protected(network(to_vae_range(images)))
+
+    paths = {"reference fp32": reference, "reference bf16 autocast": autocast}
+    for dtype in ("auto", "float32"):
+        defender = Defender(checkpoint=str(checkpoint), device=device, dtype=dtype)
+        paths[f"facedefense --dtype {dtype} ({defender.path})"] = lambda d=defender: d.protect(images).images
+    return paths, {"device": torch.cuda.get_device_name(device)}
+
+
 def _cpu_line() -> str:
     from facedefense.autotune import NOTABLE_FLAGS, cpu_info
 
@@ -146,11 +183,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rid-depth", type=int, default=14, help="DiT blocks (14 = the released network)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "facedefense-bench"))
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: the reference and the module paths on a GPU")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
     import onnxruntime
     import torch
+
+    gpu = args.device.startswith("cuda")
+    if gpu and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch has no CUDA device")
 
     from facedefense.testing.tiny_models import sample_faces
 
@@ -159,38 +201,46 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     images = torch.round(sample_faces(args.batch, 512).clamp(0, 1) * 255) / 255
     load = os.getloadavg()[0]
-    print(f"cpu: {_cpu_line()}")
+    print(f"cpu: {_cpu_line()}" + (f"; gpu: {torch.cuda.get_device_name(args.device)}" if gpu else ""))
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads, batch {args.batch}, "
           f"512x512, RID depth {args.rid_depth}/14; load average at start {load:.2f}")
     results = {}
     for method in args.methods:
         checkpoint = _random_checkpoint(method, folder, args.rid_depth)
-        paths, notes = _paths(method, checkpoint, folder, images, args.threads)
-        outputs = {name: run() for name, run in paths.items()}  # warm-up, and the images compared
+        if gpu:
+            paths, notes = _gpu_paths(method, checkpoint, images, args.device)
+        else:
+            paths, notes = _paths(method, checkpoint, folder, images, args.threads)
+        outputs = {name: run().cpu() for name, run in paths.items()}  # warm-up, and the images compared
         times: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.rounds):
             for name, run in paths.items():
+                if gpu:
+                    torch.cuda.synchronize(args.device)
                 start = time.perf_counter()
                 run()
+                if gpu:
+                    torch.cuda.synchronize(args.device)
                 times[name].append((time.perf_counter() - start) / args.batch)
         base = min(times["reference fp32"])
-        second = "onnxruntime int8" if method == "rid" else "reference bf16 autocast"
+        second = "onnxruntime int8" if method == "rid" and not gpu else "reference bf16 autocast"
         rows = []
         for name in paths:
             best = min(times[name])
             gray = (outputs[name].float() - outputs["reference fp32"].float()).abs().max().item() * 255
-            rows.append({"path": name, "s_per_photo": best, "median": statistics.median(times[name]),
+            rows.append({"path": name, "s_per_photo": best, "photos_per_s": 1 / best, "median": statistics.median(times[name]),
                          "vs_reference_fp32": best / base, f"vs_{second}": best / min(times[second]), "max_gray": gray})
         results[method] = {"rows": rows, "notes": notes}
         print(f"\n{method}: {'; '.join(f'{k}: {v:.2f}' if isinstance(v, float) else f'{k}: {v}' for k, v in notes.items())}")
-        print(f"| path | s/photo (best) | median | x reference fp32 | x {second} | max gray levels vs reference fp32 |")
-        print("|---|---|---|---|---|---|")
+        print(f"| path | s/photo (best) | photos/s | median | x reference fp32 | x {second} | max gray levels vs reference fp32 |")
+        print("|---|---|---|---|---|---|---|")
         for row in rows:
-            print(f"| {row['path']} | {row['s_per_photo']:.3f} | {row['median']:.3f} | {row['vs_reference_fp32']:.2f} | "
-                  f"{row[f'vs_{second}']:.2f} | {row['max_gray']:.2f} |")
+            print(f"| {row['path']} | {row['s_per_photo']:.4f} | {row['photos_per_s']:.1f} | {row['median']:.4f} | "
+                  f"{row['vs_reference_fp32']:.2f} | {row[f'vs_{second}']:.2f} | {row['max_gray']:.2f} |")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
-        meta = {"cpu": _cpu_line(), "torch": torch.__version__, "threads": args.threads, "rid_depth": args.rid_depth}
+        meta = {"cpu": _cpu_line(), "device": args.device, "batch": args.batch, "torch": torch.__version__,
+                "threads": args.threads, "rid_depth": args.rid_depth}
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n", encoding="utf-8")
 
 
