@@ -86,6 +86,7 @@ def test_protects_through_the_cli(tmp_path):
     assert 0 < np.abs(written - original).max() <= 4
 
 
+@pytest.mark.long
 def test_its_own_test_suite_passes():
     result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=PLUGIN_DIR)
     assert result.returncode == 0, result.stdout[-3000:]
