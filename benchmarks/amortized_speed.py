@@ -63,17 +63,19 @@ def _random_checkpoint(method: str, folder: Path, rid_depth: int) -> Path:
     return save_checkpoint(network, path, method=method, eps=eps, architecture=architecture)
 
 
-def _paths(method: str, checkpoint: Path, folder: Path, images, threads: int) -> tuple[dict, dict]:
-    """``{name: callable(images) -> protected images}`` and notes (probe times, chosen paths)."""
+def _reference_paths(method: str, checkpoint: Path, images, device: str = "cpu"):
+    """The defender class, ``protected(network output) -> images`` (the reference's last step), and
+    the reference network run as its inference script runs it, in fp32 and under bf16 autocast, on
+    ``device``: ``{name: callable() -> protected images}``."""
     import torch
 
     from facedefense.imaging import to_vae_range
     from facedefense.registry import get_registry
-    from facedefense_amortized.onnx_io import OnnxEngine
 
     Defender = get_registry().load("defender", method)
     loaded = Defender.load_trained(str(checkpoint))
-    network, eps = loaded.network.eval(), loaded.eps
+    network, eps = loaded.network.eval().to(device), loaded.eps
+    kind = torch.device(device).type
 
     def protected(output):
         delta = eps * (torch.tanh(output.float()) if method == "rid" else output.float())
@@ -84,10 +86,18 @@ def _paths(method: str, checkpoint: Path, folder: Path, images, threads: int) ->
             return protected(network(to_vae_range(images)))
 
     def autocast():
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16):
             return protected(network(to_vae_range(images)))
 
-    paths = {"reference fp32": reference, "reference bf16 autocast": autocast}
+    return Defender, protected, {"reference fp32": reference, "reference bf16 autocast": autocast}
+
+
+def _paths(method: str, checkpoint: Path, folder: Path, images, threads: int) -> tuple[dict, dict]:
+    """``{name: callable(images) -> protected images}`` and notes (probe times, chosen paths)."""
+    from facedefense.imaging import to_vae_range
+    from facedefense_amortized.onnx_io import OnnxEngine
+
+    Defender, protected, paths = _reference_paths(method, checkpoint, images)
     onnx_fp32 = folder / f"{checkpoint.stem}.onnx"
     if not onnx_fp32.exists():
         Defender.export_onnx(str(checkpoint), onnx_fp32)
@@ -140,27 +150,8 @@ def _gpu_paths(method: str, checkpoint: Path, images, device: str) -> tuple[dict
     ``--dtype auto`` (the module in bf16 where supported) and ``--dtype float32``, on ``device``."""
     import torch
 
-    from facedefense.imaging import to_vae_range
-    from facedefense.registry import get_registry
-
-    Defender = get_registry().load("defender", method)
-    loaded = Defender.load_trained(str(checkpoint))
-    network, eps = loaded.network.eval().to(device), loaded.eps
     images = images.to(device)
-
-    def protected(output):
-        delta = eps * (torch.tanh(output.float()) if method == "rid" else output.float())
-        return (images + delta).clamp(0, 1)
-
-    def reference():
-        with torch.inference_mode():
-            return protected(network(to_vae_range(images)))
-
-    def autocast():
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-            return protected(network(to_vae_range(images)))
-
-    paths = {"reference fp32": reference, "reference bf16 autocast": autocast}
+    Defender, _, paths = _reference_paths(method, checkpoint, images, device)
     for dtype in ("auto", "float32"):
         defender = Defender(checkpoint=str(checkpoint), device=device, dtype=dtype)
         paths[f"facedefense --dtype {dtype} ({defender.path})"] = lambda d=defender: d.protect(images).images

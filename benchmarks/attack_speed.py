@@ -28,85 +28,25 @@ from pathlib import Path
 METHODS = ("dreambooth", "lora", "textual_inversion", "lora_ti")
 
 
-def build_sd15(folder: Path) -> Path:
-    """Stable Diffusion 1.5's architecture with random weights, saved as a diffusers folder."""
-    import torch
-
-    from facedefense.testing.tiny_models import _prepare
-
-    _prepare()
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from facedefense.testing.tokenizer import build_tiny_tokenizer
-
-    if (folder / "model_index.json").exists():
-        return folder
-    torch.manual_seed(0)
-    tokenizer = build_tiny_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
-        pad_token_id=len(tokenizer) - 1, hidden_act="quick_gelu"))
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD 1.x's
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              steps_offset=1)
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    pipeline.save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-def build_sd21_base(folder: Path) -> Path:
-    """Stable Diffusion 2.1-base's architecture with random weights (OpenCLIP ViT-H text tower
-    shapes, 1024-wide cross-attention, linear projections, epsilon prediction at 512x512)."""
-    import torch
-
-    from facedefense.testing.tiny_models import _prepare
-
-    _prepare()
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from facedefense.testing.tokenizer import build_tiny_tokenizer
-
-    if (folder / "model_index.json").exists():
-        return folder
-    torch.manual_seed(0)
-    tokenizer = build_tiny_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-        max_position_embeddings=77, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
-        pad_token_id=len(tokenizer) - 1, hidden_act="gelu", projection_dim=512))
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-                                use_linear_projection=True)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=768)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              steps_offset=1, prediction_type="epsilon")
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    pipeline.save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
 #: Architectures ``build`` knows: the test suite's tiny model and full-size ones with random weights.
 ARCHITECTURES = ("tiny", "sd15", "sd21")
 
 
+def model_path(arch: str, root: Path) -> Path:
+    """Where ``build`` puts architecture ``arch`` under ``root``."""
+    return root / ("tiny" if arch == "tiny" else f"random-{arch}")
+
+
 def build(arch: str, root: Path) -> Path:
+    """The tiny test model, or SD 1.5 / 2.1-base with random weights (``iterative_speed.full_size``)."""
+    from iterative_speed import full_size
+
     from facedefense.testing.tiny_models import build_tiny_sd
 
-    folder = root / arch
-    if arch == "tiny":
-        return folder if (folder / "model_index.json").exists() else build_tiny_sd(folder)
-    return build_sd15(folder) if arch == "sd15" else build_sd21_base(folder)
+    folder = model_path(arch, root)
+    if arch != "tiny":
+        return Path(full_size(arch, root))
+    return folder if (folder / "model_index.json").exists() else build_tiny_sd(folder)
 
 
 def _peak_gib(device: str) -> float:
@@ -163,7 +103,7 @@ def main() -> None:
     builder = context.Process(target=build, args=(args.arch, args.cache))  # its memory is not ours
     builder.start()
     builder.join()
-    model = str(args.cache / args.arch)
+    model = str(model_path(args.arch, args.cache))
     results = []
     for method in args.methods:
         queue = context.Queue()

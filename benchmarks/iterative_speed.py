@@ -78,17 +78,23 @@ def trained_tiny(cache: Path) -> str:
 
 
 def full_size(kind: str, cache: Path) -> str:
-    """SD 1.5 or 2.1-base architecture with random weights (the tiny kit's offline tokenizer)."""
+    """SD 1.5 or 2.1-base architecture with random weights (the tiny kit's offline tokenizer),
+    built once as ``cache/random-<kind>``; the other benchmarks use it too."""
     folder = cache / f"random-{kind}"
     if (folder / "model_index.json").is_file():
         return str(folder)
     import torch
+
+    from facedefense.testing.tiny_models import _prepare
+
+    _prepare()  # the torchvision shim, before diffusers' pipelines import transformers' image code
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from facedefense.testing.tokenizer import build_tiny_tokenizer
 
     torch.manual_seed(0)
+    tokenizer = build_tiny_tokenizer()
     v2 = kind == "sd21"
     width = 1024 if v2 else 768
     unet = UNet2DConditionModel(
@@ -103,10 +109,11 @@ def full_size(kind: str, cache: Path) -> str:
     text = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=width, intermediate_size=4096 if v2 else 3072,
         num_hidden_layers=23 if v2 else 12, num_attention_heads=16 if v2 else 12, max_position_embeddings=77,
-        hidden_act="gelu" if v2 else "quick_gelu", projection_dim=width))
-    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              prediction_type="epsilon")
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=build_tiny_tokenizer(), unet=unet,
+        hidden_act="gelu" if v2 else "quick_gelu", projection_dim=width, bos_token_id=len(tokenizer) - 2,
+        eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1))
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              steps_offset=1, prediction_type="epsilon")
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     pipeline.save_pretrained(folder, safe_serialization=True)

@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from attack_speed import ARCHITECTURES, _peak_gib, build
+from attack_speed import ARCHITECTURES, _peak_gib, build, model_path
 
 METHODS = ("rid", "gap_diff")
 #: ``-o`` options per method for the tiny architecture (the full ones use the defaults).
@@ -88,7 +88,7 @@ def main() -> None:
     builder = context.Process(target=build, args=(args.arch, args.cache))  # its memory is not ours
     builder.start()
     builder.join()
-    model = str(args.cache / args.arch)
+    model = str(model_path(args.arch, args.cache))
     results = []
     for method in args.methods:
         queue, work = context.Queue(), tempfile.mkdtemp(prefix=f"facedefense-train-bench-{method}-")

@@ -4,6 +4,7 @@ arXiv:2302.04578); the semantic loss of Mist (psyker-team/mist, ``mode=0``)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -107,12 +108,7 @@ class AdvDM(Defender):
             return denoising_loss(self.parts.unet, self.parts.scheduler, latents, self.states, generator=generator)
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
-        from facedefense.optim import linf_pgd
+        from facedefense_iterative.frozen_model import run_pgd
 
-        c = self.config
-        adversarial, start, end = linf_pgd(
-            images, lambda x: self.loss(x, generator), eps=c.eps, steps=c.steps, step_size=c.step_size,
-            minimize=False, schedule=c.schedule, random_start=c.random_start, momentum=c.momentum,  # type: ignore[arg-type]
-            eot=self.eot, generator=generator, description="advdm",
-        )
-        return adversarial, [{"objective_start": float(s), "objective_end": float(e)} for s, e in zip(start, end)]
+        return run_pgd(self, images, functools.partial(self.loss, generator=generator), generator, minimize=False,
+                       schedule=self.config.schedule, description="advdm")

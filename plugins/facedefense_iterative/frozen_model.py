@@ -1,5 +1,6 @@
 """The surrogate latent diffusion model the iterative defenders attack: loaded once, frozen, with the
-prompt's text embedding computed once, and the denoising residual that SDS-type gradients use."""
+prompt's text embedding computed once, the denoising residual that SDS-type gradients use, and the
+PGD call the single-image defenders share."""
 
 from __future__ import annotations
 
@@ -97,3 +98,31 @@ def flush_denormals() -> Iterator[None]:
     finally:
         if supported and not was_on:
             torch.set_flush_denormal(False)
+
+
+def run_pgd(
+    defender: Any,
+    images: Tensor,
+    objective: Any,
+    generator: torch.Generator,
+    *,
+    minimize: bool,
+    description: str,
+    schedule: str = "constant",
+) -> tuple[Tensor, list[dict[str, float]]]:
+    """:func:`facedefense.optim.linf_pgd` with ``defender``'s budget, steps, step size, random start,
+    momentum and EOT (``defender.config`` and ``defender.eot``).
+
+    Returns:
+        The adversarial images and, per image, the objective at the first step and after the last
+        (``objective_start``, ``objective_end``).
+    """
+    from facedefense.optim import linf_pgd
+
+    c = defender.config
+    adversarial, start, end = linf_pgd(
+        images, objective, eps=c.eps, steps=c.steps, step_size=c.step_size, minimize=minimize,
+        schedule=schedule, random_start=c.random_start, momentum=c.momentum,  # type: ignore[arg-type]
+        eot=defender.eot, generator=generator, description=description,
+    )
+    return adversarial, [{"objective_start": float(s), "objective_end": float(e)} for s, e in zip(start, end)]

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, working_size
 from facedefense.interfaces import Defender, IterativeDefenderConfig
-from facedefense.optim import linf_pgd
 
 if TYPE_CHECKING:
     import torch
@@ -108,7 +107,7 @@ class Mist(Defender):
         import torch
 
         from facedefense.diffusion import denoising_loss, encode_latents
-        from facedefense_iterative.frozen_model import flush_denormals
+        from facedefense_iterative.frozen_model import flush_denormals, run_pgd
         from facedefense_iterative.targets import target_at
 
         parts = self.surrogate.parts
@@ -131,18 +130,5 @@ class Mist(Defender):
             return loss
 
         with flush_denormals():
-            adversarial, start, end = linf_pgd(
-                images,
-                objective,
-                eps=self.config.eps,
-                steps=self.config.steps,
-                step_size=self.config.step_size,
-                minimize=True,
-                random_start=self.config.random_start,
-                momentum=self.config.momentum,
-                eot=self.eot,
-                generator=generator,
-                description=f"mist {mode}",
-            )
-        stats = [{"objective_start": float(s), "objective_end": float(e)} for s, e in zip(start, end)]
+            adversarial, stats = run_pgd(self, images, objective, generator, minimize=True, description=f"mist {mode}")
         return adversarial, stats

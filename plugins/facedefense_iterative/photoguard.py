@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, working_size
 from facedefense.interfaces import Defender, IterativeDefenderConfig
-from facedefense.optim import linf_pgd
 
 if TYPE_CHECKING:
     import torch
@@ -295,7 +294,7 @@ class PhotoGuard(Defender):
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
         from facedefense.diffusion import latent_mean
-        from facedefense_iterative.frozen_model import flush_denormals
+        from facedefense_iterative.frozen_model import flush_denormals, run_pgd
 
         size = working_size(*images.shape[-2:], self.config.resolution)
         keep = self._keep(images)
@@ -317,19 +316,8 @@ class PhotoGuard(Defender):
                 return distance.flatten(1).norm(dim=1)
 
         with flush_denormals():
-            adversarial, start, end = linf_pgd(
-                images,
-                objective,
-                eps=self.config.eps,
-                steps=self.config.steps,
-                step_size=self.config.step_size,
-                minimize=True,
-                schedule="linear",
-                random_start=self.config.random_start,
-                momentum=self.config.momentum,
-                eot=self.eot,
-                generator=generator,
+            adversarial, stats = run_pgd(
+                self, images, objective, generator, minimize=True, schedule="linear",
                 description=f"photoguard {self.config.attack}",
             )
-        stats = [{"objective_start": float(s), "objective_end": float(e)} for s, e in zip(start, end)]
         return confined(adversarial), stats

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, working_size
 from facedefense.interfaces import Defender, IterativeDefenderConfig
-from facedefense.optim import linf_pgd
 
 if TYPE_CHECKING:
     import torch
@@ -103,7 +102,7 @@ class SDS(Defender):
         import torch
 
         from facedefense.diffusion import encode_latents
-        from facedefense_iterative.frozen_model import denoising_residual, flush_denormals
+        from facedefense_iterative.frozen_model import denoising_residual, flush_denormals, run_pgd
         from facedefense_iterative.targets import target_at
 
         vae = self.surrogate.parts.vae
@@ -127,18 +126,7 @@ class SDS(Defender):
             return direction * self.config.target_weight * sds - texture
 
         with flush_denormals():
-            adversarial, start, end = linf_pgd(
-                images,
-                objective,
-                eps=self.config.eps,
-                steps=self.config.steps,
-                step_size=self.config.step_size,
-                minimize=False,
-                random_start=self.config.random_start,
-                momentum=self.config.momentum,
-                eot=self.eot,
-                generator=generator,
-                description=f"sds{self.config.mode}",
+            adversarial, stats = run_pgd(
+                self, images, objective, generator, minimize=False, description=f"sds{self.config.mode}"
             )
-        stats = [{"objective_start": float(s), "objective_end": float(e)} for s, e in zip(start, end)]
         return adversarial, stats
