@@ -140,21 +140,26 @@ def _write_cache(entries: dict[str, dict[str, Any]]) -> None:
         pass
 
 
-def time_probes(probes: Probes, budget_s: float = 2.0) -> dict[str, float]:
+def time_probes(probes: Probes, budget_s: float = 2.0, keep_within: float = 1.25) -> dict[str, float]:
     """Best seconds per call of each probe: one warm-up call each, then rounds that visit every
     probe in turn (interleaved, so a load change hits all alike) until ``budget_s`` seconds have
-    passed since the start (at least one timed round)."""
+    passed since the start (at least one timed round). After each round, a probe slower than
+    ``keep_within`` times the best so far is out (it keeps its time): the budget goes to telling
+    the close ones apart."""
     deadline = time.perf_counter() + budget_s
     for probe in probes.values():
         probe()
     best = dict.fromkeys(probes, float("inf"))
+    running = dict(probes)
     while True:
-        for name, probe in probes.items():
+        for name, probe in running.items():
             start = time.perf_counter()
             probe()
             best[name] = min(best[name], time.perf_counter() - start)
         if time.perf_counter() >= deadline:
             return best
+        leader = min(best.values())
+        running = {name: probe for name, probe in running.items() if best[name] <= keep_within * leader}
 
 
 _measurement: Measurement | None = None

@@ -76,15 +76,21 @@ def quantize_within_budget(adversarial: Tensor, original: Tensor, eps: float) ->
 
     Each value is rounded to the nearest multiple of 1/255 that lies inside
     ``[original - eps, original + eps]``, so the image written to disk respects the budget exactly,
-    also when ``eps * 255`` is not an integer or the original is not 8-bit.
+    also when ``eps * 255`` is not an integer or the original is not 8-bit. An 8-bit original (the
+    usual case) is handled in float32 integer arithmetic, exactly; any other in float64.
 
     Raises:
         BudgetViolationError: the budget is below half a gray level around an off-grid original.
     """
     import torch
 
-    x255 = _gray_levels(original)
     e255 = eps * 255.0
+    grid = _grid_levels(original)
+    if grid is not None:  # integer levels: the window is [x - reach, x + reach] within [0, 255]
+        reach = float(math.floor(e255 + _TOLERANCE))
+        q = torch.round(adversarial.float() * 255.0).sub_(grid).clamp_(-reach, reach).add_(grid).clamp_(0.0, 255.0)
+        return q.div_(255.0).to(adversarial.dtype)
+    x255 = _gray_levels(original)
     low = torch.ceil(x255 - e255 - _TOLERANCE).clamp(0, 255)
     high = torch.floor(x255 + e255 + _TOLERANCE).clamp(0, 255)
     if bool((low > high).any()):
@@ -93,6 +99,17 @@ def quantize_within_budget(adversarial: Tensor, original: Tensor, eps: float) ->
         )
     q = torch.round(adversarial.double() * 255.0).clamp(low, high)
     return (q / 255.0).to(adversarial.dtype)
+
+
+def _grid_levels(images: Tensor) -> Tensor | None:
+    """The 0-255 integer levels (float32) of an image lying on the 8-bit grid, else None."""
+    import torch
+
+    levels = images.float() * 255.0
+    snapped = torch.round(levels)
+    if float(levels.sub_(snapped).abs_().amax()) < _TOLERANCE:
+        return snapped
+    return None
 
 
 def _gray_levels(images: Tensor) -> Tensor:
@@ -105,9 +122,19 @@ def _gray_levels(images: Tensor) -> Tensor:
 
 
 def linf_gray_levels(protected: Tensor, original: Tensor) -> list[float]:
-    """Per-image ``max |protected - original|`` in gray levels (0-255 scale)."""
-    diff = (_gray_levels(protected) - _gray_levels(original)).abs()
-    return diff.flatten(1).amax(dim=1).tolist()
+    """Per-image ``max |protected - original|`` in gray levels (0-255 scale).
+
+    Computed in float32 (its round-off is below 2e-5 gray levels); a maximum within round-off of a
+    whole number of levels is reported as that number.
+    """
+    import torch
+
+    diff = torch.sub(protected.float(), original.float()).abs_().flatten(1).amax(dim=1).double() * 255.0
+    levels = []
+    for value in diff.tolist():
+        whole = round(value)
+        levels.append(float(whole) if abs(value - whole) < _TOLERANCE else value)
+    return levels
 
 
 def check_budget(protected: Tensor, original: Tensor, eps: float) -> list[float]:

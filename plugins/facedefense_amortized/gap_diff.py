@@ -29,7 +29,7 @@ PREFIX = "generator."
 
 
 #: ``-o engine=...`` values (see :class:`GAPDiffConfig`).
-ENGINES = ("auto", "float32", "bfloat16", "int8", "module")
+ENGINES = ("auto", "float32", "bfloat16", "int8", "int8+bf16", "module")
 
 
 @dataclass
@@ -50,10 +50,11 @@ class GAPDiffConfig(AmortizedDefenderConfig):
         runtime: ``"auto"`` (default: ONNX Runtime for an ``.onnx`` checkpoint, else PyTorch),
             ``"torch"`` or ``"onnx"``.
         engine: how the network runs on a CPU. ``"auto"`` (default): with ``--dtype auto`` the
-            folded network in fp32, bf16 or int8, whichever measured fastest on this machine
-            (once, then cached: ``facedefense info --hardware``), with an explicit ``--dtype``
-            the folded network in that precision; ``"float32"``, ``"bfloat16"`` or ``"int8"``
-            force one; ``"module"`` runs the PyTorch module itself in ``--dtype``.
+            folded network in fp32, bf16, int8 or int8+bf16 (the heavy convolutions in int8 between
+            fp32 or bf16 activations), whichever measured fastest on this machine (once, then
+            cached: ``facedefense info --hardware``), with an explicit ``--dtype`` the folded
+            network in that precision; ``"float32"``, ``"bfloat16"``, ``"int8"`` or
+            ``"int8+bf16"`` force one; ``"module"`` runs the PyTorch module itself in ``--dtype``.
     """
 
     train_mode: bool = False
@@ -105,6 +106,7 @@ class GAPDiff(AmortizedDefender):
         import torch
 
         from facedefense_amortized.networks.gap_generator import (
+            FOLDED_PRECISIONS,
             FoldedGAPGenerator,
             folding_supported,
             int8_convolution_supported,
@@ -137,16 +139,16 @@ class GAPDiff(AmortizedDefender):
                 f"gap_diff: engine={engine} needs the CPU, eval mode and this torch build's oneDNN kernels; "
                 "use -o engine=module"
             )
-        if engine == "int8" and not int8_convolution_supported():
-            raise ConfigError("gap_diff: engine=int8 needs oneDNN's int8 convolutions (x86 CPUs); use -o engine=auto")
+        if engine.startswith("int8") and not int8_convolution_supported():
+            raise ConfigError(f"gap_diff: engine={engine} needs oneDNN's int8 convolutions (x86 CPUs); use -o engine=auto")
         if engine != "module" and on_cpu and not self.config.train_mode and folding_supported():
             built: dict[str, FoldedGAPGenerator] = {}
             name = str(self.engine_dtype).removeprefix("torch.") if engine == "auto" else engine
             if engine == "auto" and self.config.dtype == "auto":
                 self.choice = self._measure(built)
                 name = self.choice.name
-            if name in ("float32", "bfloat16", "int8"):
-                self.engine = built.get(name) or FoldedGAPGenerator(self.network.float(), _engine_precision(name))
+            if name in FOLDED_PRECISIONS:
+                self.engine = built.get(name) or FoldedGAPGenerator(self.network.float(), name)
                 self.engine_dtype = self.engine.dtype
                 self.path = f"folded {name}"
                 return
@@ -193,28 +195,28 @@ class GAPDiff(AmortizedDefender):
         )
 
     def _measure(self, built: dict) -> Choice:
-        """Folded fp32, bf16 and int8 (where oneDNN has int8 convolutions), one 512x512 forward each
-        (cached per machine); the engines built for the measurement are left in ``built``."""
+        """Every folded precision this build runs (:func:`folded_precisions`), one 512x512 forward
+        each (cached per machine); the engines built for the measurement are left in ``built``."""
         import torch
 
         from facedefense import autotune
         from facedefense_amortized.networks import GAPGenerator
-        from facedefense_amortized.networks.gap_generator import (
-            FoldedGAPGenerator,
-            int8_convolution_supported,
-        )
+        from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator, folded_precisions
 
-        candidates = ["float32", "bfloat16"] + (["int8"] if int8_convolution_supported() else [])
+        candidates = folded_precisions()
+        side = GAPGenerator.min_size
 
         def probes():
-            side = GAPGenerator.min_size
-            x = torch.zeros(1, 3, side, side).contiguous(memory_format=torch.channels_last)
+            noise = torch.Generator().manual_seed(0)
+            x = (torch.rand(1, 3, side, side, generator=noise) * 2 - 1).contiguous(memory_format=torch.channels_last)
+            shared: dict = {}  # layers converted once, shared by the engines that use them
             for name in candidates:
-                built[name] = FoldedGAPGenerator(self.network.float(), _engine_precision(name))
+                built[name] = FoldedGAPGenerator(self.network.float(), name, shared=shared)
             return {name: (lambda e=engine: e(x.to(e.dtype))) for name, engine in built.items()}
 
-        problem = {"ngf": self.network.conv1.out_channels, "side": GAPGenerator.min_size}
-        return autotune.choose("gap_diff", candidates, probes, problem=problem, budget_s=0.6)
+        # ``engine``: the folded engine's revision (a new one is measured again, not read from the cache)
+        problem = {"ngf": self.network.conv1.out_channels, "side": side, "engine": 2}
+        return autotune.choose("gap_diff", candidates, probes, problem=problem, budget_s=0.3)
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:
         import torch
@@ -242,13 +244,6 @@ class GAPDiff(AmortizedDefender):
         height, width = images.shape[-2:]
         inputs = to_vae_range(_pad_for_generator(images)).to(self.engine_dtype).contiguous(memory_format=torch.channels_last)
         return self.engine(inputs).float()[..., :height, :width]
-
-
-def _engine_precision(name: str):
-    """``"float32"`` / ``"bfloat16"`` -> the torch dtype, ``"int8"`` as is (FoldedGAPGenerator's argument)."""
-    import torch
-
-    return name if name == "int8" else getattr(torch, name)
 
 
 def _pad_for_generator(images: Tensor) -> Tensor:

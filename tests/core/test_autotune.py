@@ -67,6 +67,25 @@ def test_time_probes_runs_every_probe_interleaved():
     assert set(seconds) == {"a", "b"} and all(value >= 0 for value in seconds.values())
 
 
+def test_time_probes_stops_timing_a_clear_loser():
+    import time
+
+    calls = {"fast": 0, "close": 0, "slow": 0}
+
+    def probe(name, seconds):
+        def run():
+            calls[name] += 1
+            time.sleep(seconds)
+
+        return run
+
+    probes = {"fast": probe("fast", 0.004), "close": probe("close", 0.0042), "slow": probe("slow", 0.02)}
+    seconds = autotune.time_probes(probes, budget_s=0.2)
+    assert calls["slow"] == 2  # warm-up and the first timed round only
+    assert calls["fast"] > 4 and calls["close"] > 2  # the close ones keep being compared
+    assert seconds["slow"] >= 0.02 and seconds["fast"] < seconds["slow"]
+
+
 def test_hardware_report_lists_the_cached_choices(cache):
     with autotune.use_measurement(lambda p: {"int8": 0.1, "float32": 0.3}):
         autotune.choose("rid", ["int8", "float32"], lambda: {}, problem={"input_size": 64})

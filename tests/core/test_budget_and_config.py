@@ -35,6 +35,24 @@ def test_quantization_never_exceeds_budget(eps):
     assert quantized.min() >= 0 and quantized.max() <= 1
 
 
+@pytest.mark.parametrize("eps", [8 / 255, 0.05, 6.4 / 255, 1 / 255, 0.5])
+def test_quantization_of_8bit_originals_matches_the_float64_rule(eps):
+    """The float32 integer path for 8-bit originals picks the same gray level as the general rule
+    (nearest multiple of 1/255 inside [x - eps, x + eps] and [0, 1], computed in float64)."""
+    generator = torch.Generator().manual_seed(1)
+    original = torch.randint(0, 256, (2, 3, 64, 64), generator=generator).float() / 255
+    adversarial = (original + (torch.rand(original.shape, generator=generator) * 2 - 1) * eps * 2).clamp(0, 1)
+    tie = ((adversarial.double() * 255).frac() - 0.5).abs() < 1e-3  # float32 and float64 may round a tie apart
+    adversarial = torch.where(tie, adversarial + 0.01 / 255, adversarial)
+    x255 = torch.round(original.double() * 255)
+    low = torch.ceil(x255 - eps * 255 - 1e-4).clamp(0, 255)
+    high = torch.floor(x255 + eps * 255 + 1e-4).clamp(0, 255)
+    expected = torch.round(adversarial.double() * 255).clamp(low, high)
+    quantized = quantize_within_budget(adversarial, original, eps)
+    assert torch.equal(torch.round(quantized.double() * 255), expected)
+    assert check_budget(quantized, original, eps) == (expected - x255).abs().flatten(1).amax(1).tolist()
+
+
 def test_quantization_off_grid_original():
     original = torch.full((1, 3, 4, 4), 0.50001)
     quantized = quantize_within_budget(original + 0.5 / 255, original, 1 / 255)

@@ -481,7 +481,8 @@ def test_transposed_convolution_as_four_output_phases_is_exact():
     assert torch.allclose(_interleave(phases), expected, atol=1e-4)
 
 
-def test_folded_gap_generator_int8_within_a_gray_level(gap_checkpoint):
+@pytest.mark.parametrize("precision", ["int8", "int8+bf16"])
+def test_folded_gap_generator_int8_within_a_gray_level(gap_checkpoint, precision):
     from facedefense_amortized.networks.gap_generator import (
         FoldedGAPGenerator,
         folding_supported,
@@ -496,11 +497,28 @@ def test_folded_gap_generator_int8_within_a_gray_level(gap_checkpoint):
     x = (torch.rand(1, 3, 512, 768) * 2 - 1).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         exact = network(x)
-        engine = FoldedGAPGenerator(network, "int8")
-        fast = engine(x)
-    assert engine.dtype == torch.float32 and fast.shape == exact.shape
+        engine = FoldedGAPGenerator(network, precision)
+        fast = engine(x.to(engine.dtype)).float()
+    assert engine.dtype == (torch.float32 if precision == "int8" else torch.bfloat16) and fast.shape == exact.shape
+    assert engine.int8_layers == 8  # encoder 2-5 and decoder 4-7: the heavy ones
     # 8/255 scales the output: a difference of 1/8 in [-1, 1] is one gray level
     assert (fast - exact).abs().max().item() * 8 <= 1.0
+
+
+def test_folded_gap_engines_share_converted_layers(gap_checkpoint):
+    from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator, folded_precisions
+
+    if "int8+bf16" not in folded_precisions():
+        pytest.skip("no oneDNN int8 convolution kernels in this torch build")
+    _, network = gap_checkpoint
+    x = (torch.rand(1, 3, 512, 512) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    shared: dict = {}
+    int8 = FoldedGAPGenerator(network, "int8", shared=shared)
+    mixed = FoldedGAPGenerator(network, "int8+bf16", shared=shared)
+    assert int8.encoder[1].weight is mixed.encoder[1].weight  # converted once
+    assert int8.encoder[1].dtype == torch.float32 and mixed.encoder[1].dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.equal(int8(x), FoldedGAPGenerator(network, "int8")(x))
 
 
 def test_gap_diff_max_side(gap_checkpoint):

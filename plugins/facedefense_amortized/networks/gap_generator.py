@@ -12,6 +12,8 @@ oneDNN, activations fused).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,6 +122,14 @@ def int8_convolution_supported() -> bool:
     return torch.backends.mkldnn.is_available() and all(hasattr(ops, n) for n in ("qconv_prepack", "qconv2d_pointwise"))
 
 
+def folded_precisions() -> list[str]:
+    """The :class:`FoldedGAPGenerator` precisions this torch build can run (int8 ones need oneDNN's
+    int8 convolutions, x86 CPUs); empty without oneDNN."""
+    if not folding_supported():
+        return []
+    return ["float32", "bfloat16"] + (["int8", "int8+bf16"] if int8_convolution_supported() else [])
+
+
 def _folded(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight and bias of ``conv`` with the eval-mode batch norm after it folded in (fp32)."""
     weight = conv.weight.detach().float()
@@ -159,22 +169,25 @@ def _interleave(phases: torch.Tensor) -> torch.Tensor:
 
 class _Int8Conv:
     """A convolution with its batch norm folded in, as symmetric per-channel int8 weights prepacked
-    for oneDNN, on dynamically quantized (per-tensor, uint8) activations; fp32 out.
+    for oneDNN, on dynamically quantized (per-tensor, uint8) activations; out in ``dtype`` (float32
+    or bfloat16, written by the kernel).
 
     A 4x4 stride-2 transposed convolution becomes one stride-1 2x2 convolution computing its four
     output phases (the same multiply-adds, where oneDNN has int8 kernels), then interleaved.
     ``activation`` (relu, leaky_relu, tanh) follows the convolution.
     """
 
-    def __init__(self, conv, norm, input_shape: list[int], activation: str = "none", scalars: tuple = ()) -> None:
+    def __init__(
+        self, conv, norm, input_shape: list[int], activation: str = "none", scalars: tuple = (),
+        dtype: torch.dtype = torch.float32, folded: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         from facedefense_amortized.networks.dit import quantize_activations
 
-        self.quantize = quantize_activations
-        weight, self.bias = _folded(conv, norm)
+        self.quantize, self.dtype = quantize_activations, dtype
+        weight, self.bias = folded or _folded(conv, norm)
         self.transposed = isinstance(conv, nn.ConvTranspose2d)
         if self.transposed:
-            if conv.kernel_size != (4, 4) or conv.stride != (2, 2) or conv.padding != (1, 1):
-                raise ValueError("int8 transposed convolutions: only kernel 4, stride 2, padding 1")
+            _check_phase_geometry(conv)
             weight, self.bias = _phase_kernels(weight), self.bias.repeat(4)
             self.stride, self.padding = [1, 1], [1, 1]
         else:
@@ -187,12 +200,18 @@ class _Int8Conv:
         self.zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
         self.activation, self.scalars = activation, scalars
 
+    def with_output(self, dtype: torch.dtype) -> _Int8Conv:
+        """The same prepacked layer writing ``dtype`` (shares the weights)."""
+        twin = copy.copy(self)
+        twin.dtype = dtype
+        return twin
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # quantize the channels-last memory as it lies (NHWC-contiguous): no layout copy
-        q, scale, zero_point = self.quantize(x.float().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1))
+        q, scale, zero_point = self.quantize(x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1))
         y = torch.ops.onednn.qconv2d_pointwise(
             q.permute(0, 3, 1, 2), scale, zero_point, self.weight, self.scales,
-            self.zero_points, self.bias, self.stride, self.padding, [1, 1], 1, 1.0, 0, torch.float32,
+            self.zero_points, self.bias, self.stride, self.padding, [1, 1], 1, 1.0, 0, self.dtype,
             "relu" if self.activation == "relu" else "none", [], "",
         )
         if self.transposed:
@@ -202,8 +221,18 @@ class _Int8Conv:
         return y.tanh_() if self.activation == "tanh" else y
 
 
+def _check_phase_geometry(conv: nn.ConvTranspose2d) -> None:
+    if conv.kernel_size != (4, 4) or conv.stride != (2, 2) or conv.padding != (1, 1):
+        raise ValueError("transposed convolutions as output phases: only kernel 4, stride 2, padding 1")
+
+
 class _PackedConv:
-    """A (transposed) convolution with its eval-mode batch norm folded in, weights prepacked."""
+    """A (transposed) convolution with its eval-mode batch norm folded in, weights prepacked.
+
+    ``phases=True`` runs a 4x4 stride-2 transposed convolution as one stride-1 convolution over its
+    four output phases, then interleaves them: oneDNN's transposed kernel is slow for very few
+    output channels (the 3-channel output layer: 6.4 ms against 2.5 ms in bf16 at 512x512).
+    """
 
     def __init__(
         self,
@@ -213,10 +242,17 @@ class _PackedConv:
         dtype: torch.dtype,
         activation: str = "none",
         scalars: tuple[float, ...] = (),
+        phases: bool = False,
+        folded: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.transposed = isinstance(conv, nn.ConvTranspose2d)
-        weight, bias = _folded(conv, norm)
+        weight, bias = folded or _folded(conv, norm)
         self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.phases = phases and self.transposed
+        if self.phases:
+            _check_phase_geometry(conv)
+            weight, bias = _phase_kernels(weight), bias.repeat(4)
+            self.transposed, self.padding, self.stride = False, [1, 1], [1, 1]
         self.activation, self.scalars = activation, list(scalars)
         weight, self.bias = weight.to(dtype), bias.to(dtype).clone()  # no view into the checkpoint
         mkldnn = torch.ops.mkldnn
@@ -234,9 +270,36 @@ class _PackedConv:
                 x, self.weight, self.bias, self.padding, [0, 0], self.stride, [1, 1], 1,
                 self.activation, self.scalars, "",
             )
-        return mkldnn._convolution_pointwise(
+        y = mkldnn._convolution_pointwise(
             x, self.weight, self.bias, self.padding, self.stride, [1, 1], 1, self.activation, self.scalars, ""
         )
+        return _interleave(y) if self.phases else y
+
+
+#: ``FoldedGAPGenerator`` precisions: (activations, whether the heavy convolutions run in int8).
+FOLDED_PRECISIONS = {
+    "float32": (torch.float32, False),
+    "bfloat16": (torch.bfloat16, False),
+    "int8": (torch.float32, True),
+    "int8+bf16": (torch.bfloat16, True),
+}
+
+#: In the int8 precisions, a convolution runs in int8 when it does at least this share of the
+#: network's multiply-adds: below it, quantizing the input costs more than the int8 kernel saves.
+INT8_MIN_SHARE = 1 / 32
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+
+def _selu_concat(d: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``selu(cat([d, skip], 1))``, each half written straight into the channels-last result."""
+    channels = d.shape[1]
+    out = torch.empty(
+        d.shape[0], channels + skip.shape[1], *d.shape[2:], dtype=d.dtype, memory_format=torch.channels_last
+    )
+    torch.ops.aten.elu.out(d, _SELU_ALPHA, _SELU_SCALE, 1.0, out=out[:, :channels])
+    torch.ops.aten.elu.out(skip, _SELU_ALPHA, _SELU_SCALE, 1.0, out=out[:, channels:])
+    return out
 
 
 class FoldedGAPGenerator:
@@ -244,60 +307,91 @@ class FoldedGAPGenerator:
 
     Each batch norm (eval statistics) is folded into the convolution before it, the weights are
     reordered once into oneDNN's blocked layout (eager PyTorch reorders them at every call), and the
-    LeakyReLU, ReLU and final tanh run inside the convolutions. Dropout is the identity in eval
-    mode. fp32 results match the module to about 1e-6. ``dtype=torch.bfloat16`` runs bf16 weights
-    and activations; ``dtype="int8"`` runs every convolution but the first and the last (3 channels:
-    little work, most of the error) in int8 (:class:`_Int8Conv`, transposed ones as four output
-    phases), fp32 between them. Which is fastest depends on the CPU: ``--dtype auto`` measures.
-    Not trainable; not an ``nn.Module``.
+    LeakyReLU, ReLU and final tanh run inside the convolutions; the 3-channel output layer runs as
+    four output phases (:class:`_PackedConv`). Dropout is the identity in eval mode. fp32 results
+    match the module to about 1e-6.
+
+    Precisions (:data:`FOLDED_PRECISIONS`): ``"float32"``; ``"bfloat16"`` (bf16 weights and
+    activations); ``"int8"`` and ``"int8+bf16"``: the heavy convolutions (each at least
+    :data:`INT8_MIN_SHARE` of the work, never the 3-channel input and output layers, which carry
+    most of the error) in int8 (:class:`_Int8Conv`, transposed ones as four output phases), the
+    rest and the activations in fp32 or bf16. Which is fastest depends on the CPU: ``--dtype auto``
+    measures. Not trainable; not an ``nn.Module``.
 
     Args:
         generator: the network (read, not modified).
-        dtype: ``torch.float32``, ``torch.bfloat16`` or ``"int8"``.
+        dtype: a key of :data:`FOLDED_PRECISIONS` or ``torch.float32`` / ``torch.bfloat16``.
         input_size: the side the weights' layout is tuned for (any size works).
+        shared: optional dict through which engines built from the same generator share their
+            converted layers (``--dtype auto`` builds every precision to measure them).
 
     Shape:
-        (N, 3, H, W) channels-last, in :attr:`dtype` (float32 for int8), in [-1, 1], H and W as for
-        :class:`GAPGenerator` -> (N, 3, H, W) in [-1, 1].
+        (N, 3, H, W) channels-last, in :attr:`dtype` (the activations' precision), in [-1, 1], H and
+        W as for :class:`GAPGenerator` -> (N, 3, H, W) in [-1, 1].
+
+    Example:
+        >>> engine = FoldedGAPGenerator(GAPGenerator().eval(), "int8+bf16")
+        >>> x = torch.zeros(1, 3, 512, 512, dtype=engine.dtype).contiguous(memory_format=torch.channels_last)
+        >>> engine(x).shape
+        torch.Size([1, 3, 512, 512])
     """
 
     def __init__(
-        self, generator: GAPGenerator, dtype: torch.dtype | str = torch.float32, input_size: int = 512
+        self,
+        generator: GAPGenerator,
+        dtype: torch.dtype | str = torch.float32,
+        input_size: int = 512,
+        shared: dict | None = None,
     ) -> None:
+        name = str(dtype).removeprefix("torch.")
+        if name not in FOLDED_PRECISIONS:
+            raise ValueError(f"unknown precision {dtype!r}; expected one of {', '.join(FOLDED_PRECISIONS)}")
+        self.precision = name
+        self.dtype, int8 = FOLDED_PRECISIONS[name]  # ``dtype``: what the engine takes and gives
         g, side = generator, input_size
-        self.dtype = torch.float32 if dtype == "int8" else dtype  # what the engine takes and gives
-
-        def conv(layer, norm, shape, activation="none", scalars=(), edge=False):
-            if dtype != "int8":
-                return _PackedConv(layer, norm, shape, dtype, activation, scalars)
-            if edge:  # the 3-channel input and output layers: little work, most of the error
-                return _PackedConv(layer, norm, shape, torch.float32, activation, scalars)
-            return _Int8Conv(layer, norm, shape, activation, scalars)
-
+        specs = []  # (group, layer, norm, input shape, activation, scalars, multiply-adds)
         encoder_norms = [None, g.norm2, g.norm4, g.norm8, g.norm8, g.norm8, g.norm8, None]
-        self.encoder = []
         for index, norm in enumerate(encoder_norms, start=1):
             layer = getattr(g, f"conv{index}")
             leaky = index < 8
-            self.encoder.append(
-                conv(
-                    layer, norm, [1, layer.in_channels, side, side],
-                    "leaky_relu" if leaky else "none", (0.2,) if leaky else (), edge=index == 1,
-                )
-            )
             side //= 2
-        self.bottleneck = []
+            macs = side * side * layer.out_channels * layer.in_channels * 16
+            specs.append(("encoder", layer, norm, [1, layer.in_channels, 2 * side, 2 * side],
+                          "leaky_relu" if leaky else "none", (0.2,) if leaky else (), macs))
         for block in g.bottle_neck:
             layers = block.conv_block
             shape = [1, layers[1].in_channels, side + 2, side + 2]
-            self.bottleneck.append((conv(layers[1], layers[2], shape, "relu"), conv(layers[5], layers[6], shape)))
+            macs = side * side * layers[1].out_channels * layers[1].in_channels * 9
+            specs.append(("bottleneck", layers[1], layers[2], shape, "relu", (), macs))
+            specs.append(("bottleneck", layers[5], layers[6], shape, "none", (), macs))
         decoder_norms = [g.norm8, g.norm8, g.norm8, g.norm8, g.norm4, g.norm2, g.norm, None]
-        self.decoder = []
         for index, norm in enumerate(decoder_norms, start=1):
             layer = getattr(g, f"dconv{index}")
-            activation = "tanh" if index == 8 else "none"
-            self.decoder.append(conv(layer, norm, [1, layer.in_channels, side, side], activation, edge=index == 8))
+            macs = (2 * side) ** 2 * layer.out_channels * layer.in_channels * 4  # 4 of 16 taps per output
+            specs.append(("decoder", layer, norm, [1, layer.in_channels, side, side],
+                          "tanh" if index == 8 else "none", (), macs))
             side *= 2
+        total = sum(spec[-1] for spec in specs)
+        edges = (specs[0][1], specs[-1][1])  # 3 channels in / out: little work, most of the error
+        layers: dict[str, list] = {"encoder": [], "bottleneck": [], "decoder": []}
+        shared = {} if shared is None else shared
+        for index, (group, layer, norm, shape, activation, scalars, macs) in enumerate(specs):
+            kind = "int8" if int8 and macs >= INT8_MIN_SHARE * total and layer not in edges else self.dtype
+            key = (id(generator), input_size, index, kind)
+            if key not in shared:
+                fold_key = (id(generator), index, "folded")
+                folded = shared[fold_key] if fold_key in shared else shared.setdefault(fold_key, _folded(layer, norm))
+                if kind == "int8":
+                    shared[key] = _Int8Conv(layer, norm, shape, activation, scalars, folded=folded)
+                else:
+                    phases = layer is edges[1]
+                    shared[key] = _PackedConv(layer, norm, shape, kind, activation, scalars, phases, folded)
+            conv = shared[key]
+            layers[group].append(conv.with_output(self.dtype) if kind == "int8" else conv)
+        self.encoder, self.decoder = layers["encoder"], layers["decoder"]
+        self.bottleneck = list(zip(layers["bottleneck"][::2], layers["bottleneck"][1::2]))
+        #: How many convolutions run in int8 (0 for the float precisions).
+        self.int8_layers = sum(isinstance(conv, _Int8Conv) for group in layers.values() for conv in group)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -309,5 +403,5 @@ class FoldedGAPGenerator:
             d = d + second(F.pad(first(F.pad(d, (1, 1, 1, 1), mode="reflect")), (1, 1, 1, 1), mode="reflect"))
         d = self.decoder[0](F.selu(d))
         for conv in self.decoder[1:]:
-            d = conv(F.selu(torch.cat([d, skips.pop()], 1), inplace=True))
+            d = conv(_selu_concat(d, skips.pop()))
         return d
