@@ -198,7 +198,7 @@ class RID(AmortizedDefender):
         problem = {key: self.architecture[key] for key in ("input_size", "patch_size", "hidden_size", "num_heads")}
         problem["mlp_ratio"] = self.architecture.get("mlp_ratio", 4.0)
         return autotune.choose(
-            "rid", paths, lambda: {path: block_probe(network, path) for path in paths}, problem=problem, budget_s=1.0
+            "rid", paths, lambda: {path: block_probe(network, path) for path in paths}, problem=problem, budget_s=0.6
         )
 
     def _perturb(self, images: Tensor, generator: torch.Generator) -> Tensor:

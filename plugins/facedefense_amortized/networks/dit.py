@@ -300,7 +300,7 @@ def _fused_quantizer_works() -> bool:
             x = torch.tensor([-1.0, 0.0, 0.26, 1.0])
             q = _as_uint8(torch.quantize_per_tensor(x, 0.5, 2, torch.quint8))
         return q.dtype == torch.uint8 and q.tolist() == [0, 2, 3, 4] and q.add(1).tolist() == [1, 3, 4, 5]
-    except (AttributeError, RuntimeError, TypeError):
+    except Exception:  # removed or changed in this torch: the arithmetic fallback serves
         return False
 
 
