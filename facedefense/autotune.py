@@ -143,19 +143,22 @@ def _write_cache(entries: dict[str, dict[str, Any]]) -> None:
 def time_probes(probes: Probes, budget_s: float = 2.0, keep_within: float = 1.25) -> dict[str, float]:
     """Best seconds per call of each probe: one warm-up call each, then rounds that visit every
     probe in turn (interleaved, so a load change hits all alike) until ``budget_s`` seconds have
-    passed since the start (at least one timed round). After each round, a probe slower than
-    ``keep_within`` times the best so far is out (it keeps its time): the budget goes to telling
-    the close ones apart."""
+    passed since the start (at least two timed rounds). From the second round on, a probe whose
+    best is slower than ``keep_within`` times the leader's is out (it keeps its time): the budget
+    goes to telling the close ones apart, and one disturbed call cannot put the winner out."""
     deadline = time.perf_counter() + budget_s
     for probe in probes.values():
         probe()
     best = dict.fromkeys(probes, float("inf"))
-    running = dict(probes)
+    running, rounds = dict(probes), 0
     while True:
         for name, probe in running.items():
             start = time.perf_counter()
             probe()
             best[name] = min(best[name], time.perf_counter() - start)
+        rounds += 1
+        if rounds < 2:
+            continue
         if time.perf_counter() >= deadline:
             return best
         leader = min(best.values())
