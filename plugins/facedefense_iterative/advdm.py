@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, working_size
-from facedefense.interfaces import Defender, IterativeDefenderConfig
+from facedefense.interfaces import Defender
+from facedefense_iterative.frozen_model import PGDConfig
 
 if TYPE_CHECKING:
     import torch
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class AdvDMConfig(IterativeDefenderConfig):
+class AdvDMConfig(PGDConfig):
     """AdvDM options (defaults: Mist's ``mode=0``; its budgets are already in [0, 1] units).
 
     Attributes:
@@ -40,9 +41,6 @@ class AdvDMConfig(IterativeDefenderConfig):
     step_size: float = 1 / 255
     prompt: str = "a photo"
     random_start: bool = True
-    eot: str = ""
-    eot_samples: int = 1
-    momentum: float = 0.0
     schedule: str = "constant"
     gradient_checkpointing: bool = False
 
@@ -83,7 +81,6 @@ class AdvDM(Defender):
     def __init__(self, config: AdvDMConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
         from facedefense.diffusion import TextEmbeddingCache, load_components
-        from facedefense.optim import EOT
 
         if not self.config.model:
             raise ConfigError("advdm needs a surrogate model: --model (a diffusers folder or Hugging Face id)")
@@ -91,7 +88,7 @@ class AdvDM(Defender):
         if self.config.gradient_checkpointing:
             self.parts.unet.enable_gradient_checkpointing()
         self.states = TextEmbeddingCache(self.parts.tokenizer, self.parts.text_encoder)(self.config.prompt)
-        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
+        self.eot = self.config.build_eot(self.device)
 
     def loss(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The per-image denoising loss (N,) of ``images`` (any size) at a random t, VAE sampled."""

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError
-from facedefense.interfaces import Defender, IterativeDefenderConfig, Perturbation
+from facedefense.interfaces import Defender, Perturbation
 from facedefense.interfaces.identity import DEFAULT_CLASS_PROMPT, DEFAULT_INSTANCE_PROMPT
+from facedefense_iterative.frozen_model import PGDConfig
 
 if TYPE_CHECKING:
     import torch
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class DreamBoothAttackConfig(IterativeDefenderConfig):
+class DreamBoothAttackConfig(PGDConfig):
     """Options shared by ASPL and FSMG (defaults: the reference scripts, converted to [0, 1]).
 
     Attributes:
@@ -65,9 +66,6 @@ class DreamBoothAttackConfig(IterativeDefenderConfig):
     lora_rank: int = 0
     gradient_checkpointing: bool = False
     target_image: str = ""
-    eot: str = ""
-    eot_samples: int = 1
-    momentum: float = 0.0
     schedule: str = "constant"
     random_start: bool = False
 
@@ -105,14 +103,13 @@ class DreamBoothAttack(Defender):
 
     def __init__(self, config: DreamBoothAttackConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        from facedefense.optim import EOT
         from facedefense_iterative.surrogate import Surrogate, load_target_image
 
         models = [m.strip() for m in self.config.model.split(",") if m.strip()]
         if not models:
             raise ConfigError(f"{self.name} needs a surrogate model: --model (a diffusers folder or Hugging Face id)")
         self.target = load_target_image(self.config.target_image) if self.config.target_image else None
-        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
+        self.eot = self.config.build_eot(self.device)
         self.surrogates = [
             Surrogate(m, device=self.device, dtype=self.dtype, train_text_encoder=self.config.train_text_encoder,
                       lora_rank=self.config.lora_rank, gradient_checkpointing=self.config.gradient_checkpointing)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError, ModelNotFoundError
 from facedefense.imaging import resize, working_size
-from facedefense.interfaces import Defender, IterativeDefenderConfig
+from facedefense.interfaces import Defender
+from facedefense_iterative.frozen_model import PGDConfig
 
 if TYPE_CHECKING:
     import torch
@@ -19,7 +20,7 @@ VGG16_FILE = "vgg16-397923af.pth"
 
 
 @dataclass
-class FaceLockConfig(IterativeDefenderConfig):
+class FaceLockConfig(PGDConfig):
     """FaceLock options (the reference's [-1, 1] numbers are halved).
 
     Attributes:
@@ -54,9 +55,6 @@ class FaceLockConfig(IterativeDefenderConfig):
     identity_start: float = 0.35
     lpips_start: float = 0.25
     random_start: bool = True
-    eot: str = ""
-    eot_samples: int = 1
-    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -141,9 +139,8 @@ class FaceLock(Defender):
 
     def __init__(self, config: FaceLockConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        from facedefense.optim import EOT
 
-        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
+        self.eot = self.config.build_eot(self.device)
         from facedefense.diffusion import load_components
         from facedefense.models import shared_model
 

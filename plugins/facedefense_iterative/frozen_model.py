@@ -1,6 +1,6 @@
 """The surrogate latent diffusion model the iterative defenders attack: loaded once, frozen, with the
 prompt's text embedding computed once, the denoising residual that SDS-type gradients use, and the
-PGD call the single-image defenders share."""
+PGD options and call the defenders share."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from facedefense.errors import ConfigError
+from facedefense.interfaces import IterativeDefenderConfig
 
 if TYPE_CHECKING:
     import torch
@@ -98,6 +99,28 @@ def flush_denormals() -> Iterator[None]:
     finally:
         if supported and not was_on:
             torch.set_flush_denormal(False)
+
+
+@dataclass
+class PGDConfig(IterativeDefenderConfig):
+    """The options every defender of this plugin passes to :func:`facedefense.optim.linf_pgd`.
+
+    Attributes:
+        eot: purifiers to optimize through (expectation over transformations), e.g. ``jpeg`` or
+            ``none,jpeg``. Default "": none.
+        eot_samples: transform draws per step. Default 1.
+        momentum: MI-FGSM momentum (0 = plain sign steps, the references'). Default 0.
+    """
+
+    eot: str = ""
+    eot_samples: int = 1
+    momentum: float = 0.0
+
+    def build_eot(self, device: Any) -> Any:
+        """The :class:`facedefense.optim.EOT` of :attr:`eot` and :attr:`eot_samples` on ``device``."""
+        from facedefense.optim import EOT
+
+        return EOT.from_names(self.eot, device=device, samples=self.eot_samples)
 
 
 def run_pgd(

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, working_size
-from facedefense.interfaces import Defender, IterativeDefenderConfig
+from facedefense.interfaces import Defender
+from facedefense_iterative.frozen_model import PGDConfig
 
 if TYPE_CHECKING:
     import torch
@@ -20,7 +21,7 @@ REFERENCE_SEMANTIC_WEIGHT = 1e4 / (4 * 64 * 64)
 
 
 @dataclass
-class MistConfig(IterativeDefenderConfig):
+class MistConfig(PGDConfig):
     """Mist options (the reference's /255 numbers are already [0, 1] units).
 
     Attributes:
@@ -47,9 +48,6 @@ class MistConfig(IterativeDefenderConfig):
     target: str = "pattern"
     prompt: str = "a photo"
     random_start: bool = True
-    eot: str = ""
-    eot_samples: int = 1
-    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,9 +90,8 @@ class Mist(Defender):
 
     def __init__(self, config: MistConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        from facedefense.optim import EOT
 
-        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
+        self.eot = self.config.build_eot(self.device)
         from facedefense_iterative.frozen_model import load_surrogate
         from facedefense_iterative.targets import load_target
 

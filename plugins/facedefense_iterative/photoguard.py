@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, working_size
-from facedefense.interfaces import Defender, IterativeDefenderConfig
+from facedefense.interfaces import Defender
+from facedefense_iterative.frozen_model import PGDConfig
 
 if TYPE_CHECKING:
     import torch
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class PhotoGuardConfig(IterativeDefenderConfig):
+class PhotoGuardConfig(PGDConfig):
     """PhotoGuard options (defaults follow the reference img2img notebook, converted to [0, 1]).
 
     Attributes:
@@ -64,9 +65,6 @@ class PhotoGuardConfig(IterativeDefenderConfig):
     eta: float = 1.0
     grad_reps: int = 1
     checkpointing: bool = True
-    eot: str = ""
-    eot_samples: int = 1
-    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,9 +124,8 @@ class PhotoGuard(Defender):
 
     def __init__(self, config: PhotoGuardConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        from facedefense.optim import EOT
 
-        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
+        self.eot = self.config.build_eot(self.device)
         from facedefense.diffusion import load_components
         from facedefense_iterative.targets import load_mask
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, working_size
-from facedefense.interfaces import Defender, IterativeDefenderConfig
+from facedefense.interfaces import Defender
+from facedefense_iterative.frozen_model import PGDConfig
 
 if TYPE_CHECKING:
     import torch
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SDSConfig(IterativeDefenderConfig):
+class SDSConfig(PGDConfig):
     """SDS options (the reference's 16/255-scale numbers are already in [0, 1] units).
 
     Attributes:
@@ -42,9 +43,6 @@ class SDSConfig(IterativeDefenderConfig):
     target_weight: float = 5.0
     prompt: str = "a portrait photo"
     random_start: bool = False
-    eot: str = ""
-    eot_samples: int = 1
-    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,9 +85,8 @@ class SDS(Defender):
 
     def __init__(self, config: SDSConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        from facedefense.optim import EOT
 
-        self.eot = EOT.from_names(self.config.eot, device=self.device, samples=self.config.eot_samples)
+        self.eot = self.config.build_eot(self.device)
         from facedefense_iterative.frozen_model import load_surrogate
         from facedefense_iterative.targets import load_target
 
