@@ -49,6 +49,25 @@ def build(arch: str, root: Path) -> Path:
     return folder if (folder / "model_index.json").exists() else build_tiny_sd(folder)
 
 
+def prepared_model(context, arch: str, root: Path) -> str:
+    """``build`` run in a process of ``context`` (its memory is not the measuring process's); the
+    model folder."""
+    builder = context.Process(target=build, args=(arch, root))
+    builder.start()
+    builder.join()
+    return str(model_path(arch, root))
+
+
+def in_fresh_process(context, target, *args) -> tuple[dict | None, int]:
+    """``target(queue, *args)`` in a fresh process of ``context`` (so its peak memory is its own):
+    what it put on the queue (None when the process failed) and its exit code."""
+    queue = context.Queue()
+    process = context.Process(target=target, args=(queue, *args))
+    process.start()
+    process.join()
+    return (queue.get() if process.exitcode == 0 else None), process.exitcode
+
+
 def _peak_gib(device: str) -> float:
     import torch
 
@@ -100,21 +119,16 @@ def main() -> None:
     options = parse_option_pairs(args.option)
     print(f"load average: {os.getloadavg()}; cores: {os.cpu_count()}", flush=True)
     context = multiprocessing.get_context("spawn")
-    builder = context.Process(target=build, args=(args.arch, args.cache))  # its memory is not ours
-    builder.start()
-    builder.join()
-    model = str(model_path(args.arch, args.cache))
+    model = prepared_model(context, args.arch, args.cache)
     results = []
     for method in args.methods:
-        queue = context.Queue()
-        process = context.Process(target=measure, args=(queue, method, model, args.resolution, args.steps,
-                                                        args.device, options))
-        process.start()
-        process.join()
-        if process.exitcode != 0:
-            print(f"{args.arch:5s} {method:18s} failed (exit {process.exitcode})", flush=True)
+        outcome, exitcode = in_fresh_process(
+            context, measure, method, model, args.resolution, args.steps, args.device, options
+        )
+        if outcome is None:
+            print(f"{args.arch:5s} {method:18s} failed (exit {exitcode})", flush=True)
             continue
-        result = {"arch": args.arch, **queue.get()}
+        result = {"arch": args.arch, **outcome}
         results.append(result)
         print(f"{args.arch:5s} {method:18s} {result['seconds_per_step']:8.3f} s/step  "
               f"peak {result['peak_gib']:.2f} GiB  (batch {result['batch']}, prior {result['prior']})", flush=True)

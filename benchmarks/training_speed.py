@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from attack_speed import ARCHITECTURES, _peak_gib, build, model_path
+from attack_speed import ARCHITECTURES, _peak_gib, in_fresh_process, prepared_model
 
 METHODS = ("rid", "gap_diff")
 #: ``-o`` options per method for the tiny architecture (the full ones use the defaults).
@@ -85,22 +85,17 @@ def main() -> None:
 
     print(f"load average: {os.getloadavg()}; cores: {os.cpu_count()}", flush=True)
     context = multiprocessing.get_context("spawn")
-    builder = context.Process(target=build, args=(args.arch, args.cache))  # its memory is not ours
-    builder.start()
-    builder.join()
-    model = str(model_path(args.arch, args.cache))
+    model = prepared_model(context, args.arch, args.cache)
     results = []
     for method in args.methods:
-        queue, work = context.Queue(), tempfile.mkdtemp(prefix=f"facedefense-train-bench-{method}-")
-        process = context.Process(target=measure, args=(
-            queue, method, model, args.arch, args.resolution, args.steps, args.batch_size, args.device,
-            args.mixed_precision, args.gradient_checkpointing, work))
-        process.start()
-        process.join()
-        if process.exitcode != 0:
-            print(f"{args.arch:5s} {method:9s} failed (exit {process.exitcode})", flush=True)
+        work = tempfile.mkdtemp(prefix=f"facedefense-train-bench-{method}-")
+        result, exitcode = in_fresh_process(
+            context, measure, method, model, args.arch, args.resolution, args.steps, args.batch_size, args.device,
+            args.mixed_precision, args.gradient_checkpointing, work,
+        )
+        if result is None:
+            print(f"{args.arch:5s} {method:9s} failed (exit {exitcode})", flush=True)
             continue
-        result = queue.get()
         results.append(result)
         print(f"{args.arch:5s} {method:9s} {result['seconds_per_step']:8.3f} s/step (first {result['first_step']:.2f} s)  "
               f"peak {result['peak_gib']:.2f} GiB  batch {args.batch_size}, {args.resolution}px, "
