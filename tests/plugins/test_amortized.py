@@ -155,6 +155,14 @@ def gap_checkpoint(tmp_path_factory):
     return path, reference
 
 
+@pytest.fixture
+def gap_network(gap_checkpoint):
+    """The test checkpoint's weights in facedefense's own :class:`GAPGenerator` (eval mode)."""
+    network = GAPGenerator(ngf=8).eval()
+    network.load_state_dict(gap_checkpoint[1].state_dict())
+    return network
+
+
 # --- contract ---------------------------------------------------------------------------------------
 
 
@@ -435,14 +443,12 @@ def test_int8_dit_matches_the_module(rid_checkpoint):
     assert all(isinstance(block, nn.Identity) for block in network.blocks)  # consumed, fp32 released
 
 
-def test_folded_gap_generator_matches_the_module(gap_checkpoint):
+def test_folded_gap_generator_matches_the_module(gap_network):
     from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator, folding_supported
 
     if not folding_supported():
         pytest.skip("no oneDNN convolution kernels in this torch build")
-    _, reference = gap_checkpoint
-    network = GAPGenerator(ngf=8).eval()
-    network.load_state_dict(reference.state_dict())
+    network = gap_network
     x = (torch.rand(2, 3, 512, 768) * 2 - 1).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         exact = network(x)
@@ -482,7 +488,7 @@ def test_transposed_convolution_as_four_output_phases_is_exact():
 
 
 @pytest.mark.parametrize("precision", ["int8", "int8+bf16"])
-def test_folded_gap_generator_int8_within_a_gray_level(gap_checkpoint, precision):
+def test_folded_gap_generator_int8_within_a_gray_level(gap_network, precision):
     from facedefense_amortized.networks.gap_generator import (
         FoldedGAPGenerator,
         folding_supported,
@@ -491,9 +497,7 @@ def test_folded_gap_generator_int8_within_a_gray_level(gap_checkpoint, precision
 
     if not (folding_supported() and int8_convolution_supported()):
         pytest.skip("no oneDNN int8 convolution kernels in this torch build")
-    _, reference = gap_checkpoint
-    network = GAPGenerator(ngf=8).eval()
-    network.load_state_dict(reference.state_dict())
+    network = gap_network
     x = (torch.rand(1, 3, 512, 768) * 2 - 1).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         exact = network(x)
@@ -505,12 +509,12 @@ def test_folded_gap_generator_int8_within_a_gray_level(gap_checkpoint, precision
     assert (fast - exact).abs().max().item() * 8 <= 1.0
 
 
-def test_folded_gap_engines_share_converted_layers(gap_checkpoint):
+def test_folded_gap_engines_share_converted_layers(gap_network):
     from facedefense_amortized.networks.gap_generator import FoldedGAPGenerator, folded_precisions
 
     if "int8+bf16" not in folded_precisions():
         pytest.skip("no oneDNN int8 convolution kernels in this torch build")
-    _, network = gap_checkpoint
+    network = gap_network
     x = (torch.rand(1, 3, 512, 512) * 2 - 1).contiguous(memory_format=torch.channels_last)
     shared: dict = {}
     int8 = FoldedGAPGenerator(network, "int8", shared=shared)

@@ -380,7 +380,9 @@ class FoldedGAPGenerator:
             key = (id(generator), input_size, index, kind)
             if key not in shared:
                 fold_key = (id(generator), index, "folded")
-                folded = shared[fold_key] if fold_key in shared else shared.setdefault(fold_key, _folded(layer, norm))
+                if fold_key not in shared:
+                    shared[fold_key] = _folded(layer, norm)
+                folded = shared[fold_key]
                 if kind == "int8":
                     shared[key] = _Int8Conv(layer, norm, shape, activation, scalars, folded=folded)
                 else:
