@@ -175,7 +175,7 @@ def _first_run(method: str, checkpoint: str, engine: str | None = None) -> None:
         Defender(checkpoint=checkpoint, device="cpu")
         facts["cached construction s"] = time.perf_counter() - start
         facts["probe s"] = first.choice.probe_seconds if first.choice else 0.0
-        facts["engine"] = first.choice.name
+        facts["engine"] = first.choice.name if first.choice else "auto"  # nothing measured: compare with itself
     print(json.dumps(facts))
 
 
