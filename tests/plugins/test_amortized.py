@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 
 import facedefense
 from facedefense.checkpoints import save_checkpoint, sidecar_path
@@ -423,6 +424,15 @@ def test_gap_diff_bf16_within_two_gray_levels(gap_checkpoint, face_images):
 
 
 # --- CPU inference engines ----------------------------------------------------------------------------
+
+
+def test_int8_paths_gelu_form_is_within_half_a_step_of_the_next_layers_int8_input():
+    from facedefense_amortized.networks import dit
+
+    x = torch.linspace(-12, 12, 240_001, dtype=torch.float64)
+    gap = (F.gelu(x) - F.gelu(x, approximate="tanh")).abs()  # erf form vs the network's tanh form
+    assert dit.GELU_INT8 == "none"
+    assert gap.max().item() < 0.5 * 0.25 / 254  # half a step once the activations span 0.25 or more
 
 
 def test_int8_dit_matches_the_module(rid_checkpoint):
