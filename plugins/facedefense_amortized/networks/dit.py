@@ -439,9 +439,14 @@ class _EngineBlock:
         qkv = _chunked(self.qkv, x, "none", "", self.attention_dtype)
         qkv = qkv.view(batch, -1, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         x = _attention(qkv).transpose(1, 2).reshape(-1, dim)
-        h.add_(_chunked(self.proj, x))
-        x = F.layer_norm(h, (dim,), *self.norm2, eps=1e-6)
-        return h.add_(_chunked(self.fc2, _chunked(self.fc1, x, "gelu", self.gelu)))
+        # the rest runs ROW_CHUNK rows at a time, adding into the residual stream in place: a batch
+        # never concatenates its (N*T, 4*dim) MLP activations
+        for rows, attended in zip(h.split(ROW_CHUNK), x.split(ROW_CHUNK)):
+            rows.add_(self.proj(attended))
+        for rows in h.split(ROW_CHUNK):
+            x = F.layer_norm(rows, (dim,), *self.norm2, eps=1e-6)
+            rows.add_(self.fc2(self.fc1(x, "gelu", self.gelu)))
+        return h
 
 
 class DiTEngine:
