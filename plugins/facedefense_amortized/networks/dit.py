@@ -372,9 +372,6 @@ ROW_CHUNK = 1024
 def _linear(kind: str, weight, bias, row_scale=None):
     if kind == "int8":
         return Int8Linear(weight, bias, row_scale)
-    if not onednn_linear_supported():  # fp32 fallback for the patch embedding and output layer
-        weight, bias = _scaled(weight, bias, row_scale)
-        return lambda x, *args: F.linear(x.float(), weight, bias)
     return DenseLinear(weight, bias, row_scale, getattr(torch, kind))
 
 
@@ -477,6 +474,8 @@ class DiTEngine:
     def __init__(self, network: PerturbationDiT, path: str = "int8") -> None:
         if path not in ENGINE_PATHS:
             raise ValueError(f"unknown engine path {path!r}; expected one of {', '.join(ENGINE_PATHS)}")
+        if path not in engine_paths():
+            raise ValueError(f"engine path {path!r} needs oneDNN kernels this torch build lacks")
         linears, attention = ENGINE_PATHS[path]
         network = network.float()
 
