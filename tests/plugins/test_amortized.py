@@ -433,6 +433,21 @@ def test_int8_paths_gelu_form_is_within_half_a_step_of_the_next_layers_int8_inpu
     gap = (F.gelu(x) - F.gelu(x, approximate="tanh")).abs()  # erf form vs the network's tanh form
     assert dit.GELU_INT8 == "none"
     assert gap.max().item() < 0.5 * 0.25 / 254  # half a step once the activations span 0.25 or more
+    block = PerturbationDiT(**SMALL_DIT).blocks[0]
+    if dit.int8_supported():
+        assert dit._EngineBlock(block, "int8", "bfloat16").gelu == dit.GELU_INT8
+    if dit.onednn_linear_supported():
+        assert dit._EngineBlock(block, "float32", "float32").gelu == "tanh"  # the exact path keeps tanh
+
+
+def test_dit_engine_refuses_a_path_this_torch_cannot_run(monkeypatch):
+    from facedefense_amortized.networks import dit
+
+    monkeypatch.setattr(dit, "engine_paths", lambda: ["float32"])
+    with pytest.raises(ValueError, match="needs oneDNN kernels"):
+        dit.DiTEngine(PerturbationDiT(**SMALL_DIT), "int8")
+    with pytest.raises(ValueError, match="unknown engine path"):
+        dit.DiTEngine(PerturbationDiT(**SMALL_DIT), "int4")
 
 
 def test_int8_dit_matches_the_module(rid_checkpoint):
