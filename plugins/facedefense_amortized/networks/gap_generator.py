@@ -187,8 +187,7 @@ class _Int8Conv:
         weight, self.bias = folded or _folded(conv, norm)
         self.transposed = isinstance(conv, nn.ConvTranspose2d)
         if self.transposed:
-            _check_phase_geometry(conv)
-            weight, self.bias = _phase_kernels(weight), self.bias.repeat(4)
+            weight, self.bias = _phase_form(conv, weight, self.bias)
             self.stride, self.padding = [1, 1], [1, 1]
         else:
             self.stride, self.padding = list(conv.stride), list(conv.padding)
@@ -221,9 +220,14 @@ class _Int8Conv:
         return y.tanh_() if self.activation == "tanh" else y
 
 
-def _check_phase_geometry(conv: nn.ConvTranspose2d) -> None:
+def _phase_form(
+    conv: nn.ConvTranspose2d, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The folded ``weight`` and ``bias`` of ``conv`` as those of its four-phase stride-1
+    convolution (padding 1): see :func:`_phase_kernels`, :func:`_interleave`."""
     if conv.kernel_size != (4, 4) or conv.stride != (2, 2) or conv.padding != (1, 1):
         raise ValueError("transposed convolutions as output phases: only kernel 4, stride 2, padding 1")
+    return _phase_kernels(weight), bias.repeat(4)
 
 
 class _PackedConv:
@@ -250,8 +254,7 @@ class _PackedConv:
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.phases = phases and self.transposed
         if self.phases:
-            _check_phase_geometry(conv)
-            weight, bias = _phase_kernels(weight), bias.repeat(4)
+            weight, bias = _phase_form(conv, weight, bias)
             self.transposed, self.padding, self.stride = False, [1, 1], [1, 1]
         self.activation, self.scalars = activation, list(scalars)
         weight, self.bias = weight.to(dtype), bias.to(dtype).clone()  # no view into the checkpoint
