@@ -26,7 +26,8 @@ shallower DiT (same width, tokens and heads: every block costs the same, so the 
     PYTHONPATH=.:plugins .venv/bin/python benchmarks/amortized_speed.py --rid-depth 14 --rounds 3
 
 On a GPU (``--device cuda``) the rows are the reference network in fp32 and under bf16 autocast and
-facedefense's ``--dtype auto`` (bf16) and ``--dtype float32``, with photos per second; batch them:
+facedefense's ``--dtype auto`` (bf16) and ``--dtype float32`` (RID: also ``engine=module``, its
+PyTorch module in bf16), with photos per second; batch them:
 
     PYTHONPATH=.:plugins .venv/bin/python benchmarks/amortized_speed.py --device cuda --batch 64 --rounds 5
 """
@@ -181,14 +182,17 @@ def _first_run(method: str, checkpoint: str, engine: str | None = None) -> None:
 
 def _gpu_paths(method: str, checkpoint: Path, images, device: str) -> tuple[dict, dict]:
     """The GPU rows: the reference network in fp32 and under bf16 autocast, and facedefense's
-    ``--dtype auto`` (the module in bf16 where supported) and ``--dtype float32``, on ``device``."""
+    ``--dtype auto`` (bf16 where supported) and ``--dtype float32`` (RID: also its module in bf16,
+    ``engine=module``), on ``device``."""
     import torch
 
     images = images.to(device)
     Defender, _, paths = _reference_paths(method, checkpoint, images, device)
-    for dtype in ("auto", "float32"):
-        defender = Defender(checkpoint=str(checkpoint), device=device, dtype=dtype)
-        paths[f"facedefense --dtype {dtype} ({defender.path})"] = lambda d=defender: d.protect(images).images
+    options = [{"dtype": "auto"}, {"dtype": "float32"}] + ([{"dtype": "auto", "engine": "module"}] if method == "rid" else [])
+    for option in options:
+        defender = Defender(checkpoint=str(checkpoint), device=device, **option)
+        name = " ".join(f"--{key} {value}" if key == "dtype" else f"{key}={value}" for key, value in option.items())
+        paths[f"facedefense {name} ({defender.path})"] = lambda d=defender: d.protect(images).images
     return paths, {"device": torch.cuda.get_device_name(device)}
 
 

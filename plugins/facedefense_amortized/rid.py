@@ -28,7 +28,7 @@ WHERE_TO_GET = (
     "ASDS-eps-12_255.bin, ...) are linked from the README of github.com/Guohanzhong/RID (Google Drive); "
     "download one and pass its path"
 )
-ENGINES = ("auto", "module", "float32", "bfloat16", "int8", "int8+bf16")
+ENGINES = ("auto", "module", "float32", "bfloat16", "float16", "int8", "int8+bf16")
 
 
 @dataclass
@@ -41,12 +41,13 @@ class RIDConfig(AmortizedDefenderConfig):
         eps: L-infinity budget in [0, 1] units. Default None: the budget the checkpoint was trained
             for (official ``eps-12_255`` is 6/255 here, since the reference works in [-1, 1]). A
             different value is refused.
-        engine: how the network runs on a CPU. ``"auto"`` (default): with ``--dtype auto`` the
-            fastest of the CPU engine's paths as measured on this machine (once, then cached: see
-            ``facedefense info --hardware``), with an explicit ``--dtype`` that precision's path;
-            ``"float32"``, ``"bfloat16"``, ``"int8"`` (int8 linears, fp32 attention) or
-            ``"int8+bf16"`` (int8 linears, bf16 attention) force a path of the CPU engine;
-            ``"module"`` runs the PyTorch module itself in ``--dtype`` (what GPUs always run).
+        engine: how the network runs. ``"auto"`` (default): on a CPU with ``--dtype auto`` the
+            fastest of the engine's paths as measured on this machine (once, then cached: see
+            ``facedefense info --hardware``), elsewhere the engine's path of ``--dtype`` (on a GPU
+            bf16, or fp16 without bf16); ``"float32"``, ``"bfloat16"``, ``"int8"`` (CPU: int8
+            linears, fp32 attention), ``"int8+bf16"`` (CPU: int8 linears, bf16 attention) or
+            ``"float16"`` (GPU) force a path of the engine; ``"module"`` runs the PyTorch module
+            itself in ``--dtype``.
         runtime: ``"auto"`` (default: ONNX Runtime for an ``.onnx`` checkpoint, else PyTorch),
             ``"torch"`` or ``"onnx"``.
     """
@@ -165,31 +166,32 @@ class RID(AmortizedDefender):
         """Pick and build the inference engine (see :attr:`RIDConfig.engine`); sets ``self.path``."""
         import torch
 
-        from facedefense_amortized.networks.dit import DiTEngine, engine_paths
+        from facedefense_amortized.networks.dit import TORCH_ENGINE_PATHS, DiTEngine, engine_paths
 
         engine, on_cpu = self.config.engine, self.device.type == "cpu"
-        available = engine_paths() if on_cpu else []
+        available = engine_paths() if on_cpu else list(TORCH_ENGINE_PATHS)
         if engine not in ("auto", "module"):
             if engine not in available:
+                where = "this torch build's oneDNN kernels" if on_cpu else "the CPU"
                 raise ConfigError(
-                    f"rid: engine={engine} needs the CPU and this torch build's oneDNN kernels "
-                    f"(available here: {', '.join(available) or 'none'}); use -o engine=module"
+                    f"rid: engine={engine} needs {where} (available on {self.device.type}: "
+                    f"{', '.join(available) or 'none'}); use -o engine=auto or -o engine=module"
                 )
             path = engine
         elif engine == "module" or not available:
             path = "module"
-        elif self.config.dtype == "auto":
+        elif on_cpu and self.config.dtype == "auto":
             self.choice = self._measure(network, available)
             path = self.choice.name
-        else:
-            path = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(self.dtype, "module")
+        else:  # an explicit --dtype, or a GPU (whose --dtype auto is bf16, or fp16 without bf16)
+            path = str(self.dtype).removeprefix("torch.")
             path = path if path in available else "module"
         self.path = path
         if path == "module":
             self.input_dtype = self.dtype
             return network.to(device=self.device, dtype=self.dtype)
         self.input_dtype = torch.float32
-        return DiTEngine(network, path)
+        return DiTEngine(network, path, self.device)
 
     def _measure(self, network: torch.nn.Module, paths: list[str]) -> Choice:
         from facedefense import autotune

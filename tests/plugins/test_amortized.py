@@ -450,6 +450,51 @@ def test_dit_engine_refuses_a_path_this_torch_cannot_run(monkeypatch):
         dit.DiTEngine(PerturbationDiT(**SMALL_DIT), "int4")
 
 
+def test_dit_engine_on_pytorch_kernels_matches_the_module(rid_checkpoint):
+    """The GPU engine's form (PyTorch's kernels, fused attention, no row chunks), checked on the CPU."""
+    from facedefense_amortized.networks.dit import DiTEngine, TorchLinear
+
+    path, _ = rid_checkpoint
+    x = torch.rand(5, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        exact = torch.tanh(_loaded(path)(x))
+    for precision, tolerance in (("float32", 1e-3), ("bfloat16", 1 / 6), ("float16", 1 / 6)):
+        engine = DiTEngine(_loaded(path), precision, kernels="torch")
+        assert not engine.split_rows and not any(block.split_rows for block in engine.blocks)
+        assert isinstance(engine.blocks[0].fc1, TorchLinear) and engine.blocks[0].fc1.weight.dtype == getattr(torch, precision)
+        with torch.no_grad():
+            fast = torch.tanh(engine(x))
+        # at most 6 gray levels of tanh's range; float32 within rounding, half precision within one level
+        assert (fast - exact).abs().max().item() * 6 <= tolerance, precision
+    with pytest.raises(ValueError, match="unknown engine path 'int8' for torch kernels"):
+        DiTEngine(_loaded(path), "int8", kernels="torch")
+    with pytest.raises(ValueError, match="'onednn' \\(CPU only\\)"):
+        DiTEngine(_loaded(path), "float32", device="meta", kernels="onednn")
+
+
+def _loaded(path) -> PerturbationDiT:
+    from facedefense.checkpoints import read_state_dict
+
+    network = PerturbationDiT(**SMALL_DIT).eval()
+    network.load_state_dict(read_state_dict(path))
+    return network
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rid_on_a_gpu_runs_the_engine_within_two_gray_levels(rid_checkpoint, face_images):
+    path, _ = rid_checkpoint
+    exact = RID(checkpoint=str(path), device="cpu", dtype="float32", engine="module").protect(face_images).images
+    auto = RID(checkpoint=str(path), device="cuda")
+    expected = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    assert auto.path == expected and auto.choice is None  # a GPU's precision is not measured
+    for defender in (auto, RID(checkpoint=str(path), device="cuda", dtype="float32"),
+                     RID(checkpoint=str(path), device="cuda", engine="module")):
+        fast = defender.protect(face_images.cuda()).images.cpu()
+        assert (fast - exact).abs().max().item() * 255 <= 2.0 + 1e-4, defender.path
+    with pytest.raises(ConfigError, match="engine=int8 needs the CPU"):
+        RID(checkpoint=str(path), device="cuda", engine="int8")
+
+
 def test_int8_dit_matches_the_module(rid_checkpoint):
     from facedefense.checkpoints import read_state_dict
     from facedefense_amortized.networks.dit import DiTEngine, int8_supported

@@ -236,6 +236,14 @@ ENGINE_PATHS = {
 }
 
 
+#: The engine's paths through PyTorch's own kernels (GPUs): fused (flash) attention, fp32 residual stream.
+TORCH_ENGINE_PATHS = {
+    "float32": ("float32", "float32"),
+    "bfloat16": ("bfloat16", "bfloat16"),
+    "float16": ("float16", "float16"),
+}
+
+
 def int8_supported() -> bool:
     """Whether this torch build has oneDNN's int8 linear kernels (x86 CPUs)."""
     ops = torch.ops.onednn
@@ -356,6 +364,31 @@ class DenseLinear:
         return y if dtype is None else y.to(dtype)
 
 
+class TorchLinear:
+    """A linear layer through PyTorch's own kernels (cuBLAS on a GPU), for engines off the CPU.
+
+    Args: as :class:`DenseLinear`, plus ``device``; ``dtype`` may also be float16.
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, row_scale: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    ):
+        weight, bias = _scaled(weight, bias, row_scale)
+        self.dtype = dtype
+        self.weight, self.bias = weight.to(device, dtype), bias.to(device, dtype)
+
+    def __call__(
+        self, x: torch.Tensor, post_op: str = "none", algorithm: str = "", dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """(M, in) -> (M, out) in ``dtype`` (default: the layer's); ``post_op="gelu"`` applies GELU
+        in the form ``algorithm`` (``"tanh"``, or ``"none"``/``""`` for erf)."""
+        y = F.linear(x.to(self.dtype), self.weight, self.bias)
+        if post_op == "gelu":
+            y = F.gelu(y, approximate="tanh" if algorithm == "tanh" else "none")
+        return y if dtype is None else y.to(dtype)
+
+
 def _scaled(weight: torch.Tensor, bias: torch.Tensor | None, row_scale: torch.Tensor | None):
     weight = weight.detach().float()
     bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
@@ -369,16 +402,20 @@ def _scaled(weight: torch.Tensor, bias: torch.Tensor | None, row_scale: torch.Te
 ROW_CHUNK = 1024
 
 
-def _linear(kind: str, weight, bias, row_scale=None):
+def _linear(kind: str, weight, bias, row_scale=None, device: torch.device | None = None):
+    """The engine's linear layer of precision ``kind``: oneDNN's prepacked kernels on the CPU
+    (``device`` None), PyTorch's on ``device``."""
+    if device is not None:
+        return TorchLinear(weight, bias, row_scale, getattr(torch, kind), device)
     if kind == "int8":
         return Int8Linear(weight, bias, row_scale)
     return DenseLinear(weight, bias, row_scale, getattr(torch, kind))
 
 
-def _chunked(layer, x: torch.Tensor, *args) -> torch.Tensor:
-    if x.shape[0] <= ROW_CHUNK:
+def _chunked(layer, x: torch.Tensor, *args, rows: int | None) -> torch.Tensor:
+    if rows is None or x.shape[0] <= rows:
         return layer(x, *args)
-    return torch.cat([layer(part, *args) for part in x.split(ROW_CHUNK)])
+    return torch.cat([layer(part, *args) for part in x.split(rows)])
 
 
 #: Score elements per bf16 attention call (64 MiB of bf16 scores): larger batches are split.
@@ -388,12 +425,13 @@ SCORE_CHUNK = 32 * 2**20
 def _attention(qkv: torch.Tensor) -> torch.Tensor:
     """Softmax attention of (3, N, heads, T, d) queries (already scaled), keys and values.
 
-    fp32 goes through PyTorch's fused kernel. bf16 does not: on CPUs the fused kernel runs bf16 no
-    faster than fp32 (26 ms per RID block on an AVX512-BF16 EPYC), while two bf16 matrix products
+    fp32, and every precision off the CPU, go through PyTorch's fused kernel. bf16 on the CPU does
+    not: there the fused kernel runs bf16 no faster than fp32 (26 ms per RID block on an
+    AVX512-BF16 EPYC), while two bf16 matrix products
     around a bf16 softmax (fp32 statistics inside) take 9 ms on contiguous operands, at the same
     accuracy. Their (N, heads, T, T) scores are computed :data:`SCORE_CHUNK` elements at a time.
     """
-    if qkv.dtype == torch.float32:
+    if qkv.dtype == torch.float32 or qkv.device.type != "cpu":  # GPUs: flash attention, any precision
         return F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=1.0)
     qkv = qkv.contiguous()
     batch, heads, tokens = qkv.shape[1:4]
@@ -413,11 +451,16 @@ GELU_INT8 = "none"
 
 
 class _EngineBlock:
-    def __init__(self, block: DiTBlock, linears: str, attention: str) -> None:
+    """One :class:`DiTBlock` in the engine's form; ``device`` None: oneDNN's CPU kernels, else
+    PyTorch's kernels on ``device``."""
+
+    def __init__(self, block: DiTBlock, linears: str, attention: str, device: torch.device | None = None) -> None:
         modulation = block.adaLN_modulation[1].bias.detach().float().clone()
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation.chunk(6)
-        self.norm1 = (1 + scale_a, shift_a)
-        self.norm2 = (1 + scale_m, shift_m)
+        self.norm1 = ((1 + scale_a).to(device), shift_a.to(device))
+        self.norm2 = ((1 + scale_m).to(device), shift_m.to(device))
+        # oneDNN's int8 kernel prefers ROW_CHUNK-row calls; PyTorch's GPU kernels the whole batch
+        self.split_rows = device is None
         self.heads = block.attn.num_heads
         self.attention_dtype = getattr(torch, attention)
         self.gelu = GELU_INT8 if linears == "int8" else "tanh"
@@ -425,24 +468,24 @@ class _EngineBlock:
         dim = block.attn.qkv.weight.shape[1]
         query_scale = torch.ones(3 * dim)
         query_scale[:dim] = (dim // self.heads) ** -0.5
-        self.qkv = _linear(linears, block.attn.qkv.weight, block.attn.qkv.bias, query_scale)
-        self.proj = _linear(linears, block.attn.proj.weight, block.attn.proj.bias, gate_a)
-        self.fc1 = _linear(linears, block.mlp.fc1.weight, block.mlp.fc1.bias)
-        self.fc2 = _linear(linears, block.mlp.fc2.weight, block.mlp.fc2.bias, gate_m)
+        self.qkv = _linear(linears, block.attn.qkv.weight, block.attn.qkv.bias, query_scale, device)
+        self.proj = _linear(linears, block.attn.proj.weight, block.attn.proj.bias, gate_a, device)
+        self.fc1 = _linear(linears, block.mlp.fc1.weight, block.mlp.fc1.bias, None, device)
+        self.fc2 = _linear(linears, block.mlp.fc2.weight, block.mlp.fc2.bias, gate_m, device)
 
     def __call__(self, h: torch.Tensor, batch: int) -> torch.Tensor:
-        dim = h.shape[-1]
+        dim, rows = h.shape[-1], ROW_CHUNK if self.split_rows else None
         x = F.layer_norm(h, (dim,), *self.norm1, eps=1e-6)
-        qkv = _chunked(self.qkv, x, "none", "", self.attention_dtype)
+        qkv = _chunked(self.qkv, x, "none", "", self.attention_dtype, rows=rows)
         qkv = qkv.view(batch, -1, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         x = _attention(qkv).transpose(1, 2).reshape(-1, dim)
-        # the rest runs ROW_CHUNK rows at a time, adding into the residual stream in place: a batch
-        # never concatenates its (N*T, 4*dim) MLP activations
-        for rows, attended in zip(h.split(ROW_CHUNK), x.split(ROW_CHUNK)):
-            rows.add_(self.proj(attended))
-        for rows in h.split(ROW_CHUNK):
-            x = F.layer_norm(rows, (dim,), *self.norm2, eps=1e-6)
-            rows.add_(self.fc2(self.fc1(x, "gelu", self.gelu)))
+        # on the CPU the rest runs ROW_CHUNK rows at a time, adding into the residual stream in
+        # place: a batch never concatenates its (N*T, 4*dim) MLP activations
+        for part, attended in zip(h.split(rows or len(h)), x.split(rows or len(x))):
+            part.add_(self.proj(attended))
+        for part in h.split(rows or len(h)):
+            x = F.layer_norm(part, (dim,), *self.norm2, eps=1e-6)
+            part.add_(self.fc2(self.fc1(x, "gelu", self.gelu)))
         return h
 
 
@@ -471,46 +514,56 @@ class DiTEngine:
         network's raw output, before ``tanh``).
     """
 
-    def __init__(self, network: PerturbationDiT, path: str = "int8") -> None:
-        if path not in ENGINE_PATHS:
-            raise ValueError(f"unknown engine path {path!r}; expected one of {', '.join(ENGINE_PATHS)}")
-        if path not in engine_paths():
+    def __init__(
+        self, network: PerturbationDiT, path: str = "int8", device: torch.device | str = "cpu", kernels: str | None = None
+    ) -> None:
+        device = torch.device(device)
+        kernels = kernels or ("onednn" if device.type == "cpu" else "torch")
+        if kernels not in ("onednn", "torch") or (kernels == "onednn" and device.type != "cpu"):
+            raise ValueError(f"kernels must be 'onednn' (CPU only) or 'torch', got {kernels!r} on {device.type}")
+        known = ENGINE_PATHS if kernels == "onednn" else TORCH_ENGINE_PATHS
+        if path not in known:
+            raise ValueError(f"unknown engine path {path!r} for {kernels} kernels; expected one of {', '.join(known)}")
+        if kernels == "onednn" and path not in engine_paths():
             raise ValueError(f"engine path {path!r} needs oneDNN kernels this torch build lacks")
-        linears, attention = ENGINE_PATHS[path]
+        linears, attention = known[path]
+        target = None if kernels == "onednn" else device  # where PyTorch's kernels run (None: oneDNN's)
         network = network.float()
 
         def own(tensor: torch.Tensor) -> torch.Tensor:  # a copy, so no tensor keeps the file mapped
-            return tensor.detach().clone()
+            return tensor.detach().clone().to(device)
 
-        self.path = path
+        self.path, self.device = path, device
+        self.split_rows = target is None  # see _EngineBlock
         self.patch_size, self.channels = network.patch_size, network.channels
         # the patch embedding (a stride-p convolution) as one linear layer over flattened patches; it
         # and the output layer run in the precision of the other linear layers
         projection = network.x_embedder.proj
-        self.patch_embed = _linear(linears, projection.weight.flatten(1), projection.bias)
+        self.patch_embed = _linear(linears, projection.weight.flatten(1), projection.bias, None, target)
         self.pos_embed = own(network.pos_embed)
         self.blocks = []
         for index in range(len(network.blocks)):
-            self.blocks.append(_EngineBlock(network.blocks[index], linears, attention))
+            self.blocks.append(_EngineBlock(network.blocks[index], linears, attention, target))
             network.blocks[index] = nn.Identity()  # release the fp32 weights now
         final = network.final_layer
         shift, scale = own(final.adaLN_modulation[1].bias).chunk(2)
         self.final_norm = (1 + scale, shift)
-        self.final_linear = _linear(linears, final.linear.weight, final.linear.bias)
+        self.final_linear = _linear(linears, final.linear.weight, final.linear.bias, None, target)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         p = self.patch_size
         patches = x.float().reshape(batch, channels, height // p, p, width // p, p)
         patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(-1, channels * p * p)  # (N*T, C*p*p), token order
-        tokens = _chunked(self.patch_embed, patches, "none", "", torch.float32)
+        rows = ROW_CHUNK if self.split_rows else None
+        tokens = _chunked(self.patch_embed, patches, "none", "", torch.float32, rows=rows)
         dim = tokens.shape[-1]
         h = (tokens.view(batch, -1, dim) + self.pos_embed).reshape(-1, dim)
         for block in self.blocks:
             h = block(h, batch)
         h = F.layer_norm(h, (dim,), *self.final_norm, eps=1e-6)
-        patches = _chunked(self.final_linear, h, "none", "", torch.float32).view(batch, h.shape[0] // batch, -1)
-        return unpatchify(patches, self.patch_size, self.channels)
+        patches = _chunked(self.final_linear, h, "none", "", torch.float32, rows=rows)
+        return unpatchify(patches.view(batch, h.shape[0] // batch, -1), self.patch_size, self.channels)
 
 
 def block_probe(network: PerturbationDiT, path: str, batch: int = 1):
