@@ -22,7 +22,9 @@ import shutil
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,7 @@ from facedefense.io import (
     LoadedImage,
     check_output_dir,
     collect_images,
+    io_workers,
     iter_images,
     load_image,
     prepare_output_dir,
@@ -379,15 +382,17 @@ def _run(
         finally:
             manifest["images"] = images
 
+    workers = io_workers()
+    writer = _Writer(workers, report.succeeded)
+
     def record(item: LoadedImage, output: Tensor, stats: dict[str, Any], seconds: float, identity: IdentityFiles) -> None:
         target = targets[item.path]
-        save_image(output, target, alpha=item.alpha, icc_profile=item.icc_profile)
         entry: dict[str, Any] = {"input": str(item.path), "output": str(target.relative_to(output_dir))}
         if len(identities) > 1 or identity.subfolder:
             entry["identity"] = identity.name
         entry.update({"width": item.size[1], "height": item.size[0], "input_sha256": _sha256(item.path)})
         entry.update({**stats, "seconds": round(seconds, 4)})
-        report.succeeded.append(entry)
+        writer.submit(entry, save_image, output.detach().cpu(), target, alpha=item.alpha, icc_profile=item.icc_profile)
 
     save_manifest("running")
     total = len(planned)
@@ -399,7 +404,7 @@ def _run(
                 before = len(report.failed)
                 if process_identity is not None:
                     loaded = []
-                    for path, item in iter_images(identity.paths, prefetch=2):
+                    for path, item in iter_images(identity.paths, prefetch=2, workers=workers):
                         if isinstance(item, ImageError):
                             report.failed.append({"input": str(path), "error": str(item)})
                         else:
@@ -417,7 +422,8 @@ def _run(
                         save_manifest("running", every=MANIFEST_INTERVAL)
                 else:
                     assert process_batch is not None
-                    for batch in _batches(iter_images(identity.paths, prefetch=batch_size + 1), batch_size, report.failed):
+                    images = iter_images(identity.paths, prefetch=batch_size + 1, workers=workers)
+                    for batch in _batches(images, batch_size, report.failed):
                         started = time.perf_counter()
                         outputs, stats = process_batch(torch.cat([item.pixels for item in batch]))
                         seconds = (time.perf_counter() - started) / len(batch)
@@ -426,6 +432,7 @@ def _run(
                         files_bar.update(len(batch))
                         save_manifest("running", every=MANIFEST_INTERVAL)
                 files_bar.update(len(report.failed) - before)
+            writer.settle()
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -434,6 +441,7 @@ def _run(
             manifest["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise
         finally:
+            writer.close()  # the manifest lists exactly the files written
             files_bar.close()
             manifest["finished"] = _now()
             try:
@@ -447,6 +455,39 @@ def _run(
         if gathered is not None:
             write_json(merge_manifests(gathered), report.manifest_path)
     return report
+
+
+class _Writer:
+    """Writes output files in ``workers`` threads, at most ``2 * workers`` files behind the caller.
+
+    A file's manifest entry joins ``succeeded`` once the file is written, in submission order; a
+    failed write raises its error (an :class:`OutputError`) from the call that collects it.
+    """
+
+    def __init__(self, workers: int, succeeded: list[dict[str, Any]]) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.pending: deque[tuple[Future[Any], dict[str, Any]]] = deque()
+        self.behind = 2 * workers
+        self.succeeded = succeeded
+
+    def submit(self, entry: dict[str, Any], write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.pending.append((self.pool.submit(write, *args, **kwargs), entry))
+        self.settle(self.behind)
+
+    def settle(self, behind: int = 0) -> None:
+        """Wait until at most ``behind`` writes are pending, recording those done."""
+        while len(self.pending) > behind:
+            future, entry = self.pending.popleft()
+            future.result()
+            self.succeeded.append(entry)
+
+    def close(self) -> None:
+        """Wait for every pending write (after a failure elsewhere: record those that succeeded)."""
+        while self.pending:
+            future, entry = self.pending.popleft()
+            if future.exception() is None:
+                self.succeeded.append(entry)
+        self.pool.shutdown()
 
 
 def _shard(identities: list[IdentityFiles], shard: Any, *, whole: bool) -> list[IdentityFiles]:

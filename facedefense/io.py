@@ -395,8 +395,17 @@ def prepare_output_dir(output: str | Path, inputs: Sequence[Path], *, suffix: st
     return targets
 
 
-def iter_images(paths: Sequence[Path], *, prefetch: int = 2) -> Iterator[tuple[Path, LoadedImage | ImageError]]:
-    """Decode ``paths`` in a background thread, ``prefetch`` images ahead of the consumer.
+def io_workers() -> int:
+    """Threads for decoding and encoding image files: Pillow's PNG/JPEG codecs run without the GIL,
+    so files keep up with a GPU that protects hundreds of photos per second (one thread decodes
+    about 90 and encodes about 25 noisy 512x512 PNGs per second)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def iter_images(
+    paths: Sequence[Path], *, prefetch: int = 2, workers: int = 1
+) -> Iterator[tuple[Path, LoadedImage | ImageError]]:
+    """Decode ``paths`` in ``workers`` background threads, ``prefetch`` images ahead of the consumer.
 
     Yields ``(path, image)`` or ``(path, error)`` in order, so the caller computes while the next
     images decode and reports bad files without stopping.
@@ -408,7 +417,8 @@ def iter_images(paths: Sequence[Path], *, prefetch: int = 2) -> Iterator[tuple[P
         except ImageError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    prefetch = max(prefetch, workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = [pool.submit(decode, p) for p in paths[:prefetch]]
         for index, path in enumerate(paths):
             result = pending.pop(0).result()

@@ -481,16 +481,18 @@ def test_interrupted_run(workspace, command, monkeypatch):
     workspace.freeze()
     from facedefense import io
 
-    calls = []
-    save = io.save_image
+    from facedefense import batch
 
-    def interrupt_second(*args, **kwargs):
+    calls = []
+    checksum = batch._sha256
+
+    def interrupt_second(path):  # Ctrl-C reaches the main thread while it records the second image
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return save(*args, **kwargs)
+        return checksum(path)
 
-    monkeypatch.setattr("facedefense.batch.save_image", interrupt_second)
+    monkeypatch.setattr(batch, "_sha256", interrupt_second)
     out = workspace.root / "out"
     workspace.check(invoke(*COMMANDS[command](workspace.inputs, out)), 130)
     manifest = json.loads((out / "facedefense.json").read_text())
@@ -502,3 +504,30 @@ def test_interrupted_run(workspace, command, monkeypatch):
     workspace.check(invoke(*COMMANDS[command](workspace.inputs, out), "--add"), 0)
     manifest = json.loads((out / "facedefense.json").read_text())
     assert manifest["summary"]["completed"] and manifest["summary"]["processed"] == 3
+
+
+@pytest.mark.parametrize("command", ["protect", "purify"])
+def test_a_failed_write_stops_the_run_and_the_manifest_lists_exactly_the_files_written(workspace, command, monkeypatch):
+    names = [f"{index:02d}" for index in range(12)]
+    for seed, name in enumerate(names):
+        Image.fromarray(rgb(48, 40, seed)).save(workspace.inputs / f"{name}.png")
+    workspace.freeze()
+    from facedefense import batch, io
+    from facedefense.errors import OutputError
+
+    save = io.save_image
+
+    def full_disk_at_the_third(pixels, path, **kwargs):  # runs in a writer thread
+        if Path(path).name == "02.png":
+            raise OutputError(f"{path}: cannot be written (No space left on device)")
+        return save(pixels, path, **kwargs)
+
+    monkeypatch.setattr(batch, "save_image", full_disk_at_the_third)
+    monkeypatch.setattr(batch, "io_workers", lambda: 3)
+    out = workspace.root / "out"
+    workspace.check(invoke(*COMMANDS[command](workspace.inputs, out)), 2, "No space left on device")
+    manifest = json.loads((out / "facedefense.json").read_text())
+    listed = sorted(Path(entry["output"]).name for entry in manifest["images"])
+    assert manifest["status"] == "failed" and "02.png" not in listed and {"00.png", "01.png"} <= set(listed)
+    assert listed == sorted(p.name for p in out.glob("*.png"))  # the writes already under way are kept
+    assert len(listed) < len(names)  # the run stopped: at most 2 x 3 writes ran past the failure
