@@ -10,8 +10,10 @@ scales a tanh), so it travels with the weights: in a sidecar ``<checkpoint>.json
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,6 +172,25 @@ def save_checkpoint(
     return path
 
 
+@contextlib.contextmanager
+def skipped_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s in-place initializers no-ops, for a network built on the meta device
+    whose every tensor a checkpoint replaces: on meta tensors they run PyTorch's reference
+    implementations, whose first use imports ``torch._dynamo`` (1 s of a 2-core CPU, more where
+    nothing is byte-compiled yet)."""
+    import torch.nn.init as init
+
+    names = [name for name in dir(init) if name.endswith("_") and not name.startswith("_") and callable(getattr(init, name))]
+    saved = {name: getattr(init, name) for name in names}
+    for name in names:
+        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
+
+
 def load_network(network: nn.Module, state: dict[str, Tensor], *, method: str, checkpoint: str | Path) -> None:
     """``load_state_dict(strict=True)`` with a one-line error naming what does not match.
 
@@ -251,7 +272,7 @@ def load_defender_network(
         state = {key[len(strip_prefix) :]: value for key, value in state.items() if key.startswith(strip_prefix)}
     trained_eps, source = resolve_budget(method, path, eps, name_pattern)
     architecture = {**(defaults or {}), **sidecar_architecture(path, network_class, method=method)}
-    with torch.device("meta"):
+    with torch.device("meta"), skipped_init():
         network = network_class(**architecture)
     load_network(network, state, method=method, checkpoint=path)
     return LoadedNetwork(network, architecture, trained_eps, source)

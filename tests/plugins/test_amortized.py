@@ -495,6 +495,32 @@ def test_rid_on_a_gpu_runs_the_engine_within_two_gray_levels(rid_checkpoint, fac
         RID(checkpoint=str(path), device="cuda", engine="int8")
 
 
+def test_loading_a_network_does_not_import_the_compiler(rid_checkpoint, gap_checkpoint):
+    """Built on the meta device with initializers skipped: no PyTorch reference kernel runs, so
+    ``torch._dynamo`` (1 s of start-up on a 2-core CPU) is not imported; the initializers come back."""
+    import subprocess
+    import sys
+
+    from facedefense.checkpoints import skipped_init
+
+    script = (
+        "import sys\n"
+        "from facedefense_amortized.rid import RID\n"
+        "from facedefense_amortized.gap_diff import GAPDiff\n"
+        f"RID(checkpoint={str(rid_checkpoint[0])!r}, device='cpu', dtype='float32')\n"
+        f"GAPDiff(checkpoint={str(gap_checkpoint[0])!r}, device='cpu', dtype='float32')\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+    normal = torch.nn.init.normal_
+    with skipped_init():
+        weight = torch.zeros(3)
+        assert torch.nn.init.normal_(weight) is weight and not weight.any()
+    assert torch.nn.init.normal_ is normal
+
+
 def test_int8_dit_matches_the_module(rid_checkpoint):
     from facedefense.checkpoints import read_state_dict
     from facedefense_amortized.networks.dit import DiTEngine, int8_supported

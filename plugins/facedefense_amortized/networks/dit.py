@@ -36,17 +36,20 @@ RID_ARCHITECTURE = {
 
 
 def sincos_position_embedding(dim: int, grid: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embedding (MAE/DiT layout): (grid * grid, dim)."""
+    """Fixed 2-D sine-cosine position embedding (MAE/DiT layout): (grid * grid, dim), float32, on
+    the default device (computed on the CPU: on the meta device PyTorch's reference kernels would
+    import its compiler)."""
     half = dim // 2
-    frequencies = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64) / (half / 2))
-    coordinates = torch.arange(grid, dtype=torch.float64)
+    frequencies = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64, device="cpu") / (half / 2))
+    coordinates = torch.arange(grid, dtype=torch.float64, device="cpu")
     rows, columns = torch.meshgrid(coordinates, coordinates, indexing="ij")
 
     def encode(positions: torch.Tensor) -> torch.Tensor:
         angles = positions.reshape(-1, 1) * frequencies.reshape(1, -1)
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    return torch.cat([encode(columns), encode(rows)], dim=1).float()
+    embedding = torch.cat([encode(columns), encode(rows)], dim=1).float()
+    return embedding.to(torch.empty(0).device)  # the device of an enclosing ``with torch.device(...)``
 
 
 class PatchEmbed(nn.Module):
