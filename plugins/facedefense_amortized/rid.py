@@ -166,13 +166,16 @@ class RID(AmortizedDefender):
         """Pick and build the inference engine (see :attr:`RIDConfig.engine`); sets ``self.path``."""
         import torch
 
-        from facedefense_amortized.networks.dit import TORCH_ENGINE_PATHS, DiTEngine, engine_paths
+        from facedefense_amortized.networks.dit import ENGINE_PATHS, TORCH_ENGINE_PATHS, DiTEngine, engine_paths
 
         engine, on_cpu = self.config.engine, self.device.type == "cpu"
         available = engine_paths() if on_cpu else list(TORCH_ENGINE_PATHS)
         if engine not in ("auto", "module"):
             if engine not in available:
-                where = "this torch build's oneDNN kernels" if on_cpu else "the CPU"
+                if not on_cpu:
+                    where = "the CPU"
+                else:
+                    where = "this torch build's oneDNN kernels" if engine in ENGINE_PATHS else "a GPU"
                 raise ConfigError(
                     f"rid: engine={engine} needs {where} (available on {self.device.type}: "
                     f"{', '.join(available) or 'none'}); use -o engine=auto or -o engine=module"

@@ -470,6 +470,8 @@ def test_dit_engine_on_pytorch_kernels_matches_the_module(rid_checkpoint):
         DiTEngine(_loaded(path), "int8", kernels="torch")
     with pytest.raises(ValueError, match="'onednn' \\(CPU only\\)"):
         DiTEngine(_loaded(path), "float32", device="meta", kernels="onednn")
+    with pytest.raises(ConfigError, match="engine=float16 needs a GPU"):
+        RID(checkpoint=str(path), device="cpu", engine="float16")
 
 
 def _loaded(path) -> PerturbationDiT:

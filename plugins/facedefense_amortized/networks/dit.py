@@ -493,7 +493,7 @@ class _EngineBlock:
 
 
 class DiTEngine:
-    """CPU inference engine for a :class:`PerturbationDiT`: same function, several numeric paths.
+    """Inference engine for a :class:`PerturbationDiT`: same function, several numeric paths.
 
     The constant adaLN modulations become layer-norm affines, the gates are folded into the rows of
     the attention output and second MLP layers, GELU is fused into the first MLP layer, and the
@@ -507,6 +507,10 @@ class DiTEngine:
     patches) and the output layer run in the linear layers' precision; in the int8 paths the fused
     GELU takes its erf form (:data:`GELU_INT8`). Which path is fastest depends on the CPU:
     ``--dtype auto`` measures them (:mod:`facedefense.autotune`).
+
+    Off the CPU (``kernels="torch"``, the default there) the same folded form runs on PyTorch's own
+    kernels on ``device``: whole-batch products, fused (flash) attention, paths
+    :data:`TORCH_ENGINE_PATHS`. ``kernels="torch"`` also runs on the CPU (how the tests check it).
 
     ``network`` is consumed: its blocks are released one by one as they are converted, so the fp32
     weights and the engine's are never both held in full (nor is a memory-mapped checkpoint kept
