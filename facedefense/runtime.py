@@ -72,15 +72,40 @@ def keep_freed_memory() -> bool:
     return all(libc.mallopt(parameter, value) == 1 for parameter, value in settings)
 
 
-@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has bf16 matrix units (AMX-BF16). AVX512-BF16 alone measured slower than fp32."""
+    from facedefense.autotune import cpu_info
+
+    return "amx_bf16" in cpu_info()["flags"]
+
+
+def cpu_runs_int8_exactly() -> bool:
+    """Whether the CPU has int8 dot-product instructions (VNNI or AMX-INT8; ARM's are not oneDNN's x86 path).
+
+    Without them oneDNN multiplies uint8 activations by int8 weights with ``vpmaddubsw``, whose
+    pairwise sums saturate at 16 bits: measured on an AVX2-only AMD EPYC, RID's int8 engine drifted
+    7 gray levels from the fp32 network (within 1 elsewhere). The int8 engines are left out there.
+    """
+    from facedefense.autotune import cpu_info
+
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_info()["flags"]))
+
+
+@functools.cache
+def cpu_runs_onednn_bf16() -> bool:
+    """Whether this CPU runs oneDNN's bf16 kernels (prepacked bf16 linear layers and convolutions).
+
+    PyTorch refuses them ("bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and
+    avx512dq") on CPUs with AVX2 only, such as many AMD EPYC and older Intel processors; the engines
+    of the amortized defenders leave their bf16 paths out there.
+    """
+    import torch
+
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = handle.read()
-    except OSError:
+        return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+    except RuntimeError:
         return False
-    return "amx_bf16" in flags
 
 
 def resolve_dtype(dtype: str, device: torch.device, *, cpu_bf16: bool = True) -> torch.dtype:

@@ -108,6 +108,7 @@ class GAPDiff(AmortizedDefender):
         from facedefense_amortized.networks.gap_generator import (
             FOLDED_PRECISIONS,
             FoldedGAPGenerator,
+            folded_precisions,
             folding_supported,
             int8_convolution_supported,
         )
@@ -140,14 +141,19 @@ class GAPDiff(AmortizedDefender):
                 "use -o engine=module"
             )
         if engine.startswith("int8") and not int8_convolution_supported():
-            raise ConfigError(f"gap_diff: engine={engine} needs oneDNN's int8 convolutions (x86 CPUs); use -o engine=auto")
+            raise ConfigError(f"gap_diff: engine={engine} needs oneDNN's int8 convolutions and a CPU with VNNI or AMX-INT8 (x86); use -o engine=auto")
+        if engine in FOLDED_PRECISIONS and engine not in folded_precisions():
+            raise ConfigError(
+                f"gap_diff: engine={engine} needs oneDNN's bf16 kernels, which this CPU lacks (AVX-512 BW/VL/DQ "
+                f"or AVX-NE-CONVERT); available: {', '.join(folded_precisions())}"
+            )
         if engine != "module" and on_cpu and not self.config.train_mode and folding_supported():
             built: dict[str, FoldedGAPGenerator] = {}
             name = str(self.engine_dtype).removeprefix("torch.") if engine == "auto" else engine
             if engine == "auto" and self.config.dtype == "auto":
                 self.choice = self._measure(built)
                 name = self.choice.name
-            if name in FOLDED_PRECISIONS:
+            if name in folded_precisions():
                 self.engine = built.get(name) or FoldedGAPGenerator(self.network.float(), name)
                 self.engine_dtype = self.engine.dtype
                 self.path = f"folded {name}"

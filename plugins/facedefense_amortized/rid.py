@@ -174,8 +174,10 @@ class RID(AmortizedDefender):
             if engine not in available:
                 if not on_cpu:
                     where = "the CPU"
+                elif engine in ENGINE_PATHS:
+                    where = "oneDNN kernels that this torch build or CPU lacks (bf16: AVX-512 BW/VL/DQ or AVX-NE-CONVERT; int8: VNNI or AMX)"
                 else:
-                    where = "this torch build's oneDNN kernels" if engine in ENGINE_PATHS else "a GPU"
+                    where = "a GPU"
                 raise ConfigError(
                     f"rid: engine={engine} needs {where} (available on {self.device.type}: "
                     f"{', '.join(available) or 'none'}); use -o engine=auto or -o engine=module"

@@ -248,9 +248,12 @@ TORCH_ENGINE_PATHS = {
 
 
 def int8_supported() -> bool:
-    """Whether this torch build has oneDNN's int8 linear kernels (x86 CPUs)."""
+    """Whether this torch build has oneDNN's int8 linear kernels and the CPU runs them without
+    saturating (:func:`facedefense.runtime.cpu_runs_int8_exactly`)."""
+    from facedefense.runtime import cpu_runs_int8_exactly
+
     ops = torch.ops.onednn
-    return torch.backends.mkldnn.is_available() and all(
+    return torch.backends.mkldnn.is_available() and cpu_runs_int8_exactly() and all(
         hasattr(ops, name) for name in ("qlinear_prepack", "qlinear_pointwise")
     )
 
@@ -264,13 +267,17 @@ def onednn_linear_supported() -> bool:
 
 
 def engine_paths() -> list[str]:
-    """The engine paths this torch build can run, best guess first."""
+    """The engine paths this torch build and CPU can run, best guess first (the bf16 ones need
+    :func:`facedefense.runtime.cpu_runs_onednn_bf16`)."""
+    from facedefense.runtime import cpu_runs_onednn_bf16
+
     paths = []
     if int8_supported():
         paths += ["int8", "int8+bf16"]
     if onednn_linear_supported():
         paths += ["bfloat16", "float32"]
-    return paths
+    bf16 = cpu_runs_onednn_bf16()
+    return [path for path in paths if bf16 or "bf16" not in path and path != "bfloat16"]
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
@@ -532,7 +539,7 @@ class DiTEngine:
         if path not in known:
             raise ValueError(f"unknown engine path {path!r} for {kernels} kernels; expected one of {', '.join(known)}")
         if kernels == "onednn" and path not in engine_paths():
-            raise ValueError(f"engine path {path!r} needs oneDNN kernels this torch build lacks")
+            raise ValueError(f"engine path {path!r} needs oneDNN kernels this torch build or CPU lacks")
         linears, attention = known[path]
         target = None if kernels == "onednn" else device  # where PyTorch's kernels run (None: oneDNN's)
         network = network.float()

@@ -117,17 +117,24 @@ def folding_supported() -> bool:
 
 
 def int8_convolution_supported() -> bool:
-    """Whether this torch build has oneDNN's int8 convolution kernels (x86 CPUs)."""
+    """Whether this torch build has oneDNN's int8 convolution kernels and the CPU runs them without
+    saturating (:func:`facedefense.runtime.cpu_runs_int8_exactly`)."""
+    from facedefense.runtime import cpu_runs_int8_exactly
+
     ops = torch.ops.onednn
-    return torch.backends.mkldnn.is_available() and all(hasattr(ops, n) for n in ("qconv_prepack", "qconv2d_pointwise"))
+    return torch.backends.mkldnn.is_available() and cpu_runs_int8_exactly() and all(hasattr(ops, n) for n in ("qconv_prepack", "qconv2d_pointwise"))
 
 
 def folded_precisions() -> list[str]:
-    """The :class:`FoldedGAPGenerator` precisions this torch build can run (int8 ones need oneDNN's
-    int8 convolutions, x86 CPUs); empty without oneDNN."""
+    """The :class:`FoldedGAPGenerator` precisions this torch build and CPU can run (int8 ones need
+    oneDNN's int8 convolutions, x86 CPUs; bf16 ones :func:`facedefense.runtime.cpu_runs_onednn_bf16`);
+    empty without oneDNN."""
+    from facedefense.runtime import cpu_runs_onednn_bf16
+
     if not folding_supported():
         return []
-    return ["float32", "bfloat16"] + (["int8", "int8+bf16"] if int8_convolution_supported() else [])
+    names = ["float32", "bfloat16"] + (["int8", "int8+bf16"] if int8_convolution_supported() else [])
+    return [name for name in names if cpu_runs_onednn_bf16() or "bf" not in name]
 
 
 def _folded(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
