@@ -159,7 +159,9 @@ def evaluate_identities(
     single folder of images this is :func:`evaluate_folder` plus ``"identities"``.
 
     Args:
-        generated, reference, metrics: as :func:`evaluate_folder`.
+        generated: as :func:`evaluate_folder`.
+        reference: as :func:`evaluate_folder`.
+        metrics: as :func:`evaluate_folder`.
         kwargs: ``prompts``, ``options``, ``device``, ``match`` of :func:`evaluate_folder`.
 
     Returns:

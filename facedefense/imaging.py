@@ -93,7 +93,7 @@ def as_image_list(images: Tensor | Sequence[Tensor], name: str = "images") -> li
     Raises:
         ImageError: an item breaks the image contract, or nothing was given.
 
-    Example:
+    Examples:
         >>> [tuple(x.shape) for x in as_image_list([torch.rand(3, 8, 8), torch.rand(1, 3, 4, 6)])]
         [(3, 8, 8), (3, 4, 6)]
     """

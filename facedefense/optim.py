@@ -38,7 +38,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 def step_size_at(step_size: float, step: int, total: int, schedule: Schedule = "constant") -> float:
     """Size of step ``step`` (0-based) of ``total``: constant, linear or cosine decay to 1/100.
 
-    Example:
+    Examples:
         >>> [round(step_size_at(1.0, i, 3, "linear"), 2) for i in range(3)]
         [1.0, 0.67, 0.34]
     """

@@ -32,7 +32,8 @@ def sample_timesteps(
         count: how many (one per image).
         generator: randomness; draws happen on its device.
         device: where the result goes.
-        low, high: a sub-range, e.g. Mist/SDS-style attacks restricted to t in [low, high).
+        low: the sub-range's first timestep, e.g. Mist/SDS-style attacks restricted to t in [low, high).
+        high: one past the sub-range's last timestep (default T).
 
     Example:
         >>> sample_timesteps(parts.scheduler, 4, generator=torch.Generator().manual_seed(0))
