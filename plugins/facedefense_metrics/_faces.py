@@ -19,8 +19,11 @@ class FaceMetricConfig(MetricConfig):
         detector: dlib detector, ``"hog"`` (default) or ``"cnn"``.
         upsample: times dlib upsamples the image before detecting (0: faces from about 80 px).
         weights: embedding weights of the ``arcface`` backend (``recognition_arcface_ir_se50.pth``).
-        detector_weights: RetinaFace weights of the ``retinaface``/``arcface`` backends
+        detector_weights: RetinaFace weights of the ``retinaface``/``arcface``/``vgg_face`` backends
             (``detection_Resnet50_Final.pth``).
+        detector_threshold: minimum RetinaFace face confidence in [0, 1] (``retinaface``,
+            ``arcface`` backends); default 0.9, the Anti-DreamBooth protocol's (deepface's
+            ``RetinaFaceWrapper.detect_face``; facexlib's own default is 0.8).
     """
 
     backend: str = "dlib"
@@ -28,6 +31,7 @@ class FaceMetricConfig(MetricConfig):
     upsample: int = 0
     weights: str | None = None
     detector_weights: str | None = None
+    detector_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +43,8 @@ class FaceMetricConfig(MetricConfig):
             raise ConfigError(f"detector must be 'hog' or 'cnn', got '{self.detector}'")
         if self.upsample < 0:
             raise ConfigError(f"upsample must be >= 0, got {self.upsample}")
+        if not 0.0 <= self.detector_threshold < 1.0:
+            raise ConfigError(f"detector_threshold must be in [0, 1), got {self.detector_threshold}")
 
 
 def make_backend(metric, *, embed: bool):
@@ -53,6 +59,7 @@ def make_backend(metric, *, embed: bool):
         device=str(metric.device),
         weights=config.weights,
         detector_weights=config.detector_weights,
+        threshold=config.detector_threshold,
     )
     if embed and not backend.can_embed:
         raise ConfigError(f"{metric.name}: backend '{config.backend}' has no identity embedding; use dlib or dlib_torch")

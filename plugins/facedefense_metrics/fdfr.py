@@ -15,7 +15,8 @@ class FDFR(Metric):
     """Share of images in which the face backend finds no face; per image 1 (no face) or 0.
 
     A protection against personalization works when the faces the attacker's model generates are
-    broken: FDFR rises. The backend (``-o backend=dlib|dlib_torch|mtcnn``) is named in the details.
+    broken: FDFR rises. The backend (``-o backend=``) is named in the details; RetinaFace-based
+    backends keep faces above ``detector_threshold`` (default 0.9, Anti-DreamBooth's).
 
     Shape:
         images: any number, any sizes, (3, H, W) in [0, 1] -> one 0/1 value each; value = the rate.
@@ -24,8 +25,9 @@ class FDFR(Metric):
         >>> FDFR().compute(generated).value
         0.25
 
-    Differences from the reference code: Anti-DreamBooth detects with RetinaFace (deepface); the
-    default here is dlib's HOG detector, the real detector that ships offline.
+    Differences from the reference code: Anti-DreamBooth detects with RetinaFace (deepface, threshold
+    0.9); the default here is dlib's HOG detector, the real detector that ships offline
+    (``backend=retinaface`` with weights by path for the protocol's).
     """
 
     name: ClassVar[str] = "fdfr"

@@ -68,8 +68,8 @@ class LIQEConfig(MetricConfig):
 class LIQE(Metric):
     """Expected quality level (1 bad ... 5 perfect) from CLIP's joint correspondence with 495 prompts
     "a photo of a {scene} with {distortion} artifacts, which is of {quality} quality": the
-    probabilities, averaged over 15 evenly spaced 224x224 patches (stride 32), are summed over
-    scenes and distortions, and LIQE = sum_q q p(q). Higher is better quality; lower means
+    logits, averaged over 15 evenly spaced 224x224 patches (stride 32), go through a softmax, the
+    probabilities are summed over scenes and distortions, and LIQE = sum_q q p(q). Higher is better quality; lower means
     *protected*.
 
     Shape:

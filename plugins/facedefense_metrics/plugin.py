@@ -25,6 +25,6 @@ def register_metrics(register):
 def register_models(register):
     register("dlib_torch", "facedefense_metrics.faces.dlib_torch:build", summary="dlib's 128-D face-recognition ResNet in torch (differentiable face chips)")
     register("lpips", "facedefense_metrics.lpips:build", summary="lpips.LPIPS with a torchvision backbone loaded from a file")
-    register("inception_v3", "facedefense_metrics.fid:build", summary="torchvision Inception-v3 2048-D pool features (FID)")
+    register("inception_v3", "facedefense_metrics.fid:build", summary="Inception-v3 2048-D pool features for FID: pytorch-fid's FID-Inception (network=pytorch_fid) or torchvision's")
     register("liqe", "facedefense_metrics.liqe:build", summary="LIQE's fine-tuned CLIP ViT-B/32 with its 495 prompt embeddings")
     register("clip", "facedefense_metrics._clip:build", summary="open_clip model from a weights file (CLIP-S, CLIP-I)")

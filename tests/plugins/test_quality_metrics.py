@@ -1,5 +1,6 @@
-"""Quality and distance metrics: L-infinity, BRISQUE (the brisque package's SVM), LPIPS, FID and
-CLIP-S/CLIP-I (random weights: plumbing only), and their missing-weights errors."""
+"""Quality and distance metrics: L-infinity, BRISQUE (the brisque package's SVM), LPIPS and
+CLIP-S/CLIP-I (random weights: plumbing only), and their missing-weights errors (FID:
+test_fid_and_quality_formulas.py)."""
 
 from __future__ import annotations
 
@@ -101,37 +102,6 @@ def test_lpips_missing_backbone_names_the_file(tmp_path, monkeypatch):
         LPIPS(device="cpu", weights=str(tmp_path / "absent.pth")).compute(image, image)
 
 
-def test_fid_is_zero_for_the_same_set_and_grows_with_distortion(monkeypatch):
-    """FID's plumbing on a stub feature network (a random-weight Inception takes ~20 s here and gives
-    vanishing features); the distance itself is checked against scipy below."""
-    import torch.nn.functional as F
-
-    from facedefense import models
-    from facedefense.testing.tiny_models import sample_faces
-    from facedefense_metrics.fid import FID
-
-    class Stub(torch.nn.Module):
-        def forward(self, x):
-            assert x.shape[-2:] == (299, 299) and x.min() >= -1 and x.max() <= 1
-            return F.adaptive_avg_pool2d(x, (16, 16)).flatten(1)[:, :2048].repeat(1, 3)[:, :2048]
-
-    monkeypatch.setattr(models, "shared_model", lambda *a, **k: Stub())
-    metric = FID(device="cpu", weights="random")
-    faces = sample_faces(3, 48)
-    same, different = metric.compute(faces, faces), metric.compute(faces, [1 - f for f in faces[:2]])
-    assert same.value == pytest.approx(0.0, abs=1e-6) and different.value > 1.0
-    assert same.per_image is None and same.protected_if == "higher"
-
-
-def test_fid_missing_weights_names_the_file(tmp_path, monkeypatch):
-    from facedefense.testing.tiny_models import sample_faces
-    from facedefense_metrics.fid import FID
-
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(ModelNotFoundError, match="inception_v3_google-0cc3c7bd.pth"):
-        FID(device="cpu").compute(sample_faces(2, 32), sample_faces(2, 32))
-
-
 class TestCLIPImage(MetricContract):
     registry_name = "clip_i"
 
@@ -202,17 +172,3 @@ def test_liqe_without_its_checkpoint_names_the_file():
 
     with pytest.raises(ModelNotFoundError, match="LIQE.pt"):
         LIQE(device="cpu").compute(sample_faces(1, 64))
-
-
-def test_frechet_distance_matches_the_matrix_square_root_formula():
-    import numpy as np
-    from scipy import linalg
-
-    from facedefense_metrics.fid import frechet_distance
-
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(6, 20)), rng.normal(1.0, 2.0, size=(5, 20))
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca + cb) - 2 * np.trace(linalg.sqrtm(ca @ cb).real)
-    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
-    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)

@@ -3,7 +3,8 @@
 One file per backend. ``dlib`` wraps dlib itself (detector, 5-point landmarks, 128-D embedding);
 ``dlib_torch`` is a torch port of dlib's embedding network that needs no dlib at run time (batched,
 differentiable); ``mtcnn`` is facenet-pytorch's detector; ``retinaface`` and ``arcface`` (RetinaFace + ArcFace, the
-papers' models) are facexlib's architectures with weights given by path. :func:`get_backend` builds one by name.
+papers' models) are facexlib's architectures with weights given by path; ``vgg_face`` is RetinaFace +
+deepface's VGG-Face (MetaCloak's identity model), weights by path. :func:`get_backend` builds one by name.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ BACKENDS = {
     "mtcnn": "facedefense_metrics.faces.mtcnn:MTCNNBackend",
     "retinaface": "facedefense_metrics.faces.retinaface:RetinaFaceBackend",
     "arcface": "facedefense_metrics.faces.arcface:ArcFaceBackend",
+    "vgg_face": "facedefense_metrics.faces.vgg_face:VGGFaceBackend",
 }
 
 

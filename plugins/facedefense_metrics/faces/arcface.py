@@ -60,18 +60,20 @@ class ArcFaceBackend(FaceBackend):
 
     Args:
         weights: ArcFace ``recognition_arcface_ir_se50.pth`` (default: torch's hub cache; ``"random"``: tests).
-        detector_weights: RetinaFace weights (see :class:`~facedefense_metrics.faces.retinaface.RetinaFaceBackend`).
+        detector_weights, threshold: RetinaFace weights and minimum face confidence (see `RetinaFaceBackend`).
         device: where both networks run.
     """
 
     name: ClassVar[str] = "arcface"
     can_embed: ClassVar[bool] = True
 
-    def __init__(self, weights: str | None = None, detector_weights: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, weights: str | None = None, detector_weights: str | None = None, threshold: float = 0.9, device: str = "cpu"
+    ) -> None:
         from facedefense_metrics.faces.retinaface import RetinaFaceBackend
 
         self.model = _network(weights, device)
-        self.detector = RetinaFaceBackend(detector_weights=detector_weights, device=device)
+        self.detector = RetinaFaceBackend(detector_weights=detector_weights, threshold=threshold, device=device)
         self.device = device
 
     def detect(self, image: Tensor) -> list[Face]:
@@ -90,3 +92,12 @@ class ArcFaceBackend(FaceBackend):
         for (index, _), embedding in zip(found, embeddings):
             out[index] = embedding
         return out
+
+    def embed_whole(self, images: Sequence[Tensor]) -> list[Tensor]:
+        import torch
+
+        from facedefense.imaging import resize
+
+        crops = torch.cat([resize(image[None], (112, 112)) for image in images]).to(self.device)
+        with torch.no_grad():
+            return list(self.model(crops * 2 - 1).cpu())

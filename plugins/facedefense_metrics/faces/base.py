@@ -52,6 +52,14 @@ class FaceBackend(abc.ABC):
 
         raise ConfigError(f"face backend '{self.name}' detects faces but has no identity embedding")
 
+    def embed_whole(self, images: Sequence[Tensor]) -> list[Tensor]:
+        """Identity embedding (D,) of each whole image, resized to the network's input without
+        detection or alignment: what deepface embeds with ``enforce_detection=False`` when it finds
+        no face, and how FR scores an edit whose face is gone (FaceLock scores every edit)."""
+        from facedefense.errors import ConfigError
+
+        raise ConfigError(f"face backend '{self.name}' detects faces but has no identity embedding")
+
 
 def to_uint8_hwc(image: Tensor):
     """(3, H, W) float in [0, 1] -> contiguous (H, W, 3) uint8 numpy array (what dlib and cv2 read)."""

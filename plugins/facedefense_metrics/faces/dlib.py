@@ -134,3 +134,13 @@ class DlibBackend(FaceBackend):
             descriptor = recognizer.compute_face_descriptor(array, shapes[0][2], 0, self.padding)
             out.append(torch.tensor(list(descriptor), dtype=torch.float32))
         return out
+
+    def embed_whole(self, images: Sequence[Tensor]) -> list[Tensor]:
+        import torch
+
+        from facedefense.imaging import resize
+        from facedefense_metrics.faces.dlib_torch import CHIP_SIZE
+
+        recognizer = _recognizer()
+        chips = [to_uint8_hwc(resize(image[None], (CHIP_SIZE, CHIP_SIZE))[0]) for image in images]
+        return [torch.tensor(list(recognizer.compute_face_descriptor(chip)), dtype=torch.float32) for chip in chips]

@@ -490,3 +490,14 @@ class DlibTorchBackend(FaceBackend):
                 for (index, _), descriptor in zip(found[start : start + batch_size], descriptors):
                     out[index] = descriptor
         return out
+
+    def embed_whole(self, images: Sequence[Tensor]) -> list[Tensor]:
+        import torch
+
+        from facedefense.imaging import resize
+        from facedefense.models import shared_model
+
+        embedder = shared_model("dlib_torch", path=self.path, device=self.device)
+        chips = torch.cat([resize(image[None], (CHIP_SIZE, CHIP_SIZE)) for image in images]).to(embedder.mean.device)
+        with torch.no_grad():
+            return list(embedder(chips).cpu())

@@ -49,7 +49,8 @@ class RetinaFaceBackend(FaceBackend):
     Args:
         detector_weights: the ``.pth`` file (default: torch's hub cache); ``"random"`` for tests.
         network: ``"resnet50"`` (default) or ``"mobile0.25"``.
-        threshold: minimum face confidence (default 0.8, facexlib's).
+        threshold: minimum face confidence (default 0.9, the Anti-DreamBooth protocol's: deepface's
+            ``RetinaFaceWrapper`` calls ``detect_faces(..., threshold=0.9)``; facexlib's default is 0.8).
         device: where the network runs.
 
     Example:
@@ -58,7 +59,7 @@ class RetinaFaceBackend(FaceBackend):
 
     name: ClassVar[str] = "retinaface"
 
-    def __init__(self, detector_weights: str | None = None, network: str = "resnet50", threshold: float = 0.8, device: str = "cpu") -> None:
+    def __init__(self, detector_weights: str | None = None, network: str = "resnet50", threshold: float = 0.9, device: str = "cpu") -> None:
         if network not in WEIGHTS:
             raise ConfigError(f"retinaface network must be one of {', '.join(WEIGHTS)}, got '{network}'")
         self.model = _network(network, detector_weights, device)
