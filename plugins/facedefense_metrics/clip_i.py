@@ -1,12 +1,12 @@
 """CLIP-I: image-image CLIP similarity between each image and its reference (as in DreamBooth,
-Ruiz et al., CVPR 2023, and FaceLock's evaluation)."""
+Ruiz et al., CVPR 2023, and FaceLock's ``evaluation/eval_clip_i.py``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
 from facedefense.interfaces import PairedMetric
-from facedefense_metrics.clip_s import CLIPConfig
+from facedefense_metrics._clip import CLIPConfig
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -16,13 +16,11 @@ class CLIPImage(PairedMetric):
     """Cosine similarity of the CLIP embeddings of each image and its paired reference (in [-1, 1]).
 
     Shape:
-        images, references: N pairs (any sizes; each is resized to CLIP's input) -> N values.
+        images, references: N pairs (same sizes; each goes through CLIP's preprocessing) -> N values.
 
     Example:
         >>> CLIPImage(weights="ViT-B-32.pt").compute(edits, references=photos).value
         0.82
-
-    Differences from the reference code: none beyond the weights coming from a file.
     """
 
     name: ClassVar[str] = "clip_i"
@@ -30,8 +28,7 @@ class CLIPImage(PairedMetric):
     higher_is_better: ClassVar[bool] = True
 
     def _pairs(self, images: Tensor, references: Tensor) -> Tensor:
-        from facedefense.models import shared_model
-        from facedefense_metrics._clip import image_features
+        from facedefense_metrics._clip import clip_model, image_features
 
-        model = shared_model("clip", path=self.config.weights, device=self.device, architecture=self.config.architecture)
+        model = clip_model(self)
         return (image_features(model, images) * image_features(model, references)).sum(-1)

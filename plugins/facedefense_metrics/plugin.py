@@ -15,8 +15,9 @@ def register_metrics(register):
     register("brisque", "facedefense_metrics.brisque:BRISQUE", summary="BRISQUE no-reference quality (brisque package's SVM; lower is better)")
     register("lpips", "facedefense_metrics.lpips:LPIPS", summary="LPIPS perceptual distance (lpips package; backbone weights by path)", tags=("needs_model",))
     register("fid", "facedefense_metrics.fid:FID", summary="Frechet Inception distance between the image set and the reference set", tags=("needs_model",))
-    register("clip_s", "facedefense_metrics.clip_s:CLIPScore", summary="CLIP text-image similarity to the prompt (weights by path)", tags=("needs_model",))
-    register("clip_iqa", "facedefense_metrics.clip_iqa:CLIPIQA", summary="CLIP-IQA zero-shot quality: CLIP's preference for 'Good photo.' over 'Bad photo.'", tags=("needs_model",))
+    register("clip_s", "facedefense_metrics.clip_s:CLIPScore", summary="FaceLock's directional CLIP-S: cosine of each edit's CLIP change from its source with the instruction (weights by path)", tags=("needs_model",))
+    register("clip_t", "facedefense_metrics.clip_t:CLIPText", summary="CLIP-T: CLIP text-image similarity to the prompt (weights by path)", tags=("needs_model",))
+    register("clip_iqa", "facedefense_metrics.clip_iqa:CLIPIQA", summary="CLIP-IQA zero-shot quality as pyiqa's clipiqa: RN50 at the image's size, five good/bad prompt pairs", tags=("needs_model",))
     register("liqe", "facedefense_metrics.liqe:LIQE", summary="LIQE quality 1-5 from CLIP vision-language correspondence (LIQE.pt by path)", tags=("needs_model",))
     register("clip_i", "facedefense_metrics.clip_i:CLIPImage", summary="CLIP image-image similarity to the paired reference (weights by path)", tags=("needs_model",))
 
@@ -27,4 +28,4 @@ def register_models(register):
     register("lpips", "facedefense_metrics.lpips:build", summary="lpips.LPIPS with a torchvision backbone loaded from a file")
     register("inception_v3", "facedefense_metrics.fid:build", summary="Inception-v3 2048-D pool features for FID: pytorch-fid's FID-Inception (network=pytorch_fid) or torchvision's")
     register("liqe", "facedefense_metrics.liqe:build", summary="LIQE's fine-tuned CLIP ViT-B/32 with its 495 prompt embeddings")
-    register("clip", "facedefense_metrics._clip:build", summary="open_clip model from a weights file (CLIP-S, CLIP-I)")
+    register("clip", "facedefense_metrics._clip:build", summary="open_clip model from a weights file, activation as the checkpoint (CLIP-S, CLIP-T, CLIP-I, CLIP-IQA)")

@@ -1,5 +1,5 @@
 """Quality and distance metrics: L-infinity, BRISQUE (the brisque package's SVM), LPIPS and
-CLIP-S/CLIP-I (random weights: plumbing only), and their missing-weights errors (FID:
+their missing-weights errors (CLIP metrics: test_clip_metrics.py; FID:
 test_fid_and_quality_formulas.py)."""
 
 from __future__ import annotations
@@ -11,28 +11,6 @@ import torch
 
 from facedefense.errors import ModelNotFoundError
 from facedefense.testing.contracts import MetricContract
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
-}
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory) -> str:
-    """Register a tiny open_clip architecture (random weights: plumbing only) and return its name."""
-    import json
-
-    from facedefense._compat.torchvision_ops import ensure_torchvision_importable
-
-    ensure_torchvision_importable()
-    import open_clip
-
-    path = tmp_path_factory.mktemp("clip") / "facedefense-tiny-clip.json"
-    path.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(path)
-    return "facedefense-tiny-clip"
 
 
 def astronaut() -> torch.Tensor:
@@ -100,44 +78,6 @@ def test_lpips_missing_backbone_names_the_file(tmp_path, monkeypatch):
         LPIPS(device="cpu").compute(image, image)
     with pytest.raises(ModelNotFoundError, match="absent.pth"):
         LPIPS(device="cpu", weights=str(tmp_path / "absent.pth")).compute(image, image)
-
-
-class TestCLIPImage(MetricContract):
-    registry_name = "clip_i"
-
-    def make_method(self, request):
-        from facedefense_metrics.clip_i import CLIPImage
-
-        return CLIPImage(device="cpu", weights="random", architecture=request.getfixturevalue("tiny_clip"))
-
-
-class TestCLIPScore(MetricContract):
-    registry_name = "clip_s"
-
-    def make_method(self, request):
-        from facedefense_metrics.clip_s import CLIPScore
-
-        return CLIPScore(device="cpu", weights="random", architecture=request.getfixturevalue("tiny_clip"))
-
-
-def test_clip_s_scores_each_image_against_its_prompt_and_needs_weights(tiny_clip):
-    from facedefense.testing.tiny_models import sample_faces
-    from facedefense_metrics.clip_s import CLIPScore
-
-    faces = sample_faces(2, 64)
-    result = CLIPScore(device="cpu", weights="random", architecture=tiny_clip).compute(faces, prompts=["a photo of a person", "a dog"])
-    assert len(result.per_image) == 2 and all(-1 <= v <= 1 for v in result.per_image)
-    assert result.per_image[0] != result.per_image[1]
-    with pytest.raises(ModelNotFoundError, match="ViT-B-32"):
-        CLIPScore(device="cpu").compute(faces, prompts="a photo")
-
-
-def test_clip_iqa_is_a_probability_per_image(tiny_clip):
-    from facedefense.testing.tiny_models import sample_faces
-    from facedefense_metrics.clip_iqa import CLIPIQA
-
-    result = CLIPIQA(device="cpu", weights="random", architecture=tiny_clip).compute(sample_faces(2, 64))
-    assert all(0.0 <= v <= 1.0 for v in result.per_image)
 
 
 def test_liqe_averages_patches_and_takes_the_expected_level(monkeypatch):
