@@ -257,23 +257,22 @@ def clip_iqa_by_hand(model, images: torch.Tensor, pairs, pos_embedding: bool) ->
     return logits.view(len(images), len(pairs), 2).softmax(dim=-1)[..., 0].mean(dim=1)
 
 
-@pytest.mark.parametrize("pairs", [PYIQA_PAIRS, PIQ_PAIRS], ids=["pyiqa", "piq"])
-def test_clip_iqa_is_pyiqas_clipiqa_at_the_images_size(openai_resnet, tiny_archs, pairs):
+def test_clip_iqa_is_pyiqas_clipiqa_at_the_images_size(openai_resnet, tiny_archs):
     from facedefense_metrics.clip_iqa import CLIPIQA
 
     path, model = openai_resnet
     images = faces(2, 96, 80, first=4)  # not the model's 64 x 64
     options = {"device": "cpu", "weights": path, "architecture": tiny_archs["resnet"]}
-    if pairs is not PYIQA_PAIRS:
-        options.update(positives=",".join(p for p, _ in pairs), negatives=",".join(n for _, n in pairs))
-    for pos_embedding in (False, True):
-        result = CLIPIQA(**options, pos_embedding=pos_embedding).compute(images)
+    piq = {"positives": "Good photo.", "negatives": "Bad photo."}
+    for pairs, pos_embedding, prompts in ((PYIQA_PAIRS, False, {}), (PYIQA_PAIRS, True, {}), (PIQ_PAIRS, False, piq)):
+        result = CLIPIQA(**options, **prompts, pos_embedding=pos_embedding).compute(images)
         expected = clip_iqa_by_hand(model, images, pairs, pos_embedding)
         assert result.per_image == pytest.approx(expected.tolist(), abs=1e-5)
-    assert result.details["activation"] == "QuickGELU"
+        assert result.details["activation"] == "QuickGELU"
+    default = CLIPIQA(**options).compute(images).per_image
     resized = F.interpolate(images, size=(64, 64), mode="bicubic", antialias=True).clamp(0, 1)
-    old = clip_iqa_by_hand(model, resized, pairs, pos_embedding=True)  # the old resize to the model's input
-    assert not torch.allclose(torch.tensor(result.per_image), old, atol=1e-4)
+    old = clip_iqa_by_hand(model, resized, PIQ_PAIRS, pos_embedding=True)  # the old: resized, one pair
+    assert not torch.allclose(torch.tensor(default), old, atol=1e-4)
 
 
 def test_clip_iqa_pool_equals_open_clips_at_the_models_size(openai_resnet, tiny_archs):
