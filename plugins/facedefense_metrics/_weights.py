@@ -11,8 +11,17 @@ from facedefense.errors import ModelNotFoundError
 RANDOM = "random"
 
 
-def resolve_weights(path: str | None, filename: str, origin: str, metric: str) -> Path | None:
-    """The weights file to load: ``path``; else ``<torch hub dir>/checkpoints/<filename>``.
+def resolve_weights(path: str | None, filename: str, origin: str, metric: str, option: str = "weights") -> Path | None:
+    """The weights file to load: ``path``; else ``<torch hub dir>/checkpoints/<filename>``, where
+    torchvision and ``torch.hub`` keep what they download (``$TORCH_HOME/hub/checkpoints``, by
+    default ``~/.cache/torch/hub/checkpoints``). Nothing is downloaded.
+
+    Args:
+        path: the file the user gave, None to look in the cache, or ``"random"``.
+        filename: the file's name in the cache (e.g. ``vgg16-397923af.pth``).
+        origin: where the file comes from, for the error message.
+        metric: the method's name, for the error message.
+        option: the option that takes the path (``-o OPTION=PATH`` in the error message).
 
     Returns None when ``path`` is ``"random"``.
 
@@ -32,5 +41,5 @@ def resolve_weights(path: str | None, filename: str, origin: str, metric: str) -
     if candidate.is_file():
         return candidate
     raise ModelNotFoundError(
-        f"{metric} needs {filename} (from {origin}): pass -o weights=PATH or put it in {candidate.parent}"
+        f"{metric} needs {filename} (from {origin}): pass -o {option}=PATH or put it in {candidate.parent}"
     )

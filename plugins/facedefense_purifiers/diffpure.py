@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from facedefense.errors import ConfigError
 from facedefense.interfaces import Purifier, PurifierConfig
@@ -73,23 +73,27 @@ class PixelDenoiser:
 
 
 class Img2ImgDenoiser:
-    """DiffPure in Stable Diffusion's latent space: the diffusers img2img pipeline at ``strength``
-    with a DDPM (ancestral) scheduler, the prompt's embeddings cached.
+    """DiffPure in Stable Diffusion's latent space: the diffusers img2img pipeline at ``strength``,
+    the prompt's embeddings cached.
 
-    ``steps`` is the number of denoising steps actually run (default ``max(1, round(50 *
-    strength))``, what the pipeline's default 50 steps give); the pipeline gets
-    ``ceil(steps / strength)`` inference steps, of which it runs the last ``steps``.
+    ``scheduler``: ``"pipeline"`` keeps the model's own scheduler (RID's ``post_diffpure.py``);
+    ``"ddpm"`` swaps in a ``DDPMScheduler`` of the same noise schedule (ancestral sampling, as
+    DiffPure's reverse process). ``steps`` is the number of denoising steps actually run: the
+    pipeline gets ``ceil(steps / strength)`` inference steps, of which it runs the last ``steps``.
+    None: the pipeline's default 50 inference steps, of which it runs ``int(50 * strength)`` (at
+    least one), as a plain ``pipeline(image=..., strength=...)`` call.
     """
 
     kind = "stable_diffusion"
 
-    def __init__(self, model: str, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, scheduler: str = "pipeline") -> None:
         from diffusers import DDPMScheduler
 
         from facedefense.diffusion import load_pipeline
 
         self.pipeline = load_pipeline(model, "img2img", device=device, dtype=dtype)
-        self.pipeline.scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
+        if scheduler == "ddpm":
+            self.pipeline.scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
         self.device = device
         self.native = int(self.pipeline.unet.config.sample_size) * self.pipeline.vae_scale_factor
         self.multiple = self.pipeline.vae_scale_factor
@@ -105,8 +109,10 @@ class Img2ImgDenoiser:
         self, images: Tensor, strength: float, steps: int | None, generator: torch.Generator,
         prompt: str = "", guidance_scale: float = 1.0,
     ) -> Tensor:
-        run = steps if steps is not None else max(1, round(50 * strength))
-        total = max(run, math.ceil(run / strength - 1e-6))
+        if steps is None:
+            total = max(50, math.ceil(1 / strength - 1e-6))
+        else:
+            total = max(steps, math.ceil(steps / strength - 1e-6))
         guidance = guidance_scale > 1.0
         positive, negative = self._embed(prompt, guidance)
         count = images.shape[0]
@@ -123,11 +129,16 @@ class Img2ImgDenoiser:
         return out.float().clamp(0.0, 1.0)
 
 
-def load_denoiser(model: str, device: torch.device, dtype: torch.dtype) -> PixelDenoiser | Img2ImgDenoiser:
-    """The pixel DDPM denoiser for a ``UNet2DModel`` folder, else the Stable Diffusion img2img one."""
+def load_denoiser(
+    model: str, device: torch.device, dtype: torch.dtype, scheduler: str = "pipeline"
+) -> PixelDenoiser | Img2ImgDenoiser:
+    """The pixel DDPM denoiser for a ``UNet2DModel`` folder, else the Stable Diffusion img2img one
+    (with ``scheduler``, see `Img2ImgDenoiser`)."""
     from facedefense.diffusion import is_pixel_ddpm
 
-    return (PixelDenoiser if is_pixel_ddpm(model) else Img2ImgDenoiser)(model, device, dtype)
+    if is_pixel_ddpm(model):
+        return PixelDenoiser(model, device, dtype)
+    return Img2ImgDenoiser(model, device, dtype, scheduler)
 
 
 @dataclass
@@ -141,12 +152,18 @@ class DiffPureConfig(PurifierConfig):
             Default 0.1 (t* = 100 of 1000, GrIDPure's ``diffpure.py`` baseline; DiffPure used
             0.15 on ImageNet, 0.1 on CIFAR-10).
         steps: denoising steps actually run. None (default): every timestep from t* to 0 for a
-            pixel DDPM (DiffPure's sampler), ``round(50 * strength)`` for Stable Diffusion.
+            pixel DDPM (DiffPure's sampler); for Stable Diffusion the pipeline's default 50
+            inference steps, of which img2img runs ``int(50 * strength)`` (5 at 0.1).
         resolution: short side of the image the model sees in pixels (resized there and back);
             None (default): the model's native size (``sample_size``: 256 for guided diffusion,
             512 for SD 1.5).
-        prompt: Stable Diffusion only: the text condition (default empty, unconditional).
-        guidance_scale: Stable Diffusion only: classifier-free guidance; 1 (default) turns it off.
+        prompt: Stable Diffusion only: the text condition. Default "A photo of a person" (RID's
+            ``post_diffpure.py``).
+        guidance_scale: Stable Diffusion only: classifier-free guidance against the empty prompt;
+            1 turns it off. Default 7.5 (RID's ``post_diffpure.py``).
+        scheduler: Stable Diffusion only: ``"pipeline"`` (default, the model's own scheduler, as
+            RID's ``post_diffpure.py``) or ``"ddpm"`` (ancestral sampling, as DiffPure's reverse
+            process).
         batch_size: images per denoising pass.
     """
 
@@ -154,8 +171,9 @@ class DiffPureConfig(PurifierConfig):
     strength: float = 0.1
     steps: int | None = None
     resolution: int | None = None
-    prompt: str = ""
-    guidance_scale: float = 1.0
+    prompt: str = "A photo of a person"
+    guidance_scale: float = 7.5
+    scheduler: Literal["pipeline", "ddpm"] = "pipeline"
     batch_size: int = 4
 
     def __post_init__(self) -> None:
@@ -190,7 +208,9 @@ class DiffPure(Purifier):
     Differences from the reference code:
         DiffPure uses guided-diffusion checkpoints and its own sampler (or an SDE solver); here any
         diffusers DDPM (``UNet2DModel``) with diffusers' ``DDPMScheduler`` (same ancestral step,
-        ``clip_sample`` as the model's scheduler config says), or Stable Diffusion img2img.
+        ``clip_sample`` as the model's scheduler config says). The Stable Diffusion variant follows
+        RID's ``post_diffpure.py`` (prompt, guidance, scheduler, 50 inference steps) but keeps the
+        photo's aspect ratio where RID resizes to 512x512.
     """
 
     name: ClassVar[str] = "diffpure"
@@ -201,7 +221,7 @@ class DiffPure(Purifier):
     def denoiser(self) -> PixelDenoiser | Img2ImgDenoiser:
         """The loaded model (loaded on first use)."""
         if self._denoiser is None:
-            self._denoiser = load_denoiser(self.config.model, self.device, self.dtype)
+            self._denoiser = load_denoiser(self.config.model, self.device, self.dtype, self.config.scheduler)
         return self._denoiser
 
     def _purify(self, images: Tensor, generator: torch.Generator) -> Tensor:

@@ -107,7 +107,8 @@ class GridPure(Purifier):
     def denoiser(self) -> Any:
         """The loaded model (loaded on first use)."""
         if self._denoiser is None:
-            self._denoiser = load_denoiser(self.config.model, self.device, self.dtype)
+            # Stable Diffusion: DDPM ancestral steps, as the reference's guided-diffusion sampler.
+            self._denoiser = load_denoiser(self.config.model, self.device, self.dtype, scheduler="ddpm")
             if self.config.crop % self._denoiser.multiple:
                 raise ConfigError(
                     f"gridpure crop {self.config.crop} must be a multiple of {self._denoiser.multiple} for this model"

@@ -140,9 +140,10 @@ def test_impress_lowers_the_vae_inconsistency(tiny_sd_path):
 
 
 def test_cached_lpips_equals_the_package():
-    from facedefense_purifiers.impress import build_lpips, lpips_distance, lpips_features
+    from facedefense.models import shared_model
+    from facedefense_purifiers.impress import lpips_distance, lpips_features
 
-    model = build_lpips("random", torch.device("cpu"))
+    model = shared_model("lpips", path="random", device="cpu", net="vgg")
     x, y = sample_faces(2, 32) * 2 - 1, sample_faces(4, 32)[2:] * 2 - 1
     expected = model(x, y).flatten()
     assert torch.allclose(lpips_distance(model, lpips_features(model, x), lpips_features(model, y)), expected, atol=1e-6)
@@ -160,7 +161,8 @@ def test_cached_lpips_equals_the_package():
         (GridPure, {"model": "m", "gamma": 1.0}, "gamma"),
         (NoisyUpscale, {"model": "m", "sigma": -0.1}, "sigma must be >= 0"),
         (Impress, {"model": "m", "sigma": -1.0, "lpips_weights": "random"}, "sigma must be >= 0"),
-        (Impress, {"model": "m"}, "lpips_weights"),
+        (DiffPure, {"model": "m", "scheduler": "euler"}, "must be one of"),
+        (NoisyUpscale, {"model": "m", "added_noise_level": -1}, "added_noise_level must be >= 0"),
     ],
 )
 def test_bad_options(cls, options, message):
