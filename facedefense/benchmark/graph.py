@@ -172,6 +172,8 @@ class Planner:
                 offer("steps", protocol.dreambooth_steps)
         if entry.kind == "metric" and "face" in spec.tags:
             offer("backend", protocol.face_backend)
+        if entry.kind == "metric" and entry.name == "lpips":
+            offer("net", protocol.lpips_net)
         options = {**derived, **entry.options}
         fingerprint, resolved = self.fingerprint(entry, spec, cls, options)
         description = {

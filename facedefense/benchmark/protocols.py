@@ -15,6 +15,7 @@ file did not set it for that entry):
   their own protocol lengths).
 * ``prompts``, ``num_images``, ``inference_steps``, ``guidance_scale`` -> generation after personalization.
 * ``face_backend`` -> the ``backend`` of metrics tagged ``face`` (ISM, FDFR, ...).
+* ``lpips_net`` -> the ``net`` of the ``lpips`` metric (``alex``, or ``vgg`` as FaceLock's evaluation).
 * ``reference_set`` -> the clean set that set-level metrics (ISM, FID) compare with.
 """
 
@@ -44,6 +45,9 @@ class Protocol:
         inference_steps: sampling steps of generation.
         guidance_scale: classifier-free guidance of generation.
         face_backend: the face model of ISM / FDFR.
+        lpips_net: the backbone of the LPIPS metric. None of the four profiles' reference code
+            computes LPIPS: ``alex`` is the ``lpips`` package's default (Diff-Protect's and
+            DiffAdvPerturbationBench's evaluations); FaceLock's ``eval_lpips.py`` uses ``vgg``.
         reference_set: the clean set (``set_A``, ``set_B`` or ``set_C``) set-level metrics compare with.
     """
 
@@ -60,6 +64,7 @@ class Protocol:
     guidance_scale: float
     face_backend: str
     reference_set: str
+    lpips_net: str
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -75,6 +80,7 @@ _COMMON: dict[str, Any] = {
     "class_prompt": "a photo of person",
     "inference_steps": 100,
     "guidance_scale": 7.5,
+    "lpips_net": "alex",
 }
 
 #: The profiles: Anti-DreamBooth (ICCV'23; scripts/train_dreambooth_alone.sh, infer.py, evaluations/),

@@ -19,8 +19,8 @@ class JPEGConfig(PurifierConfig):
     """JPEG options.
 
     Attributes:
-        quality: JPEG quality, 1-100. Default 75 (Anti-DreamBooth's and RID's ``post_jpeg``;
-            GAP-Diff uses 70).
+        quality: JPEG quality, 1-100. Default 75 (RID's ``post_jpeg.py``; GAP-Diff's ``jpeg.sh``
+            uses 70).
         subsampling: chroma subsampling of the real codec: ``"4:2:0"`` (PIL's default),
             ``"4:2:2"`` or ``"4:4:4"``.
     """
