@@ -91,6 +91,21 @@ def test_diffpure_runs_the_pipelines_default_50_inference_steps(tiny_sd_path, mo
     assert calls[0]["num_inference_steps"] == 50 and calls[0]["strength"] == 0.15
 
 
+def test_diffpure_pixel_noises_to_t_star_and_walks_back_to_0(tiny_pixel_ddpm_path):
+    """DiffPure's guided runner: x_t* = sqrt(abar[t* - 1]) x + sqrt(1 - abar[t* - 1]) e, then the
+    timesteps t* - 1 down to 0 (here 3 of them, evenly spaced)."""
+    purifier = DiffPure(model=str(tiny_pixel_ddpm_path), strength=0.05, steps=3, device="cpu")
+    denoiser = purifier.denoiser
+    seen = []
+    denoiser.unet.register_forward_pre_hook(lambda module, args: seen.append((args[0].clone(), int(args[1]))))
+    faces = sample_faces(1, denoiser.native)
+    purifier.purify(faces, generator=torch.Generator().manual_seed(2))
+    assert [t for _, t in seen] == [49, 24, 0]  # t* = 0.05 * 1000 = 50
+    abar = denoiser.scheduler.alphas_cumprod[49]
+    noise = torch.randn(faces.shape, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(seen[0][0], abar.sqrt() * (faces * 2 - 1) + (1 - abar).sqrt() * noise, atol=1e-5)
+
+
 class _Out:
     def __init__(self, images):
         self.images = images
