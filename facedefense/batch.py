@@ -44,24 +44,20 @@ from facedefense.io import (
     to_uint8,
     write_json,
 )
+from facedefense.outputs import (
+    MANIFEST_NAME,
+    WORK_DIR_NAME,
+    OutputFolder,
+    listed_files,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from facedefense.interfaces import Defender, Purifier
 
-MANIFEST_NAME = "facedefense.json"
 #: While a run works, its manifest is rewritten at most this often (seconds); always at the start and end.
 MANIFEST_INTERVAL = 2.0
-#: Folder inside the output where identity-scoped defenders keep by-products and resumable state.
-WORK_DIR_NAME = ".facedefense-work"
-
-
-#: What a run does with an output folder that holds files: refuse (the default), add to the
-#: earlier run (same-named outputs replaced, the others kept and still listed in the manifest), or
-#: overwrite it (the earlier run's outputs and manifest removed first; files it did not write are
-#: never deleted: the run is refused instead).
-EXISTING = ("refuse", "add", "overwrite")
 
 
 @dataclass
@@ -160,84 +156,11 @@ def plan_outputs(identities: list[IdentityFiles], output_dir: str | Path) -> dic
     return targets
 
 
-def read_manifest(output_dir: str | Path) -> dict[str, Any] | None:
-    """The manifest of the run that wrote ``output_dir``, or None (absent or unreadable)."""
-    path = Path(output_dir) / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _earlier_outputs(manifest: dict[str, Any]) -> set[str]:
-    """Relative output paths an earlier run planned or wrote."""
-    entries = [*manifest.get("inputs", []), *manifest.get("images", [])]
-    return {str(entry["output"]) for entry in entries if isinstance(entry, dict) and entry.get("output")}
-
-
-def _visible_files(folder: Path) -> list[Path]:
-    """Files under ``folder`` (identity subfolders included), hidden ones (the work folder) excepted."""
-    found = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            found.extend(p for p in sorted(entry.rglob("*")) if not p.is_dir() and not p.name.startswith("."))
-        else:
-            found.append(entry)
-    return found
-
-
-def claim_output_dir(output_dir: str | Path, existing: str = "refuse", *, dry_run: bool = False) -> dict[str, Any] | None:
-    """Decide what to do with an output folder that already holds files (see :data:`EXISTING`).
-
-    ``dry_run`` checks without removing anything (the CLI checks before building the method).
-
-    Returns:
-        The earlier manifest when adding to an earlier run, else None.
-
-    Raises:
-        OutputError: the folder holds files that no facedefense run wrote there (whatever
-            ``existing`` says: they are never replaced or deleted), or an earlier run and
-            ``existing`` is ``"refuse"``.
-    """
-    if existing not in EXISTING:
-        raise ConfigError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return None
-    if not any(not entry.name.startswith(".") for entry in output_dir.iterdir()):
-        return None
-    files = _visible_files(output_dir)
-    if not files:
-        return None
-    earlier = read_manifest(output_dir)
-    if earlier is not None and [p.name for p in files] == [MANIFEST_NAME] and not earlier.get("images"):
-        return None  # only the manifest of a run that wrote nothing: nothing to keep or to lose
-    ours = {MANIFEST_NAME, *_earlier_outputs(earlier)} if earlier is not None else set()
-    foreign = [p for p in files if str(p.relative_to(output_dir)) not in ours]
-    if foreign:
-        listed = ", ".join(str(p.relative_to(output_dir)) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise OutputError(
-            f"output folder {output_dir} holds files no facedefense run wrote there ({listed}); "
-            "they are never replaced or deleted: choose an empty or new folder"
-        )
-    if existing == "refuse":
-        names = ", ".join(str(p.relative_to(output_dir)) for p in files[:3]) + (", ..." if len(files) > 3 else "")
-        raise OutputError(
-            f"output folder {output_dir} already holds an earlier run ({names}); add to it (--add, "
-            "existing='add'), replace it (--overwrite, existing='overwrite'), or choose another folder"
-        )
-    if existing == "add" or dry_run:
-        return earlier
-    for path in files:
-        path.unlink()
-    for folder in sorted((p for p in output_dir.rglob("*") if p.is_dir()), reverse=True):
-        if not folder.name.startswith(".") and not any(folder.iterdir()):
-            folder.rmdir()
-    shutil.rmtree(output_dir / WORK_DIR_NAME, ignore_errors=True)
-    return None
+def claim_output_dir(output_dir: str | Path, existing: str = "refuse", *, command: str = "protect",
+                     inputs: Sequence[Path] = (), dry_run: bool = False) -> OutputFolder:
+    """Claim ``output_dir`` for a ``protect`` or ``purify`` run (:meth:`OutputFolder.claim`, whose
+    rules every writing command follows); ``existing`` is one of `facedefense.outputs.EXISTING`."""
+    return OutputFolder.claim(output_dir, command, inputs=inputs, existing=existing, dry_run=dry_run)
 
 
 def method_files(method: Any) -> dict[str, dict[str, Any]]:
@@ -296,11 +219,8 @@ def _run(
     extra: dict[str, Any],
     prepare: Callable[[list[IdentityFiles]], None] | None = None,
 ) -> RunReport:
-    import torch
-
-    from facedefense.distributed import current_shard, gather, merge_manifests
-    from facedefense.progress import bar as progress_bar
-    from facedefense.progress import progress_enabled_as
+    """Claim ``output_dir`` (held until the run ends), then process every identity into it."""
+    from facedefense.distributed import current_shard, gather
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
@@ -308,11 +228,45 @@ def _run(
     shard = current_shard()  # under a launcher (accelerate, torchrun): this process's part of the work
     identities = _shard(identities, shard, whole=process_identity is not None)
     targets = plan_outputs(identities, output_dir)
+    inputs = [path for identity in identities for path in (*identity.paths, *identity.references)]
     if shard.active:  # rank 0 claims the folder while the others wait, then all write into it
-        earlier = claim_output_dir(output_dir, existing) if shard.rank == 0 else None
+        claim = claim_output_dir(output_dir, existing, command=command, inputs=inputs) if shard.rank == 0 else None
         gather(None, shard)
     else:
-        earlier = claim_output_dir(output_dir, existing)
+        claim = claim_output_dir(output_dir, existing, command=command, inputs=inputs)
+    try:
+        return _run_claimed(
+            command, method_info, identities, output_dir, targets, claim.earlier if claim else None,
+            process_batch, process_identity, batch_size=batch_size, progress=progress, extra=extra, prepare=prepare,
+        )
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _run_claimed(
+    command: str,
+    method_info: dict[str, Any],
+    identities: list[IdentityFiles],
+    output_dir: Path,
+    targets: dict[Path, Path],
+    earlier: dict[str, Any] | None,
+    process_batch: Callable[[Tensor], tuple[Tensor, list[dict[str, Any]]]] | None,
+    process_identity: Callable[[IdentityFiles, list[LoadedImage], Path], tuple[list[Tensor], list[dict[str, Any]], dict[str, Any]]] | None,
+    *,
+    batch_size: int,
+    progress: bool | None,
+    extra: dict[str, Any],
+    prepare: Callable[[list[IdentityFiles]], None] | None,
+) -> RunReport:
+    """:func:`_run` once the output folder is claimed."""
+    import torch
+
+    from facedefense.distributed import current_shard, gather, merge_manifests
+    from facedefense.progress import bar as progress_bar
+    from facedefense.progress import progress_enabled_as
+
+    shard = current_shard()
     if prepare is not None:
         prepare(identities)
     for identity in identities:
@@ -347,10 +301,11 @@ def _run(
     if earlier is not None:
         runs = [*earlier.get("earlier_runs", []), {k: earlier.get(k) for k in ("command", "created", "finished", "status", "method", "summary")}]
         manifest["earlier_runs"] = runs
+        kept = listed_files(earlier, output_dir)  # entries naming a path outside the folder are dropped
         carried = [
             {**entry, "run": earlier.get("created")}
             for entry in earlier.get("images", [])
-            if isinstance(entry, dict) and entry.get("output") not in rewritten
+            if isinstance(entry, dict) and entry.get("output") not in rewritten and str(Path(str(entry.get("output")))) in kept
         ]
 
     def summary(completed: bool) -> dict[str, Any]:
@@ -561,7 +516,7 @@ def protect_files(
         progress: show progress bars (files and optimization steps); None: the library's setting
             (:mod:`facedefense.progress`: on unless switched off).
         existing: when ``output_dir`` already holds files: ``"refuse"`` (default), ``"add"`` or
-            ``"overwrite"`` (see :data:`EXISTING`).
+            ``"overwrite"`` (see `facedefense.outputs.EXISTING`).
         method_info: extra facts merged into the manifest's ``method`` entry.
         warn_unchanged: emit a :class:`UserWarning` when a protected image equals its input (the
             manifest marks it ``"unchanged": true`` in any case).

@@ -48,12 +48,14 @@ def _existing(overwrite: bool, add: bool) -> str:
     return "overwrite" if overwrite else "add" if add else "refuse"
 
 
-def _plan(inputs: list[Path], output: Path, existing: str, reference: Path | None = None) -> None:
+def _plan(command: str, inputs: list[Path], output: Path, existing: str, reference: Path | None = None) -> None:
     """Check the inputs, the output folder and its earlier contents before building the method."""
     from facedefense.batch import claim_output_dir, find_identities, plan_outputs
 
-    plan_outputs(find_identities(inputs, reference), output)
-    claim_output_dir(output, existing, dry_run=True)
+    identities = find_identities(inputs, reference)
+    plan_outputs(identities, output)
+    sources = [path for identity in identities for path in (*identity.paths, *identity.references)]
+    claim_output_dir(output, existing, command=command, inputs=sources, dry_run=True)
 
 
 def _make(kind: str, name: str, options: dict[str, Any]) -> Any:
@@ -126,7 +128,7 @@ def protect(
     )
     if resume and existing == "refuse":
         existing = "add"  # resuming adds to the interrupted run
-    _plan(inputs, output, existing, reference)
+    _plan("protect", inputs, output, existing, reference)
     check_method_paths(options)
     bind_device(current_shard())
     defender = _make("defender", method, options)
@@ -218,7 +220,7 @@ def purify(
     """
     existing = _existing(overwrite, add)
     options = chain_options(method, option, model=model, seed=seed, device=device, dtype=dtype)
-    _plan(inputs, output, existing)
+    _plan("purify", inputs, output, existing)
     for routed in options:
         check_method_paths(routed)
     purifiers = [_make("purifier", name, opts) for name, opts in zip(method, options)]
