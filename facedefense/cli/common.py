@@ -100,6 +100,20 @@ class OneLineErrorsGroup(TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM (``kill``, a service manager stopping the command) like Ctrl-C: the command
+    then ends as an interrupted run (its manifest marked ``interrupted``, temporary files removed,
+    exit status 130) instead of dying mid-write."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def progress_default() -> bool:
     """Progress bars by default when stderr is a terminal (``--progress`` shows them anyway)."""
     return sys.stderr.isatty()

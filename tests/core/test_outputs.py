@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -146,3 +148,19 @@ def test_the_lock_is_freed_when_the_process_dies(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)  # claims, then dies without releasing
     assert (out / LOCK_NAME).exists()
     OutputFolder.claim(out, "train").release()  # not refused: the kernel dropped the dead run's lock
+
+
+def test_sigterm_ends_a_command_like_ctrl_c():
+    """Every command handles KeyboardInterrupt (manifest ``interrupted``, exit 130): SIGTERM becomes one."""
+    import signal
+
+    from facedefense.cli.common import stop_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted at once
+    finally:
+        signal.signal(signal.SIGTERM, previous)
