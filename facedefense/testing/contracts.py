@@ -31,6 +31,19 @@ def _generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def on_test_device(method: Any) -> Any:
+    """``method`` on the device under test (``$FACEDEFENSE_TEST_DEVICE``, default cpu): a method
+    ``make_method`` built on the CPU is rebuilt from its config there; on the CPU nothing changes."""
+    from facedefense.testing.fixtures import device_under_test
+
+    device = device_under_test()
+    if device == "cpu" or method.device.type != "cpu":
+        return method
+    moved = type(method)(method.config, device=device)
+    moved.plugin, moved.plugin_version = method.plugin, method.plugin_version
+    return moved
+
+
 def _images(count: int, height: int, width: int, seed: int = 0) -> Tensor:
     """Sample faces resized to (height, width), quantized to 8 bits like decoded files."""
     import torch
@@ -66,7 +79,7 @@ class MethodContract:
     @pytest.fixture(scope="class")
     @classmethod
     def method(cls, request: pytest.FixtureRequest) -> Any:
-        return cls().make_method(request)
+        return on_test_device(cls().make_method(request))
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -345,11 +358,12 @@ class PersonalizerContract(MethodContract):
         import torch
 
         from facedefense.interfaces.personalizer import METADATA_NAME, load_personalized, read_metadata
+        from facedefense.testing.fixtures import device_under_test
 
         folder = fitted.save(tmp_path_factory.mktemp("saved"))
         metadata = read_metadata(folder)
         assert (folder / METADATA_NAME).is_file() and metadata["format"] == fitted.format
-        loaded = load_personalized(folder, device="cpu")
+        loaded = load_personalized(folder, device=device_under_test())
         a = fitted.generate(list(self.prompts), generator=_generator(4))
         b = loaded.generate(list(self.prompts), generator=_generator(4))
         assert torch.allclose(a, b, atol=2 / 255)

@@ -24,6 +24,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: Recipe of the trained tiny model; change it to invalidate caches.
 TRAINED_RECIPE = {"seed": 0, "steps": 300, "images": 4, "size": 128, "version": 1}
+#: Environment variable naming the device the contract tests run methods on (default cpu).
+TEST_DEVICE_VARIABLE = "FACEDEFENSE_TEST_DEVICE"
+#: Tiny open_clip architectures (random weights: plumbing only), see `register_tiny_clip`.
+TINY_CLIPS = {
+    "vit": {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
+    },
+    "resnet": {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
+    },
+}
 
 
 def _built(factory: pytest.TempPathFactory, builder_name: str) -> Path:
@@ -182,3 +197,45 @@ def face_images():
     from facedefense.testing.tiny_models import sample_faces
 
     return sample_faces(2, 64)
+
+
+def device_under_test() -> str:
+    """The device the contract tests build their methods on: ``$FACEDEFENSE_TEST_DEVICE``
+    (``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``), default ``cpu``.
+
+    Raises:
+        ConfigError: an unknown device or one this machine lacks (one line naming the variable).
+    """
+    value = os.environ.get(TEST_DEVICE_VARIABLE, "").strip() or "cpu"
+    if value == "cpu":
+        return value
+    from facedefense.errors import ConfigError
+    from facedefense.runtime import resolve_device
+
+    try:
+        return str(resolve_device(value))
+    except ConfigError as exc:
+        raise ConfigError(f"{TEST_DEVICE_VARIABLE}={value}: {exc}") from None
+
+
+@pytest.fixture(scope="session")
+def test_device() -> str:
+    """The device of device-aware tests: ``$FACEDEFENSE_TEST_DEVICE``, default ``cpu``
+    (see `device_under_test`)."""
+    return device_under_test()
+
+
+def register_tiny_clip(folder: str | Path, kind: str = "vit") -> str:
+    """Register the tiny CLIP ``kind`` of ``TINY_CLIPS`` (``"vit"`` or ``"resnet"``) with
+    open_clip, its config written to ``folder``; returns the architecture name to pass as a CLIP
+    metric's ``architecture`` (with ``weights="random"``)."""
+    from facedefense._compat.torchvision_ops import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import open_clip
+
+    path = Path(folder) / f"facedefense-tiny-clip-{kind}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(TINY_CLIPS[kind]), encoding="utf-8")
+    open_clip.add_model_config(path)
+    return path.stem
