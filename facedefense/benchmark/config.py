@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import difflib
 import math
+import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from facedefense.benchmark.protocols import FIELDS, PROFILES, REFERENCE_SETS, Protocol, make_protocol
+from facedefense.config import MAX_SEED
 from facedefense.errors import ConfigError, FaceDefenseError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -31,6 +33,18 @@ TOP_KEYS = (
     "attacks", "metrics", "seeds", "resources", "examples",
 )
 NONE = "none"
+#: Largest config file read, in bytes (a config is a page of text).
+MAX_CONFIG_BYTES = 1_000_000
+#: Most values a config may hold once its YAML aliases are expanded: ``*name`` repeats what
+#: ``&name`` holds, so nested aliases multiply (a 1 KB "billion laughs" file expands to 9^9 values).
+MAX_CONFIG_VALUES = 100_000
+#: Longest label or identity name: labels name the example images' files (``examples/<cell>.png``).
+MAX_LABEL = 100
+#: Upper bounds of the grid's sizes (a typo must not ask for a million images or a 65536-pixel model).
+LIMITS = {
+    "resolution": 4096, "num_images": 10_000, "inference_steps": 10_000, "dreambooth_steps": 1_000_000,
+    "num_class_images": 100_000, "examples": 100, "cpus_per_stage": 1024,
+}
 
 
 # -- YAML with line numbers --------------------------------------------------------------------
@@ -54,7 +68,9 @@ def _loader() -> type:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_document(self, node: Any) -> Any:
+            _expansion(node, {}, set())  # before anything is built from it
+            return super().construct_document(node)
 
     def mapping(loader: Any, node: Any) -> LinedDict:
         loader.flatten_mapping(node)
@@ -62,6 +78,8 @@ def _loader() -> type:
         result.line, result.key_lines = node.start_mark.line + 1, {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, (dict, list)):
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: a key is a name, not a {'mapping' if isinstance(key, dict) else 'list'}")
             if key in result:
                 raise ConfigError(f"line {key_node.start_mark.line + 1}: key '{key}' is given twice")
             result[key] = loader.construct_object(value_node, deep=True)
@@ -78,6 +96,61 @@ def _loader() -> type:
     return Loader
 
 
+def _expansion(node: Any, sizes: dict[int, int], active: set[int]) -> int:
+    """How many values ``node`` holds with its aliases expanded (each shared node counted once per
+    use, computed once); raises at the first node past `MAX_CONFIG_VALUES` or that holds itself."""
+    import yaml
+
+    if id(node) in sizes:
+        return sizes[id(node)]
+    line = node.start_mark.line + 1
+    if id(node) in active:
+        raise ConfigError(f"line {line}: an alias (*name) here refers to a value that holds it (a loop)")
+    active.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+        if "\0" in str(node.value):
+            raise ConfigError(f"line {line}: a NUL character in {_shown(node.value)}; no file name, label or option holds one")
+    total = 1
+    for child in children:
+        total += _expansion(child, sizes, active)
+        if total > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"line {line}: aliases (*name) here expand the config to more than {MAX_CONFIG_VALUES:,} values; "
+                "a benchmark config needs far fewer"
+            )
+    active.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
+def read_config_text(path: Path) -> str:
+    """The config file as text: at most `MAX_CONFIG_BYTES`, UTF-8, no NUL character.
+
+    Raises:
+        ConfigError: ``file:line: message`` (the line of the first bad byte).
+    """
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read benchmark config {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes; a benchmark config is a short YAML text")
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        raise ConfigError(f"{path}:{line}: holds a NUL byte; a benchmark config is YAML text (is this a binary file?)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the config as UTF-8") from None
+
+
 class _Where:
     """Formats ``file:line: message`` errors."""
 
@@ -85,7 +158,9 @@ class _Where:
         self.path = path
 
     def error(self, line: int, message: str) -> ConfigError:
-        return ConfigError(f"{self.path}:{line}: {message}")
+        """``file:line: message`` on one line (control characters a value brought in are escaped)."""
+        shown = "".join(repr(c)[1:-1] if unicodedata.category(c).startswith("C") else c for c in message)
+        return ConfigError(f"{self.path}:{line}: {shown}")
 
     def check_keys(self, mapping: LinedDict, allowed: Sequence[str], what: str) -> None:
         for key in mapping:
@@ -182,6 +257,9 @@ class BenchmarkConfig:
     cpus_per_stage: int | None = None
     examples: int = 2
     protocol_overrides: dict[str, Any] = field(default_factory=dict)
+    sources: tuple[Path, ...] = ()
+    """Every file and folder the config names (itself, identity and precomputed folders, a local
+    model): the inputs no output may be, lie in or hold."""
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -191,24 +269,31 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     """Read and check a benchmark config.
 
     Raises:
-        ConfigError: ``file:line: message`` for the first problem (unknown key with the closest
+        ConfigError: ``file:line: message`` for the first problem (a file that is not UTF-8 YAML
+            text or whose aliases expand past `MAX_CONFIG_VALUES`, unknown key with the closest
             suggestion, unknown method with the registry's suggestions, identity folder without
-            set_B, precomputed images whose names do not match set_B, ...).
+            set_B, precomputed images whose names do not match set_B, a missing local model, a
+            label that cannot name a file, a size past `LIMITS`, ...).
     """
     import yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read benchmark config {path}: {exc.strerror or exc}") from exc
+    text = read_config_text(path)
     try:
         raw = yaml.load(text, Loader=_loader())  # noqa: S506 - SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 1
-        raise ConfigError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
+        raise ConfigError(f"{path}:{line}: not valid YAML: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:  # a control character
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or " ")
+        raise ConfigError(f"{path}:{line}: not valid YAML: control character U+{code:04X} is not allowed") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}:1: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a benchmark config: lists or mappings nested too deeply") from None
     except ConfigError as exc:
-        raise ConfigError(f"{path}:{str(exc).removeprefix('line ')}") from exc
+        raise ConfigError(f"{path}:{str(exc).removeprefix('line ')}") from None
     where = _Where(path)
     if not isinstance(raw, LinedDict):
         raise where.error(1, "a benchmark config is a mapping (protocol:, identities:, defenders:, ...)")
@@ -221,6 +306,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     model = _text(where, raw, "model") if "model" in raw else None
     if model and (model.startswith((".", "/", "~")) or (base / model).exists()):
         model = str((base / model).expanduser().resolve())
+        _check_paths(where, _line(raw, "model"), {"model": model})
     resources = raw.get("resources", LinedDict())
     if not isinstance(resources, LinedDict):
         raise where.error(_line(raw, "resources"), "resources: is a mapping (gpus_per_stage: 1)")
@@ -239,10 +325,11 @@ def load_config(path: str | Path) -> BenchmarkConfig:
         model=model,
         device=_text(where, raw, "device") if "device" in raw else None,
         gpus_per_stage=_number(where, resources, "gpus_per_stage", 1.0),
-        cpus_per_stage=int(_number(where, resources, "cpus_per_stage", 0)) or None,
-        examples=int(_number(where, raw, "examples", 2)),
+        cpus_per_stage=_integer(where, resources, "cpus_per_stage", 0) or None,
+        examples=_integer(where, raw, "examples", 2),
         protocol_overrides=overrides,
     )
+    config = replace(config, sources=_sources(config, raw, base))
     _check_labels(where, config, raw)
     if any(_is_set_metric(entry) for entry in config.metrics):
         for identity in config.identities:
@@ -269,11 +356,55 @@ def _number(where: _Where, mapping: LinedDict, key: str, default: float) -> floa
         from facedefense.budget import parse_fraction
 
         number = parse_fraction(value, key) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError, FaceDefenseError):
-        raise where.error(_line(mapping, key), f"'{key}' must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError, FaceDefenseError):
+        raise where.error(_line(mapping, key), f"'{key}' must be a number, got {_shown(value)}") from None
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-        raise where.error(_line(mapping, key), f"'{key}' must be a non-negative number, got {value!r}")
+        raise where.error(_line(mapping, key), f"'{key}' must be a non-negative number, got {_shown(value)}")
     return number
+
+
+def _integer(where: _Where, mapping: LinedDict, key: str, default: int) -> int:
+    """A non-negative integer up to its `LIMITS` entry."""
+    number = float(_number(where, mapping, key, default))
+    if not number.is_integer() or number > LIMITS.get(key, math.inf):
+        raise where.error(_line(mapping, key), f"'{key}' must be an integer from 0 to {LIMITS.get(key, 'any')}, got {_shown(mapping[key])}")
+    return int(number)
+
+
+def _shown(value: Any, width: int = 40) -> str:
+    """A value for a one-line message: its repr, control characters escaped, shortened."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def check_name(text: Any, what: str) -> str:
+    """A label or identity name, which becomes part of a file name: non-empty text of at most
+    `MAX_LABEL` characters, without path separators, control or invisible formatting characters.
+
+    Raises:
+        ConfigError: one line naming the problem (without the file:line, which callers add).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{what} must be a non-empty text, got {_shown(text)}")
+    if len(text) > MAX_LABEL:
+        raise ConfigError(f"{what} {_shown(text)} is {len(text)} characters long; at most {MAX_LABEL}")
+    bad = next((c for c in text if c in "/\\" or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
+    if bad is not None:
+        kind = "a path separator" if bad in "/\\" else f"the control character {bad!r}"
+        raise ConfigError(f"{what} {_shown(text)} holds {kind}; labels name files: use letters, digits, '-', '_', '+', '.'")
+    if text in (".", ".."):
+        raise ConfigError(f"{what} {text!r} is not a usable name")
+    return text
+
+
+def _check_paths(where: _Where, line: int, options: dict[str, Any]) -> None:
+    """A missing local model folder or checkpoint, reported at its line before any work."""
+    from facedefense.cli.common import check_method_paths
+
+    try:
+        check_method_paths(options)
+    except FaceDefenseError as exc:
+        raise where.error(line, str(exc).splitlines()[0]) from None
 
 
 def _protocol(where: _Where, raw: LinedDict) -> tuple[Protocol, dict[str, Any]]:
@@ -320,8 +451,11 @@ def _protocol(where: _Where, raw: LinedDict) -> tuple[Protocol, dict[str, Any]]:
                 number = float(given) if not isinstance(given, bool) else math.nan
             except (TypeError, ValueError):
                 number = math.nan
-            if not math.isfinite(number) or number < 0 or (isinstance(default, int) and not number.is_integer()):
-                raise where.error(line, f"protocol {key} must be a non-negative {'integer' if isinstance(default, int) else 'number'}, got {given!r}")
+            limit = LIMITS.get(key, math.inf)
+            if not math.isfinite(number) or not 0 <= number <= limit or (isinstance(default, int) and not number.is_integer()):
+                kind = "integer" if isinstance(default, int) else "number"
+                bound = f" up to {limit:,}" if math.isfinite(limit) else ""
+                raise where.error(line, f"protocol {key} must be a non-negative {kind}{bound}, got {_shown(given)}")
             overrides[key] = type(default)(number)
     return make_protocol(profile, overrides), overrides
 
@@ -338,13 +472,18 @@ def _method(where: _Where, kind: str, item: Any, container: Any, index: int, ext
         where.check_keys(item, ("name", "options", "label", *extra), f"a {kind} entry")
         if "name" not in item:
             raise where.error(item.line, f"a {kind} entry needs 'name:'")
-        name, label = str(item["name"]), str(item.get("label", item["name"]))
+        name, label = str(item["name"]), item.get("label", item["name"])
         options = item.get("options", {}) or {}
         if not isinstance(options, dict):
             raise where.error(_line(item, "options"), f"{kind} '{name}': options: is a mapping of option: value")
         line = item.line
     else:
-        raise where.error(line, f"a {kind} is a name or a mapping with 'name:', got {item!r}")
+        raise where.error(line, f"a {kind} is a name or a mapping with 'name:', got {_shown(item)}")
+    try:
+        check_name(name, f"{kind} name")
+        label = check_name(label if isinstance(label, str) else str(label), f"{kind} label")
+    except ConfigError as exc:
+        raise where.error(_line(item, "label", line) if isinstance(item, LinedDict) else line, str(exc)) from None
     registry = get_registry()
     try:
         spec = registry.get(kind, name)
@@ -400,6 +539,10 @@ def _identities(where: _Where, raw: LinedDict, base: Path) -> tuple[Identity, ..
             }
             if not sets.get("set_B"):
                 raise where.error(line, f"identity folder {candidate} has no set_B (the photos to protect)")
+            try:
+                check_name(candidate.name, "identity folder name")
+            except ConfigError as exc:
+                raise where.error(line, f"{exc} ({candidate.parent})") from None
             found.append(Identity(candidate.name, candidate.resolve(), sets))
     names = [identity.name for identity in found]
     duplicate = next((name for name in names if names.count(name) > 1), None)
@@ -423,6 +566,10 @@ def _defenders(where: _Where, raw: LinedDict, base: Path, identities: Sequence[I
         if isinstance(item, LinedDict) and "precomputed" in item:
             where.check_keys(item, ("name", "label", "precomputed"), "a precomputed defender")
             label = str(item.get("label", item.get("name", Path(str(item["precomputed"])).name)))
+            try:
+                check_name(label, "defender label")
+            except ConfigError as exc:
+                raise where.error(item.line, str(exc)) from None
             folder = (base / str(item["precomputed"])).expanduser().resolve()
             _check_precomputed(where, _line(item, "precomputed"), folder, identities)
             entries.append(DefenderEntry(label, precomputed=folder, line=item.line))
@@ -508,7 +655,7 @@ def _attacks(where: _Where, raw: LinedDict) -> tuple[AttackEntry, ...]:
                 raise where.error(_line(item, key), f"{key}: a list of non-empty texts")
         elif kind == "editor":
             raise where.error(item.line, f"editor '{method.name}' needs instructions: [...]")
-        num_images = int(_number(where, item, "num_images", 0)) or None
+        num_images = _integer(where, item, "num_images", 0) or None
         attacks.append(AttackEntry(method.label, method, prompts, num_images))
     return tuple(attacks)
 
@@ -517,8 +664,8 @@ def _seeds(where: _Where, raw: LinedDict) -> tuple[int, ...]:
     value = raw.get("seeds", [0])
     seeds = []
     for index, item in enumerate(_items(value)):
-        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-            raise where.error(_line(value, index, _line(raw, "seeds")), f"seeds are non-negative integers, got {item!r}")
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= MAX_SEED:
+            raise where.error(_line(value, index, _line(raw, "seeds")), f"seeds are integers from 0 to {MAX_SEED}, got {_shown(item)}")
         seeds.append(item)
     return tuple(dict.fromkeys(seeds))
 
@@ -533,6 +680,18 @@ def _check_labels(where: _Where, config: BenchmarkConfig, raw: LinedDict) -> Non
         duplicate = next((label for label in labels if labels.count(label) > 1), None)
         if duplicate:
             raise where.error(_line(raw, what), f"two {what} are labelled '{duplicate}'; give one a distinct 'label:'")
+
+
+def _sources(config: BenchmarkConfig, raw: LinedDict, base: Path) -> tuple[Path, ...]:
+    """The config file, the identity folders as given and found, precomputed folders, a local model."""
+    given = [(base / item).expanduser() for item in _items(raw["identities"]) if isinstance(item, str)]
+    found = [
+        config.path, *given, *(identity.folder for identity in config.identities),
+        *(entry.precomputed for entry in config.defenders if entry.precomputed is not None),
+    ]
+    if config.model and Path(config.model).exists():
+        found.append(Path(config.model))
+    return tuple(dict.fromkeys(found))
 
 
 def _is_set_metric(entry: MethodEntry) -> bool:

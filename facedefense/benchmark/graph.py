@@ -190,13 +190,16 @@ class Planner:
 
     def fingerprint(self, entry: MethodEntry, spec: Any, cls: type, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``Method.fingerprint`` of the configured method and its full configuration, without
-        building its networks (only the base ``Method.__init__`` runs: config checks, device)."""
+        building its networks (only the base ``Method.__init__`` runs: config checks, device; and a
+        local model folder or checkpoint its options name must exist)."""
+        from facedefense.cli.common import check_method_paths
         from facedefense.config import config_to_dict
         from facedefense.interfaces.base import Method
 
         method = cls.__new__(cls)
         try:
             Method.__init__(method, **options)
+            check_method_paths(options)
         except FaceDefenseError as exc:
             where = f"{self.config.path}:{entry.line}: " if entry.line else ""
             raise type(exc)(f"{where}{entry.kind} '{entry.label}': {str(exc).splitlines()[0]}") from None

@@ -6,25 +6,40 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from facedefense.benchmark.config import NONE, BenchmarkConfig
-from facedefense.benchmark.graph import Cell
+from facedefense.benchmark.graph import Cell, digest
 from facedefense.benchmark.stages import IMAGES, STAGE_FILE, Cache
+from facedefense.io import _atomic_path
 
 ARROWS = {"higher": "↑", "lower": "↓"}
+#: Longest example file name in bytes before ``.png`` (file systems allow 255).
+MAX_NAME_BYTES = 200
 
 
-def _write_text(path: Path, text: str) -> None:
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(name, path)
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically, with the umask's permissions (`facedefense.io`'s
+    temporary file renamed into place: never a half-written report)."""
+    with _atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def _save_png(image: Any, path: Path) -> None:
+    with _atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
+
+
+def example_file(cell: Cell) -> str:
+    """``examples/<cell>.png``, relative to the output folder; a name too long for a file system
+    is shortened and made unique with a hash of the whole cell name."""
+    name = cell.name.replace("/", "__")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        name = name.encode()[: MAX_NAME_BYTES - 13].decode("utf-8", "ignore") + "-" + digest(cell.name, 12)
+    return f"examples/{name}.png"
 
 
 def collect_rows(
@@ -60,7 +75,7 @@ def collect_rows(
 
 
 def write_results(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    _write_text(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
+    write_text(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
@@ -103,6 +118,8 @@ def render_report(
         f"Stages: {summary['stages']} ({summary['computed']} computed, {summary['cached']} cached, {summary['failed']} failed, {summary['skipped']} skipped).",
         "",
     ]
+    if summary["failed"]:
+        lines += [f"**Incomplete: {summary['failed']} stage(s) failed** (see Failures below); the tables hold what finished.", ""]
     ok = [row for row in rows if row["status"] == "ok"]
     for attack in config.attacks:
         attack_rows = [row for row in ok if row["attack"] == attack.label]
@@ -155,6 +172,8 @@ def render_report(
                 lines.append(f"| {defender} | **worst case** | " + " | ".join(cells) + " |")
         lines += ["", *(f"P{index + 1}: \"{prompt}\"" + ("  " if index < len(prompts) - 1 else "") for index, prompt in enumerate(prompts)), ""]
     failures: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for failure in summary.get("failures", []):  # every failed stage, also one no cell reads (an
+        failures.setdefault((failure["stage"], failure["error"]), set())  # attack only input metrics score)
     for row in rows:
         if row["status"] != "ok":
             failures[(str(row.get("origin", "")), str(row.get("error", "")))].add(row["cell"])
@@ -207,7 +226,9 @@ def _cell_strip(cell: Cell, cache: Cache, kinds: dict[str, str], per_prompt: int
 
 def write_examples(cells: Sequence[Cell], cache: Cache, kinds: dict[str, str], output: Path, *, per_prompt: int = 2, height: int = 128) -> list[Path]:
     """``examples/<cell>.png`` for every finished cell and ``examples.png``, one row per cell of the
-    first identity and seed (clean, protected, purified, then generated images per prompt)."""
+    first identity and seed (clean, protected, purified, then generated images per prompt). A
+    cell that did not finish loses the image an earlier run made of it (in the run's own claimed
+    folder: only its own files are there)."""
     from PIL import Image, ImageDraw
 
     folder = output / "examples"
@@ -215,7 +236,8 @@ def write_examples(cells: Sequence[Cell], cache: Cache, kinds: dict[str, str], o
     written, overview = [], []
     for cell in cells:
         strip = _cell_strip(cell, cache, kinds, per_prompt, height)
-        if strip is None:
+        if strip is None:  # an earlier run's image of this cell would show what this run did not make
+            (output / example_file(cell)).unlink(missing_ok=True)
             continue
         tiles, titles = strip
         canvas = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), height + 14), "white")
@@ -225,8 +247,8 @@ def write_examples(cells: Sequence[Cell], cache: Cache, kinds: dict[str, str], o
             canvas.paste(tile, (x, 14))
             draw.text((x + 2, 1), title, fill="black")
             x += tile.width + 2
-        path = folder / (cell.name.replace("/", "__") + ".png")
-        canvas.save(path)
+        path = output / example_file(cell)
+        _save_png(canvas, path)
         written.append(path)
         if cell.identity == cells[0].identity and cell.seed == cells[0].seed:
             overview.append((cell, canvas))
@@ -241,6 +263,8 @@ def write_examples(cells: Sequence[Cell], cache: Cache, kinds: dict[str, str], o
             draw.text((4, y + canvas.height // 2), f"{cell.defender}{share} | {cell.purifier} | {cell.attack}", fill="black")
             sheet.paste(canvas, (label_width, y))
             y += canvas.height + 4
-        sheet.save(output / "examples.png")
+        _save_png(sheet, output / "examples.png")
         written.append(output / "examples.png")
+    else:
+        (output / "examples.png").unlink(missing_ok=True)
     return written

@@ -27,7 +27,13 @@ def benchmark(
         bool | None, typer.Option("--progress/--no-progress", help="Progress bar over the whole grid (default: on a terminal).")
     ] = None,
 ) -> None:
-    """Protect, purify, attack and evaluate over the grid a config names; cached and resumable."""
+    """Protect, purify, attack and evaluate over the grid a config names; cached and resumable.
+
+    The config and every path, model, option and label it names are checked before anything is
+    written; the output folder (and a --cache folder) is claimed and locked for the run: a folder
+    holding photos, models or files no benchmark run wrote is refused (exit 2). A failed stage
+    makes the run fail (exit 1).
+    """
     from facedefense.benchmark import run_benchmark
 
     summary = run_benchmark(
@@ -41,8 +47,11 @@ def benchmark(
     )
     for failure in summary["failures"]:
         typer.echo(f"failed: {failure['stage']}: {failure['error']}", err=True)
-    if summary["failed_cells"]:
-        raise fail(f"{summary['failed_cells']} cell(s) failed; see the Failures section of report.md", code=1)
+    if summary["failed"] or summary["failed_cells"]:  # a failed stage is a failed run, even one no cell reads
+        raise fail(
+            f"{summary['failed']} stage(s) failed, {summary['failed_cells']} cell(s) failed; see the Failures section of report.md",
+            code=1,
+        )
 
 
 def register(app: typer.Typer) -> None:

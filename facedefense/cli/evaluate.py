@@ -94,15 +94,19 @@ def evaluate(
     match: Annotated[
         str, typer.Option("--match", help="Generated name from its reference's stem, e.g. 'noisy_{stem}'.")
     ] = "{stem}",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results (per-image values) to this JSON file.")] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the results (per-image values) to this JSON file (never an input, never a file evaluate did not write)."),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
 ) -> None:
     """Compute metrics, e.g. PSNR/SSIM of protected images against their originals, ISM/FDFR of
     generated faces against the person's clean photos."""
-    if json_path is not None:  # checked before any work: a folder or an unwritable place fails now
-        from facedefense.io import check_writable_file
+    if json_path is not None:  # checked before any work: an input, a user's file, an unwritable place
+        from facedefense.outputs import claim_file, json_written_by
 
-        check_writable_file(json_path)
+        inputs = [generated, *([reference] if reference is not None else [])]
+        claim_file(json_path, "evaluate", inputs=inputs, written_by=json_written_by("evaluate"), kind="--json file")
     from facedefense.evaluation import default_metrics, evaluate_identities
 
     metrics = list(dict.fromkeys(metric or default_metrics()))
@@ -114,7 +118,7 @@ def evaluate(
     if json_path is not None:
         from facedefense.io import write_json
 
-        write_json(results, json_path)
+        write_json({"command": "evaluate", **results}, json_path)  # "command": proof a rerun may replace it
     if results["failures"]:
         raise fail(f"{len(results['failures'])} image(s) could not be scored", code=1)
 

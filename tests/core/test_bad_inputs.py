@@ -531,3 +531,237 @@ def test_a_failed_write_stops_the_run_and_the_manifest_lists_exactly_the_files_w
     assert manifest["status"] == "failed" and "02.png" not in listed and {"00.png", "01.png"} <= set(listed)
     assert listed == sorted(p.name for p in out.glob("*.png"))  # the writes already under way are kept
     assert len(listed) < len(names)  # the run stopped: at most 2 x 3 writes ran past the failure
+
+
+# ==================================================================================================
+# benchmark and evaluate --json (issue 26): outputs claimed like protect's, configs checked before
+# any work. Each case keeps the invariants above (`Workspace.check`).
+# ==================================================================================================
+
+BENCH = """\
+protocol: {profile: facedefense, num_images: 1}
+identities: [faces]
+defenders: [none, {label: other_tool, precomputed: published}]
+attacks: [{editor: test_copy, instructions: ["a painting"]}]
+metrics: [psnr]
+"""
+
+
+@pytest.fixture
+def copy_editor(register_method):
+    """``test_copy``: an editor that returns its input; ``behaviour: fail`` raises, ``interrupt`` is Ctrl-C."""
+    from facedefense.interfaces.editor import Editor, EditorConfig
+
+    @dataclass
+    class CopyConfig(EditorConfig):
+        model: str = "none"
+        device: str = "cpu"
+        behaviour: str = "copy"
+
+    class Copy(Editor):
+        name: ClassVar[str] = "test_copy"
+        Config: ClassVar[type] = CopyConfig
+
+        def _edit(self, images, prompt, mask, generator):
+            if self.config.behaviour == "interrupt":
+                raise KeyboardInterrupt
+            if self.config.behaviour == "fail":
+                raise RuntimeError("the editor broke")
+            return images
+
+    register_method("editor", Copy)
+    return Copy
+
+
+def bench_inputs(workspace: Workspace, data: str | bytes = BENCH) -> Path:
+    """One identity (one photo per set), precomputed protections and the config, all inputs."""
+    from facedefense.testing.benchmark_inputs import write_identities, write_precomputed
+
+    write_identities(workspace.inputs / "faces", identities=1, per_set=1, size=32)
+    write_precomputed(workspace.inputs / "faces", workspace.inputs / "published")
+    config = workspace.inputs / "bench.yaml"
+    config.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return config
+
+
+def bench(config: Path, out: Path, *extra):
+    return invoke("benchmark", config, "--output", out, "--no-progress", *extra)
+
+
+def _laughs() -> str:
+    """A billion laughs: nine aliases of nine aliases ... (9^9 values from a few hundred bytes)."""
+    lines = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    return "\n".join(lines) + "\n" + BENCH.replace("metrics: [psnr]", "metrics: [{name: psnr, options: {device: *i}}]")
+
+
+#: config case -> (config text or bytes, what the error line says); each is refused before any work.
+BENCH_CONFIG_CASES = {
+    "invalid UTF-8": (BENCH.encode() + b"seeds: [0]  # caf\xe9\n", "bench.yaml:6: not UTF-8 text (byte 0xe9)"),
+    "binary garbage": (bytes(range(256)) * 4, "bench.yaml:1: holds a NUL byte"),
+    "a NUL character": (BENCH.encode().replace(b"[psnr]", b"[ps\0nr]"), "bench.yaml:5: holds a NUL byte"),
+    "a control character": (BENCH.encode().replace(b"[psnr]", b"[ps\x07nr]"), "bench.yaml:5: not valid YAML: control character U+0007"),
+    "billion laughs": (_laughs(), "bench.yaml:6: aliases (*name) here expand the config to more than 100,000 values"),
+    "an alias loop": (BENCH + "loop: &loop [*loop]\n", "bench.yaml:6: an alias (*name) here refers to a value that holds it"),
+    "a list as a key": (BENCH + "? [a, b]\n: 1\n", "bench.yaml:6: a key is a name, not a list"),
+    "NUL and newline in a label": (BENCH.replace("[psnr]", '[{name: psnr, label: "a\\0b\\nc"}]'), "bench.yaml:5: a NUL character in 'a\\x00b\\nc'"),
+    "newline in a label": (BENCH.replace("[psnr]", '[{name: psnr, label: "two\\nlines"}]'), "bench.yaml:5: metric label 'two\\nlines' holds the control character '\\n'"),
+    "300-character label": (BENCH.replace("label: other_tool", "label: " + "x" * 300), "is 300 characters long; at most 100"),
+    "path separator in a label": (BENCH.replace("instructions:", "label: ../../x, instructions:"), "bench.yaml:4: editor label '../../x' holds a path separator"),
+    "missing model folder": (BENCH + "model: ./no/such/model\n", "bench.yaml:6: model folder"),
+    "missing model in an option": (BENCH.replace("instructions:", "options: {model: ./nope}, instructions:"), "bench.yaml:4: editor 'test_copy': model folder"),
+    "seed out of range": (BENCH + "seeds: [99999999999999999999]\n", "bench.yaml:6: seeds are integers from 0 to"),
+    "resolution out of range": (BENCH.replace("num_images: 1", "num_images: 1, resolution: 65536"), "protocol resolution must be a non-negative integer up to 4,096"),
+    "num_images out of range": (BENCH.replace("num_images: 1", "num_images: 100000000"), "protocol num_images must be a non-negative integer up to 10,000"),
+    "examples not an integer": (BENCH + "examples: 2.5\n", "bench.yaml:6: 'examples' must be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BENCH_CONFIG_CASES))
+def test_benchmark_config_refused_before_any_work(workspace, copy_editor, case):
+    data, match = BENCH_CONFIG_CASES[case]
+    config = bench_inputs(workspace, data)
+    workspace.freeze()
+    out = workspace.root / "out"
+    workspace.check(bench(config, out), 2, match)
+    assert not out.exists(), "nothing may be created before the work starts"
+
+
+def test_benchmark_identity_folder_named_with_a_newline(workspace, copy_editor):
+    config = bench_inputs(workspace)
+    (workspace.inputs / "faces" / "id0").rename(workspace.inputs / "faces" / "id\n0")
+    (workspace.inputs / "published" / "id0").rename(workspace.inputs / "published" / "id\n0")
+    workspace.freeze()
+    out = workspace.root / "out"
+    workspace.check(bench(config, out), 2, "bench.yaml:2: identity folder name 'id\\n0' holds the control character")
+    assert not out.exists()
+
+
+def _user_files(root: Path, folder: str, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / folder / name).write_bytes(data)
+    return root / folder
+
+
+#: where -> (--output, extra arguments, what the error line says), given the workspace root
+BENCH_OUTPUT_CASES = {
+    "output among the photos": (lambda r: r / "inputs/faces/id0/set_B", [], "lies inside the input folder"),
+    "output is the identities folder": (lambda r: r / "inputs/faces", [], "is the input"),
+    "output holds the config": (lambda r: r / "inputs", [], "holds the input"),
+    "output holds a user's files": (lambda r: _user_files(r, "album", {"e0.png": b"mine", "e1.png": b"mine too"}), [], "holds files no facedefense benchmark run wrote there (e0.png, e1.png, holiday.jpg)"),
+    "output holds another command's run": (
+        lambda r: _user_files(r, "protected", {"facedefense.json": b'{"command": "protect", "images": [{"output": "a.png"}]}', "a.png": b"protected"}),
+        [], "holds a run of another command (protect)",
+    ),
+    "cache among the photos": (lambda r: r / "out", ["--cache", "{root}/inputs/faces/id0/set_A"], "lies inside the input folder"),
+    "cache holds a user's files": (lambda r: r / "out", ["--cache", "{root}/album"], "holds files no facedefense benchmark-cache run wrote there"),
+    "cache is the output": (lambda r: r / "out", ["--cache", "{root}/out"], "is the output folder"),
+    "output inside the cache": (lambda r: r / "cache/out", ["--cache", "{root}/cache"], "lies inside the cache folder"),
+    "an earlier output as the cache": (lambda r: r / "out", ["--cache", "{root}/earlier"], "holds a run of another command (benchmark)"),
+    "cache in place of the report": (lambda r: r / "out", ["--cache", "{root}/out/report.md"], "would take the place of the benchmark's report.md"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BENCH_OUTPUT_CASES))
+def test_benchmark_output_refused_before_any_work(workspace, copy_editor, case):
+    """``benchmark CFG --output ids/alice/set_B`` wrote its report and cache among the photos."""
+    config = bench_inputs(workspace)
+    workspace.freeze()
+    root = workspace.root
+    _user_files(root, "album", {"holiday.jpg": b"mine"})
+    _user_files(root, "earlier", {"facedefense.json": b'{"command": "benchmark", "files": ["report.md"]}', "report.md": b"# an earlier run"})
+    target, extra, match = BENCH_OUTPUT_CASES[case]
+    out = target(root)
+    outside = snapshot(root)
+    workspace.check(bench(config, out, *[arg.replace("{root}", str(root)) for arg in extra]), 2, match)
+    assert snapshot(root) == outside, "nothing written, nothing replaced"
+    assert not (root / "out").exists() and not (root / "cache").exists()
+
+
+def test_benchmark_failed_stage_fails_the_run(workspace, copy_editor):
+    """The attack fails and only an input metric is scored: no cell reads the failed stages, yet the
+    run is a failed run (it exited 0 with ``failed_cells: 0``)."""
+    config = bench_inputs(workspace, BENCH.replace("instructions:", "options: {behaviour: fail}, instructions:"))
+    workspace.freeze()
+    out = workspace.root / "out"
+    result = bench(config, out)
+    workspace.check(result, 1, "the editor broke")
+    assert "error: 2 stage(s) failed, 0 cell(s) failed" in result.stderr
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "failed" and manifest["summary"]["failed"] == 2
+    assert "**Incomplete: 2 stage(s) failed**" in (out / "report.md").read_text()
+
+
+def test_benchmark_interrupted_then_continued(workspace, copy_editor):
+    config = bench_inputs(workspace, BENCH.replace("instructions:", "options: {behaviour: interrupt}, instructions:"))
+    workspace.freeze()
+    out = workspace.root / "out"
+    workspace.check(bench(config, out), 130)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["finished"]
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name], "no unfinished stage left"
+    config.write_text(BENCH)  # the user fixes the config and runs again into the same folder
+    workspace.freeze()
+    workspace.check(bench(config, out), 0)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "completed" and manifest["earlier_runs"][-1]["status"] == "interrupted"
+    assert manifest["summary"]["cached"] > 0  # the stages finished before Ctrl-C are reused
+
+
+def test_benchmark_full_disk_while_writing_the_report(workspace, copy_editor, monkeypatch):
+    config = bench_inputs(workspace)
+    workspace.freeze()
+    write_text = Path.write_text
+
+    def no_space(self, *args, **kwargs):
+        if self.name.startswith(".report.md."):
+            raise OSError(28, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    out = workspace.root / "out"
+    workspace.check(bench(config, out), 2, f"{out / 'report.md'}: cannot be written (No space left on device)")
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "failed" and "No space left" in manifest["error"] and not (out / "report.md").exists()
+
+
+#: --json target -> (exit status, what the error line says), given the workspace root
+EVALUATE_JSON_CASES = {
+    "a photo in the scored folder": ("inputs/gen/good.png", 2, "lies inside the input folder"),
+    "a new file in the scored folder": ("inputs/gen/scores.json", 2, "lies inside the input folder"),
+    "a reference photo": ("reference/good.png", 2, "lies inside the input folder"),
+    "the scored file itself": ("inputs/gen/good.png", 2, "is the input"),
+    "a user's file": ("notes.json", 2, "already exists and no facedefense evaluate run wrote it"),
+    "another command's JSON": ("pairs.json", 2, "no facedefense evaluate run wrote it"),
+    "a symbolic link": ("link.json", 2, "exists and is not a plain file"),
+    "its own earlier JSON": ("scores.json", 0, ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVALUATE_JSON_CASES))
+def test_evaluate_json_never_replaces_what_it_did_not_write(workspace, case):
+    """``evaluate GEN/ ... --json GEN/a.png`` replaced a photo with JSON."""
+    target, code, match = EVALUATE_JSON_CASES[case]
+    root = workspace.root
+    (workspace.inputs / "gen").mkdir()
+    source = write_case("good", workspace.inputs / "gen")
+    reference = root / "reference"
+    reference.mkdir()
+    (reference / "good.png").write_bytes(source.read_bytes())
+    (root / "notes.json").write_text('{"mine": true}\n')
+    (root / "pairs.json").write_text('{"command": "pairs"}\n')
+    (root / "target.json").write_text("{}\n")
+    (root / "link.json").symlink_to(root / "target.json")
+    if case == "its own earlier JSON":
+        workspace.freeze()
+        workspace.check(invoke("evaluate", workspace.inputs / "gen", "--reference", reference, "--metric", "psnr", "--json", root / target), 0)
+    workspace.freeze()
+    scored = source if case == "the scored file itself" else workspace.inputs / "gen"
+    outside = snapshot(root)
+    result = invoke("evaluate", scored, "--reference", reference, "--metric", "psnr", "--json", root / target)
+    workspace.check(result, code, match)
+    if code == 2:
+        assert snapshot(root) == outside and "psnr" not in result.stdout, "refused before the work"
+    else:
+        assert json.loads((root / target).read_text())["command"] == "evaluate"

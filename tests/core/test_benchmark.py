@@ -8,6 +8,8 @@ the tiny config use registered plugins only, since Ray workers build their own r
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -17,13 +19,15 @@ import torch
 from typer.testing import CliRunner
 
 from facedefense.benchmark import load_config, run_benchmark
-from facedefense.errors import ConfigError, UnknownMethodError
+from facedefense.errors import ConfigError, OutputError, UnknownMethodError
 from facedefense.interfaces.defender import Defender
 from facedefense.interfaces.metric import Metric
 from facedefense.interfaces.personalizer import PersonalizedModel, Personalizer, read_metadata, write_metadata
 from facedefense.testing.benchmark_inputs import write_identities, write_precomputed
 
 CALLS: dict[str, int] = {"fit": 0, "interrupt_at": 0}
+#: Called at the start of every training (what another process does while a run works).
+DURING_FIT: list[Callable[[], None]] = []
 
 
 class NoiseDefender(Defender):
@@ -81,6 +85,8 @@ class MeanPersonalizer(Personalizer):
 
     def _fit(self, images, *, instance_prompt, class_images, class_prompt, output_dir, generator):
         CALLS["fit"] += 1
+        for hook in DURING_FIT:
+            hook()
         if CALLS["interrupt_at"] and CALLS["fit"] == CALLS["interrupt_at"]:
             raise KeyboardInterrupt  # what a kill half-way looks like to the runner
         resized = torch.stack([torch.nn.functional.interpolate(i[None], size=(32, 32), mode="area")[0] for i in images])
@@ -88,6 +94,13 @@ class MeanPersonalizer(Personalizer):
         if output_dir is not None:
             model.save(output_dir)
         return model
+
+
+class BrokenMean(MeanPersonalizer):
+    name: ClassVar[str] = "bench_broken_mean"
+
+    def _fit(self, images, **kwargs):
+        raise RuntimeError("the training diverged")
 
 
 class MeanDistance(Metric):
@@ -107,9 +120,12 @@ def methods(register_method):
     register_method("defender", NoiseDefender)
     register_method("defender", BrokenDefender)
     register_method("personalizer", MeanPersonalizer, version="1")
+    register_method("personalizer", BrokenMean)
     register_method("metric", MeanDistance)
     CALLS.update(fit=0, interrupt_at=0)
-    return register_method
+    DURING_FIT.clear()
+    yield register_method
+    DURING_FIT.clear()
 
 
 GRID = """\
@@ -136,6 +152,8 @@ def _setup(tmp_path: Path, text: str = GRID, identities: int = 1) -> Path:
 
 
 SMALL = GRID.replace("protected_share: [1.0, 0.5]", "protected_share: [1.0]")
+#: Clean photos only: one protection, a training per purifier.
+CLEAN = SMALL.replace("  - name: bench_noise\n  - {label: other_tool, precomputed: published}\n", "")
 
 
 def _values(output: Path) -> list[tuple]:
@@ -192,6 +210,7 @@ def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, metho
         run_benchmark(config, tmp_path / "out")
     assert len(list((tmp_path / "out" / "cache" / "train").glob("*/stage.json"))) == 3
     assert not list((tmp_path / "out" / "cache" / "train").glob(".*"))  # nothing half-written looks finished
+    assert json.loads((tmp_path / "out" / "facedefense.json").read_text())["status"] == "interrupted"
     CALLS.update(fit=0, interrupt_at=0)
     resumed = run_benchmark(config, tmp_path / "out")
     assert CALLS["fit"] == 3  # the 3 trainings finished before the interruption are reused
@@ -239,7 +258,7 @@ def test_a_new_method_version_recomputes_its_stages(tmp_path, methods):
         (("  - personalizer: bench_mean", "  - personalizer: bench_mean\n    options: {stpes: 3}"), "bench.yaml:11: personalizer 'bench_mean' has no option 'stpes' (did you mean 'steps'?)"),
         (("profile: gap_diff", "profile: gapdiff"), "bench.yaml:1: unknown protocol profile 'gapdiff' (did you mean 'gap_diff'?)"),
         (("num_images: 2", "num_imgs: 2"), "bench.yaml:1: unknown key 'num_imgs' in protocol (did you mean 'num_images'?)"),
-        (("seeds: [0]", "seeds: [0, -1]"), "bench.yaml:12: seeds are non-negative integers"),
+        (("seeds: [0]", "seeds: [0, -1]"), "bench.yaml:12: seeds are integers from 0 to"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_line(tmp_path, methods, edit, message):
@@ -314,3 +333,87 @@ def test_stage_keys_follow_model_weights_not_folders_a_method_writes_into(tmp_pa
     (model / "unet" / "weights.safetensors").write_bytes(b"1" * 11)  # rebuilt weights do
     assert local_signature(str(model)) != before
     assert local_signature(str(tmp_path / "missing")) is None and local_signature("a photo of sks person") is None
+
+
+# -- the output folder: claimed, locked, listed (issue 26) ----------------------------------------
+
+
+def test_the_manifest_lists_the_run_and_a_rerun_drops_what_it_no_longer_makes(tmp_path, methods):
+    config, out = _setup(tmp_path, CLEAN), tmp_path / "out"
+    previous = os.umask(0o022)
+    try:
+        run_benchmark(config, out)
+        manifest = json.loads((out / "facedefense.json").read_text())
+        assert manifest["command"] == "benchmark" and manifest["status"] == "completed"
+        assert manifest["folders"] == ["cache"] and manifest["summary"]["failed"] == 0
+        written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("cache", "facedefense.json")}
+        assert written == set(manifest["files"]) and {"results.jsonl", "report.md", "run.json", "examples.png"} <= written
+        assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {"0o644"}  # the umask's, not 0600
+        config.write_text(CLEAN.replace("purifiers: [none, jpeg]", "purifiers: [none]"))
+        run_benchmark(config, out)  # the same output, one purifier fewer: its cells' examples go
+    finally:
+        os.umask(previous)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "completed" and [run["status"] for run in manifest["earlier_runs"]] == ["completed"]
+    examples = sorted(p.name for p in (out / "examples").iterdir())
+    assert examples == ["id0__none__none__bench_mean__seed0.png"]
+    assert {f"examples/{name}" for name in examples} <= set(manifest["files"]) and not any("__jpeg__" in f for f in manifest["files"])
+
+
+def test_a_second_run_is_refused_while_the_first_works_and_its_stages_survive(tmp_path, methods):
+    """Two processes on one output (or one shared cache): the second's clean-up used to delete the
+    first's unfinished stage. The folder locks refuse the second run before it touches anything."""
+    config, out, shared = _setup(tmp_path, CLEAN), tmp_path / "out", tmp_path / "shared"
+    seen: list[str] = []
+
+    def another_run() -> None:
+        if seen:
+            return
+        unfinished = list((shared / "train").glob(".*.tmp-*"))
+        for output in (out, tmp_path / "other"):  # the same output; another output on the same cache
+            try:
+                run_benchmark(config, output, cache=shared)
+                seen.append("not refused")
+            except OutputError as exc:
+                seen.append(str(exc))
+        seen.append(f"unfinished stage kept: {bool(unfinished) and all(p.is_dir() for p in unfinished)}")
+
+    DURING_FIT.append(another_run)
+    first = run_benchmark(config, out, cache=shared)
+    assert "being written by another facedefense run" in seen[0] and str(out) in seen[0]
+    assert "being written by another facedefense run" in seen[1] and str(shared) in seen[1]
+    assert seen[2] == "unfinished stage kept: True" and first["failed"] == 0 and not (tmp_path / "other").exists()
+    DURING_FIT.clear()
+    again = run_benchmark(config, tmp_path / "other", cache=shared)  # one run at a time shares the cache
+    assert again["computed"] == 0 and again["cached"] == again["stages"]
+    assert json.loads((shared / "facedefense.json").read_text())["command"] == "benchmark-cache"
+    assert json.loads((out / "facedefense.json").read_text())["folders"] == []  # its cache is elsewhere
+
+
+def test_a_failed_stage_is_a_failed_run_even_when_no_cell_reads_it(tmp_path, methods):
+    """An attack scored only by input metrics: no row depends on it, yet the run is incomplete."""
+    from facedefense.cli import build_app
+
+    text = CLEAN.replace("personalizer: bench_mean", "personalizer: bench_broken_mean").replace("metrics: [psnr, bench_color]", "metrics: [psnr]")
+    config, out = _setup(tmp_path, text), tmp_path / "out"
+    result = CliRunner().invoke(build_app(), ["benchmark", str(config), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "2 stage(s) failed, 0 cell(s) failed" in result.output and "the training diverged" in result.output
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["failed"] == 2 and summary["failed_cells"] == 0
+    report = (out / "report.md").read_text()
+    assert "**Incomplete: 2 stage(s) failed**" in report and "| train bench_broken_mean on " in report
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "failed" and "2 stage(s) failed" in manifest["error"]
+
+
+def test_example_file_names_fit_a_file_system():
+    from facedefense.benchmark.graph import Cell
+    from facedefense.benchmark.report import example_file
+
+    def cell(attack: str) -> Cell:
+        return Cell("é" * 100, "d" * 100, 0.5, "p" * 100, attack, 7, "k", "k", "k")
+
+    long_a, long_b = example_file(cell("a" * 99 + "1")), example_file(cell("a" * 99 + "2"))
+    assert long_a != long_b and all(len(Path(name).name.encode()) <= 255 for name in (long_a, long_b))
+    assert example_file(Cell("id0", "none", 0.0, "jpeg", "lora", 0, "k", "k", "k")) == "examples/id0__none__jpeg__lora__seed0.png"
