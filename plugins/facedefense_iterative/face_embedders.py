@@ -4,6 +4,9 @@ with ``register_models`` and used through :func:`facedefense.models.shared_model
 Contract of a face embedder (the same as the metrics plugin's ``dlib_torch``): ``embedder(images)``
 maps (N, 3, H, W) float images in [0, 1] of any size (resized to the network's input inside) to
 (N, D) embeddings, differentiably with respect to the images; compare them with cosine similarity.
+``embedder(images, landmarks)`` first aligns each face to the network's template with a
+differentiable similarity warp from 5 landmarks (N, 5, 2), (x, y) pixels of ``images``, in the
+convention its ``landmark_convention`` attribute names (a key of ``LANDMARK_DETECTORS``).
 
 - ``arcface``: facexlib's ArcFace IR-SE50 (``recognition_arcface_ir_se50.pth``, 112x112 input,
   512-D); the weights are given by path (they ship in no wheel; never downloaded here).
@@ -21,6 +24,11 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
+#: Landmark convention -> the face backends (``facedefense_metrics.faces``) that detect those 5 points,
+#: the default first. ``five_point``: eye centres, nose tip, mouth corners (RetinaFace, MTCNN; the
+#: insightface 112x112 template); ``dlib``: dlib's 5-point shape predictor (eye corners, nose).
+LANDMARK_DETECTORS = {"five_point": ("retinaface", "mtcnn"), "dlib": ("dlib", "dlib_torch")}
+
 ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
 ARCFACE_ORIGIN = "facexlib's GitHub release v0.1.0 (xinntao/facexlib)"
 
@@ -29,15 +37,21 @@ def _embedder_class() -> type:
     import torch
 
     class FaceEmbedder(torch.nn.Module):
-        """Resize to ``size``, map [0, 1] to [-1, 1], run ``network``."""
+        """Align (with landmarks) or resize to ``size`` (112), map [0, 1] to [-1, 1], run ``network``."""
+
+        landmark_convention = "five_point"
 
         def __init__(self, network: torch.nn.Module, size: int) -> None:
             super().__init__()
             self.network, self.size = network, size
 
-        def forward(self, images: Tensor) -> Tensor:
+        def forward(self, images: Tensor, landmarks: Tensor | None = None) -> Tensor:
             import torch.nn.functional as F
 
+            if landmarks is not None:  # insightface's 112x112 template, as the arcface metric aligns
+                from facedefense_metrics.faces.arcface import align_112
+
+                images = torch.stack([align_112(image, marks) for image, marks in zip(images, landmarks)])
             if images.shape[-2:] != (self.size, self.size):
                 images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
                                        antialias=images.shape[-1] > self.size)

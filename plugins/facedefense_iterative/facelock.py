@@ -31,6 +31,12 @@ class FaceLockConfig(PGDConfig):
         face_model: shared face embedder (``facedefense list models``): ``arcface`` (facexlib's
             IR-SE50, weights by path), ``dlib_torch`` (the metrics plugin's), ``random_face_embedder`` (tests).
         face_model_path: weights of the face embedder (None: the embedder's default).
+        face_detector: face backend (``facedefense_metrics.faces``) whose 5 landmarks of the clean
+            photo align the face for the embedder; it must give the landmarks the embedder is
+            aligned with (``arcface``: ``retinaface`` or ``mtcnn``; ``dlib_torch``: ``dlib``).
+            None: the embedder's default (``retinaface`` for ``arcface``, ``dlib`` for ``dlib_torch``).
+        face_detector_weights: weights of the face detector (RetinaFace's ``detection_Resnet50_Final.pth``;
+            None: looked for in torch's hub cache).
         lpips_weights: torchvision VGG16 checkpoint of LPIPS's backbone (``vgg16-397923af.pth``);
             None: looked for in torch's hub cache; ``"random"``: a random backbone (tests).
         identity_weight, latent_weight, lpips_weight: weights of the three terms. Defaults 1, 0.2, 1.
@@ -48,6 +54,8 @@ class FaceLockConfig(PGDConfig):
     step_size: float = 0.005
     face_model: str = "arcface"
     face_model_path: str | None = None
+    face_detector: str | None = None
+    face_detector_weights: str | None = None
     lpips_weights: str | None = None
     identity_weight: float = 1.0
     latent_weight: float = 0.2
@@ -66,7 +74,8 @@ class FaceLockConfig(PGDConfig):
 
 def build_lpips(weights: str | None, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """``lpips.LPIPS(net="vgg")`` with its linear heads from the wheel and the VGG16 backbone from
-    ``weights`` (never downloaded). Maps two (N, 3, H, W) batches in [-1, 1] to (N, 1, 1, 1)."""
+    ``weights`` (never downloaded; ``"random"``: a seeded random backbone). Maps two (N, 3, H, W)
+    batches in [-1, 1] to (N, 1, 1, 1)."""
     import torch
 
     from facedefense._compat.torchvision_ops import ensure_torchvision_importable
@@ -89,7 +98,9 @@ def build_lpips(weights: str | None, device: torch.device, dtype: torch.dtype) -
     ensure_torchvision_importable()
     import lpips
 
-    model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    with torch.random.fork_rng(devices=[]):  # "random": the same backbone in every build
+        torch.manual_seed(0)
+        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
     if path is not None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         names = {name: "features." + name.split(".", 1)[1] for name in model.net.state_dict()}
@@ -104,34 +115,41 @@ class FaceLock(Defender):
 
     Per image, ascends (sign steps, linear step decay, random start)::
 
-        L = -w_id * cos(FR(R(x')), FR(x)) * [i >= 0.35 N]
+        L = -w_id * cos(FR(A(R(x'))), FR(A(x))) * [i >= 0.35 N]
             + w_z * MSE(mu_E(x'), mu_E(x))
             + w_p * LPIPS(R(x'), x) * [i > 0.25 N]
 
-    where ``R(x') = D(mu_E(x'))`` is the VAE reconstruction of the surrogate editing model, ``FR`` a
-    face-recognition embedder (pluggable: :func:`facedefense.models.shared_model`) and ``i`` the step.
-    An editor built on that VAE then produces a face that no longer matches the person.
+    where ``R(x') = D(mu_E(x'))`` is the VAE reconstruction of the surrogate editing model (clamped
+    to the image range, as the reference), ``FR`` a face-recognition embedder (pluggable:
+    `facedefense.models.shared_model`), ``A`` the embedder's face alignment (a differentiable
+    similarity warp to its template, from the 5 landmarks of the clean photo, detected once) and
+    ``i`` the step. An editor built on that VAE then produces a face that no longer matches the
+    person.
+
+    A photo in which the detector finds no face gets no identity term (the latent and LPIPS terms
+    still apply); a warning says how many, and its stats say ``face_found: false``.
 
     Args:
         model: diffusers folder or Hugging Face id of the editing model whose VAE is attacked (the
             reference uses ``timbrooks/instruct-pix2pix``).
-        eps, steps, step_size, face_model, face_model_path, lpips_weights, identity_weight,
-            latent_weight, lpips_weight, identity_start, lpips_start, random_start, resolution:
-            see :class:`FaceLockConfig`.
+        eps, steps, step_size, face_model, face_model_path, face_detector, face_detector_weights,
+            lpips_weights, identity_weight, latent_weight, lpips_weight, identity_start, lpips_start,
+            random_start, resolution: see `FaceLockConfig`.
 
     Shape:
-        images: (N, 3, H, W) float in [0, 1], portraits (the whole working image is the face
-        embedder's input); any size.
+        images: (N, 3, H, W) float in [0, 1], any size; landmarks are detected on the photo and
+        scaled to the working size.
 
     Example:
         >>> defender = FaceLock(model="timbrooks/instruct-pix2pix", face_model_path="recognition_arcface_ir_se50.pth",
-        ...                     lpips_weights="vgg16-397923af.pth")
+        ...                     face_detector_weights="detection_Resnet50_Final.pth", lpips_weights="vgg16-397923af.pth")
         >>> protected = defender.protect(images).images
 
-    Differences from the reference code:
-        the face embedder is pluggable (the reference uses CVLFace AdaFace-KPRPE with its aligner,
-        loaded with ``trust_remote_code``; not here) and sees the whole working image (no alignment);
-        budgets in [0, 1] units; per-image losses (the reference averages over the batch); fp32 on CPUs.
+    Differences from the reference code (docs/methods/facelock.md, "Fidelity"):
+        the face embedder is pluggable (the reference uses CVLFace AdaFace-KPRPE with its DFA
+        aligner, loaded with ``trust_remote_code``; not here) and the landmarks are detected once
+        on the clean photo (the reference's aligner runs on every reconstruction); budgets in
+        [0, 1] units; per-image losses (the reference averages over the batch); fp32 on CPUs.
     """
 
     name: ClassVar[str] = "facelock"
@@ -150,51 +168,130 @@ class FaceLock(Defender):
             self.config.face_model, path=self.config.face_model_path, device=self.device,
             dtype=str(self.dtype).removeprefix("torch."),
         )
+        self.detector = self._build_detector()
         self.lpips = build_lpips(self.config.lpips_weights, self.device, self.dtype)
         self.vae = load_components(self.config.model, components=("vae",), device=self.device, dtype=self.dtype).vae
 
+    def _build_detector(self) -> Any:
+        """The face backend giving the landmarks the embedder is aligned with (one-line errors)."""
+        from facedefense_iterative.face_embedders import LANDMARK_DETECTORS
+        from facedefense_metrics.faces import get_backend
+
+        config = self.config
+        convention = getattr(self.embedder, "landmark_convention", None)
+        if convention not in LANDMARK_DETECTORS:
+            raise ConfigError(
+                f"facelock: face model '{config.face_model}' does not say which landmarks align it "
+                f"(its `landmark_convention` must be one of {', '.join(LANDMARK_DETECTORS)})"
+            )
+        detectors = LANDMARK_DETECTORS[convention]
+        name = config.face_detector or detectors[0]
+        if name not in detectors:
+            raise ConfigError(
+                f"facelock: face model '{config.face_model}' is aligned with {convention} landmarks, which "
+                f"face_detector '{name}' does not give; use one of: {', '.join(detectors)}"
+            )
+        return get_backend(name, detector_weights=config.face_detector_weights, device=str(self.device))
+
+    def find_landmarks(self, images: Tensor, size: tuple[int, int]) -> Tensor:
+        """5 landmarks (N, 5, 2) of the largest face of each photo, (x, y) in pixels of the photo
+        resized to ``size``; NaN where the detector finds no face. Detected on the photos themselves."""
+        import torch
+
+        height, width = images.shape[-2:]
+        scale = torch.tensor([size[1] / width, size[0] / height])
+        out = torch.full((images.shape[0], 5, 2), float("nan"))
+        for index, image in enumerate(images):
+            faces = self.detector.detect(image.detach().float())
+            if faces and faces[0].landmarks is not None:
+                out[index] = (faces[0].landmarks.float().cpu() + 0.5) * scale - 0.5  # pixel centres
+        return out
+
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``(mu_E(x), D(mu_E(x)))``: the unscaled latent mean and the VAE reconstruction in [0, 1]."""
-        from facedefense.diffusion import decode_latents, latent_mean
+        """``(mu_E(x), D(mu_E(x)))``: the unscaled latent mean (float32) and the VAE reconstruction."""
+        from facedefense.diffusion import latent_mean
 
-        latent = latent_mean(self.vae, images.to(self.dtype))
-        return latent.float(), decode_latents(self.vae, latent * self.vae.config.scaling_factor)
+        latent = latent_mean(self.vae, images.to(self.dtype)).float()
+        return latent, self.decode(latent)
 
-    def identity_similarity(self, images: Tensor, clean: Tensor) -> Tensor:
-        """Cosine similarity (N,) of the face embeddings of ``images``'s reconstruction and ``clean``."""
-        import torch.nn.functional as F
+    def decode(self, latent: Tensor) -> Tensor:
+        """``D(z)`` of an unscaled latent: (N, 3, H, W) float32 in [0, 1], clamped as the reference's
+        ``.clip(-1, 1)``."""
+        from facedefense.diffusion import decode_latents
 
-        size = working_size(*images.shape[-2:], self.config.resolution)
-        _, recon = self.reconstruct(resize(images, size))
-        embedded = self.embedder(recon.to(self.dtype)).float()
-        reference = self.embedder(resize(clean, size).to(self.dtype)).float()
-        return F.cosine_similarity(embedded, reference, dim=1)
+        return decode_latents(self.vae, latent * self.vae.config.scaling_factor)
 
-    def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
+    def embed(self, images: Tensor, landmarks: Tensor) -> Tensor:
+        """Face embeddings (N, D) float32 of the aligned faces of ``images`` (working size, [0, 1]),
+        with ``landmarks`` (N, 5, 2) of the clean photo; differentiable with respect to ``images``."""
+        return self.embedder(images.to(self.dtype), landmarks.to(images.device)).float()
+
+    def identity_similarity(self, images: Tensor, clean: Tensor, landmarks: Tensor | None = None) -> Tensor:
+        """Cosine similarity (N,) of the aligned face embeddings of ``images``'s reconstruction and
+        ``clean`` (NaN where no face is found in ``clean``); ``landmarks`` as `find_landmarks` gives
+        them (detected on ``clean`` when None)."""
         import torch
         import torch.nn.functional as F
 
+        size = working_size(*images.shape[-2:], self.config.resolution)
+        if landmarks is None:
+            landmarks = self.find_landmarks(clean, size)
+        found = ~landmarks.isnan().flatten(1).any(1)
+        out = torch.full((images.shape[0],), float("nan"), device=images.device)
+        if found.any():
+            _, recon = self.reconstruct(resize(images[found.to(images.device)], size))
+            reference = resize(clean[found.to(clean.device)], size)
+            out[found.to(out.device)] = F.cosine_similarity(
+                self.embed(recon, landmarks[found]), self.embed(reference, landmarks[found]), dim=1
+            )
+        return out
+
+    def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
+        import warnings
+
+        import torch
+        import torch.nn.functional as F
+
+        from facedefense.diffusion import latent_mean
         from facedefense.optim import LinfPGD
         from facedefense_iterative.frozen_model import flush_denormals
 
         config = self.config
         size = working_size(*images.shape[-2:], config.resolution)
         clean = resize(images, size)
+        landmarks = self.find_landmarks(images, size)
+        found = (~landmarks.isnan().flatten(1).any(1)).to(images.device)
+        if not found.all():
+            warnings.warn(
+                f"facelock: no face found in {int((~found).sum())} of {len(found)} photos; they get no identity term",
+                UserWarning, stacklevel=2,
+            )
         with torch.no_grad():
-            clean_latent, _ = self.reconstruct(clean)
-            clean_embedding = self.embedder(clean.to(self.dtype)).float()
+            clean_latent, clean_recon = self.reconstruct(clean)
+            clean_embedding = self.embed(clean[found], landmarks[found.cpu()]) if found.any() else None
+
+        def similarity(recon: Tensor) -> Tensor:
+            """cos(FR(A(recon)), FR(A(x))) of the photos with a face, 0 for the others; (N,)."""
+            if clean_embedding is None:
+                return torch.zeros(recon.shape[0], device=recon.device)
+            values = F.cosine_similarity(self.embed(recon[found], landmarks[found.cpu()]), clean_embedding, dim=1)
+            return torch.zeros(recon.shape[0], device=recon.device).masked_scatter(found, values)
+
         progress = {"step": 0}
 
         def objective(adversarial: Tensor) -> Tensor:
             step = progress["step"]
-            latent, recon = self.reconstruct(resize(adversarial, size))
+            identity = step >= config.identity_start * config.steps and config.identity_weight > 0
+            perceptual = step > config.lpips_start * config.steps and config.lpips_weight > 0
+            latent = latent_mean(self.vae, resize(adversarial, size).to(self.dtype)).float()
             loss = config.latent_weight * (latent - clean_latent).pow(2).flatten(1).mean(1)
-            if step >= config.identity_start * config.steps and config.identity_weight > 0:
-                embedding = self.embedder(recon.to(self.dtype)).float()
-                loss = loss - config.identity_weight * F.cosine_similarity(embedding, clean_embedding, dim=1)
-            if step > config.lpips_start * config.steps and config.lpips_weight > 0:
-                distance = self.lpips(recon.to(self.dtype) * 2 - 1, clean.to(self.dtype) * 2 - 1).float().flatten()
-                loss = loss + config.lpips_weight * distance
+            if identity or perceptual:  # the decoder runs only once a term needs the reconstruction
+                recon = self.decode(latent)
+                if identity:
+                    loss = loss - config.identity_weight * similarity(recon)
+                if perceptual:
+                    distance = self.lpips(recon.to(self.dtype) * 2 - 1, clean.to(self.dtype) * 2 - 1).float().flatten()
+                    loss = loss + config.lpips_weight * distance
             return loss
 
         def advance(state: Any) -> None:
@@ -207,7 +304,14 @@ class FaceLock(Defender):
         with flush_denormals():
             state = pgd.run(images, objective, steps=config.steps, generator=generator, on_step=advance)
             with torch.no_grad():
-                before = self.identity_similarity(images, images)
-                after = self.identity_similarity(state.adversarial, images)
-        stats = [{"identity_similarity_start": float(b), "identity_similarity_end": float(a)} for b, a in zip(before, after)]
+                before = similarity(clean_recon)
+                after = similarity(self.reconstruct(resize(state.adversarial, size))[1])
+        stats = [
+            {
+                "face_found": bool(face),
+                "identity_similarity_start": float(b) if face else None,
+                "identity_similarity_end": float(a) if face else None,
+            }
+            for face, b, a in zip(found.tolist(), before.tolist(), after.tolist())
+        ]
         return state.adversarial, stats

@@ -1,19 +1,173 @@
-"""FaceLock: contract on the trained tiny model with a random face embedder and a random LPIPS
-backbone (the identity similarity of the reconstruction drops below same-budget noise's), the
-pluggable face embedder, and bad input."""
+"""FaceLock on the trained tiny model with a random face embedder, a random LPIPS backbone and a
+stand-in face detector: the contract (the identity similarity of the reconstruction drops below
+same-budget noise's); against the reference: the identity term sees the face aligned from the clean
+photo's landmarks (a differentiable warp), a photo without a face gets no identity term, and the
+identity, latent and LPIPS terms each push the way the reference's signs say; the pluggable face
+embedder and bad input."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from facedefense.errors import ModelNotFoundError
+from facedefense.errors import ConfigError, ModelNotFoundError
 from facedefense.testing.contracts import DefenderContract, _images
 from facedefense_iterative.facelock import FaceLock
+from facedefense_metrics.faces.base import Face, FaceBackend
 
 
-def make(model, **options):
-    defaults = dict(face_model="random_face_embedder", lpips_weights="random", resolution=None, device="cpu", dtype="float32")
-    return FaceLock(model=str(model), **{**defaults, **options})
+class FixedLandmarks(FaceBackend):
+    """A face detector stand-in: the same 5 landmarks (photo pixels) for every photo, or no face."""
+
+    name = "fixed"
+
+    def __init__(self, landmarks=None) -> None:
+        self.landmarks = landmarks
+
+    def detect(self, image):
+        if self.landmarks is None:
+            return []
+        return [Face((0.0, 0.0, 1.0, 1.0), 1.0, self.landmarks.clone())]
+
+
+def five_points(center=(22.0, 22.0), scale=0.3, angle=0.2):
+    """insightface's 112x112 template moved by a similarity transform into a photo: (5, 2)."""
+    import torch
+
+    from facedefense_metrics.faces.arcface import TEMPLATE_112
+
+    template = torch.tensor(TEMPLATE_112) - 56.0
+    rotation = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return template @ rotation.T * scale + torch.tensor(center)
+
+
+def make(model, landmarks="default", **options):
+    defaults = dict(
+        face_model="random_face_embedder", face_detector="mtcnn", lpips_weights="random", resolution=None,
+        device="cpu", dtype="float32",
+    )
+    defender = FaceLock(model=str(model), **{**defaults, **options})
+    defender.detector = FixedLandmarks(five_points() if landmarks == "default" else landmarks)
+    return defender
+
+
+def dots(landmarks, size=64):
+    """A black (1, 3, size, size) photo with a white 3x3 dot on each landmark."""
+    import torch
+
+    image = torch.zeros(1, 3, size, size)
+    for x, y in landmarks.round().long().tolist():
+        image[..., y - 1 : y + 2, x - 1 : x + 2] = 1.0
+    return image
+
+
+def test_identity_term_sees_the_face_aligned_to_the_template(tiny_sd_path):
+    """The embedder's input is the 112x112 chip in which the clean photo's landmarks sit on the
+    template (not the whole photo resized: the dots would sit at landmarks * 112 / 64)."""
+    import torch
+
+    from facedefense_metrics.faces.arcface import TEMPLATE_112
+
+    defender = make(tiny_sd_path)
+    inputs = []
+    hook = defender.embedder.network.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    try:
+        landmarks = five_points()
+        photo = dots(landmarks)
+        with torch.no_grad():
+            defender.identity_similarity(photo, photo, landmarks[None])
+    finally:
+        hook.remove()
+    clean_chip = (inputs[-1][0] + 1) / 2  # the clean photo's chip, back in [0, 1]
+    assert clean_chip.shape == (3, 112, 112)
+    on_template = torch.stack([clean_chip[:, round(y), round(x)] for x, y in TEMPLATE_112])
+    assert (on_template > 0.9).all(), on_template
+    assert clean_chip.mean() < 0.1
+
+
+def test_identity_gradient_reaches_the_face_pixels_only(tiny_sd_path):
+    """Gradients flow through the warp to the pixels of the face region, and nowhere far from it."""
+    import torch
+
+    defender = make(tiny_sd_path)
+    landmarks = five_points()
+    clean = dots(landmarks)
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    similarity = torch.nn.functional.cosine_similarity(
+        defender.embed(pixels, landmarks[None]), defender.embed(clean, landmarks[None])
+    )
+    (gradient,) = torch.autograd.grad(similarity.sum(), pixels)
+    magnitude = gradient.abs().sum(1)[0]
+    assert magnitude[10:34, 10:34].sum() > 0
+    assert magnitude[44:, :].sum() == 0 and magnitude[:, 44:].sum() == 0
+    # and through the VAE reconstruction to the photo
+    photo = clean.clone().requires_grad_(True)
+    (through_vae,) = torch.autograd.grad(defender.identity_similarity(photo, clean, landmarks[None]).sum(), photo)
+    assert through_vae.abs().sum() > 0
+
+
+def test_photo_without_a_face_gets_no_identity_term(tiny_sd_path, face_images):
+    """No face found: a warning, ``face_found: false``, no similarity, and exactly the protection
+    that the latent and LPIPS terms alone give."""
+    import torch
+
+    options = dict(steps=2, step_size=2 / 255, identity_start=0.0)
+    faceless = make(tiny_sd_path, landmarks=None, **options)
+    with pytest.warns(UserWarning, match="no face found in 2 of 2 photos"):
+        result = faceless.protect(face_images, generator=torch.Generator().manual_seed(0))
+    assert [s["face_found"] for s in result.stats] == [False, False]
+    assert all(s["identity_similarity_end"] is None for s in result.stats)
+    without_identity = make(tiny_sd_path, identity_weight=0.0, **options).protect(
+        face_images, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(result.images, without_identity.images)
+
+
+def _noisy(images, eps):
+    import torch
+
+    from facedefense.budget import quantize_within_budget
+
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    return quantize_within_budget((images + noise * eps).clamp(0, 1), images, eps)
+
+
+def test_latent_term_pushes_the_latent_away(trained_tiny_sd_path, face_images):
+    """The latent term alone is ascended: MSE(mu_E(x'), mu_E(x)) beats same-budget noise's."""
+    import torch
+
+    defender = make(trained_tiny_sd_path, steps=4, step_size=2 / 255, identity_weight=0.0, lpips_weight=0.0)
+    protected = defender.protect(face_images).images
+    with torch.no_grad():
+        clean, _ = defender.reconstruct(face_images)
+
+        def distance(images):
+            return (defender.reconstruct(images)[0] - clean).pow(2).flatten(1).mean(1)
+
+        assert (distance(protected) > 2 * distance(_noisy(face_images, defender.config.eps))).all()
+
+
+def test_lpips_term_distorts_the_reconstruction(trained_tiny_sd_path, face_images):
+    """The LPIPS term alone is ascended: LPIPS(R(x'), x) beats same-budget noise's."""
+    import torch
+
+    defender = make(
+        trained_tiny_sd_path, steps=4, step_size=2 / 255, identity_weight=0.0, latent_weight=0.0, lpips_start=0.0
+    )
+    protected = defender.protect(face_images).images
+    with torch.no_grad():
+
+        def distance(images):
+            return defender.lpips(defender.reconstruct(images)[1] * 2 - 1, face_images * 2 - 1).flatten()
+
+        clean, noisy = distance(face_images), distance(_noisy(face_images, defender.config.eps))
+        assert (distance(protected) - clean > 2 * (noisy - clean).abs()).all()
+
+
+def test_detector_must_give_the_embedders_landmarks(tiny_sd_path):
+    with pytest.raises(ConfigError, match="aligned with five_point landmarks, which face_detector 'dlib' does not give"):
+        FaceLock(model=str(tiny_sd_path), face_model="random_face_embedder", face_detector="dlib", device="cpu")
 
 
 class TestFaceLock(DefenderContract):

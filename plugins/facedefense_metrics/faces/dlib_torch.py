@@ -400,6 +400,9 @@ class DlibFaceEmbedder(_nn_module()):  # type: ignore[misc]
         padding: face-chip padding (dlib default 0.25).
     """
 
+    #: The landmarks ``forward(images, landmarks)`` takes: dlib's 5-point shape predictor's.
+    landmark_convention: ClassVar[str] = "dlib"
+
     def __init__(self, path: str | Path | None = None, *, exact: bool = True, padding: float = 0.25) -> None:
         super().__init__()
         import torch
