@@ -35,6 +35,10 @@ class MistConfig(PGDConfig):
             Default 0.61 (the reference's rate 1e4 against a sum over 4x64x64 latents).
         target: ``"pattern"`` (a built-in texture standing in for Mist's ``MIST.png``) or an image path.
         prompt: conditioning of the semantic loss. Default "a photo" (the reference's object mode).
+        posterior: the VAE latent the losses see: ``"sample"`` (default; the reference's
+            ``get_first_stage_encoding``, drawn from the run's generator at every step) or
+            ``"mean"`` (deterministic; near-identical for Stable Diffusion's VAE, whose posterior
+            is narrow, but not for a wide one such as the tests' tiny VAE).
         random_start: start from a uniform point of the ball, as the reference (advertorch) does.
         eot: purifiers to optimize through (expectation over transformations), e.g. ``jpeg`` or
             ``none,jpeg``; empty: none.
@@ -47,10 +51,13 @@ class MistConfig(PGDConfig):
     semantic_weight: float = REFERENCE_SEMANTIC_WEIGHT
     target: str = "pattern"
     prompt: str = "a photo"
+    posterior: Literal["sample", "mean"] = "sample"
     random_start: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.posterior not in ("sample", "mean"):
+            raise ConfigError(f"mist posterior must be 'sample' or 'mean', got '{self.posterior}'")
         if self.mode not in ("fused", "textural", "semantic"):
             raise ConfigError(f"mist mode must be fused, textural or semantic, got '{self.mode}'")
         if self.semantic_weight < 0:
@@ -61,9 +68,12 @@ class Mist(Defender):
     """Mist: pull the image's latent toward a texture while raising the surrogate's denoising loss.
 
     Per image, minimizes ``L = L_T - w * L_s`` over ``||delta||_inf <= eps`` with sign steps, where
-    ``L_T = mean_sq(z(x) - z(x_target))`` is the textural loss (scaled VAE latents) and
-    ``L_s = ||UNet(z_t, t, c) - eps||^2`` the semantic (AdvDM) loss at a random t and noise, with
-    the gradient through the UNet. A personalized or edited model then reproduces the texture.
+    ``L_T = mean_sq(z(x) - z(x_target))`` is the textural loss and ``L_s = ||UNet(z_t, t, c) - eps||^2``
+    the semantic (AdvDM) loss at a random t and noise, with the gradient through the UNet. As in the
+    reference (LDM's ``get_first_stage_encoding``), ``z(x)`` is a sample of the VAE posterior
+    (reparameterized, drawn from the method's generator at each step), scaled; the target's latent
+    is its posterior mean (a constant: the same gradient in expectation, less variance). A
+    personalized or edited model then reproduces the texture.
 
     Args:
         model: diffusers folder or Hugging Face id of the surrogate.
@@ -78,11 +88,11 @@ class Mist(Defender):
         >>> defender = Mist(model="stable-diffusion-v1-5/stable-diffusion-v1-5", target="mist.png")
         >>> protected = defender.protect(images).images
 
-    Differences from the reference code:
-        per-element (resolution-independent) loss weights; the posterior mean instead of a sample
-        for the textural term; no random crop for the semantic term (the image is resized to the
-        working resolution instead); a procedural texture by default (MIST.png is not shipped);
-        rounded to 8 bits inside the budget.
+    Differences from the reference code (docs/methods/mist.md, "Fidelity"):
+        per-element (resolution-independent) loss weights; one posterior sample for both terms
+        (as Diff-Protect's ``diff_mist.py``; ``mist_v3.py`` draws one per term); no random crop for
+        the semantic term (the image is resized to the working resolution instead); a procedural
+        texture by default (MIST.png is not shipped); rounded to 8 bits inside the budget.
     """
 
     name: ClassVar[str] = "mist"
@@ -99,33 +109,49 @@ class Mist(Defender):
         self.surrogate = load_surrogate(
             self.config.model, self.config.prompt, device=self.device, dtype=self.dtype, method=self.name
         )
+        self._target_latents: dict[tuple[int, int], Tensor] = {}
 
-    def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
+    def target_latent(self, size: tuple[int, int]) -> Tensor:
+        """Scaled posterior mean of the target at the working ``size``, (1, 4, h/8, w/8) float32 (cached)."""
+        import torch
+
+        from facedefense.diffusion import encode_latents
+        from facedefense_iterative.targets import target_at
+
+        if size not in self._target_latents:
+            with torch.no_grad():
+                target = target_at(self.target_image, size, self.device, torch.float32)
+                self._target_latents[size] = encode_latents(self.surrogate.parts.vae, target).float()
+        return self._target_latents[size]
+
+    def loss(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Per-image ``L_T - w * L_s`` of ``images`` ((N, 3, H, W) in [0, 1], any size; the
+        surrogate sees them at the working size), with the posterior sample, timestep and noise
+        drawn from ``generator`` in that order; (N,), differentiable with respect to ``images``.
+        Mode ``textural`` gives ``L_T`` alone, ``semantic`` gives ``-L_s``."""
         import torch
 
         from facedefense.diffusion import denoising_loss, encode_latents
-        from facedefense_iterative.frozen_model import flush_denormals, run_pgd
-        from facedefense_iterative.targets import target_at
 
-        parts = self.surrogate.parts
+        parts, mode = self.surrogate.parts, self.config.mode
         size = working_size(*images.shape[-2:], self.config.resolution)
-        mode = self.config.mode
-        with torch.no_grad():
-            target_latent = encode_latents(parts.vae, target_at(self.target_image, size, self.device, torch.float32))
+        sample = self.config.posterior == "sample"
+        latents = encode_latents(parts.vae, resize(images, size), sample=sample, generator=generator).float()
+        loss = torch.zeros(latents.shape[0], device=latents.device)
+        if mode != "semantic":
+            loss = loss + (latents - self.target_latent(size)).pow(2).flatten(1).mean(1)
+        if mode != "textural":
+            weight = 1.0 if mode == "semantic" else self.config.semantic_weight
+            semantic = denoising_loss(parts.unet, parts.scheduler, latents, self.surrogate.condition, generator=generator)
+            loss = loss - weight * semantic
+        return loss
 
-        def objective(adversarial: Tensor) -> Tensor:
-            latents = encode_latents(parts.vae, resize(adversarial, size)).float()
-            loss = torch.zeros(latents.shape[0], device=latents.device)
-            if mode != "semantic":
-                loss = loss + (latents - target_latent.float()).pow(2).flatten(1).mean(1)
-            if mode != "textural":
-                weight = 1.0 if mode == "semantic" else self.config.semantic_weight
-                semantic = denoising_loss(
-                    parts.unet, parts.scheduler, latents, self.surrogate.condition, generator=generator
-                )
-                loss = loss - weight * semantic
-            return loss
+    def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
+        from facedefense_iterative.frozen_model import flush_denormals, run_pgd
 
         with flush_denormals():
-            adversarial, stats = run_pgd(self, images, objective, generator, minimize=True, description=f"mist {mode}")
+            adversarial, stats = run_pgd(
+                self, images, lambda adversarial: self.loss(adversarial, generator), generator, minimize=True,
+                description=f"mist {self.config.mode}",
+            )
         return adversarial, stats

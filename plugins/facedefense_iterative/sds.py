@@ -30,6 +30,10 @@ class SDSConfig(PGDConfig):
             texture term of SDST: each step follows ``sign(d * target_weight * g_sds - grad L_T)``.
         target_weight: weight of the SDS gradient against the texture gradient. Default 5 (the reference's).
         prompt: conditioning of the surrogate. Default "a portrait photo" (the reference's prompt for portraits).
+        posterior: the VAE latent the losses see: ``"sample"`` (default; the reference's
+            ``get_first_stage_encoding``, drawn from the run's generator at every step) or
+            ``"mean"`` (deterministic; near-identical for Stable Diffusion's VAE, whose posterior
+            is narrow, but not for a wide one such as the tests' tiny VAE).
         random_start: start from a uniform point of the ball (the reference starts at the image).
         eot: purifiers to optimize through (expectation over transformations), e.g. ``jpeg`` or
             ``none,jpeg``; empty: none.
@@ -42,10 +46,13 @@ class SDSConfig(PGDConfig):
     target: str | None = None
     target_weight: float = 5.0
     prompt: str = "a portrait photo"
+    posterior: Literal["sample", "mean"] = "sample"
     random_start: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.posterior not in ("sample", "mean"):
+            raise ConfigError(f"sds posterior must be 'sample' or 'mean', got '{self.posterior}'")
         if self.mode not in ("+", "-"):
             raise ConfigError(f"sds mode must be '+' or '-', got '{self.mode}'")
         if self.target_weight <= 0:
@@ -56,7 +63,8 @@ class SDS(Defender):
     """Score-distillation protection: the denoiser's residual drives the encoder, the UNet is never
     differentiated.
 
-    Each step encodes the image, draws t ~ U{0..999} and noise, and evaluates
+    Each step encodes the image (a sample of the VAE posterior, as the reference's
+    ``get_first_stage_encoding``), draws t ~ U{0..999} and noise, and evaluates
     ``g_z = UNet(z_t, t, c) - eps`` under ``torch.no_grad``; the pixel gradient is the encoder's
     vector-Jacobian product ``J_E^T g_z``. The image moves by ``d * step_size * sign(J_E^T g_z)``
     with ``d = +1`` for mode ``+`` and ``-1`` for mode ``-``. This is the gradient of the denoising
@@ -75,9 +83,10 @@ class SDS(Defender):
         >>> defender = SDS(model="stable-diffusion-v1-5/stable-diffusion-v1-5", mode="-", steps=100)
         >>> protected = defender.protect(images).images
 
-    Differences from the reference code:
-        the encoder's posterior mean instead of a sample; budgets in [0, 1] units; per-image
-        timesteps and objective; any resolution; the result is rounded to 8 bits inside the budget.
+    Differences from the reference code (docs/methods/sds.md, "Fidelity"):
+        budgets in [0, 1] units; per-image timesteps and objective; any resolution; the result is
+        rounded to 8 bits inside the budget; SDST's texture term uses the step's posterior sample
+        and the target's posterior mean (the reference encodes both once more, sampling).
     """
 
     name: ClassVar[str] = "sds"
@@ -94,36 +103,49 @@ class SDS(Defender):
         self.surrogate = load_surrogate(
             self.config.model, self.config.prompt, device=self.device, dtype=self.dtype, method=self.name
         )
+        self._target_latents: dict[tuple[int, int], Tensor] = {}
 
-    def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
+    def target_latent(self, size: tuple[int, int]) -> Tensor:
+        """Scaled posterior mean of SDST's target at the working ``size``, (1, 4, h/8, w/8) float32 (cached)."""
         import torch
 
         from facedefense.diffusion import encode_latents
-        from facedefense_iterative.frozen_model import denoising_residual, flush_denormals, run_pgd
         from facedefense_iterative.targets import target_at
 
-        vae = self.surrogate.parts.vae
-        size = working_size(*images.shape[-2:], self.config.resolution)
-        direction = 1.0 if self.config.mode == "+" else -1.0
-        target_latent = None
-        if self.config.target:
+        if size not in self._target_latents:
             with torch.no_grad():
                 target = target_at(self.target_image, size, self.device, torch.float32)
-                target_latent = encode_latents(vae, target).float()
+                self._target_latents[size] = encode_latents(self.surrogate.parts.vae, target).float()
+        return self._target_latents[size]
 
-        def objective(adversarial: Tensor) -> Tensor:
-            latents = encode_latents(vae, resize(adversarial, size)).float()
-            residual = denoising_residual(self.surrogate, latents, generator)
-            loss = residual.pow(2).flatten(1).mean(1)
-            surrogate = (latents * residual).flatten(1).sum(1)
-            sds = loss + surrogate - surrogate.detach()  # value: the loss; gradient: J_E^T g_z
-            if target_latent is None:
-                return direction * sds
-            texture = (latents - target_latent).pow(2).flatten(1).sum(1)
-            return direction * self.config.target_weight * sds - texture
+    def loss(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The per-image objective the sign steps ascend, (N,): value ``d * L`` (SDST:
+        ``d * target_weight * L - L_T``) where ``L`` is the denoising loss at a posterior sample of
+        ``images`` (any size, seen at the working size) and a timestep and noise, all drawn from
+        ``generator`` in that order; its gradient is the score-distillation one, ``d * J_E^T g_z``
+        (the UNet is run without autograd)."""
+        from facedefense.diffusion import encode_latents
+        from facedefense_iterative.frozen_model import denoising_residual
+
+        size = working_size(*images.shape[-2:], self.config.resolution)
+        direction = 1.0 if self.config.mode == "+" else -1.0
+        sample = self.config.posterior == "sample"
+        latents = encode_latents(self.surrogate.parts.vae, resize(images, size), sample=sample, generator=generator).float()
+        residual = denoising_residual(self.surrogate, latents, generator)
+        loss = residual.pow(2).flatten(1).mean(1)
+        surrogate = (latents * residual).flatten(1).sum(1)
+        sds = loss + surrogate - surrogate.detach()  # value: the loss; gradient: J_E^T g_z
+        if not self.config.target:
+            return direction * sds
+        texture = (latents - self.target_latent(size)).pow(2).flatten(1).sum(1)
+        return direction * self.config.target_weight * sds - texture
+
+    def _perturb(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[dict[str, Any]]]:
+        from facedefense_iterative.frozen_model import flush_denormals, run_pgd
 
         with flush_denormals():
             adversarial, stats = run_pgd(
-                self, images, objective, generator, minimize=False, description=f"sds{self.config.mode}"
+                self, images, lambda adversarial: self.loss(adversarial, generator), generator, minimize=False,
+                description=f"sds{self.config.mode}",
             )
         return adversarial, stats

@@ -42,12 +42,19 @@ class TestMist(DefenderContract):
 
 
 class TestSDSPlus(DefenderContract):
+    """SDS(+) raises the denoising loss. The posterior mean: the tiny VAE's posterior is wide (std
+    1.1 against |mean| 0.2, unlike Stable Diffusion's), and with samples a flipped sign still beat
+    noise here; the sampled default is checked by test_denoising_loss_is_taken_at_a_posterior_sample."""
+
     registry_name = "sds"
     objective_higher_is_better = True
 
     def make_method(self, request):
         model = str(request.getfixturevalue("trained_tiny_sd_path"))
-        return SDS(model=model, mode="+", eps=self.eps, steps=8, step_size=2 / 255, resolution=None, device="cpu", dtype="float32")
+        return SDS(
+            model=model, mode="+", eps=self.eps, steps=8, step_size=2 / 255, posterior="mean", resolution=None,
+            device="cpu", dtype="float32",
+        )
 
     def objective(self, method, images, generator):
         return denoising_loss_of(method, images, generator)
@@ -61,10 +68,15 @@ def faces():
 
 
 def test_sds_minus_lowers_the_loss_and_never_differentiates_the_unet(trained_tiny_sd_path, faces):
-    """SDS(-) descends the denoising loss; no UNet activation keeps an autograd graph."""
+    """SDS(-) descends the denoising loss; no UNet activation keeps an autograd graph. The posterior
+    mean: the tiny VAE's posterior is wide (std 1.1 against |mean| 0.2, unlike Stable Diffusion's),
+    so its samples would bury the signal of 6 steps (SDS(+)'s contract checks the sampled default)."""
     import torch
 
-    defender = SDS(model=str(trained_tiny_sd_path), mode="-", steps=6, step_size=2 / 255, resolution=None, device="cpu")
+    defender = SDS(
+        model=str(trained_tiny_sd_path), mode="-", steps=6, step_size=2 / 255, posterior="mean", resolution=None,
+        device="cpu",
+    )
     graphs = []
     hook = defender.surrogate.parts.unet.register_forward_hook(lambda m, i, o: graphs.append(o.sample.requires_grad))
     try:
@@ -114,3 +126,58 @@ def test_bad_options(tiny_sd_path):
         Mist(model=str(tiny_sd_path), mode="loud", device="cpu")
     with pytest.raises(ConfigError, match="needs a surrogate model"):
         Mist(device="cpu")
+    with pytest.raises(ConfigError, match="posterior"):
+        SDS(model=str(tiny_sd_path), posterior="mode", device="cpu")
+
+
+def _posterior_then_loss(method, images, seed):
+    """Independently of the methods: (denoising loss at a posterior sample, at the posterior mean),
+    with the sample then t and noise drawn from one generator seeded ``seed`` (mean: same t and noise)."""
+    import torch
+
+    from facedefense.diffusion import denoising_loss
+
+    parts = method.surrogate.parts
+    scale = parts.vae.config.scaling_factor
+    posterior = parts.vae.encode(images * 2 - 1).latent_dist
+    losses = []
+    for latents in ("sample", "mean"):
+        generator = torch.Generator().manual_seed(seed)
+        sample = posterior.sample(generator=generator)
+        z = (sample if latents == "sample" else posterior.mean) * scale
+        losses.append(denoising_loss(parts.unet, parts.scheduler, z, method.surrogate.condition, generator=generator))
+    return losses
+
+
+@pytest.mark.parametrize("cls", [Mist, SDS])
+def test_denoising_loss_is_taken_at_a_posterior_sample(cls, tiny_sd_path, faces):
+    """As the references' ``get_first_stage_encoding``: the latent is a sample of the VAE posterior
+    from the method's generator, not its mean (which the tiny VAE's wide posterior tells apart)."""
+    import torch
+
+    options = {"mode": "semantic"} if cls is Mist else {"mode": "+"}
+    defender = cls(model=str(tiny_sd_path), resolution=None, device="cpu", **options)
+    with torch.no_grad():
+        value = defender.loss(faces, torch.Generator().manual_seed(5))
+        at_sample, at_mean = _posterior_then_loss(defender, faces, 5)
+    expected = -at_sample if cls is Mist else at_sample
+    torch.testing.assert_close(value, expected)
+    assert (at_sample - at_mean).abs().min() > 1e-3
+
+
+def test_mist_fused_loss_adds_texture_and_subtracts_semantic(tiny_sd_path, faces):
+    """``L_T - w * L_s`` with the signs of the reference's mode 2 (a flipped term fails)."""
+    import torch
+
+    from facedefense.diffusion import denoising_loss, encode_latents
+    from facedefense_iterative.targets import texture_pattern
+
+    defender = Mist(model=str(tiny_sd_path), resolution=None, device="cpu", semantic_weight=0.3)
+    parts = defender.surrogate.parts
+    with torch.no_grad():
+        value = defender.loss(faces, torch.Generator().manual_seed(2))
+        generator = torch.Generator().manual_seed(2)
+        z = encode_latents(parts.vae, faces, sample=True, generator=generator)
+        semantic = denoising_loss(parts.unet, parts.scheduler, z, defender.surrogate.condition, generator=generator)
+        texture = (z - encode_latents(parts.vae, texture_pattern((64, 64)))).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(value, texture - 0.3 * semantic)
