@@ -23,6 +23,24 @@ os.environ.setdefault("FACEDEFENSE_CACHE_DIR", tempfile.mkdtemp(prefix="facedefe
 pytest_plugins = ["facedefense.testing.fixtures"]
 
 
+def pytest_configure(config):
+    """Check ``$FACEDEFENSE_TEST_DEVICE`` (the contract tests' device, default cpu) before any test:
+    a bad value is one usage error, not an error in every contract test."""
+    from facedefense.errors import ConfigError
+    from facedefense.testing.fixtures import device_under_test
+
+    try:
+        device_under_test()
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config):
+    from facedefense.testing.fixtures import device_under_test
+
+    return f"facedefense contract tests on: {device_under_test()} ($FACEDEFENSE_TEST_DEVICE)"
+
+
 def pytest_collection_modifyitems(items):
     """Tests marked ``long`` first: under ``-n auto`` the workers then end on short tests together
     instead of one worker finishing a 20 s launcher test alone at the end."""

@@ -5,6 +5,10 @@ sample faces. Use them with ``pytest_plugins = ["facedefense.testing.fixtures"]`
 keyed by the library versions, the recipe and the builder's source, under
 ``$FACEDEFENSE_TEST_CACHE`` (default ``~/.cache/facedefense/tests``; set it empty to disable).
 Importing this module sets ``HF_HUB_OFFLINE=1`` (tests never touch the network).
+
+``$FACEDEFENSE_TEST_DEVICE`` (``cpu`` by default, ``cuda`` on a GPU machine) is the device the
+contract tests build their methods on: `device_under_test` reads it, the ``test_device`` fixture
+gives it to a test.
 """
 
 from __future__ import annotations
