@@ -66,6 +66,7 @@ class TinyAssets:
 
     def __init__(self, root: Path, size: int) -> None:
         self.root, self.size, self._folders = root, size, 0
+        root.mkdir(parents=True, exist_ok=True)
 
     def folder(self, name: str) -> str:
         """A fresh empty folder (class-image caches, training outputs)."""
@@ -126,13 +127,15 @@ class TinyAssets:
         from facedefense.checkpoints import save_checkpoint
         from facedefense_amortized.networks import PerturbationDiT
 
-        architecture = {"input_size": 64, "patch_size": 16, "hidden_size": 32, "depth": 2, "num_heads": 4, "num_classes": 10}
+        architecture = {"input_size": 64, "patch_size": 16, "hidden_size": 32, "depth": 2, "num_heads": 4,
+                        "num_classes": 10}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             network = PerturbationDiT(**architecture)
             for parameter in network.parameters():  # DiT's initialization zeroes the output layer
                 parameter.data.normal_(0, 0.02)
-        return str(save_checkpoint(network, self.root / "rid.safetensors", method="rid", eps=6 / 255, architecture=architecture))
+        path = self.root / "rid.safetensors"
+        return str(save_checkpoint(network, path, method="rid", eps=6 / 255, architecture=architecture))
 
     @cached_property
     def gap(self) -> str:
@@ -149,7 +152,8 @@ class TinyAssets:
                 if isinstance(module, torch.nn.BatchNorm2d):
                     module.running_mean.normal_(0, 0.1)
                     module.running_var.uniform_(0.5, 1.5)
-        return str(save_checkpoint(network, self.root / "gap.safetensors", method="gap_diff", eps=8 / 255, architecture={"ngf": 8}))
+        path = self.root / "gap.safetensors"
+        return str(save_checkpoint(network, path, method="gap_diff", eps=8 / 255, architecture={"ngf": 8}))
 
     @cached_property
     def arcface(self) -> str:
@@ -173,8 +177,10 @@ class TinyAssets:
         """A mask PNG (white = edit) covering the lower half of a ``size`` square image."""
         from PIL import Image
 
-        path = self.root / "mask.png"
-        Image.frombytes("L", (self.size, self.size), bytes([0] * (self.size * self.size // 2) + [255] * (self.size * self.size // 2))).save(path)
+        path, side = self.root / "mask.png", self.size
+        mask = Image.new("L", (side, side))
+        mask.paste(255, (0, side // 2, side, side))
+        mask.save(path)
         return str(path)
 
 
@@ -221,53 +227,57 @@ def _personalizer(assets: TinyAssets) -> dict[str, Any]:
 MIXED_PRECISION = {"float32": {"mixed_precision": "no"}, "bfloat16": {"mixed_precision": "bf16"},
                    "float16": {"mixed_precision": "fp16"}}
 PERSONALIZER = Recipe(_personalizer, per_dtype=MIXED_PRECISION, cpu_refuses=("float16",))
-ASPL = dict(pgd_steps=1, surrogate_steps=1)
+ASPL = {"pgd_steps": 1, "surrogate_steps": 1}
+#: Methods whose precision is not an option (metrics, classical purifiers); face metrics at FACE_SIZE.
+F32 = {"dtypes": FLOAT32}
+FACE = {"dtypes": FLOAT32, "size": FACE_SIZE}
+RANDOM = {"weights": "random"}
 
 #: (kind, name) -> the runs of that method. A registered method missing here is a failure.
 RECIPES: dict[tuple[str, str], list[Recipe]] = {
     ("defender", "advdm"): [Recipe(_iterative)],
     ("defender", "aspl"): [
         Recipe(lambda a: _anti_dreambooth(a, **ASPL)),
-        Recipe(lambda a: _anti_dreambooth(a, lora_rank=4, **ASPL), variant="lora"),
-        Recipe(lambda a: _anti_dreambooth(a, model=f"{a.sd},{a.sd_other}", **ASPL), variant="ensemble"),
+        Recipe(lambda a: _anti_dreambooth(a, lora_rank=4, **ASPL), "lora"),
+        Recipe(lambda a: _anti_dreambooth(a, model=f"{a.sd},{a.sd_other}", **ASPL), "ensemble"),
     ],
     ("defender", "fsmg"): [Recipe(lambda a: _anti_dreambooth(a, train_steps=1))],
-    ("defender", "facelock"): [  # MTCNN (shipped weights) finds the sample face at 64 px: the aligned identity term runs
+    # MTCNN (its weights ship) finds the sample face at 64 px, so the aligned identity term runs.
+    ("defender", "facelock"): [
         Recipe(lambda a: _iterative(a, face_model="random_face_embedder", face_detector="mtcnn", lpips_weights="random")),
         Recipe(lambda a: _iterative(a, face_model="arcface", face_model_path=a.arcface, face_detector="mtcnn",
-                                    lpips_weights="random"), variant="arcface"),
+                                    lpips_weights="random"), "arcface"),
     ],
     ("defender", "mist"): [Recipe(_iterative)],
-    ("defender", "sds"): [Recipe(_iterative), Recipe(lambda a: _iterative(a, mode="+"), variant="+")],
+    ("defender", "sds"): [Recipe(_iterative), Recipe(lambda a: _iterative(a, mode="+"), "+")],
     ("defender", "photoguard"): [
         Recipe(_iterative),
-        Recipe(lambda a: _iterative(a, attack="diffusion", diffusion_steps=1), variant="diffusion"),
-        Recipe(lambda a: _iterative(a, model=a.inpaint, attack="diffusion", diffusion_steps=1, mask=a.mask),
-               variant="inpaint"),
+        Recipe(lambda a: _iterative(a, attack="diffusion", diffusion_steps=1), "diffusion"),
+        Recipe(lambda a: _iterative(a, model=a.inpaint, attack="diffusion", diffusion_steps=1, mask=a.mask), "inpaint"),
     ],
     ("defender", "rid"): [
         Recipe(lambda a: {"checkpoint": a.rid}, cpu_refuses=("float16",)),
-        Recipe(lambda a: {"checkpoint": a.rid, "engine": "module"}, variant="module"),
+        Recipe(lambda a: {"checkpoint": a.rid, "engine": "module"}, "module"),
     ],
     ("defender", "gap_diff"): [
         Recipe(lambda a: {"checkpoint": a.gap}),
-        Recipe(lambda a: {"checkpoint": a.gap, "engine": "module"}, variant="module"),
+        Recipe(lambda a: {"checkpoint": a.gap, "engine": "module"}, "module"),
     ],
-    ("defender", "example_texture"): [Recipe(dtypes=FLOAT32)],
+    ("defender", "example_texture"): [Recipe(**F32)],
     ("purifier", "diffpure"): [
         Recipe(lambda a: {"model": a.pixel_ddpm, "steps": 2, "strength": 0.05}),
-        Recipe(lambda a: {"model": a.sd, "steps": 2, "strength": 0.1}, variant="sd"),
+        Recipe(lambda a: {"model": a.sd, "steps": 2, "strength": 0.1}, "sd"),
     ],
     ("purifier", "gridpure"): [
         Recipe(lambda a: {"model": a.pixel_ddpm, "crop": 32, "stride": 16, "strength": 0.02, "steps": 1, "iterations": 1}),
     ],
     ("purifier", "impress"): [Recipe(lambda a: {"model": a.sd, "iterations": 2, "lpips_weights": "random"})],
     ("purifier", "noisy_upscale"): [Recipe(lambda a: {"model": a.upscaler, "steps": 2})],
-    ("purifier", "jpeg"): [Recipe(dtypes=FLOAT32)],
-    ("purifier", "gaussian_blur"): [Recipe(dtypes=FLOAT32)],
-    ("purifier", "gaussian_noise"): [Recipe(dtypes=FLOAT32)],
-    ("purifier", "quantize"): [Recipe(dtypes=FLOAT32)],
-    ("purifier", "resize"): [Recipe(dtypes=FLOAT32)],
+    ("purifier", "jpeg"): [Recipe(**F32)],
+    ("purifier", "gaussian_blur"): [Recipe(**F32)],
+    ("purifier", "gaussian_noise"): [Recipe(**F32)],
+    ("purifier", "quantize"): [Recipe(**F32)],
+    ("purifier", "resize"): [Recipe(**F32)],
     ("personalizer", "dreambooth"): [PERSONALIZER],
     ("personalizer", "lora"): [PERSONALIZER],
     ("personalizer", "textual_inversion"): [PERSONALIZER],
@@ -275,47 +285,40 @@ RECIPES: dict[tuple[str, str], list[Recipe]] = {
     ("editor", "instruct_pix2pix"): [Recipe(lambda a: {"model": a.ip2p, "steps": 2, "resolution": None})],
     ("editor", "sdedit"): [Recipe(lambda a: {"model": a.sd, "steps": 2, "resolution": None})],
     ("editor", "inpaint"): [Recipe(lambda a: {"model": a.inpaint, "steps": 2, "resolution": None})],
-    ("metric", "psnr"): [Recipe(dtypes=FLOAT32)],
-    ("metric", "ssim"): [Recipe(dtypes=FLOAT32)],
-    ("metric", "linf"): [Recipe(dtypes=FLOAT32)],
-    ("metric", "brisque"): [Recipe(dtypes=FLOAT32)],
-    ("metric", "lpips"): [
-        Recipe(lambda a: {"weights": "random"}, dtypes=FLOAT32),
-        Recipe(lambda a: {"weights": "random", "net": "vgg"}, variant="vgg", dtypes=FLOAT32),
-    ],
+    ("metric", "psnr"): [Recipe(**F32)],
+    ("metric", "ssim"): [Recipe(**F32)],
+    ("metric", "linf"): [Recipe(**F32)],
+    ("metric", "brisque"): [Recipe(**F32)],
+    ("metric", "lpips"): [Recipe(lambda a: RANDOM, **F32), Recipe(lambda a: {**RANDOM, "net": "vgg"}, "vgg", **F32)],
     ("metric", "fid"): [
-        Recipe(lambda a: {"weights": "random"}, dtypes=FLOAT32),
-        Recipe(lambda a: {"weights": "random", "network": "torchvision"}, variant="torchvision", dtypes=FLOAT32),
+        Recipe(lambda a: RANDOM, **F32),
+        Recipe(lambda a: {**RANDOM, "network": "torchvision"}, "torchvision", **F32),
     ],
-    ("metric", "liqe"): [Recipe(lambda a: {"weights": "random"}, dtypes=FLOAT32)],
-    ("metric", "clip_i"): [Recipe(lambda a: {"weights": "random", "architecture": a.clip}, dtypes=FLOAT32)],
-    ("metric", "clip_s"): [Recipe(lambda a: {"weights": "random", "architecture": a.clip}, dtypes=FLOAT32)],
-    ("metric", "clip_t"): [Recipe(lambda a: {"weights": "random", "architecture": a.clip}, dtypes=FLOAT32)],
+    ("metric", "liqe"): [Recipe(lambda a: RANDOM, **F32)],
+    ("metric", "clip_i"): [Recipe(lambda a: {**RANDOM, "architecture": a.clip}, **F32)],
+    ("metric", "clip_s"): [Recipe(lambda a: {**RANDOM, "architecture": a.clip}, **F32)],
+    ("metric", "clip_t"): [Recipe(lambda a: {**RANDOM, "architecture": a.clip}, **F32)],
     ("metric", "clip_iqa"): [
-        Recipe(lambda a: {"weights": "random", "architecture": a.clip_resnet}, dtypes=FLOAT32),
-        Recipe(lambda a: {"weights": "random", "architecture": a.clip_resnet, "pos_embedding": True}, variant="pos_embed",
-               dtypes=FLOAT32),
+        Recipe(lambda a: {**RANDOM, "architecture": a.clip_resnet}, **F32),
+        Recipe(lambda a: {**RANDOM, "architecture": a.clip_resnet, "pos_embedding": True}, "pos_embed", **F32),
     ],
+    # dlib's detector finds the sample face at FACE_SIZE when it upsamples once.
     ("metric", "fdfr"): [
-        Recipe(lambda a: {"upsample": 1}, dtypes=FLOAT32, size=FACE_SIZE),
-        Recipe(lambda a: {"upsample": 1, "backend": "dlib_torch"}, variant="dlib_torch", dtypes=FLOAT32, size=FACE_SIZE),
-        Recipe(lambda a: {"backend": "mtcnn"}, variant="mtcnn", dtypes=FLOAT32, size=FACE_SIZE),
-        Recipe(lambda a: {"backend": "retinaface", "detector_weights": "random"}, variant="retinaface", dtypes=FLOAT32,
-               size=FACE_SIZE),
+        Recipe(lambda a: {"upsample": 1}, **FACE),
+        Recipe(lambda a: {"upsample": 1, "backend": "dlib_torch"}, "dlib_torch", **FACE),
+        Recipe(lambda a: {"backend": "mtcnn"}, "mtcnn", **FACE),
+        Recipe(lambda a: {"backend": "retinaface", "detector_weights": "random"}, "retinaface", **FACE),
     ],
     ("metric", "fr"): [
-        Recipe(lambda a: {"upsample": 1}, dtypes=FLOAT32, size=FACE_SIZE),
-        Recipe(lambda a: {"upsample": 1, "backend": "dlib_torch"}, variant="dlib_torch", dtypes=FLOAT32, size=FACE_SIZE),
+        Recipe(lambda a: {"upsample": 1}, **FACE),
+        Recipe(lambda a: {"upsample": 1, "backend": "dlib_torch"}, "dlib_torch", **FACE),
     ],
     ("metric", "ism"): [
-        Recipe(lambda a: {"upsample": 1}, dtypes=FLOAT32, size=FACE_SIZE),
-        Recipe(lambda a: {"upsample": 1, "backend": "dlib_torch"}, variant="dlib_torch", dtypes=FLOAT32, size=FACE_SIZE),
-        Recipe(lambda a: {"backend": "vgg_face", "weights": "random", "detector_weights": "random"}, variant="vgg_face", dtypes=FLOAT32,
-               size=FACE_SIZE),
+        Recipe(lambda a: {"upsample": 1}, **FACE),
+        Recipe(lambda a: {"upsample": 1, "backend": "dlib_torch"}, "dlib_torch", **FACE),
+        Recipe(lambda a: {**RANDOM, "backend": "vgg_face", "detector_weights": "random"}, "vgg_face", **FACE),
     ],
-    ("metric", "ser_fiq"): [
-        Recipe(lambda a: {"weights": "random", "detector_weights": "random", "passes": 4}, dtypes=FLOAT32, size=FACE_SIZE),
-    ],
+    ("metric", "ser_fiq"): [Recipe(lambda a: {**RANDOM, "detector_weights": "random", "passes": 4}, **FACE)],
 }
 
 

@@ -152,3 +152,13 @@ def test_contract_methods_are_rebuilt_on_the_test_device(monkeypatch):
     assert type(moved) is Shift and moved.device == torch.device("meta")
     assert moved.config == method.config.replace(device="meta")
     assert (moved.plugin, moved.plugin_version) == ("tests", "1.0")
+
+
+def test_assets_are_built_on_first_use_into_a_fresh_folder(gpu_check, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    assets = gpu_check.TinyAssets(tmp_path / "not" / "yet", 64)
+    mask = np.asarray(Image.open(assets.mask))
+    assert mask.shape == (64, 64) and (mask[:32] == 0).all() and (mask[32:] == 255).all()
+    assert assets.folder("fit") != assets.folder("fit") and not list(Path(assets.folder("fit")).iterdir())
