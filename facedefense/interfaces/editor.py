@@ -28,7 +28,12 @@ class EditorConfig(MethodConfig):
 
 
 class Editor(Method, abc.ABC):
-    """Base class of editing attacks: :meth:`edit` checks inputs and calls :meth:`_edit`.
+    """Base class of editing attacks: ``edit`` checks inputs, calls ``_edit``, and keeps the
+    photo's own pixels outside the mask.
+
+    With a mask (given, or the editor's ``automatic_mask``), the result is
+    ``mask * edit + (1 - mask) * photo``: pixels the mask leaves out (0) come back unchanged, not
+    re-encoded by a VAE (PhotoGuard's ``recover_image``).
 
     Attributes:
         needs_mask: the editor only works with a mask (inpainting without an automatic mask).
@@ -50,7 +55,8 @@ class Editor(Method, abc.ABC):
         Args:
             images: (N, 3, H, W) float in [0, 1].
             prompt: the instruction or target prompt (non-empty).
-            mask: optional (N, 1, H, W) or (1, 1, H, W) in [0, 1]; 1 marks the region to edit.
+            mask: optional (N, 1, H, W) or (1, 1, H, W) in [0, 1]; 1 marks the region to edit,
+                0 the pixels returned unchanged. Default: ``automatic_mask``.
             generator: source of randomness (default: seeded with ``config.seed``).
 
         Returns:
@@ -63,10 +69,19 @@ class Editor(Method, abc.ABC):
         original = check_image_batch(images)
         if mask is None and self.needs_mask:
             raise ConfigError(f"editor '{self.name}' needs a mask")
-        if mask is not None:
-            mask = self._check_mask(mask, original)
-        edited = self._edit(self._to_device(original), prompt, mask, self.make_generator(generator))
-        return self._check_output(edited, original, "_edit")
+        work = self._to_device(original)
+        mask = self._check_mask(mask, original) if mask is not None else self.automatic_mask(work)
+        edited = self._edit(work, prompt, mask, self.make_generator(generator))
+        edited = self._check_output(edited, original, "_edit")
+        if mask is None:
+            return edited
+        mask = mask.to(edited.device)
+        return mask * edited + (1 - mask) * original.to(edited.dtype)
+
+    def automatic_mask(self, images: Tensor) -> Tensor | None:
+        """The mask used when none is given: (N, 1, H, W) in [0, 1] on ``images``' device, or None
+        (edit everywhere; the default)."""
+        return None
 
     def _check_mask(self, mask: Tensor, images: Tensor) -> Tensor:
         import torch
@@ -84,4 +99,5 @@ class Editor(Method, abc.ABC):
 
     @abc.abstractmethod
     def _edit(self, images: Tensor, prompt: str, mask: Tensor | None, generator: torch.Generator) -> Tensor:
-        """Return the edited images (same shape); ``mask`` is (N, 1, H, W) on the device, or None."""
+        """Return the edited images (same shape); ``mask`` is (N, 1, H, W) on the device, or None.
+        Pixels outside the mask are put back by ``edit`` afterwards."""

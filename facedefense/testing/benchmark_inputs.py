@@ -46,7 +46,7 @@ def write_precomputed(faces: str | Path, folder: str | Path, *, eps: float = 8 /
         target.mkdir(parents=True, exist_ok=True)
         for path in sorted((identity / "set_B").glob("*.png")):
             image = load_image(path).pixels[0]
-            noise = (torch.rand(image.shape, generator=generator) * 2 - 1) * eps
+            noise = (torch.rand(image.shape, generator=generator, device=generator.device) * 2 - 1) * eps
             save_image((image + noise).clamp(0, 1), target / path.name)
     return Path(folder)
 

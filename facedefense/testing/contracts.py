@@ -312,10 +312,21 @@ class MetricContract(MethodContract):
 
 
 class EditorContract(MethodContract):
-    """Contract of an :class:`~facedefense.Editor`: same shape and range, input untouched, seeded."""
+    """Contract of an ``Editor``: same shape and range, input untouched, seeded; pixels outside a
+    mask kept (within 1 gray level) and the masked region edited."""
 
     kind: ClassVar[str] = "editor"
     prompt: ClassVar[str] = "make it a painting"
+
+    def test_keeps_pixels_outside_the_mask(self, method: Any, images: Tensor) -> None:
+        import torch
+
+        mask = torch.zeros(1, 1, *images.shape[-2:])
+        mask[..., : images.shape[-1] // 2] = 1  # edit the left half
+        out = method.edit(images, self.prompt, mask=mask, generator=_generator(1))
+        kept = (mask == 0).expand_as(images)
+        assert (out[kept] - images[kept]).abs().max() * 255 <= 1, "pixels outside the mask must be kept"
+        assert (out[~kept] != images[~kept]).any(), "the masked region must be edited"
 
     def test_output_contract(self, method: Any, images: Tensor) -> None:
         before = images.clone()

@@ -37,8 +37,9 @@ class LoRAConfig(TrainingConfig):
 
 
 def add_lora(unet: Any, rank: int) -> list[Any]:
-    """Add a peft LoRA adapter (Gaussian init of A, zero B) to the UNet's attention; return its
-    trainable tensors."""
+    """Add a peft LoRA adapter (A ~ N(0, 1/rank^2), B = 0, as RID's ``LoRALinearLayer``) to the
+    UNet's attention; return its trainable tensors. A is drawn from torch's global random state
+    (``TrainedPersonalizer`` seeds it from the method's generator)."""
     from peft import LoraConfig
 
     unet.add_adapter(
@@ -94,8 +95,9 @@ class LoRA(TrainedPersonalizer):
 
     Differences from the reference code: RID trains LoRA together with a new token (that is
     ``lora_ti``); this is LoRA alone with RID's rank, learning rate and steps. Adapters come from
-    peft through diffusers' ``add_adapter`` (RID uses diffusers' older attention processors).
-    Text embeddings and VAE latents are cached (nothing that produces them is trained).
+    peft through diffusers' ``add_adapter`` (RID uses diffusers' older attention processors, same
+    initialization). Text embeddings and VAE latents are cached (nothing that produces them is
+    trained). See ``docs/methods/lora.md``.
     """
 
     name: ClassVar[str] = "lora"

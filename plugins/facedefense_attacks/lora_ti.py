@@ -20,14 +20,15 @@ class LoRATIConfig(TrainingConfig):
 
     Attributes:
         identifier: ``"<new1>"``, initialized from ``initializer_token`` ``"ktn"``.
-        instance_prompt: ``"a photo of <new1> person"``.
+        instance_prompt: ``"photo of a <new1> person"``. class_prompt: ``"photo of a person"`` (RID's).
         rank: 32. steps: 221. learning_rate: 3e-4 (adapters and token). batch_size: 1.
         prior_preservation: on, weight 1.0, 100 class images.
         inference_steps: 50, guidance_scale: 5.0.
     """
 
     identifier: str = "<new1>"
-    instance_prompt: str = "a photo of <new1> person"
+    instance_prompt: str = "photo of a <new1> person"
+    class_prompt: str = "photo of a person"
     initializer_token: str = "ktn"
     rank: int = 32
     steps: int = 221
@@ -70,8 +71,9 @@ class LoRATI(TrainedPersonalizer):
         >>> pipe.load_textual_inversion("out/lora_ti/learned_embeds.safetensors", token="<new1>")
         >>> pipe.load_lora_weights("out/lora_ti")
 
-    Differences from the reference code: one learning rate for adapters and token (RID's config has
-    one too); adapters through peft; a multi-piece initializer starts from the mean of its pieces.
+    Differences from the reference code: adapters through peft; a multi-piece initializer starts from
+    the mean of its pieces; the gradient norm is clipped over the adapters and the new row (RID zeroes
+    the other rows' gradients too). See ``docs/methods/lora_ti.md``.
     """
 
     name: ClassVar[str] = "lora_ti"

@@ -87,7 +87,10 @@ class PipelinePersonalized(PersonalizedModel):
         return images.float().cpu().clamp(0, 1)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the weights in their diffusers format and ``facedefense_personalized.json``."""
+        """Write the weights in their diffusers format and ``facedefense_personalized.json``.
+
+        The weights are written in the pipeline's dtype: ``fit(output_dir=...)`` saves the float32
+        training result before the pipeline is cast to the inference dtype for generation."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_weights(directory)

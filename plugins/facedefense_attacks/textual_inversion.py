@@ -22,32 +22,35 @@ class TextualInversionConfig(TrainingConfig):
 
     Attributes:
         identifier: the new token, ``"<new1>"`` (RID's); the instance prompt must contain it.
-        instance_prompt: ``"a photo of <new1> person"``.
+        instance_prompt: ``"photo of a <new1> person"``. class_prompt: ``"photo of a person"`` (RID's).
         initializer_token: the word whose embedding starts the new token (``"ktn"``, RID's; a word
             that the tokenizer splits starts from the mean of its pieces).
-        steps: 1000. learning_rate: 5e-5. batch_size: 1. prior_preservation: off (only the
-            embedding is trained, so the model cannot drift from its prior).
+        steps: 1000. learning_rate: 5e-5 (AdamW, weight decay 1e-2). batch_size: 1.
+        prior_preservation: on, weight 1.0, 100 class images (RID's).
+        max_grad_norm: 1.0, the norm of the new row's gradient (RID zeroes the other rows'
+            gradients before clipping; diffusers' ``textual_inversion.py`` does not clip).
         inference_steps: 50 and guidance_scale: 5.0 (RID's sampling of its tuned models).
     """
 
     identifier: str = "<new1>"
-    instance_prompt: str = "a photo of <new1> person"
+    instance_prompt: str = "photo of a <new1> person"
+    class_prompt: str = "photo of a person"
     initializer_token: str = "ktn"
     steps: int = 1000
     learning_rate: float = 5e-5
-    prior_preservation: bool = False
-    weight_decay: float = 0.0
+    num_class_images: int = 100
     inference_steps: int = 50
     guidance_scale: float = 5.0
 
 
 def add_token(pipeline: Any, token: str, initializer: str) -> tuple[Any, Any]:
     """Add ``token`` to the tokenizer, give it the initializer's embedding, and make only its row
-    trainable.
+    trainable: the gradient of every other row is zeroed as it is computed (so gradient clipping
+    sees the new row's gradient only, as in RID's ``train_sd_token.py``).
 
     Returns:
         ``(weight, restore)``: the embedding matrix to optimize and a function that puts every other
-        row back after an optimizer step (AdamW's weight decay would otherwise move them).
+        row back after an optimizer step (AdamW's weight decay would otherwise shrink them).
 
     Raises:
         ConfigError: the token is already a word of the tokenizer, or the initializer is empty.
@@ -66,12 +69,14 @@ def add_token(pipeline: Any, token: str, initializer: str) -> tuple[Any, Any]:
     with torch.no_grad():
         weight[new_id] = weight[pieces].mean(0)
     frozen = weight.detach().clone()
-    keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+    keep = torch.ones(weight.shape[0], 1, dtype=torch.bool, device=weight.device)
     keep[new_id] = False
     weight.requires_grad_(True)
+    weight.register_hook(lambda grad: grad.masked_fill(keep.to(grad.device), 0))
 
     def restore() -> None:
-        weight[keep] = frozen[keep].to(weight.dtype)
+        rows = keep[:, 0]
+        weight[rows.to(weight.device)] = frozen[rows].to(weight.device, weight.dtype)
 
     return weight, restore
 
@@ -123,10 +128,11 @@ class TextualInversion(TrainedPersonalizer):
         >>> model = TextualInversion(model="stabilityai/stable-diffusion-2-1-base").fit(photos, output_dir="out/ti")
         >>> pipe.load_textual_inversion("out/ti/learned_embeds.safetensors", token="<new1>")
 
-    Differences from the reference code: the new row is restored-around rather than gradient-masked,
-    as in diffusers' ``textual_inversion.py``; a multi-piece initializer starts from the mean of its
-    pieces (the reference requires a single token). VAE latents are cached; the text encoder runs
-    every step because its input embedding is trained.
+    Differences from the reference code: the other rows' gradients are zeroed (RID) and the rows are
+    also put back after each step (diffusers' ``textual_inversion.py``), so weight decay cannot
+    shrink them; a multi-piece initializer starts from the mean of its pieces (the reference
+    requires a single token). VAE latents are cached; the text encoder runs every step because its
+    input embedding is trained. See ``docs/methods/textual_inversion.md``.
     """
 
     name: ClassVar[str] = "textual_inversion"

@@ -13,9 +13,10 @@ and only the main process writes files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -45,7 +46,9 @@ class TrainingConfig(PersonalizerConfig):
         class_cache: folder of the class-image cache (default ``$FACEDEFENSE_CACHE/class_images`` or
             ``~/.cache/facedefense/class_images``).
         mixed_precision: ``"auto"`` (bf16 on GPUs that have it, else fp16; none on CPU), ``"no"``,
-            ``"fp16"`` or ``"bf16"``. Trainable weights stay float32.
+            ``"fp16"`` or ``"bf16"``: autocast, and the frozen weights held in that precision while
+            training. Trainable weights and the optimizer state stay float32, and the saved weights
+            are float32 (diffusers' training scripts).
         sample_latents: draw each step's latents from the VAE posterior, as the diffusers training
             scripts do; False uses the posterior mean.
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
@@ -160,6 +163,35 @@ def generate_class_images(
 # --------------------------------------------------------------------------------------------
 # The training loop
 
+#: Training targets the loss supports: the noise, or the velocity (diffusers' training scripts
+#: refuse the rest; a ``sample`` model would silently learn the wrong target).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def check_prediction_type(scheduler: Any, method: str) -> None:
+    """Refuse a model whose scheduler predicts something the training loss does not support.
+
+    Raises:
+        ConfigError: ``scheduler.config.prediction_type`` is not ``epsilon`` or ``v_prediction``.
+    """
+    kind = scheduler.config.prediction_type
+    if kind not in PREDICTION_TYPES:
+        raise ConfigError(
+            f"{method}: the model predicts '{kind}'; personalizers train epsilon or v_prediction models only"
+        )
+
+
+@contextlib.contextmanager
+def global_rng_from(generator: torch.Generator) -> Iterator[None]:
+    """Seed torch's global random state from ``generator`` for the code inside (peft draws LoRA's
+    initial weights from it), and put the caller's state back afterwards (CPU and CUDA)."""
+    import torch
+
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        torch.manual_seed(seed)
+        yield
+
 
 def _accelerator(config: TrainingConfig, device: torch.device) -> Any:
     """An accelerate ``Accelerator`` for this run (the process-wide state is reset between runs)."""
@@ -206,10 +238,11 @@ class _Posterior:
     def sample(self, index: Tensor, generator: torch.Generator, scaling: float, draw: bool = True) -> Tensor:
         import torch
 
+        index = index.to(self.mean.device)
         mean, std = self.mean[index], self.std[index]
         if not draw:
             return mean * scaling
-        noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+        noise = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean.device, mean.dtype)
         return (mean + std * noise) * scaling
 
 
@@ -277,13 +310,20 @@ def train(
         train_text_encoder: whether the text encoder's output changes during training.
         instance_images: (N, 3, R, R) in [0, 1]; class_images likewise or None.
         instance_prompt, class_prompt: the prompts.
-        generator: randomness of batches, timesteps and noise (CPU generator).
+        generator: randomness of batches, timesteps and noise (draws happen on its device).
         device: where to train (ignored under ``accelerate launch``, which assigns devices).
         after_step: called after each optimizer step (textual inversion restores frozen rows).
         progress: show a progress bar with the loss.
 
+    Trainable tensors and the optimizer state are float32; under mixed precision the frozen
+    weights are held in half precision on the device while training (a float32 copy waits on the
+    CPU) and are put back exactly afterwards, so the pipeline leaves in float32.
+
     Returns:
         :class:`TrainingResult`.
+
+    Raises:
+        ConfigError: the model's prediction type is not epsilon or v_prediction.
     """
     import time
 
@@ -294,17 +334,20 @@ def train(
 
     from facedefense.diffusion import sample_timesteps
 
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    check_prediction_type(scheduler, description)
     accelerator = _accelerator(config, device)
     device = accelerator.device
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
     unet, text_encoder, vae, tokenizer = pipeline.unet, pipeline.text_encoder, pipeline.vae, pipeline.tokenizer
-    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     pipeline.to(device)
+    frozen: list[tuple[Any, Tensor]] = []  # (parameter, its float32 weights on the CPU)
     if half is not None:  # frozen weights in half precision, trainable ones in float32; a text
         # encoder that is trained (even one embedding row) stays float32 (its layer norms need it)
         for network in (unet, vae) if train_text_encoder else (unet, text_encoder, vae):
             for parameter in network.parameters():
                 if not parameter.requires_grad:
+                    frozen.append((parameter, parameter.data.to("cpu")))
                     parameter.data = parameter.data.to(half)
     for parameter in parameters:
         parameter.data = parameter.data.float()
@@ -328,8 +371,8 @@ def train(
     for network in wrapped:
         network.train()
     if accelerator.num_processes > 1:  # each process draws its own batches
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) + accelerator.process_index
-        generator = torch.Generator().manual_seed(seed)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        generator = torch.Generator(device=device).manual_seed(seed + accelerator.process_index)
 
     scaling = float(vae.config.scaling_factor)
     batch, losses = config.batch_size, []
@@ -339,15 +382,15 @@ def train(
     step_seconds: list[float] = []
     for _ in bar:
         step_started = time.perf_counter()
-        pick = torch.randint(0, instance.mean.shape[0], (batch,), generator=generator)
+        pick = torch.randint(0, instance.mean.shape[0], (batch,), generator=generator, device=generator.device)
         latents = [instance.sample(pick, generator, scaling, config.sample_latents)]
         rows = [0] * batch
         if prior is not None:
-            pick_class = torch.randint(0, prior.mean.shape[0], (batch,), generator=generator)
+            pick_class = torch.randint(0, prior.mean.shape[0], (batch,), generator=generator, device=generator.device)
             latents.append(prior.sample(pick_class, generator, scaling, config.sample_latents))
             rows += [1] * batch
         latents = torch.cat(latents)
-        noise = torch.randn(latents.shape, generator=generator).to(device)
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(device)
         timesteps = sample_timesteps(scheduler, latents.shape[0], generator=generator, device=device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         if scheduler.config.prediction_type == "v_prediction":
@@ -386,6 +429,8 @@ def train(
             text_encoder.gradient_checkpointing_disable()
     for parameter in parameters:
         parameter.requires_grad_(False)
+    for parameter, weights in frozen:
+        parameter.data = weights.to(device)
     del optimizer, prepared, wrapped
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -408,9 +453,13 @@ class Trainables:
 
 
 class TrainedPersonalizer(Personalizer):
-    """Template of the built-in personalizers: load the base model, check the prompt, preprocess the
-    photos, get class images, make some weights trainable (:meth:`_trainables`, the one hook), train,
-    wrap the pipeline in ``Model`` and save it when asked.
+    """Template of the built-in personalizers: load the base model, check the prompt and the
+    prediction type, preprocess the photos, get class images, make some weights trainable
+    (``_trainables``, the one hook), train, wrap the pipeline in ``Model``, save it in float32
+    when asked, and cast it to the inference dtype (``config.dtype``) for generation.
+
+    Whatever ``_trainables`` draws from torch's global random state (peft's LoRA
+    initialization) is seeded from the method's generator, so ``seed`` fixes it.
 
     Attributes:
         progress: show progress bars (the CLI turns it on).
@@ -427,6 +476,7 @@ class TrainedPersonalizer(Personalizer):
         return default_prompts(self.config.identifier)
 
     def _trainables(self, pipeline: Any) -> Trainables:
+        """Make some weights of ``pipeline`` trainable (``requires_grad``) and return them."""
         raise NotImplementedError
 
     def _fit(
@@ -448,6 +498,7 @@ class TrainedPersonalizer(Personalizer):
             config.model, "text2img", expected_channels=4, method=label, device=self.device, dtype=torch.float32
         )
         pipeline.set_progress_bar_config(disable=True)
+        check_prediction_type(pipeline.scheduler, label)
         for network in (pipeline.unet, pipeline.text_encoder, pipeline.vae):
             network.requires_grad_(False)
         instances = square_batch(images, config.resolution)
@@ -459,7 +510,8 @@ class TrainedPersonalizer(Personalizer):
                 with PartialState().main_process_first():
                     generated = generate_class_images(pipeline, config, class_prompt, progress=self.progress)
                 classes = torch.stack(generated)
-        trainables = self._trainables(pipeline)
+        with global_rng_from(generator):
+            trainables = self._trainables(pipeline)
         self.last_training = train(
             pipeline, config, parameters=trainables.parameters, modules=trainables.modules,
             train_text_encoder=trainables.train_text_encoder, instance_images=instances,
@@ -467,7 +519,6 @@ class TrainedPersonalizer(Personalizer):
             generator=generator, device=self.device, after_step=trainables.after_step,
             progress=self.progress, description=f"{label} training",
         )
-        pipeline.to(dtype=self.dtype)  # one inference dtype (config.dtype) for the whole pipeline
         info = {
             "personalizer": self.name,
             "base_model": config.model,
@@ -482,6 +533,7 @@ class TrainedPersonalizer(Personalizer):
         }
         model = self.Model(pipeline, info)
         if output_dir is not None and PartialState().is_main_process:
-            model.save(output_dir)
+            model.save(output_dir)  # float32, as trained (diffusers' training scripts save so)
+        pipeline.to(dtype=self.dtype)  # generation in the inference dtype (config.dtype)
         return model
 
