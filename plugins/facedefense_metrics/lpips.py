@@ -90,7 +90,7 @@ def _random_like(tensor: Tensor, generator: torch.Generator) -> Tensor:
     if tensor.dim() == 1:
         return torch.zeros_like(tensor)
     fan_in = tensor[0].numel()
-    return torch.randn(tensor.shape, generator=generator) * (2.0 / fan_in) ** 0.5
+    return torch.randn(tensor.shape, generator=generator, device=generator.device) * (2.0 / fan_in) ** 0.5
 
 
 @dataclass
