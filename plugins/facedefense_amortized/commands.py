@@ -35,7 +35,9 @@ def train(
     output: Annotated[Path, typer.Option(help="Run folder: checkpoint + sidecar, training state, log.jsonl.")],
     eps: Annotated[str | None, typer.Option(help="L-infinity budget in [0,1] units (default 8/255).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: rid 20000, gap_diff 50 epochs).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step and process.")] = 1,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Images per step and process (default: rid 1, gap_diff 6, as the references).")
+    ] = None,
     pairs: Annotated[Path | None, typer.Option(help="rid: JSON list of {source_path, attacked_path} for the regression loss.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output exactly where it stopped.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of initialization, data order, timesteps and noise.")] = 0,

@@ -16,7 +16,7 @@ from facedefense.testing.tiny_models import sample_faces
 TINY_DIT = "input_size=32,patch_size=16,hidden_size=32,depth=1,num_heads=2,num_classes=4"
 RID_OPTIONS = ["-o", f"architecture={TINY_DIT}", "-o", "warmup_steps=0", "-o", "lr=1e-2"]
 GAP_OPTIONS = ["-o", "architecture=ngf=4", "-o", "surrogate_size=32", "-o", "discriminator_width=4",
-               "-o", "first_phase_epochs=1"]
+               "-o", "first_phase_epochs=1", "--batch-size", "1"]
 
 
 def cli(*args):
@@ -50,15 +50,15 @@ def train(method, faces, model, output, *extra):
                "--no-progress", "--device", "cpu", *options, *extra)
 
 
-@pytest.mark.parametrize("method,steps", [("rid", 3), ("gap_diff", 2)])
-def test_train_saves_resumes_identically_and_protects(method, steps, faces, tiny_sd_path, tmp_path):
+@pytest.mark.parametrize("method,steps,horizon", [("rid", 3, ["-o", "decay_steps=3"]), ("gap_diff", 2, [])])
+def test_train_saves_resumes_identically_and_protects(method, steps, horizon, faces, tiny_sd_path, tmp_path):
     from safetensors.torch import load_file
 
     whole, split = tmp_path / "whole", tmp_path / "split"
-    result = train(method, faces, tiny_sd_path, whole, "--steps", steps, "--save-every", 1)
+    result = train(method, faces, tiny_sd_path, whole, "--steps", steps, "--save-every", 1, *horizon)
     assert result.exit_code == 0, result.output
-    assert train(method, faces, tiny_sd_path, split, "--steps", steps - 1).exit_code == 0
-    result = train(method, faces, tiny_sd_path, split, "--steps", steps, "--resume")
+    assert train(method, faces, tiny_sd_path, split, "--steps", steps - 1, *horizon).exit_code == 0
+    result = train(method, faces, tiny_sd_path, split, "--steps", steps, "--resume", *horizon)
     assert result.exit_code == 0, result.output
     assert losses(split) == losses(whole) and len(losses(whole)) == steps
     assert "loss" in losses(whole)[0] and ("sds_0" in losses(whole)[0] or "adv_processed" in losses(whole)[0])
@@ -67,7 +67,7 @@ def test_train_saves_resumes_identically_and_protects(method, steps, faces, tiny
     assert all(torch.equal(weights[key], resumed[key]) for key in weights)
     sidecar = json.loads((whole / f"{method}.safetensors.json").read_text())
     assert sidecar["method"] == method and sidecar["steps"] == steps and sidecar["eps"] == pytest.approx(8 / 255)
-    assert sidecar["models"] == [str(tiny_sd_path)] and sidecar["images"] == 3
+    assert sidecar["models"] == [str(tiny_sd_path)] and sidecar["images"] == 3 and sidecar["batch_size"] == 1
 
     protected = tmp_path / "protected"
     result = cli("protect", faces / "face0.png", "--method", method, "--checkpoint", checkpoint,
@@ -91,7 +91,8 @@ def test_rid_regression_pairs_from_protected_outputs(faces, tiny_sd_path, tmp_pa
     result = train("rid", faces, tiny_sd_path, tmp_path / "run", "--steps", 1, "--pairs", pairs,
                    "--mixed-precision", "bf16", "--gradient-checkpointing")
     assert result.exit_code == 0, result.output
-    assert losses(tmp_path / "run")[0]["reg"] == pytest.approx(6 / 255, rel=0.05)  # delta starts at 0
+    # delta starts at 0: the L1 is |x_protected - x_s| = 6 gray levels, 12/255 in the reference's [-1, 1] units
+    assert losses(tmp_path / "run")[0]["reg"] == pytest.approx(12 / 255, rel=0.05)
 
 
 def test_dit_gradient_checkpointing_gives_the_same_gradients():
@@ -119,6 +120,8 @@ def test_bad_training_input_gives_one_line_errors(faces, tiny_sd_path, tmp_path)
         return result.output
 
     assert "fewer than --batch-size 4" in error("rid", faces, tiny_sd_path, tmp_path / "a", "--batch-size", 4)
+    result = cli("train", "--method", "gap_diff", "--data", faces, "--model", tiny_sd_path, "--output", tmp_path / "g")
+    assert result.exit_code == 2 and "fewer than --batch-size 6" in result.output  # the reference's batch
     pairs = tmp_path / "pairs.json"
     pairs.write_text(json.dumps([{"source_path": "faces/missing.png", "attacked_path": "x.png"}]))
     assert "does not exist" in error("rid", faces, tiny_sd_path, tmp_path / "b", "--pairs", pairs)
@@ -129,6 +132,7 @@ def test_bad_training_input_gives_one_line_errors(faces, tiny_sd_path, tmp_path)
     assert "trained for 4/255, not --eps 8/255" in error("rid", faces, tiny_sd_path, run, "--resume", "--eps", "8/255")
     assert "already holds a training run" in error("rid", faces, tiny_sd_path, run, "--steps", 1)
     assert "unknown training option" in error("rid", faces, tiny_sd_path, tmp_path / "d", "-o", "nope=1")
+    assert "decay_steps must be at least 0" in error("rid", faces, tiny_sd_path, tmp_path / "d", "-o", "decay_steps=-1")
     result = cli("train", "--method", "jpeg", "--data", faces, "--model", tiny_sd_path, "--output", tmp_path / "e")
     assert result.exit_code == 2
 

@@ -12,10 +12,14 @@ Per step, with ``x_p = clamp(x + eps G(x))`` and a preprocessing P drawn per bat
 
 where ``L_adv`` is the denoising loss (noise target) of each frozen model, averaged over the models.
 
-Differences from the reference code: Gaussian noise in the denoising loss (the reference draws
+The discriminator shares one batch norm among its four convolutions and the batch is 6 images
+per process, as in the reference. Differences from the reference code (docs/methods/gap_diff.md,
+Fidelity, gives each reason): Gaussian noise in the denoising loss (the reference draws
 ``torch.rand_like``, uniform in [0, 1)); the JPEG simulation exposes its kept coefficients (5x5
-luma, 3x3 chroma) instead of an unused quality; the diffusion weights are frozen explicitly; any
-number of models (the reference uses SD 2.1-base alone); budgets in [0, 1] units (``per16`` is 8/255).
+luma, 3x3 chroma) instead of an unused quality; any number of models (the reference uses SD
+2.1-base alone); budgets in [0, 1] units (``per16`` is 8/255); a checkpoint every ``--save-every``
+steps and at the end (the reference keeps the epoch of lowest mean loss); an epoch's last
+incomplete batch is dropped.
 """
 
 from __future__ import annotations
@@ -142,21 +146,28 @@ class GaussianBlur:
 
 
 def build_discriminator(width: int = 64) -> Any:
-    """GAP-Diff's discriminator: conv3x3(3->64)+BN+ReLU, one conv3x3(64->64)+BN+ReLU applied three
-    times, global average pooling, Linear(64->1) logit (about 39k parameters at width 64)."""
+    """GAP-Diff's discriminator (``models/Discriminator.py``, ``Discriminator(4, 3)``): conv3x3(3->64),
+    then one conv3x3(64->64) applied three times, each convolution followed by the *same* batch norm
+    and a ReLU, global average pooling, Linear(64->1) logit (about 39k parameters at width 64).
+
+    The parameter names are the reference's (``conv_init``, ``conv``, ``bn``, ``linear``), so its
+    ``D_per16.pth`` state dict loads with ``strict=True``.
+    """
     from torch import nn
 
     class Discriminator(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.first = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-            self.shared = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+            self.conv_init = nn.Conv2d(3, width, 3, padding=1)
+            self.conv = nn.Conv2d(width, width, 3, padding=1)
+            self.bn = nn.BatchNorm2d(width)  # one norm for all four convolutions, as the reference
+            self.relu = nn.ReLU(inplace=True)
             self.linear = nn.Linear(width, 1)
 
         def forward(self, x):
-            x = self.first(x)
+            x = self.relu(self.bn(self.conv_init(x)))
             for _ in range(3):
-                x = self.shared(x)
+                x = self.relu(self.bn(self.conv(x)))
             return self.linear(x.mean(dim=(2, 3)))
 
     return Discriminator()
@@ -237,11 +248,12 @@ class GAPObjective:
         terms = {"adv_processed": self.adversarial(processed, generator, autocast)}
         terms["realism"] = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         if epoch < options.first_phase_epochs:
-            total = -terms["adv_processed"]
+            adversarial = terms["adv_processed"]
         else:
             terms["adv_clean"] = self.adversarial(protected, generator, autocast)
-            total = -options.clean_weight * terms["adv_clean"] - options.processed_weight * terms["adv_processed"]
-        terms["loss"] = total + options.discriminator_weight * terms["realism"]
+            adversarial = options.clean_weight * terms["adv_clean"] + options.processed_weight * terms["adv_processed"]
+        # the generator ascends the denoising loss (descends its negative) and looks real to D
+        terms["loss"] = -adversarial + options.discriminator_weight * terms["realism"]
         return terms
 
 
@@ -272,7 +284,7 @@ class GAPTrainer:
         self.objective = GAPObjective(self.network, self.discriminator, surrogates, eps, options)
         self.accelerator, self.autocast = accelerator, autocast_for(accelerator)
 
-    def step(self, images, step: int, epoch: int, generator) -> dict[str, Any]:
+    def step(self, images, step: int, epoch: int, generator, *, indices=None) -> dict[str, Any]:
         processing, function = self.objective.pick(generator)
         protected = self.objective.protected(images, self.autocast)
         processed = function(protected)
@@ -323,4 +335,5 @@ def _recipe():
         default_steps=lambda options, steps_per_epoch: options.epochs * steps_per_epoch,
         build_trainer=GAPTrainer,
         prompt=lambda options: options.prompt,
+        default_batch_size=6,  # scripts/train_generator.sh (train_generator.py's own default is 4)
     )

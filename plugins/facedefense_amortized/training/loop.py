@@ -10,9 +10,9 @@ An output folder holds one run:
   as an uninterrupted run);
 - ``log.jsonl``: one line per step with every loss term.
 
-Randomness: the data order of epoch e is a permutation seeded by ``(seed, e)``; timesteps, noise,
-pair and preprocessing choices come from one ``torch.Generator`` (saved); dropout uses torch's
-global generator (saved too).
+Randomness: the data order of epoch e is a permutation seeded by ``(seed, e)``; timesteps, noise
+and preprocessing choices come from one CPU ``torch.Generator`` (saved; every draw happens on its
+device, then moves to the accelerator); dropout uses torch's global generator (saved too).
 
 Multi-GPU and multi-node: ``accelerate launch $(which facedefense) train ...``; each process takes its
 own slice of every batch of ``batch_size x processes`` images, and the main process writes.
@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -43,8 +43,11 @@ PRECISIONS = ("no", "bf16", "fp16")
 class Trainer(Protocol):
     """What a method supplies to the loop (built by its :class:`Recipe`)."""
 
-    def step(self, images: Tensor, step: int, epoch: int, generator: torch.Generator) -> dict[str, float]:
-        """One optimization step on ``images`` ((B, 3, S, S) in [0, 1]); returns the loss terms."""
+    def step(
+        self, images: Tensor, step: int, epoch: int, generator: torch.Generator, *, indices: Tensor
+    ) -> dict[str, float]:
+        """One optimization step on ``images`` ((B, 3, S, S) in [0, 1]), the data set's images number
+        ``indices`` ((B,) int64); returns the loss terms."""
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizers, schedulers and any further trained module (the discriminator)."""
@@ -63,9 +66,12 @@ class Recipe:
         build_network: architecture dict -> trainable module.
         image_size: (architecture, options) -> training image side in pixels.
         default_steps: (options, steps per epoch) -> steps when ``--steps`` is not given.
-        build_trainer: (network, surrogates, eps, options, pairs, accelerator, settings) -> :class:`Trainer`.
+        build_trainer: (network, surrogates, eps, options, pairs, accelerator, settings) -> :class:`Trainer`;
+            ``settings.steps`` and ``settings.batch_size`` are resolved (never None) by then.
         prompt: (options) -> the surrogates' prompt.
         uses_pairs: whether ``--pairs`` means anything.
+        default_batch_size: images per step and process when ``--batch-size`` is not given (the
+            reference's).
     """
 
     method: str
@@ -77,6 +83,7 @@ class Recipe:
     build_trainer: Callable[..., Trainer]
     prompt: Callable[[Any], str]
     uses_pairs: bool = False
+    default_batch_size: int = 1
 
 
 @dataclass
@@ -89,7 +96,7 @@ class TrainSettings:
     output: Path
     eps: float | None = None
     steps: int | None = None
-    batch_size: int = 1
+    batch_size: int | None = None
     pairs: Path | None = None
     resume: bool = False
     seed: int = 0
@@ -195,6 +202,8 @@ def train(settings: TrainSettings, recipe: Recipe) -> TrainResult:
     method, output = recipe.method, Path(settings.output)
     if settings.mixed_precision not in PRECISIONS:
         raise ConfigError(f"--mixed-precision must be one of {', '.join(PRECISIONS)}")
+    if settings.batch_size is None:
+        settings = replace(settings, batch_size=recipe.default_batch_size)
     if settings.batch_size < 1 or (settings.steps is not None and settings.steps < 1) or settings.save_every < 1:
         raise ConfigError("--batch-size, --steps and --save-every must be at least 1")
     if not settings.models:
@@ -230,6 +239,7 @@ def train(settings: TrainSettings, recipe: Recipe) -> TrainResult:
     pairs = read_pairs(settings.pairs, size) if settings.pairs is not None else None
     steps_per_epoch = len(data) // (settings.batch_size * world)
     total = settings.steps or recipe.default_steps(options, steps_per_epoch)
+    settings = replace(settings, steps=total)
 
     torch.manual_seed(settings.seed)
     network = recipe.build_network(architecture)
@@ -298,9 +308,10 @@ def train(settings: TrainSettings, recipe: Recipe) -> TrainResult:
             epoch, offset = divmod(step, steps_per_epoch)
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
             first = (offset * world + rank) * settings.batch_size
-            images = data.images[order[first : first + settings.batch_size]].to(accelerator.device)
+            indices = order[first : first + settings.batch_size]
+            images = data.images[indices].to(accelerator.device)
             started = time.perf_counter()
-            last = trainer.step(images, step, epoch, generator)
+            last = trainer.step(images, step, epoch, generator, indices=indices)
             seconds = time.perf_counter() - started
             if log is not None:
                 log.write(json.dumps({"step": step + 1, "epoch": epoch, **last, "seconds": round(seconds, 4)}) + "\n")

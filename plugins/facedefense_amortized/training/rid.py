@@ -8,13 +8,17 @@ For every model k, with its own timestep t_k and noise e_k per image:
 ``z_t`` is ``g / numel``: descending it ascends the denoising error with the UNet's Jacobian skipped.
 The UNet therefore runs without autograd; the gradient reaches the defender through the VAE encoder.
 
-Total: ``sds_weight * mean_k L_k + reg_weight * L1(delta_s, x_protected - x_s)``.
+Total: ``sds_weight * mean_k L_k + reg_weight * L_reg`` with, for every image of the batch, its
+regression pair ``(x_s, x_protected)`` (pair number ``index mod P`` for the data set's image number
+``index``, as the reference's data set pairs them) and
+``L_reg = mean |2 delta(x_s) - 2 (x_protected - x_s)|``: the L1 distance in the reference's [-1, 1]
+image units, so ``reg_weight`` means what the reference's weight means. The reference's total is
+``mean([lambda L1, 4/3 L_1, 4/3 L_2, 4/3 L_3]) = lambda/4 L1 + mean_k L_k``: ``sds_weight = 1``
+and ``reg_weight = lambda / 4``.
 
-Differences from the reference code: any number of models (the reference hard-codes three, and
-weighs ``1/4 L_reg + 1/3 sum_k L_k``, i.e. the mean over its three models); each model encodes the
-prompt ``" "`` with its own tokenizer (the reference uses the first model's tokens for all three);
-budgets in [0, 1] units (the reference's 12/255 is 6/255 here); the regression weight defaults to
-2.5 (the reference's released script has 0, its ``_10l1`` runs 10 x 1/4).
+The learning rate warms up linearly from 0 over ``warmup_steps`` and then decays linearly to 0 at
+``decay_steps`` (default: the run's ``--steps``), diffusers' ``"linear"`` schedule as the reference
+uses it. See docs/methods/rid.md (Fidelity) for every default beside the reference's.
 """
 
 from __future__ import annotations
@@ -38,11 +42,18 @@ class RIDTrainingOptions:
     """``-o`` options of ``facedefense train --method rid``.
 
     Attributes:
-        lr: AdamW learning rate. Default 3e-4 (reference).
+        lr: AdamW peak learning rate. Default 3e-4 (reference).
         weight_decay: AdamW weight decay. Default 1e-2 (reference).
-        warmup_steps: linear learning-rate warm-up. Default 500 (reference, one process).
-        sds_weight: weight of the ensemble's mean Adv-SDS loss. Default 1.
-        reg_weight: weight of the L1 regression to the pairs (used with ``--pairs``). Default 2.5.
+        warmup_steps: optimizer steps of the linear warm-up from 0. Default 500 (reference: 500 x
+            processes scheduler steps, which accelerate advances processes times per optimizer
+            step: 500 optimizer steps).
+        decay_steps: optimizer step at which the linear decay reaches 0. Default 0: the run's
+            ``--steps`` (the reference decays to 0 at the end of its ``--num_train_epochs``).
+        sds_weight: weight of the ensemble's mean Adv-SDS loss. Default 1 (reference: 4/3 x 1/4 per
+            model, summed over three models).
+        reg_weight: weight of the L1 regression to the pairs (used with ``--pairs``), the L1 in
+            [-1, 1] image units as in the reference. Default 2.5 (the reference's ``_10l1`` runs:
+            10 x 1/4; its released script has 0).
         prompt: the surrogates' prompt. Default ``" "`` (reference).
         architecture: JSON or ``key=value,...`` overrides of the DiT architecture (tests use a tiny one).
     """
@@ -50,10 +61,15 @@ class RIDTrainingOptions:
     lr: float = 3e-4
     weight_decay: float = 1e-2
     warmup_steps: int = 500
+    decay_steps: int = 0
     sds_weight: float = 1.0
     reg_weight: float = 2.5
     prompt: str = PROMPT
     architecture: str = ""
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.decay_steps < 0:
+            raise ConfigError("rid: warmup_steps and decay_steps must be at least 0")
 
 
 class RIDObjective:
@@ -65,6 +81,9 @@ class RIDObjective:
         eps: budget in [0, 1] units (``delta = eps * tanh(network(x))``).
         options: :class:`RIDTrainingOptions`.
         pairs: (clean, protected) tensors (P, 3, S, S) in [0, 1], or None.
+
+    Calling it with a batch ``images`` (B, 3, S, S) in [0, 1] and the data set's ``indices`` (B,) of
+    those images returns the loss terms (``sds_k`` per model, ``reg`` with pairs, ``loss``).
     """
 
     def __init__(
@@ -82,7 +101,9 @@ class RIDObjective:
 
         return self.eps * torch.tanh(self.network(images * 2 - 1).float())
 
-    def __call__(self, images: Tensor, step: int, generator: torch.Generator, autocast: Any) -> dict[str, Tensor]:
+    def __call__(
+        self, images: Tensor, indices: Tensor, generator: torch.Generator, autocast: Any
+    ) -> dict[str, Tensor]:
         import torch
         import torch.nn.functional as F
 
@@ -91,8 +112,9 @@ class RIDObjective:
         batch = images.shape[0]
         inputs = images
         if self.pairs is not None:
-            index = torch.randint(0, len(self.pairs[0]), (1,), generator=generator, device=generator.device).item()
-            inputs = torch.cat([images, self.pairs[0][index : index + 1].to(images.device)])
+            chosen = indices.cpu() % len(self.pairs[0])
+            clean, protected = (part[chosen].to(images.device) for part in self.pairs)
+            inputs = torch.cat([images, clean])
         with autocast():
             delta = self.delta(inputs)
         adversarial = (images + delta[:batch]) * 2 - 1  # no clamp while training (reference)
@@ -110,9 +132,8 @@ class RIDObjective:
             terms[f"sds_{k}"] = 0.5 * F.mse_loss(noisy.float(), (noisy.float() - gradient).detach())
             sds.append(terms[f"sds_{k}"])
         total = self.options.sds_weight * torch.stack(sds).mean()
-        if self.pairs is not None:
-            target = (self.pairs[1][index : index + 1] - self.pairs[0][index : index + 1]).to(images.device)
-            terms["reg"] = F.l1_loss(delta[batch:], target)
+        if self.pairs is not None:  # in [-1, 1] units, as the reference's weights
+            terms["reg"] = F.l1_loss(2 * delta[batch:], 2 * (protected - clean))
             total = total + self.options.reg_weight * terms["reg"]
         terms["loss"] = total
         return terms
@@ -132,29 +153,31 @@ DEFAULT_STEPS = 20_000
 
 
 class RIDTrainer:
-    """AdamW with a linear warm-up on :class:`RIDObjective` (the loop's :class:`Trainer`)."""
+    """AdamW on :class:`RIDObjective` with diffusers' linear schedule: warm-up from 0 over
+    ``warmup_steps``, then linear decay to 0 at ``decay_steps`` (0: ``settings.steps``), stepped
+    once per optimizer step (the loop's :class:`Trainer`)."""
 
     def __init__(self, network, surrogates, eps, options: RIDTrainingOptions, pairs, accelerator, settings) -> None:
         import torch
+        from diffusers.optimization import get_linear_schedule_with_warmup
 
         from facedefense_amortized.training.loop import autocast_for
 
         optimizer = torch.optim.AdamW(network.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-        warmup = max(0, options.warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        self.scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, options.decay_steps or settings.steps)
         self.network, self.optimizer = accelerator.prepare(network, optimizer)
         self.objective = RIDObjective(self.network, surrogates, eps, options, pairs)
         self.accelerator, self.autocast = accelerator, autocast_for(accelerator)
 
-    def step(self, images, step: int, epoch: int, generator) -> dict[str, float]:
-        terms = self.objective(images, step, generator, self.autocast)
+    def step(self, images, step: int, epoch: int, generator, *, indices) -> dict[str, float]:
+        """One AdamW step; the logged ``lr`` is the one this step used."""
+        terms = self.objective(images, indices, generator, self.autocast)
+        lr = self.scheduler.get_last_lr()[0]
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(terms["loss"])
         self.optimizer.step()
         self.scheduler.step()
-        return {**{name: float(value.detach()) for name, value in terms.items()}, "lr": self.scheduler.get_last_lr()[0]}
+        return {**{name: float(value.detach()) for name, value in terms.items()}, "lr": lr}
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
