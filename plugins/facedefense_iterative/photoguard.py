@@ -26,23 +26,31 @@ class PhotoGuardConfig(PGDConfig):
         eps: L-infinity budget in [0, 1] units. Default 8/255 (the reference's 0.06 in [-1, 1] is
             7.65/255).
         steps: PGD steps. Default 200 (the demo app; the notebook uses 1000).
-        step_size: first sign step in [0, 1] units, decaying linearly to 1/100 of it.
-            Default 0.01 (the reference's 0.02 in [-1, 1]).
+        step_size: sign step in [0, 1] units. Default 0.01 (the reference's 0.02 in [-1, 1]). The
+            encoder attack decays it linearly to 1/100 of it (the reference's ``pgd``); the
+            diffusion attack keeps it constant (the reference's ``super_linf``: 0.006 in [-1, 1],
+            i.e. ``step_size=0.003``).
         target: ``"zero"`` pushes the latent mean to 0 (encoder attack) or the edit to mid-gray
             (diffusion attack, the reference's zero target in [-1, 1]), ``"gray"`` toward a
             mid-gray image (its latent for the encoder attack), or a path to a target image.
-        random_start: start from a uniform point of the eps-ball, as the reference does.
+        random_start: start from a uniform point of the eps-ball. None (default): as the
+            reference, yes for the encoder attack (``pgd``), no for the diffusion attack
+            (``super_linf`` starts at the photo).
         attack: ``"encoder"`` (the VAE encoder only) or ``"diffusion"`` (backpropagate through the
             unrolled edit: encode, a few denoising steps, decode).
         mask: optional black-and-white image of each photo's size, white = the region an editor
             repaints; the perturbation stays in the black (kept) region and an inpainting model
             gets it as its mask.
-        prompt: the edit prompt of the diffusion attack. Default "a photo of a person".
+        prompt: the edit prompt of the diffusion attack. Default "" (the reference's; with it,
+            classifier-free guidance is the identity, so the unconditional pass is skipped).
         diffusion_steps: denoising steps unrolled by the diffusion attack. Default 4 (the reference's).
         strength: img2img strength (fraction of the schedule the edit runs); None: 1.0 for
             inpainting models (start from noise, as the reference), 0.5 for text-to-image models.
         guidance_scale: classifier-free guidance of the edit (1 = no unconditional pass). Default 7.5.
         eta: DDIM eta of the edit (1 = stochastic, the reference's).
+        posterior: the VAE latents of the edit (the masked image's, the photo's for img2img):
+            ``"sample"`` (default; the reference's and diffusers' pipelines') or ``"mean"``
+            (deterministic; near-identical for Stable Diffusion's narrow posterior).
         grad_reps: edits averaged per step (the reference averages 10 gradients). Default 1.
         checkpointing: recompute each denoising step in the backward pass instead of storing its
             activations (gradient checkpointing; less memory, about one more forward).
@@ -55,14 +63,15 @@ class PhotoGuardConfig(PGDConfig):
     steps: int = 200
     step_size: float = 0.01
     target: str = "zero"
-    random_start: bool = True
+    random_start: bool | None = None
     attack: Literal["encoder", "diffusion"] = "encoder"
     mask: str | None = None
-    prompt: str = "a photo of a person"
+    prompt: str = ""
     diffusion_steps: int = 4
     strength: float | None = None
     guidance_scale: float = 7.5
     eta: float = 1.0
+    posterior: Literal["sample", "mean"] = "sample"
     grad_reps: int = 1
     checkpointing: bool = True
 
@@ -76,6 +85,19 @@ class PhotoGuardConfig(PGDConfig):
             raise ConfigError(f"photoguard strength must be in (0, 1], got {self.strength}")
         if self.guidance_scale < 1.0 or not 0.0 <= self.eta <= 1.0:
             raise ConfigError("photoguard guidance_scale must be >= 1 and eta in [0, 1]")
+        if self.posterior not in ("sample", "mean"):
+            raise ConfigError(f"photoguard posterior must be 'sample' or 'mean', got '{self.posterior}'")
+        if self.random_start is None:
+            self.random_start = self.attack == "encoder"
+
+
+def decode_unclamped(vae: Any, latents: Tensor) -> Tensor:
+    """Scaled latents (N, 4, h, w) -> the decoder's raw output (N, 3, 8h, 8w) float32 in [0, 1]
+    units, not clamped (unlike `facedefense.diffusion.decode_latents`): pixels past black or
+    white keep their gradient, as in the reference's loss on ``vae.decode(latents).sample``."""
+    from facedefense.imaging import from_vae_range
+
+    return from_vae_range(vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.float())
 
 
 class PhotoGuard(Defender):
@@ -87,16 +109,17 @@ class PhotoGuard(Defender):
     (a gray image) instead of the person.
 
     Diffusion attack (``attack="diffusion"``): minimizes ``|| edit(x + delta) - x_target ||_2``,
-    where ``edit`` is the surrogate's own edit unrolled differentiably: VAE encoding, a few DDIM
-    steps (with classifier-free guidance; inpainting models get the mask and the masked image's
-    latent) and VAE decoding. Each denoising step is gradient-checkpointed; the text embeddings are
-    computed once.
+    where ``edit`` is the surrogate's own edit unrolled differentiably: VAE encoding (a posterior
+    sample), a few DDIM steps (with classifier-free guidance; inpainting models get the mask and
+    the latent of the masked image, whose hole is mid-gray as in diffusers' pipeline) and VAE
+    decoding (not clamped, so saturated pixels keep their gradient). Each denoising step is
+    gradient-checkpointed; the text embeddings are computed once.
 
     Args:
         model: diffusers folder or Hugging Face id (a text-to-image model for img2img edits, an
             inpainting model with a 9-channel UNet for inpainting edits).
         eps, steps, step_size, target, random_start, attack, mask, prompt, diffusion_steps,
-            strength, guidance_scale, eta, grad_reps, checkpointing, resolution: see
+            strength, guidance_scale, eta, posterior, grad_reps, checkpointing, resolution: see
             :class:`PhotoGuardConfig`.
 
     Shape:
@@ -109,13 +132,12 @@ class PhotoGuard(Defender):
         >>> protected = defender.protect(images).images
         >>> inpaint = PhotoGuard(model="runwayml/stable-diffusion-inpainting", attack="diffusion", mask="mask.png")
 
-    Differences from the reference code:
+    Differences from the reference code (docs/methods/photoguard.md, "Fidelity"):
         budgets and steps are in [0, 1] units (the reference's [-1, 1] numbers are halved); the
         loss is a per-image norm (the reference takes one norm over the whole batch, coupling
         images); the result is rounded to 8 bits inside the budget; any resolution is supported.
-        Diffusion attack: the masked image's latent is the posterior mean (the reference samples
-        it); L-infinity PGD only (the reference's main run is L2); ``grad_reps`` 1 by default
-        (the reference's 10 multiplies the cost by 10).
+        Diffusion attack: L-infinity PGD only (the reference's main run is L2); ``grad_reps`` 1 by
+        default (the reference's 10 multiplies the cost by 10).
     """
 
     name: ClassVar[str] = "photoguard"
@@ -145,7 +167,7 @@ class PhotoGuard(Defender):
 
             self.surrogate = load_surrogate(
                 self.config.model, self.config.prompt, device=self.device, dtype=self.dtype, method=self.name,
-                uncond=self.config.guidance_scale > 1.0,
+                uncond=self.config.guidance_scale > 1.0 and self.config.prompt != "",
             )
             self.vae = self.surrogate.parts.vae
         else:
@@ -207,16 +229,21 @@ class PhotoGuard(Defender):
 
     def edit(self, pixels: Tensor, generator: torch.Generator | None, mask: Tensor | None = None) -> Tensor:
         """The surrogate's edit of ``pixels`` ((N, 3, h, w) in [0, 1], h and w multiples of 8),
-        differentiable with respect to ``pixels``; ``mask`` (1, 1, h, w), 1 = repainted.
+        differentiable with respect to ``pixels``; ``mask`` (1, 1, h, w) in {0, 1}, 1 = repainted.
+
+        As diffusers' pipelines (and the reference's ``attack_forward``): latents are posterior
+        samples (``posterior``); an inpainting model gets the mask and the latent of the masked image, whose
+        repainted region is 0 in the VAE's [-1, 1] range (mid-gray, ``image * (mask < 0.5)``).
 
         Returns:
-            (N, 3, h, w) float32 in [0, 1].
+            (N, 3, h, w) float32 in [0, 1] units: the decoder's raw output, not clamped (the
+            reference's loss sees it unclamped, so saturated pixels keep their gradient).
         """
         import torch
         import torch.nn.functional as F
         from torch.utils.checkpoint import checkpoint
 
-        from facedefense.diffusion import decode_latents, encode_latents
+        from facedefense.diffusion import encode_latents
         from facedefense_iterative.frozen_model import draw_noise
 
         if self.surrogate is None:
@@ -226,10 +253,12 @@ class PhotoGuard(Defender):
         count = pixels.shape[0]
         strength, timesteps, alpha, alpha_prev = self._schedule()
         inpainting = unet.config.in_channels == 9
+        sample = config.posterior == "sample"
         extra = None
         if inpainting:
             edit_mask = torch.zeros_like(pixels[:1, :1]) if mask is None else mask
-            masked_latents = encode_latents(self.vae, pixels * (1 - edit_mask)).float()
+            masked = pixels * (1 - edit_mask) + 0.5 * edit_mask  # the hole is 0 in [-1, 1]
+            masked_latents = encode_latents(self.vae, masked, sample=sample, generator=generator).float()
             small_mask = F.interpolate(edit_mask, size=masked_latents.shape[-2:], mode="nearest")
             extra = torch.cat([small_mask.expand(count, -1, -1, -1), masked_latents], dim=1)
         latent_shape = (count, 4, pixels.shape[-2] // 8, pixels.shape[-1] // 8)
@@ -237,7 +266,7 @@ class PhotoGuard(Defender):
         if strength >= 1.0:
             latents = start
         else:
-            clean = encode_latents(self.vae, pixels).float()
+            clean = encode_latents(self.vae, pixels, sample=sample, generator=generator).float()
             latents = scheduler.add_noise(clean, start, torch.full((count,), timesteps[0], device=pixels.device))
         step_noise = [draw_noise(latents, generator) for _ in timesteps]
         states = parts.condition.expand(count, -1, -1)
@@ -269,8 +298,8 @@ class PhotoGuard(Defender):
             else:
                 latents = denoise(latents, extra, index)
         if config.checkpointing and torch.is_grad_enabled():
-            return checkpoint(decode_latents, self.vae, latents, use_reentrant=False)
-        return decode_latents(self.vae, latents)
+            return checkpoint(decode_unclamped, self.vae, latents, use_reentrant=False)
+        return decode_unclamped(self.vae, latents)
 
     def diffusion_distance(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         """Per-image ``|| edit(x) - x_target ||_2`` at the working size, averaged over
@@ -279,7 +308,7 @@ class PhotoGuard(Defender):
 
         size = working_size(*images.shape[-2:], self.config.resolution)
         keep = self._keep(images)
-        mask = None if keep is None else (resize_images(1 - keep, size) > 0.5).float()
+        mask = None if keep is None else (resize_images(1 - keep, size) >= 0.5).float()
         pixels = resize_images(images, size)
         target = self._target_pixels(size, images.shape[0])
         total = 0
@@ -314,7 +343,8 @@ class PhotoGuard(Defender):
 
         with flush_denormals():
             adversarial, stats = run_pgd(
-                self, images, objective, generator, minimize=True, schedule="linear",
+                self, images, objective, generator, minimize=True,
+                schedule="linear" if self.config.attack == "encoder" else "constant",
                 description=f"photoguard {self.config.attack}",
             )
         return confined(adversarial), stats
