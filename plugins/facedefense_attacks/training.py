@@ -421,6 +421,8 @@ def train(
     seconds = time.perf_counter() - started
     bar.close()
     accelerator.wait_for_everyone()
+    for network in wrapped:  # mixed precision patched their forward to return float32: undo it for generation
+        accelerator.unwrap_model(network, keep_fp32_wrapper=False)
     for network in modules:
         network.eval()
     if config.gradient_checkpointing:

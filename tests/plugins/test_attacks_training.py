@@ -109,6 +109,9 @@ def test_bf16_training_moves_float32_weights_and_saves_float32(tiny_sd_path, fac
     base_vae = load_file(next((tiny_sd_path / "vae").glob("*.safetensors")))
     assert all(torch.equal(saved["vae"][k], v) for k, v in base_vae.items()), "the frozen VAE is saved as loaded"
     assert model.pipeline.unet.dtype == torch.bfloat16, "generation runs in the inference dtype"
+    # mixed precision's float32-output wrapper is gone: a bf16 UNet feeding a bf16 VAE generates
+    images = model.generate(["a photo of sks person"], num_images=1, steps=1, generator=torch.Generator().manual_seed(0))
+    assert images.shape[:2] == (1, 3) and torch.isfinite(images).all()
 
 
 def test_lora_initialization_follows_the_seed(tiny_sd_path, face_images):
