@@ -102,6 +102,10 @@ def _has_images(folder: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
 
 
+def _has_nested_images(folder: Path) -> bool:
+    return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*"))
+
+
 def find_identities(inputs: Sequence[str | Path], references: str | Path | None = None) -> list[IdentityFiles]:
     """Group the inputs into identities (see the module docstring) and attach their references.
 
@@ -112,7 +116,17 @@ def find_identities(inputs: Sequence[str | Path], references: str | Path | None 
     if not paths:
         raise ImageError("no input images given")
     if len(paths) == 1 and paths[0].is_dir() and not _has_images(paths[0]):
-        folders = sorted(p for p in paths[0].iterdir() if p.is_dir() and not p.name.startswith(".") and _has_images(p))
+        subfolders = sorted(p for p in paths[0].iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = [p for p in subfolders if _has_images(p)]
+        nested = [p.name for p in subfolders if p not in folders and _has_nested_images(p)]
+        if nested:  # an identity's photos one level too deep: left out, and said so
+            listed = ", ".join(nested[:3]) + (", ..." if len(nested) > 3 else "")
+            warnings.warn(
+                f"{paths[0]}: identity folder(s) {listed} hold their images only in subfolders and are left out "
+                "(an identity's photos must lie directly in its folder)",
+                UserWarning,
+                stacklevel=2,
+            )
         if not folders:
             raise ImageError(f"{paths[0]}: folder contains no images and no identity subfolders with images")
         identities = [IdentityFiles(f.name, collect_images([f]), subfolder=f.name) for f in folders]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from facedefense.cli import attack, benchmark, evaluate, listing, models, run
-from facedefense.cli.common import OneLineErrorsGroup, stop_on_sigterm
+from facedefense.cli.common import OneLineErrorsGroup, one_line_warnings, stop_on_sigterm
 from facedefense.registry import call_each_plugin, get_registry
 
 HELP = (
@@ -44,4 +44,5 @@ def build_app(*, with_plugins: bool = True) -> typer.Typer:
 def main() -> None:
     """Console-script entry point."""
     stop_on_sigterm()
+    one_line_warnings()
     build_app()(prog_name="facedefense")

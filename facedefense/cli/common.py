@@ -114,6 +114,16 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+def one_line_warnings() -> None:
+    """Show warnings as ``warning: message`` lines on stderr (no file, line and source excerpt)."""
+    import warnings
+
+    def formatted(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+        return f"warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}\n"
+
+    warnings.formatwarning = formatted
+
+
 def progress_default() -> bool:
     """Progress bars by default when stderr is a terminal (``--progress`` shows them anyway)."""
     return sys.stderr.isatty()

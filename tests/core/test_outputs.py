@@ -164,3 +164,29 @@ def test_sigterm_ends_a_command_like_ctrl_c():
             time.sleep(5)  # interrupted at once
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_identity_with_its_photos_one_level_too_deep_is_named(tmp_path):
+    from PIL import Image
+
+    from facedefense.batch import find_identities
+
+    for folder in ("people/alice", "people/bob/set_A"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "a.png")
+    with pytest.warns(UserWarning, match=r"identity folder\(s\) bob hold their images only in subfolders"):
+        identities = find_identities([tmp_path / "people"])
+    assert [identity.name for identity in identities] == ["alice"]
+
+
+def test_cli_warnings_are_one_line():
+    import warnings
+
+    from facedefense.cli.common import one_line_warnings
+
+    previous = warnings.formatwarning
+    try:
+        one_line_warnings()
+        assert warnings.formatwarning("left out\nmore", UserWarning, "x.py", 3) == "warning: left out\n"
+    finally:
+        warnings.formatwarning = previous
