@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from facedefense.config import option
 from facedefense.errors import ConfigError
 from facedefense.interfaces import Defender, Perturbation
 from facedefense.interfaces.identity import DEFAULT_CLASS_PROMPT, DEFAULT_INSTANCE_PROMPT
@@ -31,17 +32,20 @@ class DreamBoothAttackConfig(PGDConfig):
         instance_prompt: the prompt an attacker binds the person to (the file runner passes it
             with each identity). Default ``"a photo of sks person"``.
         class_prompt: the class prompt of prior preservation. Default ``"a photo of person"``.
-        step_size: sign step in [0, 1] units. Default 0.0025 (the reference's 0.005 in [-1, 1]).
+        step_size: sign step in [0, 1] units. Default 0.0025 (the reference's 0.005 in [-1, 1]);
+            ASPL with LoRA: 1/510 (``aspl_lora.py``'s 1/255 in [-1, 1]).
         resolution: the surrogate sees each photo with its short side at this size (aspect kept);
             training views are centre-cropped squares of this size. Default 512.
-        learning_rate: AdamW learning rate of the surrogate. Default 5e-7.
+        learning_rate: AdamW learning rate of the surrogate. Default 5e-7 for a full fine-tune and
+            5e-6 with LoRA (the reference's ``aspl_lora.py``: its adapters start at zero).
         prior_loss_weight: weight of the prior-preservation loss (0 turns it off). Default 1.0.
         num_class_images: class images generated once by the base model (cached). Default 200.
         class_image_steps: sampling steps for the class images. Default 50.
         class_images: a folder of class images to use instead of generating them.
         train_text_encoder: fine-tune the text encoder with the UNet (the reference does). Default True.
         lora_rank: 0 = full fine-tune (the reference); r > 0 = LoRA adapters of rank r on the attention
-            projections (fits a 24 GB GPU).
+            projections (fits a 24 GB GPU; ``aspl_lora.py`` uses 4). It changes the defaults of the
+            options left unset to ``aspl_lora.py``'s.
         gradient_checkpointing: recompute UNet activations in backward passes to save memory.
         target_image: a path: targeted variant (pull the denoised latent toward this image).
         eot: purifiers to optimize through (expectation over transformations), e.g. ``jpeg`` or
@@ -53,11 +57,11 @@ class DreamBoothAttackConfig(PGDConfig):
     """
 
     eps: float = 0.025
-    step_size: float = 0.0025
+    step_size: float | None = None  # type: ignore[assignment]
     resolution: int | None = 512
     instance_prompt: str = DEFAULT_INSTANCE_PROMPT
     class_prompt: str = DEFAULT_CLASS_PROMPT
-    learning_rate: float = 5e-7
+    learning_rate: float | None = None
     prior_loss_weight: float = 1.0
     num_class_images: int = 200
     class_image_steps: int = 50
@@ -70,6 +74,10 @@ class DreamBoothAttackConfig(PGDConfig):
     random_start: bool = False
 
     def __post_init__(self) -> None:
+        lora = self.lora_rank > 0
+        for name, value in self.unset_defaults(lora).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         super().__post_init__()
         if self.resolution is None:
             raise ConfigError("the DreamBooth surrogate needs a resolution (e.g. 512)")
@@ -78,6 +86,11 @@ class DreamBoothAttackConfig(PGDConfig):
         if self.schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"schedule must be constant, linear or cosine, got '{self.schedule}'")
 
+    @staticmethod
+    def unset_defaults(lora: bool) -> dict[str, Any]:
+        """The values of the options left unset (None): the reference's for a full fine-tune or LoRA."""
+        return {"learning_rate": 5e-6 if lora else 5e-7, "step_size": 0.0025}
+
 
 @dataclass
 class ASPLConfig(DreamBoothAttackConfig):
@@ -85,14 +98,21 @@ class ASPLConfig(DreamBoothAttackConfig):
 
     Attributes:
         steps: outer rounds (surrogate steps on the clean set, PGD on the photos, surrogate steps
-            on the perturbed photos). Default 50.
-        pgd_steps: PGD steps per round. Default 6.
-        surrogate_steps: surrogate fine-tuning steps per phase. Default 3.
+            on the perturbed photos). Default 50; with LoRA 20 (``aspl_lora.py``).
+        pgd_steps: PGD steps per round. Default 6; with LoRA 10.
+        surrogate_steps: surrogate fine-tuning steps per phase. Default 3; with LoRA 10.
     """
 
-    steps: int = 50
-    pgd_steps: int = 6
-    surrogate_steps: int = 3
+    steps: int | None = None  # type: ignore[assignment]
+    pgd_steps: int | None = option(None, min=1)
+    surrogate_steps: int | None = option(None, min=0)
+
+    @staticmethod
+    def unset_defaults(lora: bool) -> dict[str, Any]:
+        """``attack_with_aspl.sh``'s values for a full fine-tune; ``aspl_lora.py``'s argument defaults with LoRA."""
+        if lora:
+            return {"steps": 20, "pgd_steps": 10, "surrogate_steps": 10, "learning_rate": 5e-6, "step_size": 1 / 510}
+        return {"steps": 50, "pgd_steps": 6, "surrogate_steps": 3, "learning_rate": 5e-7, "step_size": 0.0025}
 
 
 class DreamBoothAttack(Defender):
@@ -115,7 +135,7 @@ class DreamBoothAttack(Defender):
                       lora_rank=self.config.lora_rank, gradient_checkpointing=self.config.gradient_checkpointing)
             for m in models
         ]
-        self._initial = [s.snapshot() for s in self.surrogates]
+        self._initial = [s.state_dict() for s in self.surrogates]  # on the CPU: a float32 UNet is 3.5 GB for SD 2.1
         self._class_images: list[Tensor | None] = [None] * len(models)
 
     # -- pieces ------------------------------------------------------------------------------
@@ -158,13 +178,15 @@ class DreamBoothAttack(Defender):
                "photos": file_digest(identity.images), "references": file_digest(identity.references)}
         return RunCheckpoint(workdir / self.name if workdir is not None else None, key)
 
-    def train(self, index: int, instances: Tensor, identity: IdentitySet, generator: torch.Generator, steps: int) -> list[float]:
-        """``steps`` DreamBooth steps of surrogate ``index`` on ``instances`` (training views)."""
+    def train(self, index: int, instances: Tensor, identity: IdentitySet, generator: torch.Generator, steps: int,
+              batch_size: int = 1) -> list[float]:
+        """``steps`` DreamBooth steps of surrogate ``index`` on ``instances`` (training views), with
+        ``batch_size`` instance and class images per step."""
         c = self.config
         return self.surrogates[index].train(
             instances, instance_prompt=identity.instance_prompt, steps=steps, learning_rate=c.learning_rate,
             generator=generator, class_images=self.class_images_for(index, identity.class_prompt),
-            class_prompt=identity.class_prompt, prior_loss_weight=c.prior_loss_weight,
+            class_prompt=identity.class_prompt, prior_loss_weight=c.prior_loss_weight, batch_size=batch_size,
         )
 
     def objective(self, index: int, photos: Any, identity: IdentitySet, generator: torch.Generator) -> Any:
@@ -191,7 +213,8 @@ class ASPL(DreamBoothAttack):
     ``surrogate_steps`` steps on the PERTURBED photos, so the surrogate follows what an attacker
     would learn. The targeted variant (``target_image``) also pulls the predicted ``x_{t-1}`` toward
     the target image's latent. Several models (``model="a,b,c"``) run one round each from the shared
-    photos and their perturbed photos are averaged (E-ASPL).
+    photos: each model's step (3) trains on its own perturbed photos, and the next round starts from
+    their average (E-ASPL, as ``ensemble_aspl.py``).
 
     Args:
         See :class:`ASPLConfig` and :class:`DreamBoothAttackConfig`.
@@ -204,13 +227,15 @@ class ASPL(DreamBoothAttack):
         >>> aspl = ASPL(model="stabilityai/stable-diffusion-2-1-base")
         >>> out = aspl.protect_identity(IdentitySet.from_images(photos, references=clean_photos))
 
-    Differences from the reference code:
-        budgets in [0, 1] units (0.05 -> 0.025); training images drawn at random (the reference reuses
-        instance/class images 0-2 forever); ``f' = copy(f)`` is a copy of the trainable tensors, not
-        a deep copy of the networks; photos of any sizes and aspect ratios; the targeted loss uses the
-        DDPM posterior mean (the reference adds the sampler's random noise, and indexes t-1 = -1 at
-        t = 0); the result is rounded to 8 bits inside the budget (the reference's ``+128``
-        truncation can exceed it by one gray level); resumable rounds; optional EOT, momentum, LoRA.
+    Differences from the reference code (with their reasons: ``docs/methods/aspl.md``, Fidelity):
+        budgets in [0, 1] units (0.05 -> 0.025); float32 trainable weights under bf16 autocast (the
+        reference trains bf16 weights, which lr 5e-7 hardly moves); training images drawn at random
+        (the reference reuses instance/class images 0-2 forever); ``f' = copy(f)`` is a copy of the
+        trainable tensors, not a deep copy of the networks; photos of any sizes and aspect ratios;
+        the targeted loss uses the DDPM posterior mean (the reference adds the sampler's random
+        noise, and indexes t-1 = -1 at t = 0); the result is rounded to 8 bits inside the budget
+        (the reference's ``+128`` truncation can exceed it by one gray level); resumable rounds;
+        optional EOT, momentum, LoRA (which keeps the copy ``f'`` that ``aspl_lora.py`` drops).
     """
 
     name: ClassVar[str] = "aspl"
@@ -258,7 +283,8 @@ class ASPL(DreamBoothAttack):
 
     def _round(self, photos: Any, clean: Tensor, identity: IdentitySet, state: Any, pgd: Any,
                generator: torch.Generator, bar: Any) -> Any:
-        """One ASPL round over every surrogate; the ensemble averages the perturbed photos."""
+        """One ASPL round over every surrogate. The ensemble continues from the average of the models'
+        perturbed photos; each model's step 3 trains on its own PGD result (``ensemble_aspl.py``)."""
         import torch
 
         from facedefense.budget import project_linf
@@ -279,7 +305,7 @@ class ASPL(DreamBoothAttack):
             momentum = None if outcomes[0].momentum is None else torch.stack([o.momentum for o in outcomes]).mean(0)
             objective = torch.stack([o.objective for o in outcomes]).mean(0)
             state = PGDState(project_linf(mean, photos.padded, self.config.eps), outcomes[0].step, momentum, objective)
-        perturbed = photos.square(state.adversarial, self.config.resolution)
-        for index in range(len(self.surrogates)):
-            self.train(index, perturbed, identity, generator, self.config.surrogate_steps)  # f <- f + steps on the perturbed photos
+        for index, outcome in enumerate(outcomes):  # f <- f + steps on its own perturbed photos
+            self.train(index, photos.square(outcome.adversarial, self.config.resolution), identity, generator,
+                       self.config.surrogate_steps)
         return state

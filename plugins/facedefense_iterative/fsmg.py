@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from facedefense.config import option
 from facedefense.interfaces import Perturbation
 from facedefense_iterative.aspl import DreamBoothAttack, DreamBoothAttackConfig
 
@@ -24,11 +25,14 @@ class FSMGConfig(DreamBoothAttackConfig):
     Attributes:
         steps: PGD steps against the fine-tuned surrogate. Default 100.
         train_steps: DreamBooth steps on the clean set before the attack. Default 1000.
+        train_batch_size: instance images per training step (and as many class images). Default 2
+            (``attack_with_fsmg.sh``'s ``--train_batch_size=2``).
         checkpoint_every: save the PGD state every this many steps (``--resume``). Default 10.
     """
 
     steps: int = 100
     train_steps: int = 1000
+    train_batch_size: int = option(2, min=1)
     checkpoint_every: int = 10
 
 
@@ -51,7 +55,7 @@ class FSMG(DreamBoothAttack):
         >>> fsmg = FSMG(model="stabilityai/stable-diffusion-2-1-base", train_steps=1000, steps=100)
         >>> out = fsmg.protect_identity(IdentitySet.from_images(photos, references=clean_photos))
 
-    Differences from the reference code:
+    Differences from the reference code (with their reasons: ``docs/methods/fsmg.md``, Fidelity):
         budgets in [0, 1] units (0.05 -> 0.025); training images drawn at random; the ensemble
         averages the models' losses at every step (the reference runs 12 steps per model, reloading
         each from disk, and averages the images); resumable; optional EOT, momentum, LoRA.
@@ -77,7 +81,7 @@ class FSMG(DreamBoothAttack):
         if saved is None:
             clean = torch.cat([square_crop(x.reshape(1, *x.shape[-3:]).to(self.device), c.resolution) for x in identity.clean])
             for index in range(len(self.surrogates)):
-                self.train(index, clean, identity, generator, c.train_steps)
+                self.train(index, clean, identity, generator, c.train_steps, batch_size=c.train_batch_size)
         else:
             for surrogate, weights in zip(self.surrogates, saved["surrogates"]):
                 surrogate.restore({k: v.to(self.device) for k, v in weights.items()})

@@ -198,14 +198,22 @@ class Surrogate:
     """A Stable Diffusion model fine-tuned DreamBooth-style: UNet and text encoder (or LoRA adapters).
 
     The VAE stays frozen. Training is the DreamBooth loss with prior preservation
-    (``L_inst + w * L_prior`` on one instance and one class image per step, AdamW, gradient
+    (``L_inst + w * L_prior`` on ``batch_size`` instance and class images per step, AdamW, gradient
     clipping at 1.0), as in Anti-DreamBooth's ``train_one_epoch``; the optimizer is recreated per
     call as there. :meth:`snapshot` / :meth:`restore` copy only the trainable tensors, which is how
     ASPL's ``f' = copy(f)`` costs one memory copy instead of a deep copy of the networks.
 
+    Precision: the trainable weights (the UNet and the trained text encoder, or the LoRA adapters)
+    and so AdamW's state are float32 whatever ``dtype``; the forward passes run under autocast in
+    ``dtype`` (float16 with a gradient scaler), as diffusers' ``train_dreambooth.py`` trains. The
+    frozen parts (the VAE, an untrained text encoder, the base weights under LoRA) are stored in
+    ``dtype``. In bfloat16 weights an AdamW step of lr 5e-7 is below the weights' resolution, so
+    the surrogate would hardly train.
+
     Args:
         model: diffusers folder or Hugging Face id.
-        device, dtype: where and in what precision the networks live.
+        device: where the networks live.
+        dtype: compute precision (autocast) and the precision of the frozen parts.
         train_text_encoder: fine-tune the text encoder too (the reference does).
         lora_rank: 0 for a full fine-tune, else LoRA adapters of this rank on the attention
             projections of the UNet (and of the text encoder when it is trained).
@@ -225,20 +233,25 @@ class Surrogate:
         lora_rank: int = 0,
         gradient_checkpointing: bool = False,
     ) -> None:
+        import torch
+
         from facedefense.diffusion import TextEmbeddingCache, load_components
 
         self.model = model
-        self.parts = load_components(model, device=device, dtype=dtype)
         self.device, self.dtype = device, dtype
         self.train_text_encoder = train_text_encoder
         self.lora_rank = lora_rank
+        trained = () if lora_rank > 0 else ("unet", "text_encoder") if train_text_encoder else ("unet",)
+        frozen = [name for name in ("vae", "unet", "text_encoder", "tokenizer", "scheduler") if name not in trained]
+        self.parts = load_components(model, components=frozen, device=device, dtype=dtype)
+        if trained:
+            master = load_components(model, components=trained, device=device, dtype=torch.float32)
+            for name in trained:
+                setattr(self.parts, name, getattr(master, name).requires_grad_(True))
         self.unet, self.text_encoder, self.vae = self.parts.unet, self.parts.text_encoder, self.parts.vae
         self.scheduler, self.tokenizer = self.parts.scheduler, self.parts.tokenizer
         if lora_rank > 0:
             self._add_lora()
-        else:
-            self.unet.requires_grad_(True)
-            self.text_encoder.requires_grad_(train_text_encoder)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.trainable = {
@@ -303,6 +316,8 @@ class Surrogate:
         for module in (self.unet, self.text_encoder):
             for name, parameter in module.named_parameters():
                 parameter.requires_grad_("lora_" in name)
+                if "lora_" in name:
+                    parameter.data = parameter.data.float()  # peft creates them in the base layer's dtype
 
     # -- weights ------------------------------------------------------------------------------
 
@@ -347,42 +362,50 @@ class Surrogate:
         class_images: Tensor | None = None,
         class_prompt: str = "",
         prior_loss_weight: float = 1.0,
+        batch_size: int = 1,
     ) -> list[float]:
         """``steps`` DreamBooth steps on randomly drawn instance (and class) images.
 
         Args:
             instances: (N, 3, r, r) in [0, 1], the training view (:func:`square_crop`).
             class_images: (M, 3, r, r) for prior preservation, or None.
+            batch_size: instance images per step (and as many class images). Default 1.
 
         Returns:
-            The loss of every step.
+            The loss of every step: the mean instance loss plus ``prior_loss_weight`` times the mean
+            prior loss, as diffusers' DreamBooth computes it.
         """
         import torch
 
         params = list(self.trainable.values())
         optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         use_prior = class_images is not None and len(class_images) > 0 and prior_loss_weight > 0
-        prompts = [instance_prompt, class_prompt] if use_prior else [instance_prompt]
+        prompts = [instance_prompt] * batch_size + ([class_prompt] * batch_size if use_prior else [])
         self.unet.train()
         if self.text_trained:
             self.text_encoder.train()
         losses = []
         try:
             for _ in range(steps):
-                index = int(torch.randint(len(instances), (1,), generator=generator))
-                batch = [instances[index : index + 1]]
+                picks = torch.randint(len(instances), (batch_size,), generator=generator, device=generator.device)
+                batch = [instances[picks.to(instances.device)]]
                 if use_prior:
-                    other = int(torch.randint(len(class_images), (1,), generator=generator))
-                    batch.append(class_images[other : other + 1].to(instances.device))
+                    others = torch.randint(len(class_images), (batch_size,), generator=generator, device=generator.device)
+                    batch.append(class_images[others.to(class_images.device)].to(instances.device))
                 latents = self.latent_samples(torch.cat(batch).to(self.device), generator)
-                states = self.embed(prompts, grad=self.text_trained)
                 with self.autocast():
+                    states = self.embed(prompts, grad=self.text_trained)
                     per_image = self.denoising(latents, states, generator=generator)
-                loss = per_image[0] + (prior_loss_weight * per_image[1] if use_prior else 0.0)
+                loss = per_image[:batch_size].mean()
+                if use_prior:
+                    loss = loss + prior_loss_weight * per_image[batch_size:].mean()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 losses.append(float(loss.detach()))
         finally:
             optimizer.zero_grad(set_to_none=True)
@@ -449,14 +472,14 @@ class Surrogate:
 
 
     def autocast(self) -> Any:
-        """bf16/fp16 autocast on accelerators only; a no-op on the CPU (fp32 is fastest there)."""
+        """Autocast to the compute dtype (the float32 trainable weights run in ``dtype``); a no-op in float32."""
         import contextlib
 
         import torch
 
-        if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
-            return torch.autocast("cuda", dtype=self.dtype)
-        return contextlib.nullcontext()
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def denoising(
         self,
