@@ -9,7 +9,7 @@ CASES = {
     "mist": [],
     "sds": ["-o", "mode=+", "-o", "target=pattern"],
     "photoguard": ["-o", "attack=diffusion", "-o", "diffusion_steps=1", "-o", "guidance_scale=2"],
-    "facelock": ["-o", "face_model=random_face_embedder", "-o", "lpips_weights=random", "-o", "identity_start=0"],
+    "facelock": ["-o", "face_model=random_face_embedder", "-o", "lpips_weights=random", "-o", "identity_start=0", "-o", "face_detector=mtcnn"],
 }
 
 
