@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facedefense.errors import ConfigError, ModelNotFoundError
+from facedefense.errors import ConfigError, FaceDefenseError, ModelNotFoundError, OutputError
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -37,6 +37,35 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def load_torch_file(path: str | Path, *, what: str = "checkpoint", error: type[FaceDefenseError] = ModelNotFoundError) -> Any:
+    """``torch.load(weights_only=True)`` of a file from elsewhere: tensors and plain containers only,
+    no code. Every way the file can be bad (a pickle that holds Python objects, corrupt or
+    truncated bytes, another format) becomes one line naming it.
+
+    Args:
+        path: the file (``.pt``, ``.pth``, ``.bin``: a torch zip archive or a legacy pickle).
+        what: how the message names it (``"checkpoint"``, ``"training state"``, ...).
+        error: the exception class raised (`ModelNotFoundError`, `ResumeError`, ...).
+
+    Raises:
+        error: the file holds more than tensors and containers, or cannot be read.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, wrong format
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            # torch suggests weights_only=False: never do that with a file from elsewhere.
+            raise error(f"{what} {path} holds Python objects besides tensors; only plain tensors and containers are loaded") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in first:
+            first = type(exc).__name__
+        raise error(f"{what} {path} is corrupt or truncated ({first.split('. ')[0][:160]})") from exc
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Load a flat ``name -> tensor`` dict from safetensors or a weights-only torch pickle.
 
@@ -53,30 +82,40 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise ModelNotFoundError(
             f"checkpoint {path} is not a weights file (expected safetensors or a torch state dict, .pt/.pth/.bin)"
         )
-    try:
-        if kind == "safetensors":
-            from safetensors.torch import load_file
+    if kind == "safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with code, wrong format
-        import pickle
-
-        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
-            # torch suggests weights_only=False: never do that with a file from elsewhere.
-            raise ModelNotFoundError(
-                f"checkpoint {path} holds Python objects besides tensors; only plain state dicts are loaded"
-            ) from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in first:
-            first = type(exc).__name__
-        raise ModelNotFoundError(f"checkpoint {path} is corrupt or truncated ({first.split('. ')[0][:160]})") from exc
+        except Exception as exc:  # corrupt or truncated
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(f"checkpoint {path} is corrupt or truncated ({first[:160]})") from exc
+    else:
+        state = load_torch_file(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelNotFoundError(f"checkpoint {path} is not a state dict of tensors")
     return state
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """The tensor shapes a safetensors file declares in its header, read without loading a tensor;
+    None for a file that is not safetensors or whose header cannot be read (loading it then says why)."""
+    path = Path(path)
+    try:
+        if not path.is_file() or _weights_format(path) != "safetensors":
+            return None
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        return {
+            name: tuple(int(n) for n in entry["shape"])
+            for name, entry in header.items()
+            if name != "__metadata__"
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def _weights_format(path: Path) -> str | None:
@@ -97,14 +136,29 @@ def sidecar_path(checkpoint: str | Path) -> Path:
 
 
 def read_sidecar(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The sidecar metadata of a checkpoint, or None when there is none."""
+    """The sidecar metadata of a checkpoint, or None when there is none.
+
+    Raises:
+        ModelNotFoundError: the sidecar is not a JSON object, or its ``method``, ``eps`` (a number in
+            (0, 1]) or ``architecture`` (an object) has the wrong type.
+    """
+    import math
+
     path = sidecar_path(checkpoint)
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"checkpoint metadata {path} is not valid JSON: {exc}") from exc
+        raise ModelNotFoundError(f"checkpoint metadata {path} is not valid JSON: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ModelNotFoundError(f"checkpoint metadata {path} is not a JSON object")
+    eps = data.get("eps", 0.5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and 0 < eps <= 1):
+        raise ModelNotFoundError(f"checkpoint metadata {path}: eps must be a number in (0, 1], got {eps!r}")
+    if not isinstance(data.get("method", ""), str) or not isinstance(data.get("architecture", {}), dict):
+        raise ModelNotFoundError(f"checkpoint metadata {path}: method must be a name and architecture an object")
+    return data
 
 
 def budget_from_name(checkpoint: str | Path, pattern: str) -> float | None:
@@ -161,14 +215,29 @@ def save_checkpoint(
     **facts: Any,
 ) -> Path:
     """Save weights as safetensors plus the sidecar (method, budget in [0, 1] units, architecture,
-    and any further ``facts``: training data, steps, ...)."""
+    and any further ``facts``: training data, steps, ...).
+
+    Both files are written to temporary files first and renamed into place once both are complete
+    (`facedefense.io.atomic_path`: the umask's permissions, no temporary file left behind by
+    a failure or Ctrl-C, an earlier checkpoint intact until then).
+    """
     from safetensors.torch import save_file
+
+    from facedefense.io import atomic_path
 
     path = Path(path)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in network.state_dict().items()}
-    save_file(state, str(path))
     metadata = {"method": method, "eps": eps, "units": "[0,1]", "architecture": architecture, **facts}
-    sidecar_path(path).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    with atomic_path(sidecar_path(path)) as sidecar:
+        sidecar.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        with atomic_path(path) as weights:  # renamed first, then the sidecar
+            try:
+                save_file(state, str(weights))
+            except OSError:
+                raise  # atomic_path names the file
+            except Exception as exc:  # safetensors' SafetensorError: "Error while serializing: I/O error: ..."
+                reason = re.sub(r"\s*at path .*$", "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                raise OutputError(f"{path}: cannot be written ({reason.removeprefix('Error while serializing: ')})") from exc
     return path
 
 
@@ -231,6 +300,65 @@ def sidecar_architecture(checkpoint: str | Path, network_class: type, *, method:
     return architecture
 
 
+def check_architecture(
+    network_class: type,
+    architecture: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]] | None,
+    *,
+    method: str,
+    checkpoint: str | Path,
+) -> None:
+    """Refuse, before anything is allocated, an architecture that ``network_class`` cannot build or
+    that the checkpoint's tensors do not match (a sidecar naming ``hidden_size=1e8`` for a small file).
+
+    A network class takes part through a classmethod ``architecture_shapes(architecture)`` that
+    checks the values (types, bounds, divisibility; `ConfigError`) and returns the shapes of
+    the tensors that pin the architecture down (None: a name that must be absent); without it only
+    the strict load checks the weights.
+
+    Args:
+        network_class: the network the architecture's keyword arguments build.
+        architecture: those keyword arguments.
+        shapes: the checkpoint's tensor shapes (e.g. `safetensors_shapes`), None to check the
+            values only.
+        method: the method's name, for messages.
+        checkpoint: the weights file, for messages.
+
+    Raises:
+        ModelNotFoundError: one line naming the first tensor that does not match, or the bad value.
+    """
+    expected_shapes = getattr(network_class, "architecture_shapes", None)
+    if expected_shapes is None:
+        return
+    name = Path(checkpoint).name
+    try:
+        expected = expected_shapes(architecture)
+    except ConfigError as exc:
+        raise ModelNotFoundError(f"{name}: its metadata names an architecture {method} cannot build ({exc})") from None
+    for key, shape in (expected.items() if shapes is not None else ()):
+        found = shapes.get(key)
+        if shape is None and found is None:
+            continue
+        if found != shape:
+            described = "absent" if found is None else str(tuple(found))
+            wanted = "absent" if shape is None else str(tuple(shape))
+            raise ModelNotFoundError(
+                f"{name} does not match the architecture its metadata names: {key} is {described} in the file, "
+                f"{wanted} for {_short(architecture)}"
+            )
+
+
+def _short(architecture: dict[str, Any]) -> str:
+    return ",".join(f"{key}={value!r}"[:40] for key, value in sorted(architecture.items()))[:300]
+
+
+def _strip(mapping: dict[str, Any], prefix: str | None) -> dict[str, Any]:
+    """``mapping`` with ``prefix`` removed from its keys (those without it dropped), when any key has it."""
+    if prefix and any(key.startswith(prefix) for key in mapping):
+        return {key[len(prefix) :]: value for key, value in mapping.items() if key.startswith(prefix)}
+    return mapping
+
+
 @dataclass
 class LoadedNetwork:
     """A defender network loaded from a checkpoint, with the budget it was trained for."""
@@ -255,23 +383,33 @@ def load_defender_network(
     """Everything an amortized defender needs from its ``--checkpoint``.
 
     Reads the weights safely, strips ``strip_prefix`` from their names, resolves the budget (sidecar
-    or official name, checked against ``eps``), builds ``network_class`` with the architecture
-    (``defaults`` overridden by the sidecar) without allocating, and loads the weights strictly.
+    or official name, checked against ``eps``), checks the architecture (``defaults`` overridden by
+    the sidecar) against the tensors' shapes (`check_architecture`; for safetensors from the
+    file's header, before the weights are read), builds ``network_class`` without allocating, and
+    loads the weights strictly.
 
     Raises:
         ConfigError: no checkpoint given (the message says where to get one), or a budget mismatch.
-        ModelNotFoundError: unreadable file or weights that do not fit the architecture.
+        ModelNotFoundError: unreadable file, or weights that do not fit the architecture.
     """
     import torch
 
     if not checkpoint:
         raise ConfigError(where_to_get)
     path = Path(checkpoint)
-    state = read_state_dict(path)
-    if strip_prefix and any(key.startswith(strip_prefix) for key in state):
-        state = {key[len(strip_prefix) :]: value for key, value in state.items() if key.startswith(strip_prefix)}
-    trained_eps, source = resolve_budget(method, path, eps, name_pattern)
-    architecture = {**(defaults or {}), **sidecar_architecture(path, network_class, method=method)}
+    trained_eps = source = None
+    architecture: dict[str, Any] = {}
+    header = safetensors_shapes(path)
+    if header is not None:  # refuse a mismatched sidecar before reading a single weight
+        trained_eps, source = resolve_budget(method, path, eps, name_pattern)
+        architecture = {**(defaults or {}), **sidecar_architecture(path, network_class, method=method)}
+        check_architecture(network_class, architecture, _strip(header, strip_prefix), method=method, checkpoint=path)
+    state = _strip(read_state_dict(path), strip_prefix)
+    if header is None:
+        trained_eps, source = resolve_budget(method, path, eps, name_pattern)
+        architecture = {**(defaults or {}), **sidecar_architecture(path, network_class, method=method)}
+        shapes = {key: tuple(value.shape) for key, value in state.items()}
+        check_architecture(network_class, architecture, shapes, method=method, checkpoint=path)
     with torch.device("meta"), skipped_init():
         network = network_class(**architecture)
     load_network(network, state, method=method, checkpoint=path)

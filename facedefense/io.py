@@ -211,7 +211,7 @@ def save_image(
     image = Image.fromarray(array, mode="RGBA" if alpha is not None else "RGB")
     options = {"icc_profile": icc_profile} if icc_profile else {}
     path = Path(path)
-    with _atomic_path(path) as temporary:
+    with atomic_path(path) as temporary:
         image.save(temporary, format="PNG", **options)
     return path
 
@@ -231,15 +231,22 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-class _atomic_path:
-    """Context manager giving a temporary path beside ``path``, renamed onto it on success.
+class atomic_path:
+    """Context manager giving a temporary path beside ``path``, renamed onto it on success: the
+    one way facedefense writes a file (images, JSON, reports, checkpoints, ONNX exports).
 
     The file gets the mode a file created by ``open`` would get (the umask's), not ``mkstemp``'s
-    0600; on any failure the temporary file is removed and an :class:`OutputError` names ``path``.
+    0600 (nor the 0600 some writers, e.g. safetensors, create); on any failure, Ctrl-C included,
+    the temporary file is removed (``path`` keeps its earlier content, if any), and an operating
+    system error becomes an `OutputError` naming ``path``.
+
+    Example:
+        >>> with atomic_path(Path("out/weights.safetensors")) as temporary:  # doctest: +SKIP
+        ...     save_file(state, str(temporary))
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
 
     def __enter__(self) -> Path:
         if self.path.is_dir():
@@ -265,6 +272,10 @@ class _atomic_path:
         if issubclass(exc_type, OSError) and not issubclass(exc_type, OutputError):
             raise OutputError(f"{self.path}: cannot be written ({_reason(exc)})") from exc
         return False
+
+
+#: The former private name (kept for code that imported it).
+_atomic_path = atomic_path
 
 
 def _reason(exc: OSError) -> str:
@@ -297,7 +308,7 @@ def write_json(data: Any, path: str | Path) -> Path:
     """Write strict JSON atomically (indented, UTF-8): NaN and infinities (undefined metric values)
     become ``null``, so any JSON parser reads the file."""
     path = Path(path)
-    with _atomic_path(path) as temporary:
+    with atomic_path(path) as temporary:
         text = json.dumps(_finite(data), indent=2, sort_keys=False, allow_nan=False)
         temporary.write_text(text + "\n", encoding="utf-8")
     return path

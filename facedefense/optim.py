@@ -452,6 +452,8 @@ class RunCheckpoint:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
             raise ResumeError(f"cannot resume from {self.path}: unreadable state ({type(exc).__name__})") from exc
+        if not (isinstance(saved, dict) and isinstance(saved.get("key", {}), dict) and isinstance(saved.get("state"), dict)):
+            raise ResumeError(f"cannot resume from {self.path}: not a saved run state (an object with a key and a state)")
         key = saved.get("key", {})
         if key != self.key:
             field = next((k for k in sorted(set(key) | set(self.key)) if key.get(k) != self.key.get(k)), "?")

@@ -14,7 +14,7 @@ from typing import Any
 from facedefense.benchmark.config import NONE, BenchmarkConfig
 from facedefense.benchmark.graph import Cell, digest
 from facedefense.benchmark.stages import IMAGES, STAGE_FILE, Cache
-from facedefense.io import _atomic_path
+from facedefense.io import atomic_path
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 #: Longest example file name in bytes before ``.png`` (file systems allow 255).
@@ -24,12 +24,12 @@ MAX_NAME_BYTES = 200
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) atomically, with the umask's permissions (`facedefense.io`'s
     temporary file renamed into place: never a half-written report)."""
-    with _atomic_path(path) as temporary:
+    with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
 
 
 def _save_png(image: Any, path: Path) -> None:
-    with _atomic_path(path) as temporary:
+    with atomic_path(path) as temporary:
         image.save(temporary, format="PNG")
 
 

@@ -32,7 +32,7 @@ def train(
     method: Annotated[str, typer.Option("--method", "-m", help="Amortized defender to train: rid or gap_diff.")],
     data: Annotated[Path, typer.Option(help="Folder of face photos (subfolders included).")],
     model: Annotated[str, typer.Option(help="Diffusion model(s) to train against, comma-separated (an ensemble).")],
-    output: Annotated[Path, typer.Option(help="Run folder: checkpoint + sidecar, training state, log.jsonl.")],
+    output: Annotated[Path, typer.Option(help="Run folder: checkpoint + sidecar, training state, log.jsonl, facedefense.json (new, empty, or this method's run with --resume).")],
     eps: Annotated[str | None, typer.Option(help="L-infinity budget in [0,1] units (default 8/255).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: rid 20000, gap_diff 50 epochs).")] = None,
     batch_size: Annotated[
@@ -82,14 +82,24 @@ def train(
 def export(
     method: Annotated[str, typer.Option("--method", "-m", help="Amortized defender: rid or gap_diff.")],
     checkpoint: Annotated[Path, typer.Option(help="Network weights (.safetensors with sidecar, or an official file).")],
-    output: Annotated[Path, typer.Option(help="The .onnx file to write.")],
+    output: Annotated[Path, typer.Option(help="The .onnx file to write (never the checkpoint; an existing file only if export wrote it).")],
     eps: Annotated[str | None, typer.Option(help="Budget in [0,1] units, for a checkpoint without metadata.")] = None,
 ) -> None:
     """Export an amortized defender's network to ONNX (batch dynamic; the budget in its metadata)."""
     from facedefense.budget import parse_budget
+    from facedefense.checkpoints import sidecar_path
+    from facedefense.errors import ConfigError
+    from facedefense.outputs import claim_file
+    from facedefense_amortized.onnx_io import exported_by_facedefense, require_onnx
 
     cls = _defender_class(method, "export_onnx")
-    path = cls.export_onnx(str(checkpoint), output, eps=parse_budget(eps) if eps is not None else None)
+    budget = parse_budget(eps) if eps is not None else None
+    if output.suffix != ".onnx":
+        raise ConfigError(f"--output must end in .onnx, got {output.name}")
+    # checked before the checkpoint is read: never the checkpoint, never a file export did not write
+    claim_file(output, "export", inputs=[checkpoint, sidecar_path(checkpoint)], written_by=exported_by_facedefense, kind="--output file")
+    require_onnx()
+    path = cls.export_onnx(str(checkpoint), output, eps=budget)
     typer.echo(f"exported {cls.name} to {path}")
 
 
@@ -97,7 +107,7 @@ def export(
 def pairs(
     clean: Annotated[Path, typer.Argument(help="Folder of clean photos.", show_default=False)],
     protected: Annotated[Path, typer.Argument(help="Their protected versions (same names), e.g. from protect --method aspl.", show_default=False)],
-    output: Annotated[Path, typer.Option(help="The pairs JSON to write (for train --method rid --pairs).")],
+    output: Annotated[Path, typer.Option(help="The pairs JSON to write (for train --method rid --pairs; never in CLEAN or PROTECTED, an existing file only if pairs wrote it).")],
 ) -> None:
     """Write RID's regression pairs JSON from clean photos and their protected versions."""
     from facedefense_amortized.training.data import write_pairs

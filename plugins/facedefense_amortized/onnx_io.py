@@ -35,6 +35,27 @@ OUTPUTS = {
 OPSET = 18
 
 
+def require_onnx():
+    """The ``onnx`` package (export needs it), or a one-line error saying how to install it."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ConfigError("export needs the onnx package: pip install 'facedefense[onnx]'") from exc
+    return onnx
+
+
+def exported_by_facedefense(path: str | Path) -> bool:
+    """Whether ``path`` is an ONNX file ``facedefense export`` wrote (its metadata names the
+    method): the proof `facedefense.outputs.claim_file` needs before replacing it."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX (a photo, a user's file), unreadable, or no onnx package
+        return False
+    return any(entry.key == "facedefense_method" for entry in model.metadata_props)
+
+
 def _require_onnxruntime():
     try:
         import onnxruntime
@@ -59,7 +80,9 @@ def export_onnx(
 
     Args:
         network: the trainable module (not modified; exported in eval mode).
-        output: the ``.onnx`` path (written atomically: a partial file never stays).
+        output: the ``.onnx`` path (written atomically with the umask's permissions: a partial
+            file never stays; its folder must exist). Callers check it first (``facedefense
+            export`` claims it: never an input, never a file another program wrote).
         method, eps, architecture: recorded in the metadata (eps in [0, 1] units).
         example: an input of the network's geometry, (1, 3, H, W) in [-1, 1].
         dynamic_size: height and width dynamic too (fully convolutional networks); the batch always is.
@@ -68,20 +91,17 @@ def export_onnx(
 
     import torch
 
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ConfigError("export needs the onnx package: pip install 'facedefense[onnx]'") from exc
+    from facedefense.io import atomic_path
+
+    onnx = require_onnx()
     output = Path(output)
     if output.suffix != ".onnx":
         raise ConfigError(f"--output must end in .onnx, got {output.name}")
-    output.parent.mkdir(parents=True, exist_ok=True)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
-    temporary = output.with_name(f".{output.name}.partial")
     was_training = network.training
     network = network.float().eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with atomic_path(output) as temporary, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             # The TorchScript-based exporter: seconds instead of the dynamo exporter's tens of seconds,
             # and it keeps dynamic spatial axes through the generator's padding.
@@ -89,23 +109,21 @@ def export_onnx(
                 network, (example.float(),), str(temporary), input_names=["images"], output_names=["output"],
                 dynamic_axes={"images": axes, "output": axes}, opset_version=OPSET, dynamo=False,
             )
-        model = onnx.load(str(temporary))
-        metadata = {
-            "facedefense_method": method,
-            "eps": repr(float(eps)),
-            "units": "[0,1]",
-            "architecture": json.dumps(architecture, sort_keys=True),
-            "input": f"images: (N, 3, {'H, W' if dynamic_size else f'{example.shape[-2]}, {example.shape[-1]}'}) "
-            "RGB float32 in [-1, 1]",
-            "output": OUTPUTS.get(method, "network output"),
-        }
-        for key, value in metadata.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(model, str(temporary))
-        temporary.replace(output)
+            model = onnx.load(str(temporary))
+            metadata = {
+                "facedefense_method": method,
+                "eps": repr(float(eps)),
+                "units": "[0,1]",
+                "architecture": json.dumps(architecture, sort_keys=True),
+                "input": f"images: (N, 3, {'H, W' if dynamic_size else f'{example.shape[-2]}, {example.shape[-1]}'}) "
+                "RGB float32 in [-1, 1]",
+                "output": OUTPUTS.get(method, "network output"),
+            }
+            for key, value in metadata.items():
+                entry = model.metadata_props.add()
+                entry.key, entry.value = key, value
+            onnx.save(model, str(temporary))
     finally:
-        temporary.unlink(missing_ok=True)
         network.train(was_training)
     return output
 

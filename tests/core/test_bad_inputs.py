@@ -765,3 +765,496 @@ def test_evaluate_json_never_replaces_what_it_did_not_write(workspace, case):
         assert snapshot(root) == outside and "psnr" not in result.stdout, "refused before the work"
     else:
         assert json.loads((root / target).read_text())["command"] == "evaluate"
+
+
+# ==================================================================================================
+# train, export and pairs (issue 26): outputs claimed like protect's (a train run folder through its
+# manifest, export and pairs files through claim_file), every check before the first write, a
+# consistent folder after a full disk or Ctrl-C. Each case keeps the invariants above.
+# ==================================================================================================
+
+TINY_DIT = "input_size=32,patch_size=16,hidden_size=32,depth=1,num_heads=2,num_classes=4"
+NO_SPACE = OSError(28, "No space left on device")
+
+
+def faces_folder(folder: Path, count: int = 2) -> Path:
+    from facedefense.testing.tiny_models import sample_faces
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, face in enumerate(sample_faces(count, 40)):
+        Image.fromarray((face.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"face{index}.png")
+    return folder
+
+
+def train_cli(data: Path, model: Path, out: Path, *extra):
+    """``train`` of a tiny RID (or with ``--method gap_diff`` in ``extra``, a tiny GAP-Diff)."""
+    extra = list(extra)
+    method = extra.pop(extra.index("--method") + 1) if "--method" in extra else "rid"
+    extra = [arg for arg in extra if arg != "--method"]
+    tiny = ["-o", f"architecture={TINY_DIT}", "-o", "warmup_steps=0"] if method == "rid" else ["-o", "architecture=ngf=4", "--batch-size", "1"]
+    return invoke("train", "--method", method, "--data", data, "--model", model, "--output", out, "--no-progress",
+                  "--device", "cpu", *tiny, *extra)
+
+
+def manifest_of(folder: Path) -> dict:
+    return json.loads((folder / "facedefense.json").read_text())
+
+
+def no_partial_files(root: Path) -> None:
+    assert not [p for p in root.rglob("*") if p.name.startswith(".") and p.name != ".facedefense.lock" or ".partial" in p.name]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_sd_path):
+    """A finished one-step RID run folder (written under the corpus' umask), to copy into a case."""
+    previous = os.umask(UMASK)
+    try:
+        root = tmp_path_factory.mktemp("trained")
+        result = train_cli(faces_folder(root / "faces"), tiny_sd_path, root / "run", "--steps", 1)
+        assert result.exit_code == 0, result.output
+    finally:
+        os.umask(previous)
+    return root / "run"
+
+
+def copy_run(trained_run: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(trained_run, target)
+    return target
+
+
+def _write(root: Path, name: str, data: bytes | str) -> Path:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+#: case -> (--output relative to the root, extra arguments, what the error line says); every case
+#: is refused before any work: nothing is created, nothing replaced.
+TRAIN_REFUSED = {
+    "output holds a user's log.jsonl": ("album", [], "holds files no facedefense train run wrote there (log.jsonl)"),
+    "resume into a user's folder": ("album", ["--resume"], "holds files no facedefense train run wrote there (log.jsonl)"),
+    "output is the data folder": ("inputs/faces", [], "is the input"),
+    "output inside the data folder": ("inputs/faces/run", [], "lies inside the input folder"),
+    "output holds the data folder": ("inputs", [], "holds the input"),
+    "output holds another command's run": ("protected", [], "holds a run of another command (protect)"),
+    "output is a file": ("album/log.jsonl", [], "exists and is not a folder"),
+    "output is the pairs file's folder": ("inputs", ["--pairs", "{root}/inputs/pairs.json"], "holds the input"),
+    "resume of nothing": ("new", ["--resume"], "holds no training run to resume"),
+    "hidden_size not a multiple of 4": ("new", ["-o", "architecture=hidden_size=33,num_heads=2"], "rid: architecture hidden_size=33 must be a multiple of 4"),
+    "hidden_size not a multiple of the heads": ("new", ["-o", "architecture=input_size=32,patch_size=16,hidden_size=36,num_heads=8"], "and of num_heads=8"),
+    "hidden_size 1e8": ("new", ["-o", "architecture=hidden_size=1e8"], "architecture hidden_size must be an integer, got 100000000.0"),
+    "hidden_size too large": ("new", ["-o", "architecture=hidden_size=100000000"], "hidden_size=100000000 is outside [4, 16384]"),
+    "input_size not a multiple of the patch": ("new", ["-o", "architecture=input_size=40,patch_size=16,hidden_size=32,num_heads=2"], "input_size=40 must be a multiple of patch_size=16"),
+    "unknown architecture argument": ("new", ["-o", "architecture=width=3"], "unknown architecture argument(s) width"),
+    "architecture JSON not an object": ("new", ["-o", "architecture={\"a\": [}"], "architecture is not valid JSON"),
+    "steps zero": ("new", ["--steps", "0"], "--steps must be from 1"),
+    "save-every zero": ("new", ["--save-every", "0"], "--save-every must be from 1"),
+    "negative seed": ("new", ["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
+    "seed overflow": ("new", ["--seed", "99999999999999"], "--seed must be an integer from 0 to 4294967295"),
+    "lr not a number": ("new", ["-o", "lr=nan"], "training option lr='nan' is not a finite number"),
+    "lr negative": ("new", ["-o", "lr=-1"], "rid: lr must be positive"),
+    "unknown option": ("new", ["-o", "nope=1"], "unknown training option(s) for rid: nope"),
+    "mixed precision": ("new", ["--mixed-precision", "fp8"], "--mixed-precision must be one of"),
+    "zero budget": ("new", ["--eps", "0"], "outside (0, 1]"),
+    "missing data folder": ("new", ["--data", "{root}/nowhere"], "--data {root}/nowhere is not a folder"),
+    "data without photos": ("new", ["--data", "{root}/album"], "has 0 image(s), fewer than --batch-size 1"),
+    "missing model folder": ("new", ["--model", "./no/such/model"], "model folder './no/such/model' does not exist"),
+    "model is a photo": ("new", ["--model", "{root}/inputs/faces/face0.png"], "is a file, not a diffusers folder"),
+    "pairs not JSON": ("new", ["--pairs", "{root}/inputs/notes.json"], "cannot be read as JSON"),
+    "pairs missing": ("new", ["--pairs", "{root}/inputs/none.json"], "is not a file"),
+    "pairs name a missing photo": ("new", ["--pairs", "{root}/inputs/broken_pairs.json"], "which does not exist"),
+    "pairs for gap_diff": ("new", ["--method", "gap_diff", "--pairs", "{root}/inputs/pairs.json"], "gap_diff does not use it"),
+    "gap_diff size": ("new", ["--method", "gap_diff", "-o", "size=300"], "gap_diff: size must be a multiple of 256"),
+    "gap_diff width": ("new", ["--method", "gap_diff", "-o", "architecture=ngf=100000"], "gap_diff: architecture ngf=100000 is outside [1, 512]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_REFUSED))
+def test_train_refused_before_any_work(workspace, tiny_sd_path, case):
+    target, extra, match = TRAIN_REFUSED[case]
+    root = workspace.root
+    faces = faces_folder(workspace.inputs / "faces")
+    _write(workspace.inputs, "pairs.json", json.dumps({"command": "pairs", "pairs": [{"source_path": "faces/face0.png", "attacked_path": "faces/face1.png"}]}))
+    _write(workspace.inputs, "broken_pairs.json", json.dumps([{"source_path": "faces/gone.png", "attacked_path": "faces/face1.png"}]))
+    _write(workspace.inputs, "notes.json", "not json")
+    workspace.freeze()
+    _write(root, "album/log.jsonl", '{"my": "notes"}\n')
+    _write(root, "protected/facedefense.json", '{"command": "protect", "images": [{"output": "a.png"}]}')
+    _write(root, "protected/a.png", b"protected")
+    outside = snapshot(root)
+    extra = [arg.replace("{root}", str(root)) for arg in extra]
+    result = train_cli(faces, tiny_sd_path, root / target, *extra)
+    workspace.check(result, 2, match.replace("{root}", str(root)))
+    assert snapshot(root) == outside, "nothing written, nothing replaced"
+    assert not (root / "new").exists(), "nothing may be created before the work starts"
+
+
+#: case -> (how the copied run folder is damaged, what the error line says); --resume refuses it in
+#: one line and leaves it byte-identical.
+def _pickle_with_code(path: Path) -> None:
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo owned > owned.txt",))
+
+    path.write_bytes(pickle.dumps(Payload()))
+
+
+def _edit_sidecar(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        if key == "architecture":
+            data["architecture"].update(value)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data))
+
+
+def _save_state(value) -> Callable[[Path], None]:
+    def save(path: Path) -> None:
+        import torch
+
+        torch.save(value, path / "training_state.pt")
+
+    return save
+
+
+RESUME_REFUSED = {
+    "a pickle with code as training state": (lambda run: _pickle_with_code(run / "training_state.pt"), "training state {run}/training_state.pt holds Python objects besides tensors"),
+    "a list as training state": (_save_state([1, 2, 3]), "is not a facedefense training state"),
+    "a truncated training state": (lambda run: (run / "training_state.pt").write_bytes((run / "training_state.pt").read_bytes()[:200]), "training state {run}/training_state.pt is corrupt or truncated"),
+    "a save cut short (state and checkpoint of different steps)": (lambda run: _edit_sidecar(run / "rid.safetensors.json", steps=5), "is at step 1 but the checkpoint beside it at step 5"),
+    "a sidecar naming hidden_size 1e8": (lambda run: _edit_sidecar(run / "rid.safetensors.json", architecture={"hidden_size": 1e8}), "its metadata names an architecture rid cannot build (architecture hidden_size must be an integer"),
+    "a sidecar not matching its weights": (lambda run: _edit_sidecar(run / "rid.safetensors.json", architecture={"hidden_size": 64}), "rid.safetensors does not match the architecture its metadata names: x_embedder.proj.weight is (32, 3, 16, 16) in the file, (64, 3, 16, 16)"),
+    "a sidecar that is a list": (lambda run: (run / "rid.safetensors.json").write_text("[1]"), "is not a JSON object"),
+    "a sidecar without a step count": (lambda run: _edit_sidecar(run / "rid.safetensors.json", steps=None), "records no step count"),
+    "another method's run": (lambda run: None, "holds a rid run, not gap_diff"),
+    "a user's file beside the run": (lambda run: (run / "notes.txt").write_text("mine"), "holds files no facedefense train run wrote there (notes.txt)"),
+    "a manifest of another command": (lambda run: (run / "facedefense.json").write_text('{"command": "attack", "files": []}'), "holds a run of another command (attack)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_REFUSED))
+def test_train_resume_refused_in_one_line(workspace, tiny_sd_path, trained_run, case, monkeypatch):
+    damage, match = RESUME_REFUSED[case]
+    faces = faces_folder(workspace.inputs / "faces")
+    workspace.freeze()
+    run = copy_run(trained_run, workspace.root / "run")
+    damage(run)
+    before = snapshot(workspace.root)
+    monkeypatch.chdir(workspace.root)
+    extra = ["--method", "gap_diff"] if case == "another method's run" else []
+    workspace.check(train_cli(faces, tiny_sd_path, run, "--resume", "--steps", 2, *extra), 2, match.replace("{run}", str(run)))
+    assert snapshot(workspace.root) == before and not (workspace.root / "owned.txt").exists()
+
+
+def test_sidecar_naming_a_huge_network_is_refused_before_anything_is_built(workspace, trained_run, monkeypatch):
+    """A RID sidecar naming hidden_size=1e8 reached 7.3 GB before "out of memory"."""
+    from facedefense_amortized.networks import PerturbationDiT
+
+    source = write_case("good", workspace.inputs)
+    run = copy_run(trained_run, workspace.inputs / "run")
+    _edit_sidecar(run / "rid.safetensors.json", architecture={"hidden_size": 100_000_000, "num_heads": 1})
+    workspace.freeze()
+    import functools
+
+    built = []
+    original = PerturbationDiT.__init__
+
+    @functools.wraps(original)
+    def recorded(self, *args, **kwargs):
+        built.append(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PerturbationDiT, "__init__", recorded)
+    checkpoint = run / "rid.safetensors"
+    for args in (["protect", source, "--method", "rid", "--checkpoint", checkpoint, "--device", "cpu", "--output", workspace.root / "out"],
+                 ["export", "--method", "rid", "--checkpoint", checkpoint, "--output", workspace.root / "rid.onnx"]):
+        workspace.check(invoke(*args), 2, "rid.safetensors: its metadata names an architecture rid cannot build (architecture hidden_size=100000000 is outside")
+    _edit_sidecar(run / "rid.safetensors.json", architecture={"hidden_size": 4096, "num_heads": 1})
+    workspace.freeze()
+    workspace.check(invoke("export", "--method", "rid", "--checkpoint", checkpoint, "--output", workspace.root / "rid.onnx"), 2,
+                    "x_embedder.proj.weight is (32, 3, 16, 16) in the file, (4096, 3, 16, 16)")
+    assert not built and not (workspace.root / "out").exists() and not (workspace.root / "rid.onnx").exists()
+
+
+def test_train_interrupted_then_resumed(workspace, tiny_sd_path, monkeypatch):
+    """Ctrl-C (or SIGTERM) in the second step: an interrupted manifest, the first step's checkpoint,
+    no temporary file; --resume then finishes the run."""
+    from facedefense_amortized.training import rid
+
+    faces = faces_folder(workspace.inputs / "faces")
+    workspace.freeze()
+    out = workspace.root / "out"
+    step, calls = rid.RIDTrainer.step, []
+
+    def interrupt_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(rid.RIDTrainer, "step", interrupt_second)
+    workspace.check(train_cli(faces, tiny_sd_path, out, "--steps", 3, "--save-every", 1), 130)
+    manifest = manifest_of(out)
+    assert manifest["status"] == "interrupted" and manifest["saved_step"] == 1 and manifest["finished"]
+    assert sorted(p.name for p in out.iterdir()) == ["facedefense.json", "log.jsonl", "rid.safetensors", "rid.safetensors.json", "training_state.pt"]
+    no_partial_files(workspace.root)
+    workspace.check(train_cli(faces, tiny_sd_path, out, "--steps", 3), 2, "already holds a training run; pass --resume")
+    monkeypatch.setattr(rid.RIDTrainer, "step", step)
+    workspace.check(train_cli(faces, tiny_sd_path, out, "--steps", 3, "--resume"), 0)
+    manifest = manifest_of(out)
+    assert manifest["status"] == "completed" and manifest["saved_step"] == 3
+    assert manifest["earlier_runs"][-1]["status"] == "interrupted"
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "state", "log"])
+def test_train_full_disk(workspace, tiny_sd_path, monkeypatch, where):
+    """A full disk while writing the checkpoint, the state or the log: one line naming the file, a
+    failed manifest, no temporary file; the earlier save (if any) intact and resumable, or, with
+    nothing saved, a fresh run into the same folder."""
+    import io as stdio
+
+    import safetensors.torch
+    import torch
+
+    faces = faces_folder(workspace.inputs / "faces")
+    workspace.freeze()
+    out = workspace.root / "out"
+    calls = []
+
+    def second_call_fails(original):
+        def fails(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise NO_SPACE
+            return original(*args, **kwargs)
+
+        return fails
+
+    if where == "checkpoint":
+        monkeypatch.setattr(safetensors.torch, "save_file", second_call_fails(safetensors.torch.save_file))
+        failing = out / "rid.safetensors"
+    elif where == "state":
+        monkeypatch.setattr(torch, "save", second_call_fails(torch.save))
+        failing = out / "training_state.pt"
+    else:
+        class FullDisk(stdio.StringIO):
+            def write(self, text):
+                calls.append(1)
+                if len(calls) == 2:
+                    raise NO_SPACE
+                return len(text)
+
+        opened = Path.open
+        monkeypatch.setattr(Path, "open", lambda self, *a, **k: FullDisk() if self.name == "log.jsonl" else opened(self, *a, **k))
+        failing = out / "log.jsonl"
+    workspace.check(train_cli(faces, tiny_sd_path, out, "--steps", 3, "--save-every", 1), 2,
+                    f"{failing}: cannot be written (No space left on device)")
+    manifest = manifest_of(out)
+    assert manifest["status"] == "failed" and "No space left" in manifest["error"] and manifest["saved_step"] == 1
+    no_partial_files(workspace.root)
+    from safetensors.torch import load_file
+
+    assert json.loads((out / "rid.safetensors.json").read_text())["steps"] == 1 and load_file(out / "rid.safetensors")
+    monkeypatch.undo()
+    workspace.check(train_cli(faces, tiny_sd_path, out, "--steps", 2, "--resume"), 0)
+    assert manifest_of(out)["status"] == "completed"
+
+
+def test_train_with_nothing_saved_is_replaced_by_a_fresh_run(workspace, tiny_sd_path, monkeypatch):
+    """A run that failed before its first save leaves a failed manifest and its log; the corrected
+    rerun into the same folder is not refused ("pass --resume") but replaces it."""
+    import safetensors.torch
+
+    faces = faces_folder(workspace.inputs / "faces")
+    workspace.freeze()
+    out = workspace.root / "out"
+
+    def full(*args, **kwargs):
+        raise NO_SPACE
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    workspace.check(train_cli(faces, tiny_sd_path, out, "--steps", 1), 2, "No space left on device")
+    assert manifest_of(out)["status"] == "failed" and not (out / "rid.safetensors").exists()
+    monkeypatch.undo()
+    workspace.check(train_cli(faces, tiny_sd_path, out, "--steps", 1), 0)
+    assert manifest_of(out)["status"] == "completed" and (out / "rid.safetensors").is_file()
+
+
+def test_train_run_folder_from_before_manifests(workspace, tiny_sd_path, trained_run):
+    """A run folder without a manifest is a train run only when facedefense provably wrote it (its
+    sidecar says so, it holds its training state and nothing else): then --resume adopts it."""
+    faces = faces_folder(workspace.inputs / "faces")
+    workspace.freeze()
+    legacy = copy_run(trained_run, workspace.root / "legacy")
+    (legacy / "facedefense.json").unlink()
+    workspace.check(train_cli(faces, tiny_sd_path, legacy, "--steps", 2), 2, "already holds a training run; pass --resume")
+    mixed = copy_run(legacy, workspace.root / "mixed")
+    (mixed / "holiday.jpg").write_bytes(b"mine")
+    workspace.check(train_cli(faces, tiny_sd_path, mixed, "--steps", 2, "--resume"), 2, "holds files no facedefense train run wrote there")
+    unproven = copy_run(legacy, workspace.root / "unproven")
+    _edit_sidecar(unproven / "rid.safetensors.json", trained_with="something else")
+    workspace.check(train_cli(faces, tiny_sd_path, unproven, "--steps", 2, "--resume"), 2, "holds files no facedefense train run wrote there")
+    assert not (mixed / "facedefense.json").exists() and not (unproven / "facedefense.json").exists()
+    workspace.check(train_cli(faces, tiny_sd_path, legacy, "--steps", 2, "--resume"), 0)
+    manifest = manifest_of(legacy)
+    assert manifest["status"] == "completed" and manifest["saved_step"] == 2 and manifest["earlier_runs"][-1]["status"] == "interrupted"
+
+
+def test_a_save_is_never_half_renamed(monkeypatch):
+    """Ctrl-C or SIGTERM during a save waits until its files are in place, then interrupts."""
+    import signal
+
+    from facedefense_amortized.training.loop import _signals_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("renamed")
+    assert done == ["renamed"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    import torch
+
+    from facedefense.checkpoints import save_checkpoint
+    from facedefense_amortized.networks import PerturbationDiT
+
+    architecture = {"input_size": 32, "patch_size": 16, "hidden_size": 32, "depth": 1, "num_heads": 2, "num_classes": 4}
+    torch.manual_seed(0)
+    return save_checkpoint(PerturbationDiT(**architecture), folder / "rid.safetensors", method="rid", eps=6 / 255, architecture=architecture)
+
+
+def plain_onnx(path: Path) -> Path:
+    """An ONNX model another program wrote (no facedefense metadata)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "user", [value], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+#: --output -> (exit status, what the error line says); the files are made by the test
+EXPORT_CASES = {
+    "the checkpoint itself": ("inputs/w.onnx", 2, "is the input"),
+    "the sidecar": ("inputs/rid.safetensors.json", 2, "--output must end in .onnx"),
+    "a user's file": ("mine.onnx", 2, "already exists and no facedefense export run wrote it"),
+    "another program's ONNX model": ("other.onnx", 2, "already exists and no facedefense export run wrote it"),
+    "a folder": ("folder.onnx", 2, "is a folder"),
+    "a missing folder": ("nowhere/rid.onnx", 2, "does not exist"),
+    "a symbolic link": ("link.onnx", 2, "exists and is not a plain file"),
+    "its own earlier export": ("earlier.onnx", 0, ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPORT_CASES))
+def test_export_never_replaces_what_it_did_not_write(workspace, case):
+    """``export --checkpoint w.onnx --output w.onnx`` overwrote the checkpoint."""
+    pytest.importorskip("onnx")
+    target, code, match = EXPORT_CASES[case]
+    root = workspace.root
+    checkpoint = tiny_checkpoint(workspace.inputs)
+    (workspace.inputs / "w.onnx").write_bytes(b"an exported model")
+    (root / "mine.onnx").write_bytes(b"mine")
+    plain_onnx(root / "other.onnx")
+    (root / "folder.onnx").mkdir()
+    (root / "link.onnx").symlink_to(root / "mine.onnx")
+    if case == "its own earlier export":
+        workspace.freeze()
+        workspace.check(invoke("export", "--method", "rid", "--checkpoint", checkpoint, "--output", root / target), 0)
+    source = workspace.inputs / "w.onnx" if case == "the checkpoint itself" else checkpoint
+    workspace.freeze()
+    outside = snapshot(root)
+    workspace.check(invoke("export", "--method", "rid", "--checkpoint", source, "--output", root / target), code, match)
+    if code == 2:
+        assert snapshot(root) == outside, "nothing written, nothing replaced"
+    else:
+        from facedefense_amortized.onnx_io import exported_by_facedefense
+
+        assert exported_by_facedefense(root / target)
+
+
+@pytest.mark.parametrize("fault", ["full disk", "Ctrl-C"])
+def test_export_fault_leaves_no_partial_file(workspace, monkeypatch, fault):
+    pytest.importorskip("onnx")
+    import torch
+
+    checkpoint = tiny_checkpoint(workspace.inputs)
+    workspace.freeze()
+    error = NO_SPACE if fault == "full disk" else KeyboardInterrupt()
+    export = torch.onnx.export
+
+    def fails(model, args, path, *rest, **kwargs):
+        export(model, args, path, *rest, **kwargs)  # the temporary file is written, then the fault
+        raise error
+
+    monkeypatch.setattr(torch.onnx, "export", fails)
+    out = workspace.root / "rid.onnx"
+    result = invoke("export", "--method", "rid", "--checkpoint", checkpoint, "--output", out)
+    workspace.check(result, 2 if fault == "full disk" else 130, f"{out}: cannot be written (No space left on device)" if fault == "full disk" else "")
+    assert not out.exists()
+    no_partial_files(workspace.root)
+
+
+# -- pairs ----------------------------------------------------------------------------------------
+
+#: --output -> (exit status, what the error line says); paths relative to the root
+PAIRS_CASES = {
+    "a photo in the clean folder": ("inputs/clean/d0.png", 2, "lies inside the input folder"),
+    "a new file in the protected folder": ("inputs/protected/pairs.json", 2, "lies inside the input folder"),
+    "the clean folder": ("inputs/clean", 2, "is the input"),
+    "a folder holding the inputs": ("inputs", 2, "holds the input"),
+    "a user's JSON": ("notes.json", 2, "already exists and no facedefense pairs run wrote it"),
+    "evaluate's JSON": ("scores.json", 2, "already exists and no facedefense pairs run wrote it"),
+    "a user's photo": ("photo.png", 2, "already exists and no facedefense pairs run wrote it"),
+    "not a JSON name": ("pairs.txt", 2, "--output must be a .json file"),
+    "a missing folder": ("nowhere/pairs.json", 2, "does not exist"),
+    "a symbolic link": ("link.json", 2, "exists and is not a plain file"),
+    "its own earlier pairs": ("pairs.json", 0, ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAIRS_CASES))
+def test_pairs_never_replaces_what_it_did_not_write(workspace, case):
+    """``pairs CLEAN/ PROT/ --output CLEAN/d0.png`` replaced a photo with JSON."""
+    target, code, match = PAIRS_CASES[case]
+    root = workspace.root
+    for folder in ("clean", "protected"):
+        (workspace.inputs / folder).mkdir()
+        Image.fromarray(rgb(48, 40)).save(workspace.inputs / folder / "d0.png")
+    (root / "notes.json").write_text('{"mine": true}\n')
+    (root / "scores.json").write_text('{"command": "evaluate"}\n')
+    Image.fromarray(rgb(48, 40)).save(root / "photo.png")
+    (root / "link.json").symlink_to(root / "notes.json")
+    args = ["pairs", workspace.inputs / "clean", workspace.inputs / "protected", "--output", root / target]
+    if case == "its own earlier pairs":
+        workspace.freeze()
+        workspace.check(invoke(*args), 0)
+    workspace.freeze()
+    outside = snapshot(root)
+    workspace.check(invoke(*args), code, match)
+    if code == 2:
+        assert snapshot(root) == outside, "nothing written, nothing replaced"
+    else:
+        written = json.loads((root / target).read_text())
+        assert written["command"] == "pairs" and written["pairs"] == [{"source_path": "inputs/clean/d0.png", "attacked_path": "inputs/protected/d0.png"}]
+
+
+def test_pairs_missing_folder(workspace):
+    workspace.freeze()
+    result = invoke("pairs", workspace.inputs / "none", workspace.inputs, "--output", workspace.root / "pairs.json")
+    workspace.check(result, 2, f"clean folder {workspace.inputs / 'none'} is not a folder")
+    assert not (workspace.root / "pairs.json").exists()

@@ -109,6 +109,14 @@ def test_checkpoint_refuses_another_run(tmp_path) -> None:
     assert RunCheckpoint(None, {}).load() is None
 
 
+@pytest.mark.parametrize("saved", [[1, 2, 3], {"key": [1], "state": {}}, {"key": {}, "state": [1]}, {"key": {}}, "text"])
+def test_checkpoint_of_the_wrong_structure_is_one_resume_error(tmp_path, saved) -> None:
+    """An ASPL ``state.pt`` holding a list raised AttributeError in ``RunCheckpoint.load``."""
+    torch.save(saved, tmp_path / "state.pt")
+    with pytest.raises(ResumeError, match=r"state.pt: not a saved run state"):
+        RunCheckpoint(tmp_path, {}).load()
+
+
 def test_shards_are_disjoint_and_complete():
     from pathlib import Path
 

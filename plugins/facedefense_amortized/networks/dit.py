@@ -17,10 +17,13 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from facedefense.errors import ConfigError
 
 #: The released RID architecture.
 RID_ARCHITECTURE = {
@@ -184,6 +187,56 @@ class PerturbationDiT(nn.Module):
         #: Recompute each block's activations in the backward pass (training memory / time trade).
         self.gradient_checkpointing = False
         self.reset_parameters()
+
+    #: Bounds of the architecture's values (``architecture_shapes``): generous around the released
+    #: network (512 px, patch 16, width 1152, 14 blocks), so a wrong value fails before allocation.
+    LIMITS = {
+        "input_size": (1, 4096),
+        "patch_size": (1, 512),
+        "in_channels": (3, 3),
+        "hidden_size": (4, 16384),
+        "depth": (1, 256),
+        "num_heads": (1, 1024),
+        "mlp_ratio": (1 / 64, 64),
+        "num_classes": (0, 1_000_000),
+    }
+    #: Most tokens (patches per image) accepted: attention is quadratic in them (the released network: 1024).
+    MAX_TOKENS = 16384
+
+    @classmethod
+    def architecture_shapes(cls, architecture: dict[str, Any]) -> dict[str, tuple[int, ...] | None]:
+        """Check an architecture (this class's keyword arguments) without building anything, and
+        return the shapes of the tensors that pin it down (None: a name that must be absent).
+
+        Raises:
+            ConfigError: a value of the wrong type or out of `LIMITS`, ``input_size`` not a
+                multiple of ``patch_size``, more than `MAX_TOKENS` patches, or ``hidden_size``
+                not a multiple of 4 (the 2-D sine-cosine position embedding) and of ``num_heads``.
+        """
+        from facedefense_amortized.networks.architecture import checked_values
+
+        values = checked_values(cls, architecture, cls.LIMITS)
+        size, patch, hidden, heads = values["input_size"], values["patch_size"], values["hidden_size"], values["num_heads"]
+        if size % patch:
+            raise ConfigError(f"architecture input_size={size} must be a multiple of patch_size={patch}")
+        if (size // patch) ** 2 > cls.MAX_TOKENS:
+            raise ConfigError(f"architecture input_size={size}, patch_size={patch} makes {(size // patch) ** 2} patches; at most {cls.MAX_TOKENS}")
+        if hidden % 4 or hidden % heads:
+            raise ConfigError(
+                f"architecture hidden_size={hidden} must be a multiple of 4 (the 2-D position embedding) "
+                f"and of num_heads={heads}"
+            )
+        mlp, channels, depth = int(hidden * values["mlp_ratio"]), values["in_channels"], values["depth"]
+        if mlp < 1:
+            raise ConfigError(f"architecture mlp_ratio={values['mlp_ratio']} leaves no MLP width at hidden_size={hidden}")
+        return {
+            "x_embedder.proj.weight": (hidden, channels, patch, patch),
+            "pos_embed": (1, (size // patch) ** 2, hidden),
+            "y_embedder.embedding_table.weight": (values["num_classes"] + 1, hidden),
+            f"blocks.{depth - 1}.mlp.fc1.weight": (mlp, hidden),
+            f"blocks.{depth}.mlp.fc1.weight": None,
+            "final_layer.linear.weight": (patch * patch * channels, hidden),
+        }
 
     def reset_parameters(self) -> None:
         """DiT initialisation: xavier linears, zero modulation and output, so delta starts at 0."""

@@ -13,6 +13,7 @@ oneDNN, activations fused).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,23 @@ class GAPGenerator(nn.Module):
     #: Input sides must be multiples of this, and at least ``min_size``.
     multiple = 256
     min_size = 512
+
+    #: Bounds of the architecture's values (``architecture_shapes``; the released generator: ngf 64).
+    LIMITS = {"in_channels": (3, 3), "out_channels": (3, 3), "ngf": (1, 512)}
+
+    @classmethod
+    def architecture_shapes(cls, architecture: dict[str, Any]) -> dict[str, tuple[int, ...] | None]:
+        """Check an architecture (this class's keyword arguments) without building anything, and
+        return the shapes of the tensors that pin it down.
+
+        Raises:
+            ConfigError: a value of the wrong type or out of `LIMITS`.
+        """
+        from facedefense_amortized.networks.architecture import checked_values
+
+        values = checked_values(cls, architecture, cls.LIMITS)
+        ngf = values["ngf"]
+        return {"conv1.weight": (ngf, values["in_channels"], 4, 4), "dconv8.weight": (ngf * 2, values["out_channels"], 4, 4)}
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64) -> None:
         super().__init__()

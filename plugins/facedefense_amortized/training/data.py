@@ -1,10 +1,12 @@
 """Training data for the amortized defenders: a folder of face photos, and RID's regression pairs.
 
-The pairs file is the reference's ``output_pairs.json``: a JSON list of
+The pairs are the reference's ``output_pairs.json`` entries,
 ``{"source_path": clean photo, "attacked_path": its protected version}`` (relative paths are
 relative to the JSON file's folder). ``facedefense pairs CLEAN/ PROTECTED/ --output pairs.json``
-writes one from a folder of clean photos and ``facedefense protect CLEAN/ --method aspl --output
-PROTECTED/``'s output (matched by file stem).
+writes them from a folder of clean photos and ``facedefense protect CLEAN/ --method aspl --output
+PROTECTED/``'s output (matched by file stem) as ``{"command": "pairs", "pairs": [...]}``: the
+``command`` proves the file is facedefense's, so a rerun may replace it (and nothing else: see
+`facedefense.outputs.claim_file`). ``--pairs`` reads that and the reference's plain list.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+#: The command a pairs file names (``{"command": "pairs", "pairs": [...]}``).
+PAIRS_COMMAND = "pairs"
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files in ``folder`` and its subfolders (one per identity is common), sorted."""
+def list_images(folder: str | Path, what: str = "--data") -> list[Path]:
+    """Image files in ``folder`` and its subfolders (one per identity is common), sorted; ``what``
+    names the folder in messages."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConfigError(f"--data {folder} is not a folder")
+        raise ConfigError(f"{what} {folder} is not a folder")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
@@ -77,13 +82,17 @@ def read_pairs(path: str | Path, size: int) -> tuple[torch.Tensor, torch.Tensor]
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"--pairs {path} cannot be read as JSON: {exc}") from None
+        raise ConfigError(f"--pairs {path} cannot be read as JSON: {str(exc).splitlines()[0]}") from None
+    if isinstance(entries, dict) and entries.get("command") == PAIRS_COMMAND:
+        entries = entries.get("pairs")
     if not isinstance(entries, list) or not entries or not all(
         isinstance(e, dict) and {"source_path", "attacked_path"} <= set(e) for e in entries
     ):
         raise ConfigError(f"--pairs {path} must be a non-empty JSON list of {{\"source_path\", \"attacked_path\"}}")
     clean, attacked = [], []
     for entry in entries:
+        if not all(isinstance(entry[key], str) and entry[key] and "\0" not in entry[key] for key in ("source_path", "attacked_path")):
+            raise ConfigError(f"--pairs {path.name}: source_path and attacked_path must be file names")
         source, protected = (path.parent / entry["source_path"], path.parent / entry["attacked_path"])
         for file in (source, protected):
             if not file.is_file():
@@ -98,14 +107,28 @@ def read_pairs(path: str | Path, size: int) -> tuple[torch.Tensor, torch.Tensor]
 def write_pairs(clean: str | Path, protected: str | Path, output: str | Path) -> int:
     """Write a pairs JSON matching ``clean/NAME.*`` with ``protected/NAME.*``; returns the count.
 
+    ``output`` is claimed before anything is read (`facedefense.outputs.claim_file`): it may not
+    be, lie in or hold ``clean`` or ``protected``, its folder must exist, and an existing file is
+    replaced only when it is an earlier ``pairs`` output. Written atomically, the umask's mode.
+
     Raises:
-        ConfigError: no pair found.
+        ConfigError: a folder is missing, ``output`` does not end in ``.json``, or no pair is found.
+        OutputError: the output claim refuses ``output``.
     """
+    from facedefense.io import write_json
+    from facedefense.outputs import claim_file, json_written_by
+
     clean, protected, output = Path(clean), Path(protected), Path(output)
-    by_stem = {p.relative_to(protected).with_suffix("").as_posix(): p for p in list_images(protected)}
+    for folder, what in ((clean, "clean folder"), (protected, "protected folder")):
+        if not folder.is_dir():
+            raise ConfigError(f"{what} {folder} is not a folder")
+    claim_file(output, PAIRS_COMMAND, inputs=[clean, protected], written_by=json_written_by(PAIRS_COMMAND), kind="pairs file")
+    if output.suffix.lower() != ".json":
+        raise ConfigError(f"--output must be a .json file, got {output.name}")
+    by_stem = {p.relative_to(protected).with_suffix("").as_posix(): p for p in list_images(protected, "protected folder")}
     base = output.resolve().parent
     entries = []
-    for image in list_images(clean):
+    for image in list_images(clean, "clean folder"):
         match = by_stem.get(image.relative_to(clean).with_suffix("").as_posix())
         if match is not None:
             entries.append(
@@ -113,8 +136,7 @@ def write_pairs(clean: str | Path, protected: str | Path, output: str | Path) ->
             )
     if not entries:
         raise ConfigError(f"no image of {clean} has a protected version (same name) in {protected}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
+    write_json({"command": PAIRS_COMMAND, "clean": str(clean.resolve()), "protected": str(protected.resolve()), "pairs": entries}, output)
     return len(entries)
 
 

@@ -74,6 +74,26 @@ class GAPTrainingOptions:
     prompt: str = PROMPT
     architecture: str = ""
 
+    def __post_init__(self) -> None:
+        from facedefense.errors import ConfigError
+
+        if not self.lr > 0 or self.epochs < 1 or self.first_phase_epochs < 0:
+            raise ConfigError("gap_diff: lr must be positive, epochs at least 1 and first_phase_epochs at least 0")
+        if min(self.clean_weight, self.processed_weight, self.discriminator_weight) < 0 or not self.blur_sigma > 0:
+            raise ConfigError("gap_diff: the loss weights must be at least 0 and blur_sigma positive")
+        if not (1 <= self.luma_coefficients <= 8 and 1 <= self.chroma_coefficients <= 8):
+            raise ConfigError("gap_diff: luma_coefficients and chroma_coefficients must be from 1 to 8 (an 8x8 block)")
+        if self.size < 512 or self.size % 256 or self.size > MAX_SIZE:
+            raise ConfigError(f"gap_diff: size must be a multiple of 256 from 512 to {MAX_SIZE}, got {self.size}")
+        if self.surrogate_size and not (8 <= self.surrogate_size <= MAX_SIZE and self.surrogate_size % 8 == 0):
+            raise ConfigError(f"gap_diff: surrogate_size must be 0 or a multiple of 8 from 8 to {MAX_SIZE}, got {self.surrogate_size}")
+        if not 1 <= self.discriminator_width <= 1024:
+            raise ConfigError(f"gap_diff: discriminator_width must be from 1 to 1024, got {self.discriminator_width}")
+
+
+#: Largest training and surrogate image side, in pixels.
+MAX_SIZE = 4096
+
 
 def _dct_matrix(size: int = 8) -> torch.Tensor:
     """Orthonormal DCT-II matrix D: coefficients = D @ block @ D^T."""
@@ -316,14 +336,11 @@ class GAPTrainer:
 
 
 def _image_size(architecture: dict[str, Any], options: GAPTrainingOptions) -> int:
-    from facedefense.errors import ConfigError
-
-    if options.size < 512 or options.size % 256:
-        raise ConfigError(f"gap_diff: size must be a multiple of 256 and at least 512, got {options.size}")
-    return options.size
+    return options.size  # checked with the options
 
 
 def _recipe():
+    from facedefense_amortized.networks import GAPGenerator
     from facedefense_amortized.training.loop import Recipe
 
     return Recipe(
@@ -336,4 +353,5 @@ def _recipe():
         build_trainer=GAPTrainer,
         prompt=lambda options: options.prompt,
         default_batch_size=6,  # scripts/train_generator.sh (train_generator.py's own default is 4)
+        network_class=GAPGenerator,
     )

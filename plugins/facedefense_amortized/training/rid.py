@@ -70,6 +70,8 @@ class RIDTrainingOptions:
     def __post_init__(self) -> None:
         if self.warmup_steps < 0 or self.decay_steps < 0:
             raise ConfigError("rid: warmup_steps and decay_steps must be at least 0")
+        if not self.lr > 0 or self.weight_decay < 0 or self.sds_weight < 0 or self.reg_weight < 0:
+            raise ConfigError("rid: lr must be positive; weight_decay, sds_weight and reg_weight at least 0")
 
 
 class RIDObjective:
@@ -188,7 +190,7 @@ class RIDTrainer:
 
 
 def _recipe():
-    from facedefense_amortized.networks import RID_ARCHITECTURE
+    from facedefense_amortized.networks import RID_ARCHITECTURE, PerturbationDiT
     from facedefense_amortized.training.loop import Recipe
 
     return Recipe(
@@ -201,4 +203,5 @@ def _recipe():
         build_trainer=RIDTrainer,
         prompt=lambda options: options.prompt,
         uses_pairs=True,
+        network_class=PerturbationDiT,
     )
