@@ -18,7 +18,6 @@ All randomness comes from the ``torch.Generator`` passed in; resuming restores i
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,10 +467,11 @@ class RunCheckpoint:
 
         if self.path is None:
             return
+        from facedefense.io import atomic_path
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.name}.tmp-{os.getpid()}")
-        torch.save({"key": self.key, "state": dict(state)}, temporary)
-        os.replace(temporary, self.path)
+        with atomic_path(self.path) as temporary, open(temporary, "wb") as handle:
+            torch.save({"key": self.key, "state": dict(state)}, handle)
 
     def clear(self) -> None:
         """Forget the saved state (a fresh run)."""

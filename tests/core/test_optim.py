@@ -168,3 +168,23 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_sd_path):
     assert manifest["summary"] == {"processed": 5, "failed": 0, "planned": 5, "not_processed": 0, "unchanged": 0, "completed": True}
     assert sorted(Path(e["input"]).name for e in manifest["images"]) == [f"{i}.png" for i in range(5)]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"{i}.png" for i in range(5)]
+
+
+def test_run_checkpoint_save_is_atomic_and_one_line_on_a_full_disk(tmp_path, monkeypatch):
+    """A failed save leaves the previous state and no temporary file, and says so in one line."""
+    import errno
+
+    from facedefense.errors import OutputError
+
+    checkpoint = RunCheckpoint(tmp_path, {"method": "aspl"})
+    checkpoint.save({"round": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        checkpoint.save({"round": 2})
+    monkeypatch.undo()
+    assert checkpoint.load() == {"round": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.path.name]
