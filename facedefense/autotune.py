@@ -12,10 +12,10 @@ Later runs read the cache and measure nothing. ``facedefense info --hardware`` s
 and their timings. An explicit ``--dtype`` never consults this module.
 
 ``FACEDEFENSE_AUTOTUNE=0`` turns measuring off (the method's first candidate, its flag-based
-guess, is used). Tests inject the measurement with :func:`use_measurement` so that nothing in them
-depends on timing.
+guess, is used). Tests inject the measurement with [`use_measurement`][facedefense.autotune.use_measurement]
+so that nothing in them depends on timing.
 
-Example:
+Examples:
     >>> from facedefense import autotune
     >>> with autotune.use_measurement(lambda probes: {"float32": 2.0, "bfloat16": 1.0}):
     ...     choice = autotune.choose("demo", ["float32", "bfloat16"], lambda: {}, problem={"side": 8}, cache=False)

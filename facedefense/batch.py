@@ -172,8 +172,9 @@ def plan_outputs(identities: list[IdentityFiles], output_dir: str | Path) -> dic
 
 def claim_output_dir(output_dir: str | Path, existing: str = "refuse", *, command: str = "protect",
                      inputs: Sequence[Path] = (), dry_run: bool = False) -> OutputFolder:
-    """Claim ``output_dir`` for a ``protect`` or ``purify`` run (:meth:`OutputFolder.claim`, whose
-    rules every writing command follows); ``existing`` is one of `facedefense.outputs.EXISTING`."""
+    """Claim ``output_dir`` for a ``protect`` or ``purify`` run
+    ([`OutputFolder.claim`][facedefense.outputs.OutputFolder.claim], whose rules every writing command
+    follows); ``existing`` is one of `facedefense.outputs.EXISTING`."""
     return OutputFolder.claim(output_dir, command, inputs=inputs, existing=existing, dry_run=dry_run)
 
 
@@ -273,7 +274,7 @@ def _run_claimed(
     extra: dict[str, Any],
     prepare: Callable[[list[IdentityFiles]], None] | None,
 ) -> RunReport:
-    """:func:`_run` once the output folder is claimed."""
+    """``_run`` once the output folder is claimed."""
     import torch
 
     from facedefense.distributed import current_shard, gather, merge_manifests
@@ -430,7 +431,8 @@ class _Writer:
     """Writes output files in ``workers`` threads, at most ``2 * workers`` files behind the caller.
 
     A file's manifest entry joins ``succeeded`` once the file is written, in submission order; a
-    failed write raises its error (an :class:`OutputError`) from the call that collects it.
+    failed write raises its error (an [`OutputError`][facedefense.errors.OutputError]) from the call that
+    collects it.
     """
 
     def __init__(self, workers: int, succeeded: list[dict[str, Any]]) -> None:
@@ -528,16 +530,16 @@ def protect_files(
         batch_size: images per call for image-scoped defenders (it changes the output bytes of
             some methods, so the manifest records it).
         progress: show progress bars (files and optimization steps); None: the library's setting
-            (:mod:`facedefense.progress`: on unless switched off).
+            ([`facedefense.progress`][facedefense.progress]: on unless switched off).
         existing: when ``output_dir`` already holds files: ``"refuse"`` (default), ``"add"`` or
             ``"overwrite"`` (see `facedefense.outputs.EXISTING`).
         method_info: extra facts merged into the manifest's ``method`` entry.
-        warn_unchanged: emit a :class:`UserWarning` when a protected image equals its input (the
+        warn_unchanged: emit a ``UserWarning`` when a protected image equals its input (the
             manifest marks it ``"unchanged": true`` in any case).
         resume: continue an interrupted run into the same ``output_dir`` from the state its
             identity-scoped defender saved (its last round), instead of starting over; implies
             ``existing="add"``. The run must be the same method, budget and options (else
-            :class:`~facedefense.errors.ResumeError`).
+            [`ResumeError`][facedefense.errors.ResumeError]).
 
     Identity-scoped defenders keep their by-products and resumable state in
     ``output_dir/.facedefense-work/<identity>/``; a run without ``resume`` clears it first.
@@ -664,7 +666,7 @@ def purify_files(
     method_info: dict[str, Any] | None = None,
 ) -> RunReport:
     """Purify image files into ``output_dir`` (PNG, same stem; identity subfolders kept) and write the
-    manifest; the arguments are those of :func:`protect_files`.
+    manifest; the arguments are those of [`protect_files`][facedefense.batch.protect_files].
 
     ``purifier`` may be a sequence: a chain applied in order (an adversary's JPEG then DiffPure);
     the manifest's ``method`` then names the chain (``jpeg+diffpure``) and lists each method under ``chain``.

@@ -3,8 +3,8 @@
 A budget ``eps`` bounds ``max |protected - original|`` over every pixel and channel. Reference code
 often works in [-1, 1], where the same number means twice as much: Anti-DreamBooth's 0.05 is
 6.4/255 here. A protected image is only honest if the budget still holds *after* it is written as
-8-bit: :func:`quantize_within_budget` snaps to the uint8 grid inside the budget and
-:func:`linf_gray_levels` measures what was written.
+8-bit: [`quantize_within_budget`][facedefense.budget.quantize_within_budget] snaps to the uint8 grid inside
+the budget and [`linf_gray_levels`][facedefense.budget.linf_gray_levels] measures what was written.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def parse_fraction(value: str, key: str = "value") -> float:
     Raises:
         ConfigError: neither a number nor a fraction ``a/b``.
 
-    Example:
+    Examples:
         >>> parse_fraction("1/4")
         0.25
     """
@@ -49,7 +49,7 @@ def parse_budget(value: str | float) -> float:
     Raises:
         ConfigError: not a number, or outside (0, 1].
 
-    Example:
+    Examples:
         >>> round(parse_budget("8/255") * 255, 6)
         8.0
     """

@@ -4,8 +4,8 @@ checkpoint code: amortized defenders, training and export all use it).
 Weights are read without unpickling code: safetensors, or a legacy ``.bin``/``.pth`` through
 ``torch.load(weights_only=True)``. The budget a network was trained for is part of the network (it
 scales a tanh), so it travels with the weights: in a sidecar ``<checkpoint>.json`` written by
-:func:`save_checkpoint`, or, for the official releases, in the file name (``ASDS-eps-12_255.bin``,
-``G_per16_pretrain.pth``), whose numbers are in the reference's [-1, 1] units.
+[`save_checkpoint`][facedefense.checkpoints.save_checkpoint], or, for the official releases, in the file name
+(``ASDS-eps-12_255.bin``, ``G_per16_pretrain.pth``), whose numbers are in the reference's [-1, 1] units.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def read_sidecar(checkpoint: str | Path) -> dict[str, Any] | None:
 def budget_from_name(checkpoint: str | Path, pattern: str) -> float | None:
     """Budget in [0, 1] units read from an official file name, whose number is /255 in [-1, 1].
 
-    Example:
+    Examples:
         >>> round(budget_from_name("ASDS-eps-12_255.bin", r"eps-?(\\d+(?:\\.\\d+)?)_255") * 255, 6)
         6.0
     """

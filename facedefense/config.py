@@ -1,9 +1,9 @@
 """Method configurations: small dataclasses, set from Python or from ``-o key=value`` on the CLI.
 
 Each method has a nested ``Config`` dataclass. Unknown keys and values of the wrong type raise a
-:class:`~facedefense.errors.ConfigError` that names the method, the key and the accepted values.
-Numeric ranges are declared on the field with :func:`option` (one line each) and checked whenever a
-config is built::
+[`ConfigError`][facedefense.errors.ConfigError] that names the method, the key and the accepted values.
+Numeric ranges are declared on the field with [`option`][facedefense.config.option] (one line each)
+and checked whenever a config is built::
 
     @dataclass
     class TextureConfig(DefenderConfig):
@@ -31,10 +31,11 @@ def option(default: Any = _MISSING, *, min: float | None = None, max: float | No
            default_factory: Any = _MISSING) -> Any:  # fmt: skip
     """A config field with a declared range: ``steps: int = option(100, min=1, max=10_000)``.
 
-    The range is inclusive and checked whenever the config is built (:func:`build_config`, so by
-    every method's constructor, ``facedefense.create`` and ``-o key=value``); a value outside it
-    raises a :class:`ConfigError` naming the option and the range. ``None`` values are not checked
-    (for ``X | None`` options). ``facedefense info`` shows the range.
+    The range is inclusive and checked whenever the config is built
+    ([`build_config`][facedefense.config.build_config], so by every method's constructor,
+    ``facedefense.create`` and ``-o key=value``); a value outside it raises a
+    [`ConfigError`][facedefense.errors.ConfigError] naming the option and the range. ``None`` values are not
+    checked (for ``X | None`` options). ``facedefense info`` shows the range.
     """
     metadata = {"min": min, "max": max}
     if default_factory is not _MISSING:
@@ -43,12 +44,13 @@ def option(default: Any = _MISSING, *, min: float | None = None, max: float | No
 
 
 def option_range(field: dataclasses.Field) -> tuple[float | None, float | None]:
-    """The (min, max) a field declares through :func:`option` (None where unbounded)."""
+    """The (min, max) a field declares through [`option`][facedefense.config.option] (None where
+    unbounded)."""
     return field.metadata.get("min"), field.metadata.get("max")
 
 
 def check_ranges(config: Any, *, method: str = "method") -> None:
-    """Check every field declared with :func:`option` against its range.
+    """Check every field declared with [`option`][facedefense.config.option] against its range.
 
     Raises:
         ConfigError: ``{method}: option 'cell' must be at most 256, got 100000``.
@@ -125,9 +127,10 @@ def _attributes_section(docstring: str) -> dict[str, str]:
 class MethodConfig:
     """Options every method has.
 
-    A config is validated when built (``__post_init__`` raises :class:`ConfigError`) and frozen once
-    its method owns it: assigning a field then raises. Derive a changed copy with :meth:`replace`,
-    which validates again.
+    A config is validated when built (``__post_init__`` raises
+    [`ConfigError`][facedefense.errors.ConfigError]) and frozen once its method owns it: assigning a field
+    then raises. Derive a changed copy with [`replace`][facedefense.config.MethodConfig.replace], which
+    validates again.
 
     Attributes:
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
@@ -148,7 +151,7 @@ class MethodConfig:
         object.__setattr__(self, name, value)
 
     def freeze(self) -> MethodConfig:
-        """Make this config immutable (done by :class:`~facedefense.Method`); returns it."""
+        """Make this config immutable (done by [`Method`][facedefense.interfaces.base.Method]); returns it."""
         self.__dict__["_frozen"] = True
         return self
 

@@ -1,7 +1,7 @@
 """The exceptions facedefense raises.
 
-Every error a user can fix derives from :class:`FaceDefenseError`; the CLI prints its message on one
-line and exits with status 2. Anything else is a bug and keeps its traceback.
+Every error a user can fix derives from [`FaceDefenseError`][facedefense.errors.FaceDefenseError]; the CLI
+prints its message on one line and exits with status 2. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

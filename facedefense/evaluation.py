@@ -18,7 +18,8 @@ from facedefense.io import LoadedImage, collect_images, iter_images
 
 def pair_by_stem(generated: Sequence[Path], references: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """Pair each generated image with the reference of the same file stem; return pairs and orphans
-    (:func:`facedefense.pairing.pair_by_pattern` with other name patterns)."""
+    ([`facedefense.pairing.pair_by_pattern`][facedefense.pairing.pair_by_pattern] with other name
+    patterns)."""
     from facedefense.pairing import pair_by_pattern
 
     return pair_by_pattern(generated, references)
@@ -152,17 +153,20 @@ def evaluate_identities(
     metrics: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """:func:`evaluate_folder` per identity when ``generated`` holds one subfolder per person.
+    """[`evaluate_folder`][facedefense.evaluation.evaluate_folder] per identity when ``generated`` holds one
+    subfolder per person.
 
     References come from the subfolder of ``reference`` with the same name, or from ``reference``
-    itself when it has no subfolders (see :func:`facedefense.pairing.identity_groups`). With a
-    single folder of images this is :func:`evaluate_folder` plus ``"identities"``.
+    itself when it has no subfolders (see
+    [`facedefense.pairing.identity_groups`][facedefense.pairing.identity_groups]). With a single folder of
+    images this is [`evaluate_folder`][facedefense.evaluation.evaluate_folder] plus ``"identities"``.
 
     Args:
-        generated: as :func:`evaluate_folder`.
-        reference: as :func:`evaluate_folder`.
-        metrics: as :func:`evaluate_folder`.
-        kwargs: ``prompts``, ``options``, ``device``, ``match`` of :func:`evaluate_folder`.
+        generated: as [`evaluate_folder`][facedefense.evaluation.evaluate_folder].
+        reference: as [`evaluate_folder`][facedefense.evaluation.evaluate_folder].
+        metrics: as [`evaluate_folder`][facedefense.evaluation.evaluate_folder].
+        kwargs: ``prompts``, ``options``, ``device``, ``match`` of
+            [`evaluate_folder`][facedefense.evaluation.evaluate_folder].
 
     Returns:
         ``{"generated", "reference", "identities": {name: evaluate_folder result}, "metrics": {name:

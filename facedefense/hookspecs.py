@@ -36,7 +36,7 @@ class RegisterFn(Protocol):
 
 @hookspec
 def register_defenders(register: RegisterFn) -> None:
-    """Register :class:`~facedefense.Defender` subclasses (``rid``, ``photoguard``, ...).
+    """Register [`Defender`][facedefense.interfaces.defender.Defender] subclasses (``rid``, ``photoguard``).
 
     :param register: call ``register(name, target, summary=..., aliases=...)`` once per defender.
     """
@@ -44,7 +44,7 @@ def register_defenders(register: RegisterFn) -> None:
 
 @hookspec
 def register_purifiers(register: RegisterFn) -> None:
-    """Register :class:`~facedefense.Purifier` subclasses (``jpeg``, ``diffpure``, ...).
+    """Register [`Purifier`][facedefense.interfaces.purifier.Purifier] subclasses (``jpeg``, ``diffpure``).
 
     :param register: call ``register(name, target, summary=..., aliases=...)`` once per purifier.
     """
@@ -52,7 +52,8 @@ def register_purifiers(register: RegisterFn) -> None:
 
 @hookspec
 def register_personalizers(register: RegisterFn) -> None:
-    """Register :class:`~facedefense.Personalizer` subclasses (``dreambooth``, ``lora_ti``, ...).
+    """Register [`Personalizer`][facedefense.interfaces.personalizer.Personalizer] subclasses (``dreambooth``,
+    ``lora_ti``).
 
     :param register: call ``register(name, target, summary=..., aliases=...)`` once per personalizer.
     """
@@ -60,7 +61,7 @@ def register_personalizers(register: RegisterFn) -> None:
 
 @hookspec
 def register_editors(register: RegisterFn) -> None:
-    """Register :class:`~facedefense.Editor` subclasses (``instruct_pix2pix``, ``sdedit``, ...).
+    """Register [`Editor`][facedefense.interfaces.editor.Editor] subclasses (``instruct_pix2pix``, ``sdedit``).
 
     :param register: call ``register(name, target, summary=..., aliases=...)`` once per editor.
     """
@@ -68,7 +69,7 @@ def register_editors(register: RegisterFn) -> None:
 
 @hookspec
 def register_metrics(register: RegisterFn) -> None:
-    """Register :class:`~facedefense.Metric` subclasses (``psnr``, ``ssim``, ``ism``, ...).
+    """Register [`Metric`][facedefense.interfaces.metric.Metric] subclasses (``psnr``, ``ssim``, ``ism``).
 
     :param register: call ``register(name, target, summary=..., aliases=...)`` once per metric.
     """
@@ -81,7 +82,7 @@ def register_models(register: RegisterFn) -> None:
     ``target`` is a factory, ``"package.module:build"``, called as
     ``build(*, path: str | None, device: torch.device, dtype: torch.dtype, **options) -> torch.nn.Module``
     (``path``: weights file or folder, None for the factory's default). Use the models through
-    :func:`facedefense.models.shared_model`, which builds each once per process.
+    [`facedefense.models.shared_model`][facedefense.models.shared_model], which builds each once per process.
 
     :param register: call ``register(name, target, summary=...)`` once per model.
     """

@@ -1,8 +1,8 @@
 """Image-batch contract and the geometric helpers methods share.
 
 An image batch is a float32 tensor of shape (N, 3, H, W), RGB, values in [0, 1]. The [-1, 1] range
-that VAEs and most reference code use appears only through :func:`to_vae_range` and
-:func:`from_vae_range`.
+that VAEs and most reference code use appears only through [`to_vae_range`][facedefense.imaging.to_vae_range]
+and [`from_vae_range`][facedefense.imaging.from_vae_range].
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
 
 
-#: Largest long-to-short side ratio :func:`working_size` scales up (the file reader refuses more).
+#: Largest long-to-short side ratio [`working_size`][facedefense.imaging.working_size] scales up (the file
+#: reader refuses more).
 MAX_WORKING_ASPECT = 16
 
 
@@ -70,7 +71,7 @@ def working_size(height: int, width: int, resolution: int | None, multiple: int 
     """The size a model sees: the short side scaled to ``resolution`` (aspect kept), rounded to
     ``multiple``. ``None`` keeps the image size (rounded to ``multiple``).
 
-    Example:
+    Examples:
         >>> working_size(600, 400, 512)
         (768, 512)
     """

@@ -4,7 +4,7 @@ Reading applies the EXIF orientation, converts every mode (grayscale, palette, C
 or without alpha) to RGB float32 in [0, 1] and keeps the alpha channel and ICC profile aside so the
 output can carry them again. Writing is lossless PNG, atomic (a temporary file renamed into place:
 never a half-written image), with the permissions the umask gives a new file, and never onto an
-input. Every operating-system error becomes an :class:`~facedefense.errors.OutputError` whose
+input. Every operating-system error becomes an [`OutputError`][facedefense.errors.OutputError] whose
 one-line message names the file.
 """
 
@@ -42,7 +42,7 @@ MAX_ASPECT_RATIO = 16
 
 
 def max_pixels() -> int:
-    """The decompression-bomb limit in pixels: ``FACEDEFENSE_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`.
+    """The decompression-bomb limit in pixels: ``FACEDEFENSE_MAX_PIXELS`` if set, else ``MAX_PIXELS``.
 
     Raises:
         ConfigError: the environment variable is not a positive integer.
@@ -240,7 +240,7 @@ class atomic_path:
     the temporary file is removed (``path`` keeps its earlier content, if any), and an operating
     system error becomes an `OutputError` naming ``path``.
 
-    Example:
+    Examples:
         >>> with atomic_path(Path("out/weights.safetensors")) as temporary:  # doctest: +SKIP
         ...     save_file(state, str(temporary))
     """

@@ -2,15 +2,15 @@
 
 Three pieces, each usable alone:
 
-- :class:`LinfPGD`: L-infinity projected sign-gradient ascent or descent on a per-image objective,
-  with random start, constant or decaying steps, momentum (MI-FGSM), expectation over
+- [`LinfPGD`][facedefense.optim.LinfPGD]: L-infinity projected sign-gradient ascent or descent on a per-image
+  objective, with random start, constant or decaying steps, momentum (MI-FGSM), expectation over
   transformations, a progress bar that shows the objective, and a state that can be saved and
-  resumed. :func:`linf_pgd` is its one-call form.
-- :class:`EOT`: expectation over transformations through registered purifiers'
+  resumed. [`linf_pgd`][facedefense.optim.linf_pgd] is its one-call form.
+- [`EOT`][facedefense.optim.EOT]: expectation over transformations through registered purifiers'
   ``purify_differentiable`` (``EOT.from_names("jpeg,blur")``; ``none`` is the identity).
-- :class:`RunCheckpoint`: atomic save/restore of a long run's state (rounds of an outer loop) in a
-  work folder, keyed by what defines the run, so ``--resume`` continues it bit for bit and refuses
-  a folder made by another method or budget.
+- [`RunCheckpoint`][facedefense.optim.RunCheckpoint]: atomic save/restore of a long run's state (rounds of an
+  outer loop) in a work folder, keyed by what defines the run, so ``--resume`` continues it bit for bit and
+  refuses a folder made by another method or budget.
 
 All randomness comes from the ``torch.Generator`` passed in; resuming restores its state too.
 """
@@ -54,7 +54,7 @@ def step_size_at(step_size: float, step: int, total: int, schedule: Schedule = "
 def step_sizes(step_size: float, steps: int, schedule: Schedule = "constant") -> list[float]:
     """Per-step sizes: constant, or a linear (PhotoGuard's) or cosine decay to ``step_size / 100``.
 
-    Example:
+    Examples:
         ``step_sizes(1.0, 3, "linear")`` gives ``[1.0, 0.67, 0.34]``.
     """
     return [step_size_at(step_size, i, steps, schedule) for i in range(steps)]
@@ -76,7 +76,7 @@ class EOT:
             the same shape.
         samples: draws per optimization step (the objective is averaged over them).
 
-    Example:
+    Examples:
         >>> eot = EOT.from_names("none,jpeg", device="cpu", samples=2)
         >>> pgd = LinfPGD(eps=8 / 255, step_size=1 / 255, eot=eot)
     """
@@ -160,7 +160,7 @@ class PGDState:
     objective: Tensor | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors on the CPU, for :class:`RunCheckpoint`."""
+        """Tensors on the CPU, for [`RunCheckpoint`][facedefense.optim.RunCheckpoint]."""
         return {
             "adversarial": self.adversarial.detach().cpu(),
             "step": self.step,
@@ -189,15 +189,16 @@ class LinfPGD:
         minimize: descend the objective (targeted attacks); ascend it otherwise.
         schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay to ``step_size / 100`` over
             ``total_steps``.
-        total_steps: length of the schedule (the sum of all :meth:`run` calls of one optimization,
-            e.g. rounds x steps per round); default: the ``steps`` of each call.
+        total_steps: length of the schedule (the sum of all [`run`][facedefense.optim.LinfPGD.run] calls of
+            one optimization, e.g. rounds x steps per round); default: the ``steps`` of each call.
         momentum: MI-FGSM decay ``mu`` (0 = plain sign steps).
-        random_start: :meth:`start` draws a uniform point of the eps-ball.
-        eot: expectation over transformations (:class:`EOT`), or None.
+        random_start: [`start`][facedefense.optim.LinfPGD.start] draws a uniform point of the eps-ball.
+        eot: expectation over transformations ([`EOT`][facedefense.optim.EOT]), or None.
         description: label of the progress bar.
-        progress: show a progress bar (None: the library's setting, :mod:`facedefense.progress`).
+        progress: show a progress bar (None: the library's setting,
+            [`facedefense.progress`][facedefense.progress]).
 
-    Example:
+    Examples:
         >>> pgd = LinfPGD(eps=8 / 255, step_size=1 / 255, random_start=True)
         >>> state = pgd.start(images, generator)
         >>> state = pgd.run(images, lambda x: loss_per_image(x), state, steps=50, generator=generator)
@@ -293,7 +294,7 @@ class LinfPGD:
         bar: Any = None,
         on_step: Callable[[PGDState], None] | None = None,
     ) -> PGDState:
-        """Take ``steps`` steps from ``state`` (default :meth:`start`).
+        """Take ``steps`` steps from ``state`` (default [`start`][facedefense.optim.LinfPGD.start]).
 
         Args:
             images: the originals, (N, 3, H, W) in [0, 1]; not modified.
@@ -357,16 +358,16 @@ def linf_pgd(
         schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay to ``step_size / 100``.
         random_start: start from a uniform point of the eps-ball.
         momentum: MI-FGSM momentum (0 = none).
-        eot: expectation over transformations (:class:`EOT`).
+        eot: expectation over transformations ([`EOT`][facedefense.optim.EOT]).
         generator: randomness of the start and EOT draws.
         checkpoint: save the state every ``checkpoint_every`` steps and continue from a saved one.
         description: label of the progress bar.
-        progress: show the bar (None: the library's setting, :mod:`facedefense.progress`).
+        progress: show the bar (None: the library's setting, [`facedefense.progress`][facedefense.progress]).
 
     Returns:
         The adversarial images, the objective at the first step and after the last step (each (N,)).
 
-    Example:
+    Examples:
         >>> adversarial, start, end = linf_pgd(x, loss, eps=8 / 255, steps=50, step_size=1 / 255, minimize=False)
     """
     import torch
@@ -406,7 +407,7 @@ def generator_state(generator: torch.Generator | None) -> Tensor | None:
 
 
 def restore_generator(generator: torch.Generator | None, state: Tensor | None) -> None:
-    """Put a generator back where :func:`generator_state` found it."""
+    """Put a generator back where [`generator_state`][facedefense.optim.generator_state] found it."""
     if generator is not None and state is not None:
         generator.set_state(state)
 
@@ -415,9 +416,9 @@ class RunCheckpoint:
     """Atomic save/restore of a long run's state in a work folder.
 
     ``key`` names what defines the run (method, budget, steps, seed, inputs, ...): JSON-able values.
-    :meth:`load` returns the last saved state, or None when there is none; a state saved under
-    another key raises :class:`~facedefense.errors.ResumeError` naming the first difference (a
-    folder from another method or budget is never silently continued). :meth:`save` writes to a
+    ``load`` returns the last saved state, or None when there is none; a state saved under
+    another key raises [`ResumeError`][facedefense.errors.ResumeError] naming the first difference (a
+    folder from another method or budget is never silently continued). ``save`` writes to a
     temporary file then renames it, so an interrupted save leaves the previous state intact.
 
     Args:
@@ -425,7 +426,7 @@ class RunCheckpoint:
         key: what must match to resume.
         name: file name inside ``workdir``.
 
-    Example:
+    Examples:
         >>> ckpt = RunCheckpoint(workdir, {"method": "aspl", "eps": 0.025, "rounds": 50})
         >>> saved = ckpt.load()                     # None on a fresh run
         >>> for round in range(saved["round"] if saved else 0, 50):

@@ -1,7 +1,8 @@
 """Claiming outputs: the one mechanism every command that writes goes through (DESIGN section 3).
 
-Before it writes anything, a command claims its output: :meth:`OutputFolder.claim` for a folder
-(``protect``, ``purify``, ``attack``, ``train``, ``benchmark``), :func:`claim_file` for a single file
+Before it writes anything, a command claims its output:
+[`OutputFolder.claim`][facedefense.outputs.OutputFolder.claim] for a folder (``protect``, ``purify``,
+``attack``, ``train``, ``benchmark``), [`claim_file`][facedefense.outputs.claim_file] for a single file
 (``evaluate --json``, ``pairs``, ``export``). The rules:
 
 1. An output that is an input, lies inside an input folder, or holds an input is refused.
@@ -15,11 +16,11 @@ Before it writes anything, a command claims its output: :meth:`OutputFolder.clai
 5. A claimed folder is locked (``.facedefense.lock``, an advisory ``flock``) while the run works: a
    second run into it is refused instead of interleaving its files with the first's.
 
-Writes go through :mod:`facedefense.io`'s atomic helpers (temporary file, then rename; the umask's
-permissions), and a folder's manifest records ``status`` (``running``, ``completed``,
+Writes go through [`facedefense.io`][facedefense.io]'s atomic helpers (temporary file, then rename; the
+umask's permissions), and a folder's manifest records ``status`` (``running``, ``completed``,
 ``interrupted``, ``failed``), so whatever a failure or a signal leaves is marked as such.
 
-Example:
+Examples:
     >>> with OutputFolder.claim("out", "attack", inputs=[Path("photos")]) as folder:  # doctest: +SKIP
     ...     write_json({"command": "attack", "files": ["a.png"]}, folder.path / MANIFEST_NAME)
 """
@@ -139,7 +140,8 @@ def _names(paths: Sequence[Path], root: Path) -> str:
 @dataclass
 class OutputFolder:
     """A command run's claim on its output folder (see the module's rules). Use it as a context
-    manager, or call :meth:`release` when the run ends (the lock is also freed when the process exits).
+    manager, or call [`release`][facedefense.outputs.OutputFolder.release] when the run ends (the lock is also
+    freed when the process exits).
 
     Attributes:
         path: the folder (created by the claim unless ``dry_run``).
@@ -301,7 +303,8 @@ def claim_file(
         command: the writing command, for messages.
         inputs: files and folders the command reads.
         written_by: proves that an existing ``path`` is this command's earlier output (e.g.
-            :func:`json_written_by`); without it an existing file is never replaced.
+            [`json_written_by`][facedefense.outputs.json_written_by]); without it an existing file is never
+            replaced.
         kind: how messages name ``path`` (``"--json file"``, ...).
 
     Raises:

@@ -24,7 +24,7 @@ def stem_matcher(pattern: str = "{stem}"):
         pattern: the generated stem written with ``{stem}`` for the reference's stem, e.g.
             ``"noisy_{stem}"``, ``"{stem}_protected"``, ``"{stem}"`` (same names, the default).
 
-    Example:
+    Examples:
         >>> stem_matcher("noisy_{stem}")("noisy_0051_01")
         '0051_01'
     """

@@ -56,7 +56,8 @@ def make_plugin_manager(*, autoload: bool = True) -> tuple[pluggy.PluginManager,
             ``False`` gives an empty manager, for tests that register plugins by hand.
 
     Returns:
-        The manager and one :class:`PluginInfo` per entry point seen, failed ones included.
+        The manager and one [`PluginInfo`][facedefense.plugins.PluginInfo] per entry point seen, failed ones
+        included.
     """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)

@@ -1,12 +1,12 @@
 """Progress bars, one switch for the whole library.
 
 Long work (optimization steps, files) shows a tqdm bar on stderr. From Python the bars are on by
-default, on a terminal or not; switch them off with :func:`set_progress` (``set_progress(False)``),
-for a block with :func:`progress_enabled_as`, or with the environment variable
-``FACEDEFENSE_PROGRESS=0``. The CLI shows them when stderr is a terminal, and always with
-``--progress`` (``--no-progress`` hides them).
+default, on a terminal or not; switch them off with [`set_progress`][facedefense.progress.set_progress]
+(``set_progress(False)``), for a block with [`progress_enabled_as`][facedefense.progress.progress_enabled_as],
+or with the environment variable ``FACEDEFENSE_PROGRESS=0``. The CLI shows them when stderr is a terminal, and
+always with ``--progress`` (``--no-progress`` hides them).
 
-Example:
+Examples:
     >>> from facedefense.progress import bar, set_progress
     >>> set_progress(False)
     >>> for step in bar(range(3), desc="PGD"):
@@ -52,7 +52,8 @@ def progress_enabled_as(enabled: bool | None) -> Iterator[None]:
 
 def bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "", unit: str = "step",
         leave: bool = False, **kwargs: Any) -> Any:
-    """A tqdm bar on stderr, shown when :func:`progress_enabled` (on a terminal or not)."""
+    """A tqdm bar on stderr, shown when [`progress_enabled`][facedefense.progress.progress_enabled] (on a
+    terminal or not)."""
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=not progress_enabled(),

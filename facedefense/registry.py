@@ -1,11 +1,11 @@
 """The registry: which plugin supplies which defender, purifier, attack and metric.
 
-Methods are registered by name through the ``register_*`` hooks (see :mod:`facedefense.hookspecs`),
-called through pluggy's hook callers one plugin at a time (so tracing shows every call and one
-plugin's failure is isolated); shared networks register the same way through ``register_models``.
-A target is kept as a ``"module:Class"`` string until first use, so listing imports no torch-heavy
-module. Building the registry never raises because of one plugin: import failures, bad names and
-name clashes are recorded and reported; using a clashing name raises an error naming both plugins.
+Methods are registered by name through the ``register_*`` hooks (see
+[`facedefense.hookspecs`][facedefense.hookspecs]), called through pluggy's hook callers one plugin at a time
+(so tracing shows every call and one plugin's failure is isolated); shared networks register the same way
+through ``register_models``. A target is kept as a ``"module:Class"`` string until first use, so listing
+imports no torch-heavy module. Building the registry never raises because of one plugin: import failures, bad
+names and name clashes are recorded and reported; using a clashing name raises an error naming both plugins.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ BASES: dict[str, tuple[str, str]] = {
     "editor": ("facedefense.interfaces.editor", "Editor"),
     "metric": ("facedefense.interfaces.metric", "Metric"),
 }
-#: Kinds whose targets are methods built with :meth:`Registry.create` (models are factories).
+#: Kinds whose targets are methods built with [`Registry.create`][facedefense.registry.Registry.create]
+#: (models are factories).
 METHOD_KINDS = tuple(kind for kind in KINDS if kind in BASES)
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -109,7 +110,7 @@ class MethodSpec:
 class Registry:
     """All registered methods, by kind and name.
 
-    Build it with :func:`get_registry` (cached, entry points loaded) or
+    Build it with [`get_registry`][facedefense.registry.get_registry] (cached, entry points loaded) or
     ``Registry.from_plugin_manager(pm)`` in tests.
     """
 

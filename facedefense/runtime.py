@@ -16,7 +16,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then MPS, then CPU; anything else is checked and returned.
 
-    Example:
+    Examples:
         >>> resolve_device("cpu")
         device(type='cpu')
     """

@@ -3,7 +3,7 @@
 On a CPU-only torch, the only torchvision wheels on PyPI are CUDA builds whose ``_C`` extension
 fails to load; ``import torchvision`` then raises ``operator torchvision::nms does not exist``
 (pytorch/vision#9085), and ``transformers`` (hence diffusers pipelines), lpips, open_clip and
-facexlib fail with it. :func:`ensure_torchvision_importable` defines the ``nms`` operator schema
+facexlib fail with it. ``ensure_torchvision_importable`` defines the ``nms`` operator schema
 with a pure-torch CPU kernel when, and only when, the real extension does not load. It does nothing
 on a working install (e.g. CUDA torch on a GPU machine).
 """

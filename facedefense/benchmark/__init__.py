@@ -1,8 +1,9 @@
 """``facedefense benchmark``: protect -> purify -> attack -> evaluate over a grid, cached and resumable.
 
-See ``docs/benchmark.md``. The config (:func:`load_config`) names identities, defenders, purifier
-chains, attacks, metrics, seeds and a protocol profile; :func:`run_benchmark` plans the grid as a
-graph of cached stages and runs what is missing, in-process or on Ray.
+See ``docs/benchmark.md``. The config ([`load_config`][facedefense.benchmark.config.load_config]) names
+identities, defenders, purifier chains, attacks, metrics, seeds and a protocol profile;
+[`run_benchmark`][facedefense.benchmark.runner.run_benchmark] plans the grid as a graph of cached stages and
+runs what is missing, in-process or on Ray.
 """
 
 from facedefense.benchmark.config import BenchmarkConfig, load_config

@@ -30,7 +30,7 @@ class Stage:
     """One unit of work whose output is cached under ``cache/<kind>/<key>/``.
 
     Attributes:
-        kind: one of :data:`KINDS`.
+        kind: one of ``KINDS``.
         key: 20-hex cache key.
         label: human-readable description (progress bar, failures).
         deps: keys of the stages whose outputs it reads.

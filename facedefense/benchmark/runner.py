@@ -61,7 +61,7 @@ def run_benchmark(
         ConfigError: ``file:line: message``: the first problem of the config.
         OutputError: the output or cache folder is refused, or another run holds it.
 
-    Example:
+    Examples:
         >>> summary = run_benchmark("benchmarks/configs/tiny.yaml", "out/tiny")
         >>> print(open("out/tiny/report.md").read())
     """

@@ -1,7 +1,7 @@
 """Helpers shared by the CLI commands: one-line errors, early checks and option plumbing.
 
 Every error a user can fix is ONE line on stderr, ``error: ...``, and exit status 2: the errors of
-the library (:class:`~facedefense.errors.FaceDefenseError`), the argument parser's (a missing
+the library ([`FaceDefenseError`][facedefense.errors.FaceDefenseError]), the argument parser's (a missing
 option, ``--batch-size 0``, ``--steps abc``: no usage box), and the operating system's (a full disk,
 a permission: the message names the file). 1 means some inputs could not be processed, 130 an
 interruption. Anything else is a bug and keeps its traceback.
@@ -53,8 +53,8 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def friendly_errors(command: F) -> F:
-    """Turn an error the user can fix (a :class:`FaceDefenseError`, an ``OSError``, running out of
-    memory) into one line; exit status 2 (1 for memory), 130 for Ctrl-C."""
+    """Turn an error the user can fix (a [`FaceDefenseError`][facedefense.errors.FaceDefenseError], an
+    ``OSError``, running out of memory) into one line; exit status 2 (1 for memory), 130 for Ctrl-C."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -151,7 +151,7 @@ def chain_options(names: list[str], pairs: list[str] | None, **named: Any) -> li
     the chain has, or a target not in the chain, is an error; so is a named option (``--model``)
     given again as ``-o``.
 
-    Example:
+    Examples:
         >>> chain_options(["jpeg", "diffpure"], ["jpeg.quality=70", "seed=3"], model="m")
         [{'seed': '3', 'quality': '70'}, {'seed': '3', 'model': 'm'}]
     """

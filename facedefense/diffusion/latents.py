@@ -16,7 +16,7 @@ def latent_mean(vae: Any, images: Tensor) -> Tensor:
 
     Differentiable; images are cast to the VAE's dtype. PhotoGuard's encoder attack works here.
 
-    Example:
+    Examples:
         >>> latent_mean(parts.vae, torch.rand(1, 3, 512, 512)).shape
         torch.Size([1, 4, 64, 64])
     """
@@ -37,7 +37,7 @@ def encode_latents(
     Returns:
         (N, 4, H/f, W/f) in the VAE's dtype (f = 8 for Stable Diffusion); differentiable.
 
-    Example:
+    Examples:
         >>> encode_latents(parts.vae, torch.rand(2, 3, 512, 512)).shape
         torch.Size([2, 4, 64, 64])
     """
@@ -47,7 +47,7 @@ def encode_latents(
 
 
 def decode_latents(vae: Any, latents: Tensor) -> Tensor:
-    """Inverse of :func:`encode_latents`: scaled latents (N, 4, h, w) -> float32 images
-    (N, 3, f*h, f*w) in [0, 1] (clamped). Differentiable inside the range."""
+    """Inverse of [`encode_latents`][facedefense.diffusion.latents.encode_latents]: scaled latents (N, 4, h,
+    w) -> float32 images (N, 3, f*h, f*w) in [0, 1] (clamped). Differentiable inside the range."""
     decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
     return from_vae_range(decoded.float()).clamp(0.0, 1.0)

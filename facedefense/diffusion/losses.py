@@ -35,7 +35,7 @@ def sample_timesteps(
         low: the sub-range's first timestep, e.g. Mist/SDS-style attacks restricted to t in [low, high).
         high: one past the sub-range's last timestep (default T).
 
-    Example:
+    Examples:
         >>> sample_timesteps(parts.scheduler, 4, generator=torch.Generator().manual_seed(0))
         tensor([ 44, 239, 933, 760])
     """
@@ -79,7 +79,7 @@ def denoising_loss(
     Returns:
         (N,) per-image losses, or a scalar for ``reduction="mean"``.
 
-    Example:
+    Examples:
         >>> z = encode_latents(parts.vae, images)                      # (N, 4, H/8, W/8)
         >>> c = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)("a photo of sks person")
         >>> loss = denoising_loss(parts.unet, parts.scheduler, z, c, generator=torch.Generator().manual_seed(0))

@@ -25,7 +25,7 @@ class TextEmbeddingCache:
     Attributes:
         encoder_calls: how many times the encoder ran (one per distinct prompt).
 
-    Example:
+    Examples:
         >>> cache = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)
         >>> cache(["a photo of sks person"] * 4).shape   # (4, 77, 768) for SD 1.x
         >>> cache.uncond.shape                           # (1, 77, 768): the empty prompt

@@ -21,7 +21,8 @@ class Method:
     A subclass declares a nested ``Config`` dataclass (deriving from its kind's config) and
     overrides its kind's single hook (``_perturb``, ``_purify``, ``_compute``, ...). Build one with
     keyword options (``PhotoGuard(eps=8/255, steps=50)``), a config object, or both (options override
-    the config); :func:`facedefense.create` builds one by registry name and records its plugin.
+    the config); [`facedefense.create`][facedefense.create] builds one by registry name and records its
+    plugin.
 
     Attributes:
         name: registry name, set by the subclass.

@@ -36,7 +36,7 @@ class DefenderConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class ProtectionResult:
-    """What :meth:`Defender.protect` returns for a batch.
+    """What [`Defender.protect`][facedefense.interfaces.defender.Defender.protect] returns for a batch.
 
     Attributes:
         images: protected batch, (N, 3, H, W) float32 in [0, 1], already on the uint8 grid, so that
@@ -57,7 +57,7 @@ class ProtectionResult:
 
 @dataclass(frozen=True)
 class IdentityProtection:
-    """What :meth:`Defender.protect_identity` returns.
+    """What [`Defender.protect_identity`][facedefense.interfaces.defender.Defender.protect_identity] returns.
 
     Attributes:
         images: protected photos, each (3, H, W) float32 on the uint8 grid, in the identity's order.
@@ -88,14 +88,16 @@ class Perturbation:
 class Defender(Method, abc.ABC):
     """Base class of all protections.
 
-    :meth:`protect` (a batch) and :meth:`protect_identity` (one person's photos of any sizes, with
-    references) are template methods: they check and copy the inputs (never modified), call the
-    subclass hook, project onto the eps-ball and [0, 1], snap to the uint8 grid inside the budget
+    [`protect`][facedefense.interfaces.defender.Defender.protect] (a batch) and
+    [`protect_identity`][facedefense.interfaces.defender.Defender.protect_identity] (one person's photos of
+    any sizes, with references) are template methods: they check and copy the inputs (never modified), call
+    the subclass hook, project onto the eps-ball and [0, 1], snap to the uint8 grid inside the budget
     and verify the budget, image by image. A subclass writes one hook, according to its scope:
 
-    - ``scope = "image"``: :meth:`_perturb` sees a same-size batch; images are independent.
-    - ``scope = "identity"``: :meth:`_perturb_identity` sees an :class:`IdentitySet` (the photos, the
-      clean references, the prompts) and may leave by-products in ``workdir``.
+    - ``scope = "image"``: ``_perturb`` sees a same-size batch; images are independent.
+    - ``scope = "identity"``: ``_perturb_identity`` sees an
+      [`IdentitySet`][facedefense.interfaces.identity.IdentitySet] (the photos, the clean references, the
+      prompts) and may leave by-products in ``workdir``.
 
     Attributes:
         kind: ``"iterative"`` (per-image optimization) or ``"amortized"`` (a trained network).
@@ -118,7 +120,8 @@ class Defender(Method, abc.ABC):
                 calls with the same seed give the same result.
 
         Returns:
-            A :class:`ProtectionResult` whose images respect ``config.eps`` after 8-bit quantization.
+            A [`ProtectionResult`][facedefense.interfaces.defender.ProtectionResult] whose images respect
+            ``config.eps`` after 8-bit quantization.
         """
         import torch
 
@@ -147,11 +150,13 @@ class Defender(Method, abc.ABC):
             identity: the photos, names, references and prompts.
             generator: source of randomness (default: seeded with ``config.seed``).
             workdir: a private folder for by-products and resumable state (identity scope).
-            batch_size: image scope only: at most this many same-size photos per :meth:`protect`
-                call (default: all of a size at once).
+            batch_size: image scope only: at most this many same-size photos per
+                [`protect`][facedefense.interfaces.defender.Defender.protect] call (default: all of a size at
+                once).
 
         Returns:
-            An :class:`IdentityProtection` in the identity's order, each image within the budget.
+            An [`IdentityProtection`][facedefense.interfaces.defender.IdentityProtection] in the identity's
+            order, each image within the budget.
         """
         originals = [image.detach().clone() for image in identity.images]
         generator = self.make_generator(generator)
@@ -212,7 +217,8 @@ class Defender(Method, abc.ABC):
         self, identity: IdentitySet, generator: torch.Generator, workdir: Path | None
     ) -> list[Tensor] | Perturbation:
         """Identity scope: return one adversarial (3, H, W) image per photo of ``identity``
-        (private copies on ``self.device``), or a :class:`Perturbation` with stats and by-products."""
+        (private copies on ``self.device``), or a
+        [`Perturbation`][facedefense.interfaces.defender.Perturbation] with stats and by-products."""
         raise NotImplementedError(f"{type(self).__name__} (scope 'identity') must implement _perturb_identity")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -245,7 +251,7 @@ class AmortizedDefender(Defender):
 
     Subclasses load their network once (in ``__init__``), keep the trainable module as
     ``self.network`` and the fastest inference path as ``self.engine`` (they may be the same
-    object), and implement :meth:`_perturb` as a batched forward pass.
+    object), and implement ``_perturb`` as a batched forward pass.
     """
 
     kind: ClassVar[str] = "amortized"

@@ -23,12 +23,13 @@ class IdentitySet:
         images: the photos to protect, each (3, H, W) float32 in [0, 1]; sizes may differ.
         names: one label per photo (its file name in the CLI).
         references: clean photos of the same person (any sizes and count) that a surrogate may learn
-            from; empty when none were given, and then :attr:`clean` is the photos themselves.
+            from; empty when none were given, and then
+            [`clean`][facedefense.interfaces.identity.IdentitySet.clean] is the photos themselves.
         name: the identity's name (its folder name in the CLI).
         instance_prompt: the prompt an attacker binds the identity to.
         class_prompt: the prompt of the class (prior preservation).
 
-    Example:
+    Examples:
         >>> identity = IdentitySet.from_images(set_b_batch, references=set_a_list, name="n000050")
         >>> result = aspl.protect_identity(identity)
     """

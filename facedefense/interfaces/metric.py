@@ -76,13 +76,15 @@ class MetricResult:
 
 
 class Metric(Method, abc.ABC):
-    """Base class of metrics: :meth:`compute` checks inputs and calls :meth:`_compute`.
+    """Base class of metrics: [`compute`][facedefense.interfaces.metric.Metric.compute] checks inputs and
+    calls ``_compute``.
 
     Attributes:
         pairing: what ``references`` are: ``"none"`` (not used), ``"paired"`` (reference i is the
             original of image i, same size) or ``"set"`` (clean photos of any sizes and count, e.g.
             the identity that ISM compares with, the distribution FID compares with).
-        needs_prompt: whether :meth:`compute` needs ``prompts`` (CLIP-S).
+        needs_prompt: whether [`compute`][facedefense.interfaces.metric.Metric.compute] needs ``prompts``
+            (CLIP-S).
         per_image: False for set-level metrics (FID), which give one value only.
         higher_is_better: direction of better quality / similarity.
         protected_if: which direction means the protection worked; default the opposite of
@@ -100,7 +102,8 @@ class Metric(Method, abc.ABC):
 
     @property
     def needs_reference(self) -> bool:
-        """Whether :meth:`compute` requires ``references`` (paired and set metrics)."""
+        """Whether [`compute`][facedefense.interfaces.metric.Metric.compute] requires ``references`` (paired
+        and set metrics)."""
         return self.pairing != "none"
 
     @classmethod
@@ -200,17 +203,19 @@ class Metric(Method, abc.ABC):
         """Score the images.
 
         Args:
-            images: (3, H, W) float32 images in [0, 1] (CPU; batch them with :meth:`batches`).
-            references: per :attr:`pairing`: None, one per image (same sizes), or a set.
-            prompts: one per image when :attr:`needs_prompt`, else None.
+            images: (3, H, W) float32 images in [0, 1] (CPU; batch them with
+                [`batches`][facedefense.interfaces.metric.Metric.batches]).
+            references: per ``pairing``: None, one per image (same sizes), or a set.
+            prompts: one per image when ``needs_prompt``, else None.
 
         Returns:
-            Per-image values (NaN where undefined), a float (set-level), or :class:`MetricScores`.
+            Per-image values (NaN where undefined), a float (set-level), or
+            [`MetricScores`][facedefense.interfaces.metric.MetricScores].
         """
 
 
 class PairedMetric(Metric):
-    """A paired metric computed batch by batch: implement :meth:`_pairs` on same-size batches."""
+    """A paired metric computed batch by batch: implement ``_pairs`` on same-size batches."""
 
     pairing: ClassVar[Literal["none", "paired", "set"]] = "paired"
 

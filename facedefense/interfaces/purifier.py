@@ -23,13 +23,14 @@ class PurifierConfig(MethodConfig):
 class Purifier(Method, abc.ABC):
     """Base class of purifiers.
 
-    :meth:`purify` checks the batch, never modifies it, calls :meth:`_purify` and returns images of
-    the same shape in [0, 1] (a purifier may work at another size inside, e.g. x4 upscaling, but
-    returns the input's). It runs without autograd unless the purifier sets ``needs_grad = True``
-    (IMPRESS optimizes the image). :meth:`purify_differentiable` is what a defender optimizes through
-    (expectation over transformations): by default the straight-through estimator (BPDA: forward is
-    the real purifier, backward is the identity); a purifier with a differentiable approximation sets
-    ``differentiable = True`` and overrides it.
+    [`purify`][facedefense.interfaces.purifier.Purifier.purify] checks the batch, never modifies it, calls
+    ``_purify`` and returns images of the same shape in [0, 1] (a purifier may work at another size inside,
+    e.g. x4 upscaling, but returns the input's). It runs without autograd unless the purifier sets
+    ``needs_grad = True`` (IMPRESS optimizes the image).
+    [`purify_differentiable`][facedefense.interfaces.purifier.Purifier.purify_differentiable] is what a
+    defender optimizes through (expectation over transformations): by default the straight-through estimator
+    (BPDA: forward is the real purifier, backward is the identity); a purifier with a differentiable
+    approximation sets ``differentiable = True`` and overrides it.
     """
 
     Config: ClassVar[type[PurifierConfig]] = PurifierConfig

@@ -1,7 +1,10 @@
 """Testing kit shipped with facedefense so plugin authors reuse it.
 
-- :mod:`facedefense.testing.tiny_models`: tiny random-weight diffusers models built offline and
-  saved with ``save_pretrained`` (so they load through the same ``from_pretrained`` path as real ones).
-- :mod:`facedefense.testing.fixtures`: pytest fixtures (``pytest_plugins = ["facedefense.testing.fixtures"]``).
-- :mod:`facedefense.testing.contracts`: contract-test mixins every method's tests subclass.
+- [`facedefense.testing.tiny_models`][facedefense.testing.tiny_models]: tiny random-weight diffusers models
+  built offline and saved with ``save_pretrained`` (so they load through the same ``from_pretrained`` path as
+  real ones).
+- [`facedefense.testing.fixtures`][facedefense.testing.fixtures]: pytest fixtures
+  (``pytest_plugins = ["facedefense.testing.fixtures"]``).
+- [`facedefense.testing.contracts`][facedefense.testing.contracts]: contract-test mixins every method's tests
+  subclass.
 """

@@ -2,9 +2,10 @@
 
 ``python -m facedefense.testing.benchmark_inputs benchmarks/configs/tiny-inputs`` writes
 
-* ``tiny-sd/``: :func:`facedefense.testing.tiny_models.build_tiny_sd` (64 px);
-* ``faces/id0``, ``faces/id1``, ...: ``set_A``, ``set_B``, ``set_C`` of sample portraits
-  (:func:`~facedefense.testing.tiny_models.sample_faces`, crops of one public-domain photo, so the
+* ``tiny-sd/``:
+[`facedefense.testing.tiny_models.build_tiny_sd`][facedefense.testing.tiny_models.build_tiny_sd] (64 px); *
+``faces/id0``, ``faces/id1``, ...: ``set_A``, ``set_B``, ``set_C`` of sample portraits
+  ([`sample_faces`][facedefense.testing.tiny_models.sample_faces], crops of one public-domain photo, so the
   "identities" are the same person: the tiny benchmark checks the machinery, not the numbers);
 * ``precomputed/<identity>/``: set_B with seeded uniform noise at 8/255, standing in for
   protections made by another tool (the ``precomputed:`` defender).

@@ -11,7 +11,8 @@ Subclass the mixin in a test module, name the class ``Test...`` and implement ``
         def objective(self, method, images, generator):
             return per-image objective values (lower is better unless objective_higher_is_better)
 
-The fixtures come from :mod:`facedefense.testing.fixtures` (``pytest_plugins = [...]`` in a conftest).
+The fixtures come from [`facedefense.testing.fixtures`][facedefense.testing.fixtures] (``pytest_plugins =
+[...]`` in a conftest).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _images(count: int, height: int, width: int, seed: int = 0) -> Tensor:
 
 
 class MethodContract:
-    """Shared plumbing: a class-scoped ``method`` fixture built by :meth:`make_method`.
+    """Shared plumbing: a class-scoped ``method`` fixture built by ``make_method``.
 
     The class-scoped fixtures are classmethods (pytest 10 removes class-scoped fixtures defined as
     instance methods): ``method`` calls ``make_method`` on a fresh instance of the test class, so a
@@ -114,11 +115,12 @@ class MethodContract:
 
 
 class DefenderContract(MethodContract):
-    """Contract of a :class:`~facedefense.Defender`.
+    """Contract of a [`Defender`][facedefense.interfaces.defender.Defender].
 
     Checks: shape, dtype and range; budget after 8-bit quantization; input not modified; same seed,
     same output; odd sizes kept; not a no-op; and the method's own objective beats uniform random
-    noise of the same budget (override :meth:`objective`; return None to skip that check).
+    noise of the same budget (override
+    [`objective`][facedefense.testing.contracts.DefenderContract.objective]; return None to skip that check).
     """
 
     kind: ClassVar[str] = "defender"
@@ -213,9 +215,9 @@ class DefenderContract(MethodContract):
 
 
 class PurifierContract(MethodContract):
-    """Contract of a :class:`~facedefense.Purifier`: shape/range, odd sizes kept, no mutation,
-    determinism, gradient, and :meth:`purify_differentiable` within ``differentiable_tolerance``
-    (mean absolute difference, [0, 1] units, same generator) of :meth:`purify`."""
+    """Contract of a [`Purifier`][facedefense.interfaces.purifier.Purifier]: shape/range, odd sizes kept, no
+    mutation, determinism, gradient, and ``purify_differentiable`` within ``differentiable_tolerance``
+    (mean absolute difference, [0, 1] units, same generator) of ``purify``."""
 
     odd_size: ClassVar[tuple[int, int]] = (56, 72)
     #: Largest mean |purify - purify_differentiable| allowed (0 for exact or straight-through versions).
@@ -262,9 +264,9 @@ class PurifierContract(MethodContract):
 
 
 class MetricContract(MethodContract):
-    """Contract of a :class:`~facedefense.Metric`: one finite value per image (images of different
-    sizes in one call), deterministic, identical inputs at the good end (paired metrics), set metrics
-    against a reference set of another size and count."""
+    """Contract of a [`Metric`][facedefense.interfaces.metric.Metric]: one finite value per image (images of
+    different sizes in one call), deterministic, identical inputs at the good end (paired metrics), set
+    metrics against a reference set of another size and count."""
 
     kind: ClassVar[str] = "metric"
     prompt: ClassVar[str] = "a photo of a person"
@@ -348,8 +350,9 @@ class EditorContract(MethodContract):
 
 
 class PersonalizerContract(MethodContract):
-    """Contract of a :class:`~facedefense.Personalizer`: fits photos of mixed sizes, generates the
-    requested count, saves in its format with metadata and loads back to the same images."""
+    """Contract of a [`Personalizer`][facedefense.interfaces.personalizer.Personalizer]: fits photos of mixed
+    sizes, generates the requested count, saves in its format with metadata and loads back to the same
+    images."""
 
     kind: ClassVar[str] = "personalizer"
     prompts: ClassVar[tuple[str, ...]] = ("a photo of sks person",)

@@ -171,7 +171,7 @@ def trained_tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def registered(kind: str, target: Any, name: str | None = None, *, plugin: str = "tests", **facts: Any) -> Iterator[str]:
     """Register ``target`` in the process registry for the duration of a ``with`` block.
 
-    Example:
+    Examples:
         >>> with registered("defender", MyDefender):
         ...     facedefense.create("defender", "my_defender")
     """

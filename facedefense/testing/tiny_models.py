@@ -157,7 +157,7 @@ def build_tiny_sd(directory: str | Path, *, seed: int = 0, sample_size: int = 64
     Returns:
         ``Path(directory)``.
 
-    Example:
+    Examples:
         >>> path = build_tiny_sd("/tmp/tiny-sd")
         >>> parts = facedefense.diffusion.load_components(str(path))
     """
@@ -172,7 +172,8 @@ def build_tiny_sd(directory: str | Path, *, seed: int = 0, sample_size: int = 64
 
 def build_tiny_instruct_pix2pix(directory: str | Path, *, seed: int = 0, sample_size: int = 64) -> Path:
     """Tiny InstructPix2Pix folder (UNet with 8 input channels: noisy latent + image latent;
-    EulerAncestral scheduler); otherwise as :func:`build_tiny_sd`."""
+    EulerAncestral scheduler); otherwise as
+    [`build_tiny_sd`][facedefense.testing.tiny_models.build_tiny_sd]."""
     _prepare()
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
@@ -185,7 +186,7 @@ def build_tiny_instruct_pix2pix(directory: str | Path, *, seed: int = 0, sample_
 
 def build_tiny_inpaint(directory: str | Path, *, seed: int = 0, sample_size: int = 64) -> Path:
     """Tiny inpainting folder (UNet with 9 input channels: latent + mask + masked-image latent;
-    DDIM scheduler); otherwise as :func:`build_tiny_sd`."""
+    DDIM scheduler); otherwise as [`build_tiny_sd`][facedefense.testing.tiny_models.build_tiny_sd]."""
     _prepare()
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 
@@ -206,7 +207,7 @@ def build_tiny_upscaler(directory: str | Path, *, seed: int = 0, sample_size: in
     scheduler, DDIM v-prediction scheduler, ``max_noise_level`` 350. A (N, 3, h, w) input gives
     (N, 3, 4h, 4w); ``sample_size`` is the UNet's nominal latent side times 4 (a multiple of 4).
 
-    Example:
+    Examples:
         >>> pipe = load_pipeline(str(build_tiny_upscaler("/tmp/up")), "upscale_x4")
         >>> pipe("a photo", image=torch.rand(1, 3, 16, 16), num_inference_steps=2, output_type="pt").images.shape
         torch.Size([1, 3, 64, 64])
@@ -242,7 +243,7 @@ def build_tiny_pixel_ddpm(directory: str | Path, *, seed: int = 0, sample_size: 
     like ``google/ddpm-*`` and the guided-diffusion models DiffPure and GrIDPure use, at a cost of
     milliseconds per step at 64x64.
 
-    Example:
+    Examples:
         >>> unet, scheduler = load_pixel_ddpm(str(build_tiny_pixel_ddpm("/tmp/ddpm")))
         >>> unet(torch.zeros(1, 3, 32, 32), 10).sample.shape
         torch.Size([1, 3, 32, 32])
@@ -287,7 +288,7 @@ def sample_faces(count: int = 4, size: int = 64) -> Tensor:
     Returns:
         (count, 3, size, size) float32 in [0, 1], on the 8-bit grid like decoded files.
 
-    Example:
+    Examples:
         >>> sample_faces(2, 64).shape
         torch.Size([2, 3, 64, 64])
     """
@@ -324,7 +325,8 @@ def train_tiny_unet(
     same budget (common random numbers, measured with torch 2.13 / diffusers 0.42).
 
     Args:
-        directory: a folder from :func:`build_tiny_sd` (its ``unet/`` is overwritten).
+        directory: a folder from [`build_tiny_sd`][facedefense.testing.tiny_models.build_tiny_sd] (its
+            ``unet/`` is overwritten).
         images: (N, 3, H, W) in [0, 1], H and W multiples of 8.
         steps: optimizer steps (batch = all images, latents = posterior means).
         seed: randomness of timesteps and noise.
@@ -335,7 +337,7 @@ def train_tiny_unet(
         ``Path(directory)``; ``unet/facedefense_training.json`` records the recipe and the first and
         last losses.
 
-    Example:
+    Examples:
         >>> path = train_tiny_unet(build_tiny_sd("/tmp/tiny"), sample_faces(4, 128), steps=300)
     """
     import json

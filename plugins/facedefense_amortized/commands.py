@@ -2,7 +2,7 @@
 amortized plugin (``register_commands``): the core names no method.
 
 ``train`` and ``export`` accept any registered defender whose class offers the hooks
-``training_recipe()`` (a :class:`~facedefense_amortized.training.loop.Recipe`) and
+``training_recipe()`` (a ``Recipe``) and
 ``export_onnx(checkpoint, output, eps=None)``: ``rid`` and ``gap_diff`` here, and a third-party
 amortized defender that implements them.
 """

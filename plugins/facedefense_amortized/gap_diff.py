@@ -28,7 +28,7 @@ WHERE_TO_GET = (
 PREFIX = "generator."
 
 
-#: ``-o engine=...`` values (see :class:`GAPDiffConfig`).
+#: ``-o engine=...`` values (see ``GAPDiffConfig``).
 ENGINES = ("auto", "float32", "bfloat16", "int8", "int8+bf16", "module")
 
 
@@ -80,14 +80,14 @@ class GAPDiff(AmortizedDefender):
     ``x + eps * G(x)`` with ``G`` ending in tanh.
 
     Args:
-        checkpoint, eps, train_mode, max_side, runtime: see :class:`GAPDiffConfig`.
+        checkpoint, eps, train_mode, max_side, runtime: see ``GAPDiffConfig``.
 
     Shape:
         (N, 3, H, W) in [0, 1], any size: reflection-padded to multiples of 256 (at least 512) and
         cropped back, so every pixel keeps its place and the resolution is kept (photos longer
         than ``max_side`` are computed at that size and the perturbation upscaled).
 
-    Example:
+    Examples:
         >>> protected = GAPDiff(checkpoint="G_per16_pretrain.pth").protect(images).images
 
     Differences from the reference code:
@@ -164,7 +164,7 @@ class GAPDiff(AmortizedDefender):
 
     @classmethod
     def load_trained(cls, checkpoint: str, eps: float | None = None) -> LoadedNetwork:
-        """The trainable :class:`GAPGenerator` of ``checkpoint`` and its budget (fp32, CPU)."""
+        """The trainable ``GAPGenerator`` of ``checkpoint`` and its budget (fp32, CPU)."""
         from facedefense_amortized.networks import GAPGenerator
 
         return load_defender_network(
@@ -201,7 +201,7 @@ class GAPDiff(AmortizedDefender):
         )
 
     def _measure(self, built: dict) -> Choice:
-        """Every folded precision this build runs (:func:`folded_precisions`), one 512x512 forward
+        """Every folded precision this build runs (``folded_precisions``), one 512x512 forward
         each (cached per machine); the engines built for the measurement are left in ``built``."""
         import torch
 

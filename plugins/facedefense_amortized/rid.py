@@ -71,13 +71,13 @@ class RID(AmortizedDefender):
     pass instead of hundreds of optimization steps.
 
     Args:
-        checkpoint, eps, engine, runtime: see :class:`RIDConfig`.
+        checkpoint, eps, engine, runtime: see ``RIDConfig``.
 
     Shape:
         (N, 3, H, W) in [0, 1], any size: the network sees the photo resized to 512x512 and its
         perturbation is resized back to H x W (the original resolution and aspect are kept).
 
-    Example:
+    Examples:
         >>> rid = RID(checkpoint="ASDS-eps-8_255.bin")     # eps = 4/255 in [0, 1] units
         >>> protected = rid.protect(images).images
 
@@ -114,7 +114,7 @@ class RID(AmortizedDefender):
 
     @classmethod
     def load_trained(cls, checkpoint: str, eps: float | None = None) -> LoadedNetwork:
-        """The trainable :class:`PerturbationDiT` of ``checkpoint`` and its budget (fp32, CPU)."""
+        """The trainable ``PerturbationDiT`` of ``checkpoint`` and its budget (fp32, CPU)."""
         from facedefense_amortized.networks import RID_ARCHITECTURE, PerturbationDiT
 
         return load_defender_network(
@@ -150,7 +150,7 @@ class RID(AmortizedDefender):
 
     @property
     def network(self) -> torch.nn.Module:
-        """The trainable fp32 :class:`PerturbationDiT` (for training and export).
+        """The trainable fp32 ``PerturbationDiT`` (for training and export).
 
         When the CPU engine consumed the loaded weights, they are read again from the checkpoint on
         first access, so inference alone never holds both copies.
@@ -163,7 +163,7 @@ class RID(AmortizedDefender):
         return self._network
 
     def _optimize(self, network: torch.nn.Module) -> Callable[[Tensor], Tensor]:
-        """Pick and build the inference engine (see :attr:`RIDConfig.engine`); sets ``self.path``."""
+        """Pick and build the inference engine (see ``RIDConfig.engine``); sets ``self.path``."""
         import torch
 
         from facedefense_amortized.networks.dit import ENGINE_PATHS, TORCH_ENGINE_PATHS, DiTEngine, engine_paths

@@ -60,13 +60,13 @@ class AdvDM(Defender):
     Args:
         model: diffusers folder or Hugging Face id of the surrogate.
         eps, steps, step_size, prompt, random_start, eot, momentum, schedule, resolution: see
-            :class:`AdvDMConfig`.
+            ``AdvDMConfig``.
 
     Shape:
         images: (N, 3, H, W) in [0, 1], any size (the model sees the short side at ``resolution``;
         the perturbation keeps the original resolution).
 
-    Example:
+    Examples:
         >>> protected = AdvDM(model="CompVis/stable-diffusion-v1-4", steps=100).protect(images).images
 
     Differences from the reference code:

@@ -217,13 +217,13 @@ class ASPL(DreamBoothAttack):
     their average (E-ASPL, as ``ensemble_aspl.py``).
 
     Args:
-        See :class:`ASPLConfig` and :class:`DreamBoothAttackConfig`.
+        See ``ASPLConfig`` and ``DreamBoothAttackConfig``.
 
     Shape:
-        an :class:`~facedefense.IdentitySet`: photos of any sizes (each seen with its short side at
+        an ``IdentitySet``: photos of any sizes (each seen with its short side at
         ``resolution``, the perturbation kept at the original resolution), references of any sizes.
 
-    Example:
+    Examples:
         >>> aspl = ASPL(model="stabilityai/stable-diffusion-2-1-base")
         >>> out = aspl.protect_identity(IdentitySet.from_images(photos, references=clean_photos))
 

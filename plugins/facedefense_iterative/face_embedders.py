@@ -1,5 +1,5 @@
 """Face-recognition networks for defenders that optimize through an identity (FaceLock), registered
-with ``register_models`` and used through :func:`facedefense.models.shared_model`.
+with ``register_models`` and used through ``facedefense.models.shared_model``.
 
 Contract of a face embedder (the same as the metrics plugin's ``dlib_torch``): ``embedder(images)``
 maps (N, 3, H, W) float images in [0, 1] of any size (resized to the network's input inside) to

@@ -140,7 +140,7 @@ class FaceLock(Defender):
         images: (N, 3, H, W) float in [0, 1], any size; landmarks are detected on the photo and
         scaled to the working size.
 
-    Example:
+    Examples:
         >>> defender = FaceLock(model="timbrooks/instruct-pix2pix", face_model_path="recognition_arcface_ir_se50.pth",
         ...                     face_detector_weights="detection_Resnet50_Final.pth", lpips_weights="vgg16-397923af.pth")
         >>> protected = defender.protect(images).images

@@ -22,7 +22,7 @@ class Surrogate:
     """Frozen SD parts plus the cached embedding of one prompt.
 
     Attributes:
-        parts: :class:`facedefense.diffusion.SDComponents` (vae, unet, scheduler, ...).
+        parts: ``facedefense.diffusion.SDComponents`` (vae, unet, scheduler, ...).
         condition: (1, L, D) text embedding of the prompt (computed once, no gradient).
         uncond: (1, L, D) embedding of the empty prompt (classifier-free guidance), or None.
     """
@@ -103,7 +103,7 @@ def flush_denormals() -> Iterator[None]:
 
 @dataclass
 class PGDConfig(IterativeDefenderConfig):
-    """The options every defender of this plugin passes to :func:`facedefense.optim.linf_pgd`.
+    """The options every defender of this plugin passes to ``facedefense.optim.linf_pgd``.
 
     Attributes:
         eot: purifiers to optimize through (expectation over transformations), e.g. ``jpeg`` or
@@ -117,7 +117,7 @@ class PGDConfig(IterativeDefenderConfig):
     momentum: float = 0.0
 
     def build_eot(self, device: Any) -> Any:
-        """The :class:`facedefense.optim.EOT` of :attr:`eot` and :attr:`eot_samples` on ``device``."""
+        """The ``facedefense.optim.EOT`` of ``eot`` and ``eot_samples`` on ``device``."""
         from facedefense.optim import EOT
 
         return EOT.from_names(self.eot, device=device, samples=self.eot_samples)
@@ -133,7 +133,7 @@ def run_pgd(
     description: str,
     schedule: str = "constant",
 ) -> tuple[Tensor, list[dict[str, float]]]:
-    """:func:`facedefense.optim.linf_pgd` with ``defender``'s budget, steps, step size, random start,
+    """``facedefense.optim.linf_pgd`` with ``defender``'s budget, steps, step size, random start,
     momentum and EOT (``defender.config`` and ``defender.eot``).
 
     Returns:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class FSMGConfig(DreamBoothAttackConfig):
-    """FSMG options (the other options: :class:`~facedefense_iterative.aspl.DreamBoothAttackConfig`).
+    """FSMG options (the other options: ``DreamBoothAttackConfig``).
 
     Attributes:
         steps: PGD steps against the fine-tuned surrogate. Default 100.
@@ -46,12 +46,12 @@ class FSMG(DreamBoothAttack):
     losses.
 
     Args:
-        See :class:`FSMGConfig`.
+        See ``FSMGConfig``.
 
     Shape:
-        an :class:`~facedefense.IdentitySet`: photos and references of any sizes.
+        an ``IdentitySet``: photos and references of any sizes.
 
-    Example:
+    Examples:
         >>> fsmg = FSMG(model="stabilityai/stable-diffusion-2-1-base", train_steps=1000, steps=100)
         >>> out = fsmg.protect_identity(IdentitySet.from_images(photos, references=clean_photos))
 

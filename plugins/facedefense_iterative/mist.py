@@ -78,13 +78,13 @@ class Mist(Defender):
     Args:
         model: diffusers folder or Hugging Face id of the surrogate.
         eps, steps, step_size, mode, semantic_weight, target, prompt, random_start, resolution:
-            see :class:`MistConfig`.
+            see ``MistConfig``.
 
     Shape:
         images: (N, 3, H, W) float in [0, 1], any size (the surrogate sees the image resized to
         ``resolution`` on the short side).
 
-    Example:
+    Examples:
         >>> defender = Mist(model="stable-diffusion-v1-5/stable-diffusion-v1-5", target="mist.png")
         >>> protected = defender.protect(images).images
 

@@ -120,14 +120,14 @@ class PhotoGuard(Defender):
             inpainting model with a 9-channel UNet for inpainting edits).
         eps, steps, step_size, target, random_start, attack, mask, prompt, diffusion_steps,
             strength, guidance_scale, eta, posterior, grad_reps, checkpointing, resolution: see
-            :class:`PhotoGuardConfig`.
+            ``PhotoGuardConfig``.
 
     Shape:
         images: (N, 3, H, W) float in [0, 1]; any size (the surrogate sees the image resized to
         ``resolution`` on the short side; the perturbation keeps the original resolution). A mask
         must be H x W.
 
-    Example:
+    Examples:
         >>> defender = PhotoGuard(model="stable-diffusion-v1-5/stable-diffusion-v1-5", eps=8 / 255, steps=200)
         >>> protected = defender.protect(images).images
         >>> inpaint = PhotoGuard(model="runwayml/stable-diffusion-inpainting", attack="diffusion", mask="mask.png")

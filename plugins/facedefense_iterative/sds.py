@@ -73,13 +73,13 @@ class SDS(Defender):
     Args:
         model: diffusers folder or Hugging Face id of the surrogate.
         eps, steps, step_size, mode, target, target_weight, prompt, random_start, resolution:
-            see :class:`SDSConfig`.
+            see ``SDSConfig``.
 
     Shape:
         images: (N, 3, H, W) float in [0, 1], any size (the surrogate sees the image resized to
         ``resolution`` on the short side).
 
-    Example:
+    Examples:
         >>> defender = SDS(model="stable-diffusion-v1-5/stable-diffusion-v1-5", mode="-", steps=100)
         >>> protected = defender.protect(images).images
 

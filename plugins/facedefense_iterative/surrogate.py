@@ -35,7 +35,7 @@ class PhotoBatch:
     Each image keeps its own size; the model sees it resized so that its short side is
     ``resolution`` (aspect kept, a multiple of 8), the perturbation lives at the original size and is
     optimized through the (differentiable) resize, and images whose working sizes agree share one
-    forward pass. Padding receives no gradient and is cut away by :meth:`unpack`.
+    forward pass. Padding receives no gradient and is cut away by ``unpack``.
 
     Attributes:
         padded: (N, 3, Hmax, Wmax) float32 in [0, 1].
@@ -200,7 +200,7 @@ class Surrogate:
     The VAE stays frozen. Training is the DreamBooth loss with prior preservation
     (``L_inst + w * L_prior`` on ``batch_size`` instance and class images per step, AdamW, gradient
     clipping at 1.0), as in Anti-DreamBooth's ``train_one_epoch``; the optimizer is recreated per
-    call as there. :meth:`snapshot` / :meth:`restore` copy only the trainable tensors, which is how
+    call as there. ``snapshot`` / ``restore`` copy only the trainable tensors, which is how
     ASPL's ``f' = copy(f)`` costs one memory copy instead of a deep copy of the networks.
 
     Precision: the trainable weights (the UNet and the trained text encoder, or the LoRA adapters)
@@ -260,7 +260,7 @@ class Surrogate:
         }
         self._frozen_text = TextEmbeddingCache(self.tokenizer, self.text_encoder) if not self.text_trained else None
         #: The frozen VAE's posterior (mean, std) per training image, keyed by its pixels: class
-        #: images and clean photos recur every round (see :meth:`latent_samples`).
+        #: images and clean photos recur every round (see ``latent_samples``).
         self._posteriors: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
 
     #: Posteriors kept (least recently used dropped): 128 KiB each at 512x512.
@@ -367,7 +367,7 @@ class Surrogate:
         """``steps`` DreamBooth steps on randomly drawn instance (and class) images.
 
         Args:
-            instances: (N, 3, r, r) in [0, 1], the training view (:func:`square_crop`).
+            instances: (N, 3, r, r) in [0, 1], the training view (``square_crop``).
             class_images: (M, 3, r, r) for prior preservation, or None.
             batch_size: instance images per step (and as many class images). Default 1.
 

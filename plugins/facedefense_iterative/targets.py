@@ -28,7 +28,7 @@ def texture_pattern(size: tuple[int, int], *, period: int = 24) -> Tensor:
         size: (height, width) in pixels.
         period: stripe period in pixels at 512 px; it scales with the image's short side.
 
-    Example:
+    Examples:
         >>> texture_pattern((64, 96)).shape
         torch.Size([1, 3, 64, 96])
     """

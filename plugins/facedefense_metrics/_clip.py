@@ -294,7 +294,7 @@ def preprocess(batch: Tensor, size: int) -> Tensor:
 
 
 def image_features(model, batch: Tensor, *, normalize: bool = True) -> Tensor:
-    """CLIP embeddings (N, D) float32 of (N, 3, H, W) in [0, 1] after :func:`preprocess`; unit norm
+    """CLIP embeddings (N, D) float32 of (N, 3, H, W) in [0, 1] after ``preprocess``; unit norm
     unless ``normalize=False`` (the raw projections, as HF's ``get_image_features``)."""
     import torch.nn.functional as F
 

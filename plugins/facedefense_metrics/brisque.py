@@ -49,7 +49,7 @@ class BRISQUE(Metric):
     Shape:
         images: any number, any sizes, (3, H, W) in [0, 1] -> one score each (8-bit RGB is scored).
 
-    Example:
+    Examples:
         >>> BRISQUE().compute(generated).value
         23.4
 

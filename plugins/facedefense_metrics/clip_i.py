@@ -18,7 +18,7 @@ class CLIPImage(PairedMetric):
     Shape:
         images, references: N pairs (same sizes; each goes through CLIP's preprocessing) -> N values.
 
-    Example:
+    Examples:
         >>> CLIPImage(weights="ViT-B-32.pt").compute(edits, references=photos).value
         0.82
     """

@@ -54,7 +54,7 @@ class CLIPIQA(Metric):
     Shape:
         images: any number, any sizes (at least 32 x 32) -> one value each.
 
-    Example:
+    Examples:
         >>> CLIPIQA(weights="RN50.pt").compute(generated).value
         0.41
     """

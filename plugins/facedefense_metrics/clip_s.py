@@ -24,7 +24,7 @@ class CLIPScore(Metric):
         images: N edits; references: the N photos they were made from (same sizes); prompts: the
             instruction, one for all or one per edit -> N values.
 
-    Example:
+    Examples:
         >>> CLIPScore(weights="ViT-B-32.pt").compute(edits, photos, prompts="Let the person wear sunglasses").value
         0.12
     """

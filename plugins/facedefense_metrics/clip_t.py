@@ -20,7 +20,7 @@ class CLIPText(Metric):
     Shape:
         images: N images, any sizes; prompts: one string, or one per image -> N values.
 
-    Example:
+    Examples:
         >>> CLIPText(weights="ViT-B-32.pt").compute(generated, prompts="a photo of sks person").value
         0.27
     """

@@ -21,7 +21,7 @@ class FDFR(Metric):
     Shape:
         images: any number, any sizes, (3, H, W) in [0, 1] -> one 0/1 value each; value = the rate.
 
-    Example:
+    Examples:
         >>> FDFR().compute(generated).value
         0.25
 

@@ -145,7 +145,7 @@ def frechet_distance(a, b) -> float:
 
 @dataclass
 class FIDConfig(MetricConfig):
-    """Options of :class:`FID`.
+    """Options of ``FID``.
 
     Attributes:
         network: ``"pytorch_fid"`` (default): pytorch-fid's FID-Inception, the TF Inception the
@@ -178,7 +178,7 @@ class FID(Metric):
     Shape:
         images: N >= 2 images, references: M >= 2 images, any sizes -> one value.
 
-    Example:
+    Examples:
         >>> FID(weights="pt_inception-2015-12-05-6726825d.pth").compute(generated, clean).value
         212.4
     """

@@ -13,13 +13,13 @@ from facedefense_metrics._faces import FaceMetricConfig, make_backend
 if TYPE_CHECKING:
     from torch import Tensor
 
-#: What FR does with an edit in which no face is found (see :class:`FRConfig`).
+#: What FR does with an edit in which no face is found (see ``FRConfig``).
 NO_FACE = ("whole", "zero", "skip")
 
 
 @dataclass
 class FRConfig(FaceMetricConfig):
-    """Options of :class:`FR` (plus the face options).
+    """Options of ``FR`` (plus the face options).
 
     Attributes:
         no_face: an edit in which the backend finds no face is ``"whole"`` (default): scored with
@@ -50,7 +50,7 @@ class FR(Metric):
     Shape:
         images (edits) and references (their source photos): N pairs of equal sizes -> N values in [-1, 1].
 
-    Example:
+    Examples:
         >>> FR().compute(edits, references=photos).value
         0.93
     """

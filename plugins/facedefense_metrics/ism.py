@@ -37,7 +37,7 @@ class ISM(Metric):
     Shape:
         images: N images, any sizes; references: M clean photos, any sizes -> N values in [-1, 1].
 
-    Example:
+    Examples:
         >>> ISM().compute(generated, references=clean_photos).value
         0.71
 

@@ -17,7 +17,7 @@ class Linf(PairedMetric):
     Shape:
         images, references: N pairs of equal sizes -> N values in [0, 255].
 
-    Example:
+    Examples:
         >>> Linf().compute(protected, originals).value
         8.0
     """

@@ -56,7 +56,7 @@ def build(*, path: str | None, device: torch.device, dtype: torch.dtype) -> torc
 
 @dataclass
 class LIQEConfig(MetricConfig):
-    """Options of :class:`LIQE`.
+    """Options of ``LIQE``.
 
     Attributes:
         weights: the authors' ``LIQE.pt`` (required; ``"random"``: random weights, tests only).
@@ -75,7 +75,7 @@ class LIQE(Metric):
     Shape:
         images: any number, any sizes (sides under 224 are upscaled to 224) -> one value each in [1, 5].
 
-    Example:
+    Examples:
         >>> LIQE(weights="LIQE.pt").compute(generated).value
         3.9
 

@@ -124,7 +124,7 @@ class LPIPS(PairedMetric):
     Shape:
         images, references: N pairs of equal sizes, (3, H, W) in [0, 1] -> N distances.
 
-    Example:
+    Examples:
         >>> LPIPS(weights="alexnet-owt-7be5be79.pth").compute(protected, originals).value
         0.05
 

@@ -22,7 +22,7 @@ class PSNR(PairedMetric):
     Shape:
         images, references: same-size pairs, (3, H, W) float in [0, 1] (any size per pair) -> N values in dB.
 
-    Example:
+    Examples:
         >>> PSNR().compute(protected, originals).value
         38.7
     """

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class SERFIQConfig(FaceMetricConfig):
-    """Options of :class:`SERFIQ` (plus the face options: detector, upsample).
+    """Options of ``SERFIQ`` (plus the face options: detector, upsample).
 
     Attributes:
         backend: must be ``"arcface"`` (weights by path, ``-o weights=``): the network must have been
@@ -56,7 +56,7 @@ class SERFIQ(Metric):
     Shape:
         images: any number, any sizes -> one value each.
 
-    Example:
+    Examples:
         >>> SERFIQ().compute(generated).value
         0.62
 

@@ -18,7 +18,7 @@ class SSIM(PairedMetric):
     Shape:
         images, references: same-size pairs, (3, H, W) float in [0, 1] (any size per pair) -> N values in [-1, 1]; 1 means identical.
 
-    Example:
+    Examples:
         >>> SSIM().compute(protected, originals).value
         0.97
     """

@@ -201,7 +201,7 @@ class DiffPure(Purifier):
     Shape:
         (N, 3, H, W) float in [0, 1] -> same.
 
-    Example:
+    Examples:
         >>> purifier = DiffPure(model="google/ddpm-ema-celebahq-256", strength=0.1)
         >>> purified = purifier.purify(images, generator=torch.Generator().manual_seed(0))
 

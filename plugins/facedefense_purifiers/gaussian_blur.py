@@ -40,13 +40,13 @@ class GaussianBlurConfig(PurifierConfig):
 class GaussianBlur(Purifier):
     """Convolve each channel with a Gaussian kernel (reflected borders, as OpenCV's default).
 
-    The blur is differentiable as it stands, so :meth:`purify_differentiable` is the purifier itself
+    The blur is differentiable as it stands, so ``purify_differentiable`` is the purifier itself
     (tolerance 0).
 
     Shape:
         (N, 3, H, W) float in [0, 1] -> same.
 
-    Example:
+    Examples:
         >>> purified = GaussianBlur(kernel_size=5, sigma=(1.0,)).purify(images)
 
     Differences from the reference code:

@@ -48,13 +48,13 @@ class GaussianNoise(Purifier):
     """Add i.i.d. Gaussian noise to every pixel and clip to [0, 1].
 
     Adding noise is differentiable (identity Jacobian inside [0, 1]), so
-    :meth:`purify_differentiable` is the purifier itself: with the same generator it returns the
+    ``purify_differentiable`` is the purifier itself: with the same generator it returns the
     same values (tolerance 0).
 
     Shape:
         (N, 3, H, W) float in [0, 1] -> same.
 
-    Example:
+    Examples:
         >>> purified = GaussianNoise(sigma=0.1).purify(images, generator=torch.Generator().manual_seed(0))
 
     Differences from the reference code:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def crop_starts(length: int, crop: int, stride: int) -> list[int]:
     """Offsets of crops of side ``crop`` every ``stride`` pixels, the last one flush with the end.
 
-    Example:
+    Examples:
         >>> crop_starts(512, 256, 128), crop_starts(600, 256, 128)
         ([0, 128, 256], [0, 128, 256, 344])
     """
@@ -90,7 +90,7 @@ class GridPure(Purifier):
     Shape:
         (N, 3, H, W) float in [0, 1] -> same.
 
-    Example:
+    Examples:
         >>> purified = GridPure(model="path/to/256x256-ddpm").purify(images)
 
     Differences from the reference code:

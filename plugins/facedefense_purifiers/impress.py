@@ -92,7 +92,7 @@ class Impress(Purifier):
     Shape:
         (N, 3, H, W) float in [0, 1] -> same (optimized at the size rounded to a multiple of 8).
 
-    Example:
+    Examples:
         >>> purifier = Impress(model="stable-diffusion-v1-5/stable-diffusion-v1-5")  # LPIPS-VGG from torch.hub's cache
         >>> purified = purifier.purify(images)
 

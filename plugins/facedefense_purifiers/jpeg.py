@@ -41,15 +41,15 @@ _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 class JPEG(Purifier):
     """Encode and decode each image as JPEG.
 
-    :meth:`purify` runs the real codec (PIL/libjpeg, 8-bit), exactly what a social network or an
-    attacker's script does. :meth:`purify_differentiable` runs kornia's differentiable JPEG
+    ``purify`` runs the real codec (PIL/libjpeg, 8-bit), exactly what a social network or an
+    attacker's script does. ``purify_differentiable`` runs kornia's differentiable JPEG
     (Reich et al., "Differentiable JPEG: The Devil is in the Details", WACV 2024), so a defender can
     optimize through JPEG (expectation over transformation).
 
     Shape:
         (N, 3, H, W) float in [0, 1] -> same.
 
-    Example:
+    Examples:
         >>> purified = JPEG(quality=70).purify(protected_images)
     """
 

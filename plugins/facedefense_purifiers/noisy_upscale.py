@@ -98,7 +98,7 @@ class NoisyUpscale(Purifier):
         (N, 3, H, W) float in [0, 1] -> same (the upscaler works at (4H', 4W'), H' x W' the input
         size rounded to a multiple of 8, or ``resolution``).
 
-    Example:
+    Examples:
         >>> purified = NoisyUpscale(model="stabilityai/stable-diffusion-x4-upscaler").purify(images)
 
     Differences from the reference code:

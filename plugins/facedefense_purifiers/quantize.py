@@ -32,13 +32,13 @@ class QuantizeConfig(PurifierConfig):
 class Quantize(Purifier):
     """Keep ``bits`` bits per channel: ``x <- floor(x * 2**bits) / 2**bits`` (1.0 stays 1.0).
 
-    Rounding has a zero gradient almost everywhere, so :meth:`purify_differentiable` is the
+    Rounding has a zero gradient almost everywhere, so ``purify_differentiable`` is the
     straight-through estimator (forward: this quantizer, exactly; backward: identity).
 
     Shape:
         (N, 3, H, W) float in [0, 1] -> same.
 
-    Example:
+    Examples:
         >>> purified = Quantize(bits=4).purify(images)
 
     Differences from the reference code:

@@ -40,14 +40,14 @@ class ResizeConfig(PurifierConfig):
 class Resize(Purifier):
     """Shrink each image by ``factor`` and enlarge it back to its own size, same interpolation.
 
-    Interpolation is differentiable, so :meth:`purify_differentiable` is the purifier itself
+    Interpolation is differentiable, so ``purify_differentiable`` is the purifier itself
     (tolerance 0).
 
     Shape:
         (N, 3, H, W) float in [0, 1] -> same; the intermediate is
         (N, 3, max(1, round(H * factor)), max(1, round(W * factor))).
 
-    Example:
+    Examples:
         >>> purified = Resize(factor=0.25, interpolation="bicubic").purify(images)
 
     Differences from the reference code:

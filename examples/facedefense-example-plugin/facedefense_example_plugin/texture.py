@@ -34,13 +34,13 @@ class ExampleTexture(Defender):
     It is not optimized against any model, so on its own it is a baseline, not a protection: an
     optimized defender must do better at the same budget, and ``facedefense purify --method jpeg``
     shows how much of a high-frequency texture compression removes. It is also the template of a
-    defender: a ``Config`` dataclass and one hook, :meth:`_perturb`; the base class checks the
+    defender: a ``Config`` dataclass and one hook, ``_perturb``; the base class checks the
     input, projects onto the budget and rounds to 8 bits inside it.
 
     Shape:
         (N, 3, H, W) float in [0, 1] -> same, within ``eps`` after 8-bit rounding.
 
-    Example:
+    Examples:
         >>> ExampleTexture(eps=4 / 255, pattern="checker", cell=2, seed=1).protect(images).images
     """
 

@@ -6,10 +6,10 @@ every adaLN-Zero modulation ``Linear(SiLU(0))`` reduces to that layer's bias: th
 the biases directly (exactly the same result, no wasted matrix products). The timestep and label
 embedders are never used; they exist only so that checkpoints keep their keys.
 
-:class:`PerturbationDiT` is the trainable network. :class:`DiTEngine` is a CPU inference engine
+``PerturbationDiT`` is the trainable network. ``DiTEngine`` is a CPU inference engine
 built from it: the constant modulations folded into layer-norm affines and into the output rows of
 the gated layers, and the transformer's linear layers run as oneDNN products with prepacked
-weights in fp32, bf16 or int8 (see :data:`ENGINE_PATHS`).
+weights in fp32, bf16 or int8 (see ``ENGINE_PATHS``).
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ TORCH_ENGINE_PATHS = {
 
 def int8_supported() -> bool:
     """Whether this torch build has oneDNN's int8 linear kernels and the CPU runs them without
-    saturating (:func:`facedefense.runtime.cpu_runs_int8_exactly`)."""
+    saturating (``facedefense.runtime.cpu_runs_int8_exactly``)."""
     from facedefense.runtime import cpu_runs_int8_exactly
 
     ops = torch.ops.onednn
@@ -321,7 +321,7 @@ def onednn_linear_supported() -> bool:
 
 def engine_paths() -> list[str]:
     """The engine paths this torch build and CPU can run, best guess first (the bf16 ones need
-    :func:`facedefense.runtime.cpu_runs_onednn_bf16`)."""
+    ``facedefense.runtime.cpu_runs_onednn_bf16``)."""
     from facedefense.runtime import cpu_runs_onednn_bf16
 
     paths = []
@@ -408,7 +408,7 @@ class DenseLinear:
     """A float32 or bfloat16 linear layer with weights prepacked once for oneDNN (eager ``F.linear``
     goes through MKL in fp32, about half oneDNN's speed here, and reorders bf16 weights per call).
 
-    Args: as :class:`Int8Linear`, plus ``dtype`` (float32 or bfloat16) of weights and products.
+    Args: as ``Int8Linear``, plus ``dtype`` (float32 or bfloat16) of weights and products.
     """
 
     def __init__(
@@ -430,7 +430,7 @@ class DenseLinear:
 class TorchLinear:
     """A linear layer through PyTorch's own kernels (cuBLAS on a GPU), for engines off the CPU.
 
-    Args: as :class:`DenseLinear`, plus ``device``; ``dtype`` may also be float16.
+    Args: as ``DenseLinear``, plus ``device``; ``dtype`` may also be float16.
     """
 
     def __init__(
@@ -492,7 +492,7 @@ def _attention(qkv: torch.Tensor) -> torch.Tensor:
     not: there the fused kernel runs bf16 no faster than fp32 (26 ms per RID block on an
     AVX512-BF16 EPYC), while two bf16 matrix products
     around a bf16 softmax (fp32 statistics inside) take 9 ms on contiguous operands, at the same
-    accuracy. Their (N, heads, T, T) scores are computed :data:`SCORE_CHUNK` elements at a time.
+    accuracy. Their (N, heads, T, T) scores are computed ``SCORE_CHUNK`` elements at a time.
     """
     if qkv.dtype == torch.float32 or qkv.device.type != "cpu":  # GPUs: flash attention, any precision
         return F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=1.0)
@@ -514,7 +514,7 @@ GELU_INT8 = "none"
 
 
 class _EngineBlock:
-    """One :class:`DiTBlock` in the engine's form; ``device`` None: oneDNN's CPU kernels, else
+    """One ``DiTBlock`` in the engine's form; ``device`` None: oneDNN's CPU kernels, else
     PyTorch's kernels on ``device``."""
 
     def __init__(self, block: DiTBlock, linears: str, attention: str, device: torch.device | None = None) -> None:
@@ -553,24 +553,24 @@ class _EngineBlock:
 
 
 class DiTEngine:
-    """Inference engine for a :class:`PerturbationDiT`: same function, several numeric paths.
+    """Inference engine for a ``PerturbationDiT``: same function, several numeric paths.
 
     The constant adaLN modulations become layer-norm affines, the gates are folded into the rows of
     the attention output and second MLP layers, GELU is fused into the first MLP layer, and the
     qkv, attention-output and MLP products run through oneDNN with weights prepacked once, in the
-    precision of ``path`` (see :data:`ENGINE_PATHS`): ``"float32"`` (fp32 everywhere; oneDNN's
+    precision of ``path`` (see ``ENGINE_PATHS``): ``"float32"`` (fp32 everywhere; oneDNN's
     kernels run about twice as fast as eager PyTorch's MKL ones), ``"bfloat16"`` (bf16 linears and
     attention products, fp32 residual stream and softmax statistics), ``"int8"`` (symmetric
     per-channel int8 weights, dynamic per-tensor activations, fp32 attention) and ``"int8+bf16"``
-    (int8 linears, bf16 attention products; see :func:`_attention`). The attention scale is folded
+    (int8 linears, bf16 attention products; see ``_attention``). The attention scale is folded
     into the query rows of the qkv layer. The patch embedding (as a linear layer over flattened
     patches) and the output layer run in the linear layers' precision; in the int8 paths the fused
-    GELU takes its erf form (:data:`GELU_INT8`). Which path is fastest depends on the CPU:
-    ``--dtype auto`` measures them (:mod:`facedefense.autotune`).
+    GELU takes its erf form (``GELU_INT8``). Which path is fastest depends on the CPU:
+    ``--dtype auto`` measures them (``facedefense.autotune``).
 
     Off the CPU (``kernels="torch"``, the default there) the same folded form runs on PyTorch's own
     kernels on ``device``: whole-batch products, fused (flash) attention, paths
-    :data:`TORCH_ENGINE_PATHS`. ``kernels="torch"`` also runs on the CPU (how the tests check it).
+    ``TORCH_ENGINE_PATHS``. ``kernels="torch"`` also runs on the CPU (how the tests check it).
 
     ``network`` is consumed: its blocks are released one by one as they are converted, so the fp32
     weights and the engine's are never both held in full (nor is a memory-mapped checkpoint kept

@@ -5,7 +5,7 @@ Parameter names and shapes follow ``models/Generator.py`` of AIASLab/GAP-Diff so
 ``G_per16_pretrain.pth`` loads with ``strict=True``. As in the reference, the batch norms are shared:
 ``norm8`` serves e4-e7 and d1-d4, ``norm4`` e3 and d5, ``norm2`` e2 and d6, ``norm`` d7.
 
-:class:`GAPGenerator` is the trainable network; :class:`FoldedGAPGenerator` is an eval-mode CPU
+``GAPGenerator`` is the trainable network; ``FoldedGAPGenerator`` is an eval-mode CPU
 inference engine built from it (batch norms folded into the convolutions, weights prepacked for
 oneDNN, activations fused).
 """
@@ -123,7 +123,7 @@ class GAPGenerator(nn.Module):
 
 
 def folding_supported() -> bool:
-    """Whether this torch build has the oneDNN convolution kernels :class:`FoldedGAPGenerator` uses."""
+    """Whether this torch build has the oneDNN convolution kernels ``FoldedGAPGenerator`` uses."""
     ops = torch.ops.mkldnn
     names = (
         "_convolution_pointwise",
@@ -136,7 +136,7 @@ def folding_supported() -> bool:
 
 def int8_convolution_supported() -> bool:
     """Whether this torch build has oneDNN's int8 convolution kernels and the CPU runs them without
-    saturating (:func:`facedefense.runtime.cpu_runs_int8_exactly`)."""
+    saturating (``facedefense.runtime.cpu_runs_int8_exactly``)."""
     from facedefense.runtime import cpu_runs_int8_exactly
 
     ops = torch.ops.onednn
@@ -144,8 +144,8 @@ def int8_convolution_supported() -> bool:
 
 
 def folded_precisions() -> list[str]:
-    """The :class:`FoldedGAPGenerator` precisions this torch build and CPU can run (int8 ones need
-    oneDNN's int8 convolutions, x86 CPUs; bf16 ones :func:`facedefense.runtime.cpu_runs_onednn_bf16`);
+    """The ``FoldedGAPGenerator`` precisions this torch build and CPU can run (int8 ones need
+    oneDNN's int8 convolutions, x86 CPUs; bf16 ones ``facedefense.runtime.cpu_runs_onednn_bf16``);
     empty without oneDNN."""
     from facedefense.runtime import cpu_runs_onednn_bf16
 
@@ -249,7 +249,7 @@ def _phase_form(
     conv: nn.ConvTranspose2d, weight: torch.Tensor, bias: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The folded ``weight`` and ``bias`` of ``conv`` as those of its four-phase stride-1
-    convolution (padding 1): see :func:`_phase_kernels`, :func:`_interleave`."""
+    convolution (padding 1): see ``_phase_kernels``, ``_interleave``."""
     if conv.kernel_size != (4, 4) or conv.stride != (2, 2) or conv.padding != (1, 1):
         raise ValueError("transposed convolutions as output phases: only kernel 4, stride 2, padding 1")
     return _phase_kernels(weight), bias.repeat(4)
@@ -331,33 +331,33 @@ def _selu_concat(d: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
 
 
 class FoldedGAPGenerator:
-    """Eval-mode CPU inference engine for a :class:`GAPGenerator` (same function, faster).
+    """Eval-mode CPU inference engine for a ``GAPGenerator`` (same function, faster).
 
     Each batch norm (eval statistics) is folded into the convolution before it, the weights are
     reordered once into oneDNN's blocked layout (eager PyTorch reorders them at every call), and the
     LeakyReLU, ReLU and final tanh run inside the convolutions; the 3-channel output layer runs as
-    four output phases (:class:`_PackedConv`). Dropout is the identity in eval mode. fp32 results
+    four output phases (``_PackedConv``). Dropout is the identity in eval mode. fp32 results
     match the module to about 1e-6.
 
-    Precisions (:data:`FOLDED_PRECISIONS`): ``"float32"``; ``"bfloat16"`` (bf16 weights and
+    Precisions (``FOLDED_PRECISIONS``): ``"float32"``; ``"bfloat16"`` (bf16 weights and
     activations); ``"int8"`` and ``"int8+bf16"``: the heavy convolutions (each at least
-    :data:`INT8_MIN_SHARE` of the work, never the 3-channel input and output layers, which carry
-    most of the error) in int8 (:class:`_Int8Conv`, transposed ones as four output phases), the
+    ``INT8_MIN_SHARE`` of the work, never the 3-channel input and output layers, which carry
+    most of the error) in int8 (``_Int8Conv``, transposed ones as four output phases), the
     rest and the activations in fp32 or bf16. Which is fastest depends on the CPU: ``--dtype auto``
     measures. Not trainable; not an ``nn.Module``.
 
     Args:
         generator: the network (read, not modified).
-        dtype: a key of :data:`FOLDED_PRECISIONS` or ``torch.float32`` / ``torch.bfloat16``.
+        dtype: a key of ``FOLDED_PRECISIONS`` or ``torch.float32`` / ``torch.bfloat16``.
         input_size: the side the weights' layout is tuned for (any size works).
         shared: optional dict through which engines built from the same generator share their
             converted layers (``--dtype auto`` builds every precision to measure them).
 
     Shape:
-        (N, 3, H, W) channels-last, in :attr:`dtype` (the activations' precision), in [-1, 1], H and
-        W as for :class:`GAPGenerator` -> (N, 3, H, W) in [-1, 1].
+        (N, 3, H, W) channels-last, in ``dtype`` (the activations' precision), in [-1, 1], H and
+        W as for ``GAPGenerator`` -> (N, 3, H, W) in [-1, 1].
 
-    Example:
+    Examples:
         >>> engine = FoldedGAPGenerator(GAPGenerator().eval(), "int8+bf16")
         >>> x = torch.zeros(1, 3, 512, 512, dtype=engine.dtype).contiguous(memory_format=torch.channels_last)
         >>> engine(x).shape

@@ -197,11 +197,11 @@ class GAPObjective:
     """GAP-Diff's generator and discriminator losses for one batch (see the module docstring).
 
     Args:
-        network: the :class:`GAPGenerator` being trained.
-        discriminator: from :func:`build_discriminator`.
+        network: the ``GAPGenerator`` being trained.
+        discriminator: from ``build_discriminator``.
         surrogates: the frozen models.
         eps: budget in [0, 1] units.
-        options: :class:`GAPTrainingOptions`.
+        options: ``GAPTrainingOptions``.
     """
 
     def __init__(self, network: Any, discriminator: Any, surrogates: list[Surrogate], eps: float, options: GAPTrainingOptions) -> None:
@@ -288,7 +288,7 @@ def build_network(architecture: dict[str, Any]) -> Any:
 
 
 class GAPTrainer:
-    """Adam on generator and discriminator, discriminator step first (the loop's :class:`Trainer`)."""
+    """Adam on generator and discriminator, discriminator step first (the loop's ``Trainer``)."""
 
     def __init__(self, network, surrogates, eps, options: GAPTrainingOptions, pairs, accelerator, settings) -> None:
         import torch

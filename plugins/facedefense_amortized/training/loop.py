@@ -57,7 +57,7 @@ MAX_COUNT = 10**9
 
 
 class Trainer(Protocol):
-    """What a method supplies to the loop (built by its :class:`Recipe`)."""
+    """What a method supplies to the loop (built by its ``Recipe``)."""
 
     def step(
         self, images: Tensor, step: int, epoch: int, generator: torch.Generator, *, indices: Tensor
@@ -82,7 +82,7 @@ class Recipe:
         build_network: architecture dict -> trainable module.
         image_size: (architecture, options) -> training image side in pixels.
         default_steps: (options, steps per epoch) -> steps when ``--steps`` is not given.
-        build_trainer: (network, surrogates, eps, options, pairs, accelerator, settings) -> :class:`Trainer`;
+        build_trainer: (network, surrogates, eps, options, pairs, accelerator, settings) -> ``Trainer``;
             ``settings.steps`` and ``settings.batch_size`` are resolved (never None) by then.
         prompt: (options) -> the surrogates' prompt.
         uses_pairs: whether ``--pairs`` means anything.

@@ -78,10 +78,10 @@ class RIDObjective:
     """Computes RID's loss terms for one batch (see the module docstring).
 
     Args:
-        network: the :class:`PerturbationDiT` being trained.
+        network: the ``PerturbationDiT`` being trained.
         surrogates: the frozen ensemble.
         eps: budget in [0, 1] units (``delta = eps * tanh(network(x))``).
-        options: :class:`RIDTrainingOptions`.
+        options: ``RIDTrainingOptions``.
         pairs: (clean, protected) tensors (P, 3, S, S) in [0, 1], or None.
 
     Calling it with a batch ``images`` (B, 3, S, S) in [0, 1] and the data set's ``indices`` (B,) of
@@ -155,9 +155,9 @@ DEFAULT_STEPS = 20_000
 
 
 class RIDTrainer:
-    """AdamW on :class:`RIDObjective` with diffusers' linear schedule: warm-up from 0 over
+    """AdamW on ``RIDObjective`` with diffusers' linear schedule: warm-up from 0 over
     ``warmup_steps``, then linear decay to 0 at ``decay_steps`` (0: ``settings.steps``), stepped
-    once per optimizer step (the loop's :class:`Trainer`)."""
+    once per optimizer step (the loop's ``Trainer``)."""
 
     def __init__(self, network, surrogates, eps, options: RIDTrainingOptions, pairs, accelerator, settings) -> None:
         import torch

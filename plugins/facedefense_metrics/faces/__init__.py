@@ -4,7 +4,7 @@ One file per backend. ``dlib`` wraps dlib itself (detector, 5-point landmarks, 1
 ``dlib_torch`` is a torch port of dlib's embedding network that needs no dlib at run time (batched,
 differentiable); ``mtcnn`` is facenet-pytorch's detector; ``retinaface`` and ``arcface`` (RetinaFace + ArcFace, the
 papers' models) are facexlib's architectures with weights given by path; ``vgg_face`` is RetinaFace +
-deepface's VGG-Face (MetaCloak's identity model), weights by path. :func:`get_backend` builds one by name.
+deepface's VGG-Face (MetaCloak's identity model), weights by path. ``get_backend`` builds one by name.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BACKENDS = {
 
 
 def get_backend(name: str, **options) -> FaceBackend:
-    """Build the face backend called ``name`` (see :data:`BACKENDS`); options it does not take are ignored."""
+    """Build the face backend called ``name`` (see ``BACKENDS``); options it does not take are ignored."""
     import importlib
     import inspect
 

@@ -36,7 +36,7 @@ class FaceBackend(abc.ABC):
 
     Attributes:
         name: backend name, reported in every metric result that uses it.
-        can_embed: whether :meth:`embed_largest` is available.
+        can_embed: whether ``embed_largest`` is available.
     """
 
     name: ClassVar[str]

@@ -85,7 +85,7 @@ class DlibBackend(FaceBackend):
         detect: (3, H, W) in [0, 1] -> faces, largest first; landmarks (5, 2) in dlib's 5-point order
         (right eye outer, right eye inner, left eye outer, left eye inner, nose base).
 
-    Example:
+    Examples:
         >>> DlibBackend().embed_largest([image])[0].shape
         torch.Size([128])
     """

