@@ -84,6 +84,7 @@ def _prepare_imports() -> None:
     import transformers
 
     warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a refused pickle is reported in one line
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
 
@@ -125,10 +126,42 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
-    """What a damaged or missing checkpoint raises inside ``from_pretrained``."""
+    """What a damaged, missing or refused checkpoint raises inside ``from_pretrained`` (a legacy
+    pickle that ``torch.load(weights_only=True)`` refuses raises ``UnpicklingError``)."""
+    import pickle
+
     from safetensors import SafetensorError
 
-    return (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
+    return (OSError, ValueError, RuntimeError, KeyError, SafetensorError, pickle.UnpicklingError)
+
+
+#: Suffixes of legacy pickled weights (read with ``torch.load(weights_only=True)``).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _refused_pickle(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is ``torch.load(weights_only=True)`` refusing a pickle."""
+    import pickle
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def _cannot_read(model: str, what: str, exc: BaseException, folder: Path | None) -> str:
+    """One line saying why ``what`` of ``model`` cannot be read; a refused pickle names its file(s)."""
+    if not _refused_pickle(exc):
+        return f"model '{model}': {what} cannot be read ({_first_line(exc)})"
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in PICKLE_SUFFIXES) if folder else []
+    named = ", ".join(str(p) for p in files[:3]) + (", ..." if len(files) > 3 else "") if files else "its legacy weights file"
+    return (
+        f"model '{model}': {what} cannot be read: {named} is not a plain weights file (torch.load with "
+        "weights_only=True refused it; loading it could run code); use safetensors weights"
+    )
 
 
 def _local_folder(model: str) -> Path | None:
@@ -162,14 +195,15 @@ def _from_pretrained(cls: Any, model: str, *, subfolder: str | None = None, **kw
         try:
             return cls.from_pretrained(str(local), local_files_only=True, **extra, **kwargs)
         except errors as exc:
-            raise ModelNotFoundError(
-                f"model '{model}': {what} cannot be read ({_first_line(exc)}); rebuild or re-download the folder"
-            ) from exc
+            reason = _cannot_read(model, what, exc, local / subfolder if subfolder else local)
+            raise ModelNotFoundError(f"{reason}; rebuild or re-download the folder") from exc
     cached = _in_hub_cache(model)
     try:
         return cls.from_pretrained(model, local_files_only=True, **extra, **kwargs)
     except errors as exc:
         if cached:
+            if _refused_pickle(exc):
+                raise ModelNotFoundError(f"{_cannot_read(model, what, exc, None)}; it is in the Hugging Face cache") from exc
             raise _hub_error(model, f"is in the Hugging Face cache but its {what} cannot be read ({_first_line(exc)})") from exc
         if _offline():
             raise _hub_error(model, "is not a local folder and is not in the Hugging Face cache (offline: HF_HUB_OFFLINE is set)") from exc

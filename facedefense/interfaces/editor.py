@@ -78,6 +78,17 @@ class Editor(Method, abc.ABC):
         mask = mask.to(edited.device)
         return mask * edited + (1 - mask) * original.to(edited.dtype)
 
+    def prepare(self) -> None:
+        """Load and check what the editor needs (its model) before any output is written.
+
+        ``facedefense attack`` calls it before it claims its output folder, so a missing, damaged or
+        wrong model is refused with nothing written; a subclass that loads a model overrides it
+        (``edit`` must still work without it being called). Default: nothing.
+
+        Raises:
+            ConfigError, ModelNotFoundError: what the editor cannot work with (one line).
+        """
+
     def automatic_mask(self, images: Tensor) -> Tensor | None:
         """The mask used when none is given: (N, 1, H, W) in [0, 1] on ``images``' device, or None
         (edit everywhere; the default)."""

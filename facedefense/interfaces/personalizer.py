@@ -128,6 +128,28 @@ class Personalizer(Method, abc.ABC):
     Config: ClassVar[type[PersonalizerConfig]] = PersonalizerConfig
     Model: ClassVar[type[PersonalizedModel]]
 
+    def prepare(self, *, instance_prompt: str | None = None, class_prompt: str | None = None) -> None:
+        """Check the options and prompts, and load what `fit` needs (the base model), before
+        any output is written.
+
+        ``facedefense attack`` calls it before it claims its output folder, so a missing, damaged or
+        wrong model, or a prompt the method refuses, is refused with nothing written. A subclass
+        that loads a model overrides it (calling this one first) and may keep what it loaded for the
+        next `fit`; `fit` must still work without it being called.
+
+        Args:
+            instance_prompt: the instance prompt the coming `fit` gets (default: the config's).
+            class_prompt: its class prompt (default: the config's).
+
+        Raises:
+            ConfigError, ModelNotFoundError: what the personalizer cannot work with (one line).
+        """
+        if not self.config.model:
+            raise ConfigError(f"{self.name or type(self).__name__} needs a base model (option 'model')")
+        prompt = instance_prompt if instance_prompt is not None else self.config.instance_prompt
+        if not prompt.strip():
+            raise ConfigError("the instance prompt is empty (e.g. 'a photo of sks person')")
+
     def fit(
         self,
         images: Tensor | Sequence[Tensor],
@@ -150,11 +172,8 @@ class Personalizer(Method, abc.ABC):
             output_dir: when given, the trained model is saved there.
             generator: source of randomness (default: seeded with ``config.seed``).
         """
-        if not self.config.model:
-            raise ConfigError(f"{self.name or type(self).__name__} needs a base model (option 'model')")
+        Personalizer.prepare(self, instance_prompt=instance_prompt)  # the checks only: no model is loaded here
         prompt = instance_prompt if instance_prompt is not None else self.config.instance_prompt
-        if not prompt.strip():
-            raise ConfigError("the instance prompt is empty (e.g. 'a photo of sks person')")
         listed = [image.clone() for image in as_image_list(images)]
         classes = as_image_list(class_images, "class images") if class_images is not None and len(class_images) else None
         output = Path(output_dir) if output_dir is not None else None

@@ -4,6 +4,7 @@ folders, loading a pipeline of the right kind, and the instance-image preprocess
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,57 @@ DEFAULT_PROMPTS = (
 
 #: UNet input channels -> what kind of Stable Diffusion model has them.
 MODEL_KINDS = {4: "text-to-image", 7: "x4-upscaler", 8: "InstructPix2Pix", 9: "inpainting"}
+#: Largest working or training side in pixels (Stable Diffusion XL works at 1024; 4096 already
+#: needs tens of GB): ``--resolution 65536`` is refused before any work instead of allocating 51 GB.
+MAX_RESOLUTION = 4096
+#: Largest number of denoising steps: schedulers refuse more steps than the model's 1000 training
+#: timesteps (`check_denoising_steps` checks the model's own number once it is loaded).
+MAX_DENOISING_STEPS = 1000
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """An option's value must be a finite number in ``[low, high]`` (NaN and infinities refused).
+
+    Raises:
+        ConfigError: ``option 'steps' must be from 1 to 1000, got 5000``.
+    """
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"option '{name}' must be from {low:g} to {high:g}, got {value}")
+
+
+def check_resolution(value: int | None, name: str = "resolution") -> None:
+    """A working or training side: a multiple of 8 from 8 to `MAX_RESOLUTION`, and a square of
+    that side within the image-size limit (``FACEDEFENSE_MAX_PIXELS``, see `facedefense.io.max_pixels`).
+
+    Raises:
+        ConfigError: the value is out of range.
+    """
+    from facedefense.io import max_pixels
+
+    if value is None:
+        return
+    check_range(name, value, 8, MAX_RESOLUTION)
+    if value % 8:
+        raise ConfigError(f"option '{name}' must be a multiple of 8, got {value}")
+    if value * value > max_pixels():
+        raise ConfigError(
+            f"option '{name}' {value} makes {value}x{value} images, over the image-size limit of {max_pixels()} "
+            "pixels (FACEDEFENSE_MAX_PIXELS)"
+        )
+
+
+def check_denoising_steps(scheduler: Any, steps: dict[str, int], method: str) -> None:
+    """Denoising steps cannot exceed the model's training timesteps (diffusers' schedulers raise
+    a ValueError mid-run otherwise).
+
+    Raises:
+        ConfigError: an option in ``steps`` (name -> value) is larger than the model allows.
+    """
+    limit = int(getattr(scheduler.config, "num_train_timesteps", MAX_DENOISING_STEPS))
+    for name, value in steps.items():
+        if value > limit:
+            raise ConfigError(f"{method}: option '{name}' is {value}, but the model has only {limit} timesteps")
 
 
 def default_prompts(identifier: str = "sks") -> list[str]:

@@ -3,12 +3,20 @@ working size (short side ``resolution``, multiples of 8) and map the result back
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense.errors import ConfigError
+from facedefense.errors import ConfigError, ImageError
 from facedefense.interfaces.editor import Editor, EditorConfig
-from facedefense_attacks.common import load_checked_pipeline
+from facedefense_attacks.common import (
+    MAX_DENOISING_STEPS,
+    MAX_RESOLUTION,
+    check_denoising_steps,
+    check_range,
+    check_resolution,
+    load_checked_pipeline,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -20,9 +28,11 @@ class DiffusionEditorConfig(EditorConfig):
     """Options of every diffusion editor.
 
     Attributes:
-        steps: denoising steps. guidance_scale: classifier-free guidance of the text.
-        resolution: short side the model works at (the aspect ratio is kept; sides rounded to
-            multiples of 8); None works at the photo's own size. The edit is resized back.
+        steps: denoising steps, 1 to 1000 (at most the model's training timesteps).
+        guidance_scale: classifier-free guidance of the text, 0 to 100.
+        resolution: short side the model works at, a multiple of 8 up to 4096 (the aspect ratio is
+            kept; sides rounded to multiples of 8); None works at the photo's own size (at most
+            4096 x 4096 pixels). The edit is resized back.
         negative_prompt: optional negative prompt.
     """
 
@@ -34,10 +44,24 @@ class DiffusionEditorConfig(EditorConfig):
     def __post_init__(self) -> None:
         if hasattr(super(), "__post_init__"):
             super().__post_init__()  # type: ignore[misc]
-        if self.steps < 1:
-            raise ConfigError(f"option 'steps' must be at least 1, got {self.steps}")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise ConfigError(f"option 'resolution' must be a positive multiple of 8, got {self.resolution}")
+        check_range("steps", self.steps, 1, MAX_DENOISING_STEPS)
+        check_range("guidance_scale", self.guidance_scale, 0, 100)
+        check_resolution(self.resolution)
+
+
+def check_strength_steps(strength: float, steps: int) -> None:
+    """Image-to-image pipelines run ``int(steps * strength)`` denoising steps: that must be at least one.
+
+    Raises:
+        ConfigError: ``strength`` is outside (0, 1], or it leaves no step to run.
+    """
+    if not 0 < strength <= 1:
+        raise ConfigError(f"option 'strength' must be in (0, 1], got {strength}")
+    if int(steps * strength) < 1:
+        raise ConfigError(
+            f"strength {strength} x steps {steps} runs no denoising step; "
+            f"use steps >= {math.ceil(1 / strength)} or a larger strength"
+        )
 
 
 class DiffusionEditor(Editor):
@@ -53,6 +77,11 @@ class DiffusionEditor(Editor):
     pipeline_kind: ClassVar[str] = "img2img"
     unet_channels: ClassVar[int] = 4
     _pipeline: Any = None
+
+    def prepare(self) -> None:
+        """Load the editing pipeline and check it: the right kind of model, and no more denoising
+        steps than its scheduler has timesteps."""
+        check_denoising_steps(self.pipeline.scheduler, {"steps": self.config.steps}, self.name or type(self).__name__)
 
     @property
     def pipeline(self) -> Any:
@@ -72,6 +101,11 @@ class DiffusionEditor(Editor):
 
         height, width = images.shape[-2:]
         size = working_size(height, width, self.config.resolution, 8)
+        if size[0] * size[1] > MAX_RESOLUTION**2:
+            raise ImageError(
+                f"a {width}x{height} photo would be edited at {size[1]}x{size[0]}, over {MAX_RESOLUTION}x{MAX_RESOLUTION} "
+                "pixels; set a smaller option 'resolution'"
+            )
         pipeline = self.pipeline
         inputs = resize(images, size).clamp(0, 1).to(self.device, pipeline.unet.dtype)
         masks = resize(mask, size).clamp(0, 1).to(self.device, pipeline.unet.dtype) if mask is not None else None

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from facedefense.errors import ConfigError
-from facedefense_attacks.editing import DiffusionEditor, DiffusionEditorConfig
+from facedefense_attacks.common import check_range
+from facedefense_attacks.editing import DiffusionEditor, DiffusionEditorConfig, check_strength_steps
 
 if TYPE_CHECKING:
     import torch
@@ -20,8 +20,8 @@ class InpaintConfig(DiffusionEditorConfig):
 
     Attributes:
         model: default ``"stable-diffusion-v1-5/stable-diffusion-inpainting"``.
-        steps: 100. guidance_scale: 7.5. eta: 1.0 (DDIM eta).
-        strength: 1.0, the masked region regenerated from noise: PhotoGuard's notebook passes 0.7,
+        steps: 100. guidance_scale: 7.5. eta: 1.0 (DDIM eta, 0 to 1).
+        strength: 1.0 (in (0, 1]; ``int(steps * strength)`` steps run, at least one), the masked region regenerated from noise: PhotoGuard's notebook passes 0.7,
             but its diffusers (0.10.2) inpainting pipeline has no strength and its logged runs
             take all 100 steps; 0.7 runs 70 steps from the noised photo.
         auto_mask: the mask used when none is given: ``"background"`` (keep the largest face
@@ -37,8 +37,8 @@ class InpaintConfig(DiffusionEditorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.strength <= 1:
-            raise ConfigError(f"option 'strength' must be in (0, 1], got {self.strength}")
+        check_strength_steps(self.strength, self.steps)  # the pipeline runs int(steps * strength) steps
+        check_range("eta", self.eta, 0, 1)
 
 
 class Inpaint(DiffusionEditor):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from facedefense_attacks.common import check_range
 from facedefense_attacks.editing import DiffusionEditor, DiffusionEditorConfig
 
 if TYPE_CHECKING:
@@ -21,13 +22,17 @@ class InstructPix2PixConfig(DiffusionEditorConfig):
         model: default ``"timbrooks/instruct-pix2pix"``.
         steps: 50, the default of FaceLock's ``edit.py`` and ``main_edit.py`` (its README's
             example commands pass 100, diffusers' pipeline default).
-        guidance_scale: 7.5 (text). image_guidance_scale: 1.5.
+        guidance_scale: 7.5 (text). image_guidance_scale: 1.5 (0 to 100).
         resolution: 512 on the short side.
     """
 
     model: str = "timbrooks/instruct-pix2pix"
     steps: int = 50
     image_guidance_scale: float = 1.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("image_guidance_scale", self.image_guidance_scale, 0, 100)
 
 
 class InstructPix2Pix(DiffusionEditor):

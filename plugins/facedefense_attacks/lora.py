@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from facedefense_attacks.common import check_range
 from facedefense_attacks.personalized import PipelinePersonalized
 from facedefense_attacks.training import Trainables, TrainedPersonalizer, TrainingConfig
 
@@ -34,6 +35,10 @@ class LoRAConfig(TrainingConfig):
     num_class_images: int = 100
     inference_steps: int = 50
     guidance_scale: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("rank", self.rank, 1, 1024)
 
 
 def add_lora(unet: Any, rank: int) -> list[Any]:

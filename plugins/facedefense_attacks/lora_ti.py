@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from facedefense_attacks.common import check_range
 from facedefense_attacks.lora import LORA_WEIGHTS, add_lora, save_lora
 from facedefense_attacks.personalized import PipelinePersonalized
-from facedefense_attacks.textual_inversion import EMBEDDING_WEIGHTS, add_token, save_embedding
+from facedefense_attacks.textual_inversion import EMBEDDING_WEIGHTS, add_token, check_token, save_embedding
 from facedefense_attacks.training import Trainables, TrainedPersonalizer, TrainingConfig
 
 
@@ -36,6 +37,10 @@ class LoRATIConfig(TrainingConfig):
     num_class_images: int = 100
     inference_steps: int = 50
     guidance_scale: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("rank", self.rank, 1, 1024)
 
 
 class LoRATIModel(PipelinePersonalized):
@@ -79,6 +84,9 @@ class LoRATI(TrainedPersonalizer):
     name: ClassVar[str] = "lora_ti"
     Config: ClassVar[type[LoRATIConfig]] = LoRATIConfig
     Model: ClassVar[type[PipelinePersonalized]] = LoRATIModel
+
+    def _check_base(self, pipeline: Any) -> None:
+        check_token(pipeline.tokenizer, self.config.identifier, self.config.initializer_token)
 
     def _trainables(self, pipeline: Any) -> Trainables:
         weight, restore = add_token(pipeline, self.config.identifier, self.config.initializer_token)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense.errors import ConfigError
+from facedefense.errors import ConfigError, FaceDefenseError, ModelNotFoundError, OutputError
 from facedefense.interfaces.personalizer import PersonalizedModel, read_metadata, write_metadata
 
 if TYPE_CHECKING:
@@ -90,22 +90,55 @@ class PipelinePersonalized(PersonalizedModel):
         """Write the weights in their diffusers format and ``facedefense_personalized.json``.
 
         The weights are written in the pipeline's dtype: ``fit(output_dir=...)`` saves the float32
-        training result before the pipeline is cast to the inference dtype for generation."""
+        training result before the pipeline is cast to the inference dtype for generation.
+
+        Raises:
+            OutputError: a file cannot be written (a full disk, a permission), naming the folder.
+        """
+        import os
+        import time
+
+        from safetensors import SafetensorError
+
+        from facedefense.io import _umask_mode
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._save_weights(directory)
-        write_metadata(directory, **self.info)
+        started = time.time_ns() - 2 * 10**9  # file systems with coarse time stamps
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._save_weights(directory)
+            write_metadata(directory, **self.info)
+            for path in directory.rglob("*"):  # safetensors writes 0600: the umask's mode, as every file
+                if path.is_file() and not path.is_symlink() and path.stat().st_mtime_ns >= started:
+                    os.chmod(path, _umask_mode())
+        except (OSError, SafetensorError) as exc:
+            if isinstance(exc, OutputError):
+                raise
+            text = str(exc).strip()
+            reason = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
+            raise OutputError(f"{directory}: the model cannot be written ({reason})") from exc
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str = "auto", dtype: str = "auto") -> PipelinePersonalized:
         """Rebuild the model saved in ``directory`` (the base model must be reachable for adapters)."""
+        import pickle
+
+        from safetensors import SafetensorError
+
         from facedefense.runtime import resolve_device, resolve_dtype
 
         directory = Path(directory)
         info = read_metadata(directory)
         torch_device = resolve_device(device)
-        pipeline = cls._attach(directory, info, torch_device, resolve_dtype(dtype, torch_device, cpu_bf16=False))
+        try:
+            pipeline = cls._attach(directory, info, torch_device, resolve_dtype(dtype, torch_device, cpu_bf16=False))
+        except FaceDefenseError:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, pickle.UnpicklingError) as exc:
+            text = str(exc).strip()
+            reason = text.splitlines()[0][:200] if text else type(exc).__name__
+            raise ModelNotFoundError(f"{directory}: the saved {cls.format} model cannot be read ({reason})") from exc
         pipeline.set_progress_bar_config(disable=True)
         return cls(pipeline, info)
 

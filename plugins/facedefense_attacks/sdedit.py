@@ -4,12 +4,10 @@ evaluation settings as the default."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense.errors import ConfigError
-from facedefense_attacks.editing import DiffusionEditor, DiffusionEditorConfig
+from facedefense_attacks.editing import DiffusionEditor, DiffusionEditorConfig, check_strength_steps
 
 if TYPE_CHECKING:
     import torch
@@ -31,13 +29,7 @@ class SDEditConfig(DiffusionEditorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.strength <= 1:
-            raise ConfigError(f"option 'strength' must be in (0, 1], got {self.strength}")
-        if int(self.steps * self.strength) < 1:  # img2img runs int(steps * strength) denoising steps
-            raise ConfigError(
-                f"strength {self.strength} x steps {self.steps} runs no denoising step; "
-                f"use steps >= {math.ceil(1 / self.strength)} or a larger strength"
-            )
+        check_strength_steps(self.strength, self.steps)
 
 
 class SDEdit(DiffusionEditor):

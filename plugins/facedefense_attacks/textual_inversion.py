@@ -43,6 +43,18 @@ class TextualInversionConfig(TrainingConfig):
     guidance_scale: float = 5.0
 
 
+def check_token(tokenizer: Any, token: str, initializer: str) -> None:
+    """The new token must not be a word the tokenizer knows, and the initializer must give tokens.
+
+    Raises:
+        ConfigError: either is not so.
+    """
+    if token in tokenizer.get_vocab():
+        raise ConfigError(f"the identifier {token!r} is already in the tokenizer; choose a new token such as '<new1>'")
+    if not tokenizer.encode(initializer, add_special_tokens=False):
+        raise ConfigError(f"initializer_token {initializer!r} gives no token")
+
+
 def add_token(pipeline: Any, token: str, initializer: str) -> tuple[Any, Any]:
     """Add ``token`` to the tokenizer, give it the initializer's embedding, and make only its row
     trainable: the gradient of every other row is zeroed as it is computed (so gradient clipping
@@ -58,11 +70,9 @@ def add_token(pipeline: Any, token: str, initializer: str) -> tuple[Any, Any]:
     import torch
 
     tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
-    if tokenizer.add_tokens([token]) == 0:
-        raise ConfigError(f"the identifier {token!r} is already in the tokenizer; choose a new token such as '<new1>'")
+    check_token(tokenizer, token, initializer)
     pieces = tokenizer.encode(initializer, add_special_tokens=False)
-    if not pieces:
-        raise ConfigError(f"initializer_token {initializer!r} gives no token")
+    tokenizer.add_tokens([token])
     encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     weight = encoder.get_input_embeddings().weight
     new_id = tokenizer.convert_tokens_to_ids(token)
@@ -138,6 +148,9 @@ class TextualInversion(TrainedPersonalizer):
     name: ClassVar[str] = "textual_inversion"
     Config: ClassVar[type[TextualInversionConfig]] = TextualInversionConfig
     Model: ClassVar[type[PipelinePersonalized]] = TextualInversionModel
+
+    def _check_base(self, pipeline: Any) -> None:
+        check_token(pipeline.tokenizer, self.config.identifier, self.config.initializer_token)
 
     def _trainables(self, pipeline: Any) -> Trainables:
         weight, restore = add_token(pipeline, self.config.identifier, self.config.initializer_token)

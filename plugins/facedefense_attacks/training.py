@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from facedefense.errors import ConfigError, MissingDependencyError
 from facedefense.interfaces.personalizer import Personalizer, PersonalizerConfig
-from facedefense_attacks.common import check_identifier, default_prompts, load_checked_pipeline, square_batch
+from facedefense_attacks.common import (
+    MAX_DENOISING_STEPS,
+    check_denoising_steps,
+    check_identifier,
+    check_range,
+    check_resolution,
+    default_prompts,
+    load_checked_pipeline,
+    square_batch,
+)
 from facedefense_attacks.personalized import PipelinePersonalized
 
 if TYPE_CHECKING:
@@ -79,15 +88,16 @@ class TrainingConfig(PersonalizerConfig):
     def __post_init__(self) -> None:
         if hasattr(super(), "__post_init__"):
             super().__post_init__()  # type: ignore[misc]
-        positive = {"steps": self.steps, "batch_size": self.batch_size, "resolution": self.resolution,
-                    "inference_steps": self.inference_steps, "class_inference_steps": self.class_inference_steps}
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"option '{key}' must be at least 1, got {value}")
-        if self.resolution % 8:
-            raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
+        for key, high in (("steps", 10**7), ("batch_size", 1024), ("inference_steps", MAX_DENOISING_STEPS),
+                          ("class_inference_steps", MAX_DENOISING_STEPS), ("num_class_images", 10**6)):
+            check_range(key, getattr(self, key), 0 if key == "num_class_images" else 1, high)
+        check_resolution(self.resolution)
+        check_range("learning_rate", self.learning_rate, 0, 1)
         if self.learning_rate <= 0:
             raise ConfigError(f"option 'learning_rate' must be positive, got {self.learning_rate}")
+        for key in ("prior_loss_weight", "weight_decay", "max_grad_norm"):
+            check_range(key, getattr(self, key), 0, 1e6)
+        check_range("guidance_scale", self.guidance_scale, 0, 100)
         if self.prior_preservation and self.num_class_images < 1:
             raise ConfigError("prior preservation needs num_class_images >= 1")
 
@@ -472,10 +482,44 @@ class TrainedPersonalizer(Personalizer):
     Model: ClassVar[type[PipelinePersonalized]] = PipelinePersonalized
     progress: bool = False
     last_training: TrainingResult | None = None
+    _prepared: Any = None
 
     def default_prompts(self) -> list[str]:
         """The literature's evaluation prompts with this personalizer's identifier."""
         return default_prompts(self.config.identifier)
+
+    def prepare(self, *, instance_prompt: str | None = None, class_prompt: str | None = None) -> None:
+        """Check the prompts and load the base model, checked: a text-to-image model, a prediction
+        type the loss supports, enough timesteps for the denoising steps, and what the method's own
+        `_check_base` asks. The next `fit` trains the pipeline loaded here."""
+        import torch
+
+        super().prepare(instance_prompt=instance_prompt, class_prompt=class_prompt)
+        config, label = self.config, self.name or type(self).__name__
+        prompt = instance_prompt if instance_prompt is not None else config.instance_prompt
+        check_identifier(prompt, config.identifier, label)
+        classes = class_prompt if class_prompt is not None else config.class_prompt
+        if config.prior_preservation and not classes.strip():
+            raise ConfigError(f"{label}: the class prompt is empty (prior preservation generates images of it)")
+        if config.mixed_precision == "fp16" and self.device.type == "cpu":
+            raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
+        if config.optimizer == "adamw_8bit" and self.device.type != "cuda":
+            raise ConfigError("optimizer adamw_8bit needs a CUDA GPU (bitsandbytes); use optimizer=adamw")
+        pipeline = load_checked_pipeline(
+            config.model, "text2img", expected_channels=4, method=label, device=self.device, dtype=torch.float32
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        check_prediction_type(pipeline.scheduler, label)
+        steps = {"inference_steps": config.inference_steps}
+        if config.prior_preservation:
+            steps["class_inference_steps"] = config.class_inference_steps
+        check_denoising_steps(pipeline.scheduler, steps, label)
+        self._check_base(pipeline)
+        self._prepared = pipeline
+
+    def _check_base(self, pipeline: Any) -> None:
+        """Refuse a base pipeline this method cannot train (textual inversion: a token it already
+        knows); called by `prepare`, before anything is changed or written."""
 
     def _trainables(self, pipeline: Any) -> Trainables:
         """Make some weights of ``pipeline`` trainable (``requires_grad``) and return them."""
@@ -495,12 +539,10 @@ class TrainedPersonalizer(Personalizer):
         from accelerate import PartialState
 
         config, label = self.config, self.name or type(self).__name__
+        if self._prepared is None:
+            self.prepare(instance_prompt=instance_prompt, class_prompt=class_prompt)
         check_identifier(instance_prompt, config.identifier, label)
-        pipeline = load_checked_pipeline(
-            config.model, "text2img", expected_channels=4, method=label, device=self.device, dtype=torch.float32
-        )
-        pipeline.set_progress_bar_config(disable=True)
-        check_prediction_type(pipeline.scheduler, label)
+        pipeline, self._prepared = self._prepared, None  # trained in place: a later fit loads afresh
         for network in (pipeline.unet, pipeline.text_encoder, pipeline.vae):
             network.requires_grad_(False)
         instances = square_batch(images, config.resolution)

@@ -1258,3 +1258,282 @@ def test_pairs_missing_folder(workspace):
     result = invoke("pairs", workspace.inputs / "none", workspace.inputs, "--output", workspace.root / "pairs.json")
     workspace.check(result, 2, f"clean folder {workspace.inputs / 'none'} is not a folder")
     assert not (workspace.root / "pairs.json").exists()
+
+
+# ==================================================================================================
+# attack (issue 26): the output claimed like protect's (never a user's file, --resume/--overwrite for
+# an earlier run), everything checked before any work (model, mask, prompts, option ranges), and a
+# run that ends early marks its manifest. Each case keeps the invariants above (`Workspace.check`).
+# ==================================================================================================
+
+ATTACK_EDIT = ["--prompt", "a painting", "--steps", "2", "-o", "resolution=32", "--device", "cpu", "--no-progress"]
+ATTACK_LORA = ["--prompt", "a photo of sks person", "--num-images", "1", "--steps", "1", "-o", "resolution=32",
+               "-o", "prior_preservation=false", "-o", "inference_steps=1", "--device", "cpu", "--no-progress"]
+
+
+def attack_photos(workspace: Workspace) -> Path:
+    folder = workspace.inputs / "photos"
+    folder.mkdir()
+    for seed in range(2):
+        Image.fromarray(rgb(48, 40, seed)).save(folder / f"e{seed}.png")
+    return folder
+
+
+def edit(photos: Path, out: Path, model: Path, *extra, editor: str = "sdedit"):
+    return invoke("attack", photos, "--editor", editor, "--model", model, "--output", out, *ATTACK_EDIT, *extra)
+
+
+def personalize(photos: Path, out: Path, model: Path, *extra, personalizer: str = "lora"):
+    rank = ["-o", "rank=2"] if personalizer == "lora" else []
+    return invoke("attack", photos, "--personalizer", personalizer, "--model", model, "--output", out, *ATTACK_LORA, *rank, *extra)
+
+
+def damaged_model(source: Path, folder: Path, how: str) -> Path:
+    """A copy of the tiny model ``source`` in ``folder``, damaged as ``how`` says."""
+    import shutil
+
+    model = folder / f"model-{how}"
+    shutil.copytree(source, model)
+    if how == "half-written":
+        shutil.rmtree(model / "unet")
+    elif how == "truncated-unet":
+        weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "pickled-text-encoder":
+        import pickle
+
+        class Payload:  # what a malicious checkpoint carries: a call made when it is unpickled
+            def __reduce__(self):
+                return (os.mkdir, (str(folder / "payload-ran"),))
+
+        (model / "text_encoder" / "model.safetensors").unlink()
+        (model / "text_encoder" / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    elif how == "100-timesteps":
+        config = model / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "num_train_timesteps": 100}))
+    return model
+
+
+#: case -> (command, model, extra arguments, what the error line says). Models: "sd", "inpaint",
+#: "ip2p" (the tiny ones), "photos", "a photo", "unet" (a component folder), "missing", or a
+#: `damaged_model` kind; "OUT" in an argument is the output folder.
+ATTACK_REFUSALS = {
+    "model: a photo folder": ("edit", "photos", [], "has no model_index.json"),
+    "model: a file": ("lora", "a photo", [], "is a file"),
+    "model: a component folder": ("lora", "unet", [], "has no model_index.json"),
+    "model: missing": ("edit", "missing", [], "does not exist"),
+    "model: half-written": ("lora", "half-written", [], "has no component 'unet'"),
+    "model: truncated UNet": ("edit", "truncated-unet", [], "pipeline cannot be read (Unable to load weights"),
+    "model: a pickled text encoder": ("lora", "pickled-text-encoder", [], "pytorch_model.bin is not a plain weights file"),
+    "model: InstructPix2Pix for lora": ("lora", "ip2p", [], "is an InstructPix2Pix model"),
+    "model: text-to-image for inpaint": ("inpaint", "sd", ["--mask", "face"], "is a text-to-image model"),
+    "model: the output folder": ("edit", "sd", ["--output-is-model"], "is the input"),
+    "steps: more than the model's timesteps (editor)": ("edit", "100-timesteps", ["--steps", "200"], "has only 100 timesteps"),
+    "steps: more than the model's timesteps (lora)": ("lora", "100-timesteps", ["-o", "inference_steps=200"], "has only 100 timesteps"),
+    "steps: inpaint strength x steps < 1": ("inpaint", "inpaint", ["--mask", "face", "-o", "strength=0.5", "--steps", "1"], "runs no denoising step"),
+    "resolution 65536 (editor)": ("edit", "sd", ["-o", "resolution=65536"], "must be from 8 to 4096"),
+    "resolution 65536 (lora)": ("lora", "sd", ["-o", "resolution=65536"], "must be from 8 to 4096"),
+    "resolution over FACEDEFENSE_MAX_PIXELS": ("edit", "sd", ["-o", "resolution=64", "--max-pixels=1000"], "over the image-size limit"),
+    "guidance out of range": ("edit", "sd", ["-o", "guidance_scale=1e9"], "must be from 0 to 100"),
+    "learning rate out of range": ("lora", "sd", ["-o", "learning_rate=5"], "must be from 0 to 1"),
+    "LoRA rank 0": ("lora", "sd", ["-o", "rank=0"], "must be from 1 to 1024"),
+    "fp16 training on the CPU": ("lora", "sd", ["-o", "mixed_precision=fp16"], "fp16 needs a GPU"),
+    "mask: a folder": ("inpaint", "inpaint", ["--mask", "photos"], "is a folder"),
+    "mask: missing": ("inpaint", "inpaint", ["--mask", "missing.png"], "no such file"),
+    "mask: not an image": ("inpaint", "inpaint", ["--mask", "notes.png"], "not an image"),
+    "prompt: instance prompt without the identifier": ("lora", "sd", ["--instance-prompt", "a photo of a person"], "does not contain the identifier 'sks'"),
+    "prompt: an empty generation prompt": ("lora", "sd", ["--prompt", " "], "a --prompt is empty"),
+    "prompt: a token the tokenizer knows": ("ti", "sd", ["-o", "identifier=<|endoftext|>", "--instance-prompt", "a photo of <|endoftext|> person"], "already in the tokenizer"),
+    "class cache inside the output": ("lora", "sd", ["-o", "class_cache=OUT/cache", "-o", "prior_preservation=true"], "holds the input"),
+    "--resume and --overwrite": ("edit", "sd", ["--resume", "--overwrite"], "exclude each other"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ATTACK_REFUSALS))
+def test_attack_refused_before_any_work(workspace, tiny_sd_path, tiny_inpaint_path, tiny_ip2p_path, monkeypatch, case):
+    """13 refusals wrote a 'running' manifest first, and the corrected rerun was then refused."""
+    command, model, extra, match = ATTACK_REFUSALS[case]
+    photos = attack_photos(workspace)
+    (workspace.inputs / "notes.png").write_text("not pixels\n")
+    out = workspace.root / "out"
+    models = {"sd": tiny_sd_path, "inpaint": tiny_inpaint_path, "ip2p": tiny_ip2p_path, "photos": photos,
+              "a photo": photos / "e0.png", "unet": tiny_sd_path / "unet", "missing": workspace.inputs / "nowhere"}
+    path = models[model] if model in models else damaged_model(tiny_sd_path, workspace.inputs, model)
+    if "--output-is-model" in extra:
+        extra, out = [], path
+    if "--max-pixels=1000" in extra:
+        extra = [arg for arg in extra if arg != "--max-pixels=1000"]
+        monkeypatch.setenv("FACEDEFENSE_MAX_PIXELS", "1000")
+    extra = [arg.replace("OUT", str(out)) for arg in extra]
+    extra = [str(workspace.inputs / arg) if arg in ("photos", "missing.png", "notes.png") else arg for arg in extra]
+    workspace.freeze()
+    if command == "lora" or command == "ti":
+        result = personalize(photos, out, path, *extra, personalizer="lora" if command == "lora" else "textual_inversion")
+    else:
+        result = edit(photos, out, path, *extra, editor="sdedit" if command == "edit" else "inpaint")
+    workspace.check(result, 2, match)
+    assert out == path or not out.exists(), "nothing is written before the checks pass"
+    assert not (workspace.inputs / "payload-ran").exists(), "the pickle's call never runs"
+
+
+def test_attack_editor_never_replaces_a_users_photos(workspace, tiny_sd_path):
+    """`attack --editor sdedit PHOTOS/ --output ALBUM/` overwrote the user's e0.png and e1.png."""
+    photos = attack_photos(workspace)
+    album = workspace.root / "album"
+    album.mkdir()
+    for name in ("e0.png", "e1.png"):
+        (album / name).write_bytes(b"the user's photo")
+    workspace.freeze()
+    for flag in ([], ["--resume"], ["--overwrite"]):
+        workspace.check(edit(photos, album, tiny_sd_path, *flag), 2, "holds files no facedefense attack run wrote there")
+    assert sorted(p.name for p in album.iterdir()) == ["e0.png", "e1.png"]
+    assert all((album / name).read_bytes() == b"the user's photo" for name in ("e0.png", "e1.png"))
+
+
+@pytest.mark.parametrize("flag", [[], ["--resume"], ["--overwrite"]])
+def test_attack_personalizer_never_replaces_or_trusts_a_users_files(workspace, tiny_sd_path, flag):
+    """`attack --personalizer lora --output F [--resume]` overwrote the user's LoRA weights and counted
+    their images/<prompt>/0000.png as generated."""
+    photos = attack_photos(workspace)
+    out = workspace.root / "F"
+    (out / "model").mkdir(parents=True)
+    (out / "images" / "a_photo_of_sks_person").mkdir(parents=True)
+    (out / "model" / "pytorch_lora_weights.safetensors").write_bytes(b"the user's weights")
+    (out / "images" / "a_photo_of_sks_person" / "0000.png").write_bytes(b"the user's image")
+    before = snapshot(out)
+    workspace.freeze()
+    workspace.check(personalize(photos, out, tiny_sd_path, *flag), 2, "holds files no facedefense attack run wrote there")
+    assert snapshot(out) == before and not (out / "facedefense.json").exists()
+
+
+def test_attack_personalizer_run_lists_its_files_and_resumes_from_them(workspace, tiny_sd_path):
+    photos = attack_photos(workspace)
+    out = workspace.root / "out"
+    workspace.freeze()
+    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 0)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "facedefense.json")
+    assert manifest["status"] == "completed" and manifest["files"] == on_disk
+    assert {"model/pytorch_lora_weights.safetensors", "model/facedefense_personalized.json"} <= set(on_disk)
+    assert not (out / ".facedefense-work").exists()
+    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 2, "--overwrite")
+    # an image the manifest lists but that is gone is generated again; the saved model is reused
+    weights = out / "model" / "pytorch_lora_weights.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    image = out / "images" / "a_photo_of_sks_person" / "0001.png"
+    first = image.read_bytes()
+    image.unlink()
+    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2", "--resume"), 0)
+    assert weights.stat().st_mtime_ns == stamp and image.read_bytes() == first
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["files"] == on_disk and manifest["earlier_runs"][-1]["status"] == "completed"
+    # a damaged saved model is one line, before anything is written
+    weights.write_bytes(weights.read_bytes()[:100])
+    workspace.check(personalize(photos, out, tiny_sd_path, "--resume"), 2, "the saved lora model cannot be read")
+    # --overwrite removes the run's files (only those) and trains again
+    workspace.check(personalize(photos, out, tiny_sd_path, "--overwrite"), 0)
+    assert sorted(json.loads((out / "facedefense.json").read_text())["files"]) == sorted(
+        str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "facedefense.json")
+    assert not image.exists(), "the earlier run's second image is gone"
+
+
+def _fail_on_second_save(monkeypatch, error: BaseException) -> None:
+    """The second image file written (an edit or a generated image) raises ``error``."""
+    from facedefense import io
+
+    save = io.save_image
+    calls = []
+
+    def second_fails(pixels, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise error
+        return save(pixels, path, **kwargs)
+
+    monkeypatch.setattr(io, "save_image", second_fails)
+
+
+@pytest.mark.parametrize("ending", ["interrupted", "full disk"])
+def test_attack_editor_ended_early_then_continued(workspace, tiny_sd_path, monkeypatch, ending):
+    photos = attack_photos(workspace)
+    out = workspace.root / "out"
+    workspace.freeze()
+    if ending == "interrupted":
+        _fail_on_second_save(monkeypatch, KeyboardInterrupt())
+        workspace.check(edit(photos, out, tiny_sd_path), 130)
+    else:
+        save = Image.Image.save
+
+        def no_space(self, fp, *args, **kwargs):
+            if str(fp).endswith(".tmp") and Path(str(fp)).name.startswith(".e1.png"):
+                raise OSError(28, "No space left on device")
+            return save(self, fp, *args, **kwargs)
+
+        monkeypatch.setattr(Image.Image, "save", no_space)
+        workspace.check(edit(photos, out, tiny_sd_path), 2, f"{out / 'e1.png'}: cannot be written (No space left on device)")
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == ("interrupted" if ending == "interrupted" else "failed") and manifest["finished"]
+    assert ending == "interrupted" or "No space left" in manifest["error"]
+    assert [e["output"] for e in manifest["images"]] == ["e0.png"] and sorted(p.name for p in out.glob("*.png")) == ["e0.png"]
+    monkeypatch.undo()
+    workspace.check(edit(photos, out, tiny_sd_path), 2, "continue it (--resume")
+    workspace.check(edit(photos, out, tiny_sd_path, "--resume", "--seed", "7"), 2, "cannot resume")  # not mixed
+    first = (out / "e0.png").read_bytes()
+    workspace.check(edit(photos, out, tiny_sd_path, "--resume"), 0)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "completed" and sorted(e["output"] for e in manifest["images"]) == ["e0.png", "e1.png"]
+    assert (out / "e0.png").read_bytes() == first, "a listed edit is not redone"
+
+
+@pytest.mark.parametrize("where", ["training", "saving the model", "generating"])
+def test_attack_personalizer_ended_early(workspace, tiny_sd_path, monkeypatch, where):
+    """Ctrl-C while training or generating, a full disk while saving the model: one line, the
+    manifest says so and lists exactly the files on disk, no temporary or hidden work files; a run
+    that wrote nothing is simply run again, one that wrote images continues with --resume."""
+    from facedefense_attacks import lora, training
+
+    photos = attack_photos(workspace)
+    out = workspace.root / "out"
+    workspace.freeze()
+    if where == "training":
+        monkeypatch.setattr(training, "train", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt()))
+        code, match, status = 130, "interrupted", "interrupted"
+    elif where == "saving the model":
+        def no_space(unet, directory):
+            (directory / lora.LORA_WEIGHTS).write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(lora, "save_lora", no_space)
+        code, match, status = 2, "the model cannot be written (No space left on device)", "failed"
+    else:
+        _fail_on_second_save(monkeypatch, KeyboardInterrupt())
+        code, match, status = 130, "interrupted", "interrupted"
+    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), code, match)
+    manifest = json.loads((out / "facedefense.json").read_text())
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "facedefense.json")
+    assert manifest["status"] == status and manifest["files"] == on_disk
+    assert not (out / ".facedefense-work").exists(), "no half-saved model left"
+    monkeypatch.undo()
+    if where == "generating":
+        assert len([name for name in on_disk if name.startswith("images/")]) == 1
+        workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 2, "--resume")
+        workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2", "--resume"), 0)
+    else:
+        assert on_disk == [], "a run that saved no model wrote nothing"
+        workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 0)
+    assert json.loads((out / "facedefense.json").read_text())["status"] == "completed"
+
+
+def test_attack_bad_mask_is_one_error_not_a_skip_per_photo(workspace, tiny_inpaint_path):
+    """A bad --mask was reported per photo as 'skipped' with exit 1."""
+    photos = attack_photos(workspace)
+    mask = workspace.inputs / "mask.png"
+    mask.write_bytes(b"\x89PNG broken")
+    out = workspace.root / "out"
+    workspace.freeze()
+    result = edit(photos, out, tiny_inpaint_path, "--mask", mask, editor="inpaint")
+    workspace.check(result, 2, "--mask")
+    assert "skipped" not in result.stderr and not out.exists()
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(mask)  # the user fixes the mask: the same folder works
+    workspace.freeze()
+    workspace.check(edit(photos, out, tiny_inpaint_path, "--mask", mask, editor="inpaint"), 0)

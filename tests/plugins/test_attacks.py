@@ -73,7 +73,7 @@ def trained(tmp_path_factory, tiny_sd_path, photo_dir, class_cache):
 def test_personalizer_cli_writes_weights_images_manifest(trained, name):
     output = trained[name]
     manifest = json.loads((output / "facedefense.json").read_text())
-    assert manifest["status"] == "finished" and manifest["method"]["name"] == name
+    assert manifest["status"] == "completed" and manifest["method"]["name"] == name
     assert len(manifest["inputs"]) == 4 and manifest["training"]["steps"] == 2
     for entry in manifest["prompts"]:
         images = sorted((output / entry["folder"]).glob("*.png"))
@@ -127,7 +127,7 @@ def test_finished_output_is_refused_then_resumed(trained, tiny_sd_path, photo_di
     output = trained["lora"]
     again = ["attack", photo_dir, "--personalizer", "lora", "--output", output, "--model", tiny_sd_path,
              "--prompt", PROMPTS["lora"], "--prompt", "a photo of person", "--num-images", 2, "--seed", 1, *TINY]
-    assert_one_line_error(invoke(*again), "holds a finished attack run; pass --resume")
+    assert_one_line_error(invoke(*again), "already holds an earlier run of attack")
     weights = output / "model" / "pytorch_lora_weights.safetensors"
     stamp = weights.stat().st_mtime_ns
     image = next(iter(sorted((output / "images").glob("*/0001.png"))))
@@ -183,7 +183,7 @@ def test_editor_cli_keeps_size_and_name(request, tmp_path, png_folder, editor, f
         assert edited.size == Image.open(source).size
         assert edited.tobytes() != Image.open(source).convert("RGB").tobytes()
     manifest = json.loads((output / "facedefense.json").read_text())
-    assert manifest["status"] == "finished" and len(manifest["images"]) == 3
+    assert manifest["status"] == "completed" and len(manifest["images"]) == 3
 
 
 def test_editor_refuses_wrong_model_kind(tmp_path, png_folder, tiny_sd_path):
