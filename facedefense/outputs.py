@@ -152,6 +152,7 @@ class OutputFolder:
     path: Path
     command: str
     earlier: dict[str, Any] | None = None
+    how_to_continue: str = field(default="", repr=False)
     _lock: Any = field(default=None, repr=False)
 
     @classmethod
@@ -163,6 +164,7 @@ class OutputFolder:
         inputs: Iterable[str | Path] = (),
         existing: str = "refuse",
         dry_run: bool = False,
+        how_to_continue: str = "continue it (--add, existing='add'), replace it (--overwrite, existing='overwrite')",
     ) -> OutputFolder:
         """Check ``path`` against the rules, then create and lock it (nothing is created with ``dry_run``).
 
@@ -172,6 +174,8 @@ class OutputFolder:
             inputs: files and folders the command reads (rule 1).
             existing: ``"refuse"``, ``"add"`` (also for a resumed run) or ``"overwrite"``.
             dry_run: check only (a CLI checks before it builds the method, then claims for real).
+            how_to_continue: the refusal's advice for a folder holding an earlier run (the
+                command's own flags, e.g. ``"continue it (--resume), replace it (--overwrite)"``).
 
         Raises:
             OutputError: a rule refuses the folder (one line).
@@ -181,7 +185,7 @@ class OutputFolder:
         folder = Path(path)
         check_location(folder, inputs)
         _check_folder_writable(folder)
-        claim = cls(folder, command)
+        claim = cls(folder, command, how_to_continue=how_to_continue)
         claim.earlier = claim._judge(existing, dry_run=True)  # read-only: nothing is created in a refused folder
         if dry_run:
             return claim
@@ -225,8 +229,7 @@ class OutputFolder:
         if existing == "refuse":
             raise OutputError(
                 f"output folder {folder} already holds an earlier run of {self.command} ({_names(files, folder)}); "
-                "continue it (--resume or --add, existing='add'), replace it (--overwrite, existing='overwrite'), "
-                "or choose another folder"
+                f"{self.how_to_continue}, or choose another folder"
             )
         if existing == "add" or dry_run:
             return earlier

@@ -198,7 +198,8 @@ def _manifest(kind: str, method: Any, extra: dict[str, Any], earlier: dict[str, 
 
 
 def _claim(output: Path, sources: list[Path], existing: str, *, dry_run: bool = False) -> OutputFolder:
-    return OutputFolder.claim(output, COMMAND, inputs=sources, existing=existing, dry_run=dry_run)
+    return OutputFolder.claim(output, COMMAND, inputs=sources, existing=existing, dry_run=dry_run,
+                              how_to_continue="continue it (--resume), replace it (--overwrite)")
 
 
 # -- personalizers ---------------------------------------------------------------------------------
