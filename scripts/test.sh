@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Install, then run the test suite (tiny models, CPU, offline).
+#   bash scripts/test.sh                  the unit tests (in-process; about a minute and a half on 2 cores)
+#   bash scripts/test.sh --integration    the tests that start other processes: example scripts, the
+#                                         installed CLI, accelerate launch, Ray (CI runs both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tier="not integration"
+if [ "${1:-}" = "--integration" ]; then
+  tier="integration"
+  shift
+fi
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 # One worker per core (-n auto), each on one thread: on 2 cores this runs the suite in ~60% of the
 # serial time. Arguments come after, so `-n 0` runs serially.
-.venv/bin/python -m pytest -n auto "$@"
+.venv/bin/python -m pytest -n auto -m "$tier" "$@"

@@ -42,9 +42,9 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(items):
-    """Tests marked ``long`` first: under ``-n auto`` the workers then end on short tests together
+    """Tests marked ``integration`` first: under ``-n auto`` the workers then end on short tests together
     instead of one worker finishing a 20 s launcher test alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: order kept otherwise
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)  # stable: order kept otherwise
 
 
 @pytest.fixture

@@ -297,7 +297,7 @@ def test_protocol_fields_reach_the_methods_unless_the_entry_sets_them(tmp_path, 
     assert generate.spec["num_images"] == 2 and generate.spec["steps"] == 100  # gap_diff: 100 sampling steps
 
 
-@pytest.mark.long
+@pytest.mark.integration
 def test_ray_executor_gives_the_local_results(tmp_path, tiny_sd_path):
     pytest.importorskip("ray", reason="ray is an optional extra: pip install 'facedefense[ray]'")
     text = f"""\

@@ -56,6 +56,7 @@ def test_listing_does_not_import_the_method():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.integration
 def test_protects_through_the_cli(tmp_path):
     import numpy as np
     from PIL import Image
@@ -86,7 +87,7 @@ def test_protects_through_the_cli(tmp_path):
     assert 0 < np.abs(written - original).max() <= 4
 
 
-@pytest.mark.long
+@pytest.mark.integration
 def test_its_own_test_suite_passes():
     result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=PLUGIN_DIR)
     assert result.returncode == 0, result.stdout[-3000:]

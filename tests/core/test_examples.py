@@ -24,7 +24,7 @@ def test_scripts_stay_short():
         assert len((EXAMPLES / script).read_text().splitlines()) < 60, script
 
 
-@pytest.mark.long
+@pytest.mark.integration
 def test_protect_photos(tmp_path, png_folder, tiny_sd_path):
     out = run(
         "protect_photos.py", str(png_folder), str(tmp_path / "out"), "--model", str(tiny_sd_path), "--steps", "1",
@@ -33,7 +33,7 @@ def test_protect_photos(tmp_path, png_folder, tiny_sd_path):
     assert "a.png: max change" in out and (tmp_path / "out" / "facedefense.json").exists()
 
 
-@pytest.mark.long
+@pytest.mark.integration
 def test_evaluate_protection(tmp_path, png_folder, tiny_sd_path):
     out = run(
         "evaluate_protection.py", str(png_folder / "a.png"), "--model", str(tiny_sd_path), "--steps", "1",
@@ -43,7 +43,7 @@ def test_evaluate_protection(tmp_path, png_folder, tiny_sd_path):
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["protected.png", "purified.png"]
 
 
-@pytest.mark.long
+@pytest.mark.integration
 def test_custom_defender_inline(tmp_path, png_folder, tiny_sd_path):
     out = run(
         "custom_defender_inline.py", str(png_folder), str(tmp_path / "out"), "--model", str(tiny_sd_path),

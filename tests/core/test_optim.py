@@ -134,7 +134,7 @@ def test_shards_are_disjoint_and_complete():
     assert merged["summary"] == {"processed": 3, "failed": 1} and merged["processes"] == 2
 
 
-@pytest.mark.long
+@pytest.mark.integration
 def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_sd_path):
     """`accelerate launch -m facedefense protect` with two processes: every photo once, one manifest."""
     import json

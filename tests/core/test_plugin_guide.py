@@ -50,7 +50,7 @@ def test_the_guide_names_a_complete_plugin():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="the contracts need scikit-image")
-@pytest.mark.long
+@pytest.mark.integration
 def test_the_guide_plugin_passes_its_contract_tests(tmp_path):
     for name, text in guide_files().items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

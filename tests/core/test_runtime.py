@@ -20,6 +20,7 @@ def test_keep_freed_memory_tunes_glibc_and_can_be_turned_off(monkeypatch):
     assert keep_freed_memory.__wrapped__() is False
 
 
+@pytest.mark.integration
 def test_freed_tensors_are_reused_not_refaulted():
     """Repeatedly allocating a 64 MiB tensor (above glibc's largest dynamic mmap threshold) faults
     every page in again by default; with freed memory kept, only the first allocations fault."""
