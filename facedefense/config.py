@@ -13,9 +13,11 @@ and checked whenever a config is built::
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 from facedefense.budget import parse_budget, parse_fraction
@@ -87,39 +89,45 @@ def format_value(value: Any) -> str:
 
 def option_docs(config_class: type) -> dict[str, str]:
     """Option name -> description, parsed from the ``Attributes:`` sections of the docstrings of
-    ``config_class`` and its bases (the class's own text wins), one line each."""
+    ``config_class`` and its bases (the class's own text wins), one line each.
+
+    One entry per option, Google style: ``name: text`` or ``name (type): text``, continued on
+    deeper-indented lines. A grouped entry ``a, b: text`` gives both options the text. Text after
+    the entry's name is never split, so ``steps: 100. learning_rate: 1e-4`` describes ``steps``
+    only: write each option as its own entry.
+    """
     docs: dict[str, str] = {}
     for klass in reversed(config_class.__mro__):
-        docs.update(_attributes_section(klass.__dict__.get("__doc__") or ""))
+        docs.update(docstring_section(klass.__dict__.get("__doc__") or "", "Attributes"))
     return docs
 
 
-def _attributes_section(docstring: str) -> dict[str, str]:
+def docstring_section(docstring: str, title: str) -> dict[str, str]:
+    """Entry name -> text (one line) of the Google-style section ``title`` (``Attributes``,
+    ``Args``) of ``docstring``; an entry ``a, b: text`` gives each name the text."""
     import inspect
     import re
 
     found: dict[str, str] = {}
-    lines = inspect.cleandoc(docstring).splitlines()
-    inside, indent, current = False, None, None
-    for line in lines:
-        if line.strip() == "Attributes:":
-            inside, indent, current = True, None, None
-            continue
-        if not inside:
-            continue
+    inside, indent, current = False, None, []
+    for line in inspect.cleandoc(docstring).splitlines():
         if not line.strip():
             continue
         width = len(line) - len(line.lstrip())
-        if width == 0:
-            inside = False
+        if width == 0:  # a section title or the summary: this section ends (or starts)
+            inside, indent, current = line.strip() == f"{title}:", None, []
             continue
-        match = re.match(r"^(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line.strip())
-        if match and (indent is None or width == indent):
+        if not inside:
+            continue
+        entry = re.match(r"^(\w+(?:\s*,\s*\w+)*)(?:\s*\([^)]*\))?:(?:\s+(.*))?$", line.strip())
+        if entry and (indent is None or width == indent):
             indent = width
-            current = match.group(1)
-            found[current] = match.group(2).strip()
-        elif current is not None:
-            found[current] = f"{found[current]} {line.strip()}".strip()
+            current = [name.strip() for name in entry.group(1).split(",")]
+            for name in current:
+                found[name] = (entry.group(2) or "").strip()
+        elif width > (indent or 0):
+            for name in current:
+                found[name] = f"{found[name]} {line.strip()}".strip()
     return found
 
 
@@ -289,3 +297,35 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return str(value)
+
+
+def looks_like_local_path(value: str) -> bool:
+    """True for what can only be a local path (``./m``, ``/m``, ``~/m``, ``a/b/c``), not a hub id (``org/name``)."""
+    return (
+        value.startswith((".", "/", "~", "\\"))
+        or value.count("/") > 1
+        or os.sep != "/" and os.sep in value
+        or value.endswith(("/", ".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
+    )
+
+
+def check_method_paths(options: dict[str, Any]) -> None:
+    """Report a missing model folder or checkpoint before importing torch and building the method.
+
+    Raises:
+        ModelNotFoundError: ``checkpoint`` is not a file, or ``model`` is a local path that does not exist.
+    """
+    from facedefense.errors import ModelNotFoundError
+
+    checkpoint = options.get("checkpoint")
+    if isinstance(checkpoint, str) and checkpoint:
+        path = Path(checkpoint).expanduser()
+        if path.is_dir():
+            raise ModelNotFoundError(f"checkpoint {checkpoint} is a folder; give the weights file")
+        if not path.is_file():
+            raise ModelNotFoundError(f"checkpoint {checkpoint} does not exist")
+    model = options.get("model")
+    if isinstance(model, str) and model and not Path(model).expanduser().exists() and looks_like_local_path(model):
+        raise ModelNotFoundError(f"model folder {model} does not exist")
+    if isinstance(model, str) and model and Path(model).expanduser().is_file():
+        raise ModelNotFoundError(f"model {model} is a file; give a diffusers model folder (with model_index.json)")

@@ -216,7 +216,7 @@ def save_image(
     return path
 
 
-def _umask_mode() -> int:
+def umask_mode() -> int:
     """The permission bits a new file gets: 0o666 minus the umask (read from /proc on Linux, where
     reading it does not change it even for an instant; elsewhere set and restored at once)."""
     try:
@@ -262,7 +262,7 @@ class atomic_path:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             try:
-                os.chmod(self.temporary, _umask_mode())
+                os.chmod(self.temporary, umask_mode())
                 os.replace(self.temporary, self.path)
                 return False
             except OSError as error:
@@ -273,9 +273,6 @@ class atomic_path:
             raise OutputError(f"{self.path}: cannot be written ({_reason(exc)})") from exc
         return False
 
-
-#: The former private name (kept for code that imported it).
-_atomic_path = atomic_path
 
 
 def _reason(exc: OSError) -> str:
@@ -342,7 +339,7 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            entries = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = photo_files(path)
             if not entries:
                 raise ImageError(f"{path}: folder contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             found.extend(entries)
@@ -356,6 +353,19 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     if not unique:
         raise ImageError("no input images given")
     return unique
+
+
+def photo_files(folder: str | Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted, without the figure a facedefense run drew
+    there (a ``protect`` output's ``compare.png``, which its manifest names under ``compare``): a
+    protected folder given back as input holds exactly its photos."""
+    from facedefense.outputs import read_manifest
+
+    folder = Path(folder)
+    drawn = (read_manifest(folder) or {}).get("compare")
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != drawn
+    )
 
 
 def check_output_dir(output: str | Path, inputs: Sequence[Path] = ()) -> Path:

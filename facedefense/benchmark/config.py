@@ -399,7 +399,7 @@ def check_name(text: Any, what: str) -> str:
 
 def _check_paths(where: _Where, line: int, options: dict[str, Any]) -> None:
     """A missing local model folder or checkpoint, reported at its line before any work."""
-    from facedefense.cli.common import check_method_paths
+    from facedefense.config import check_method_paths
 
     try:
         check_method_paths(options)

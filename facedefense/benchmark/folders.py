@@ -32,7 +32,7 @@ COMMAND = "benchmark"
 #: The command a shared cache folder's manifest names (an output folder is not a cache, and back).
 CACHE_COMMAND = "benchmark-cache"
 #: The files every run writes into its output folder (besides ``examples/<cell>.png``).
-OUTPUT_FILES = ("results.jsonl", "report.md", "run.json", "examples.png")
+OUTPUT_FILES = ("results.jsonl", "report.md", "report.html", "run.json", "examples.png")
 EXAMPLES = "examples"
 #: Earlier runs a manifest remembers (the newest).
 EARLIER_RUNS = 20
@@ -175,7 +175,7 @@ def _cache_inside(output: Path, cache: Path) -> str | None:
 def run_inputs(sources: Sequence[Path], methods: dict[str, dict[str, Any]]) -> list[Path]:
     """What a run reads, which no output may be, lie in or hold: the config's ``sources`` and every
     existing local path a method's options name (model folders, checkpoints, weights)."""
-    from facedefense.cli.common import looks_like_local_path
+    from facedefense.config import looks_like_local_path
 
     found = list(sources)
     for description in methods.values():

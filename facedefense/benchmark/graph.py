@@ -151,35 +151,39 @@ class Planner:
         fields = config_fields(cls.Config)
         protocol = self.config.protocol
         derived: dict[str, Any] = {}
+        taken: dict[str, str] = {}  # option -> the protocol field it comes from
 
-        def offer(option: str, value: Any) -> None:
+        def offer(option: str, value: Any, field: str | None = None) -> None:
             if option in fields and value is not None:
                 derived[option] = value
+                if field is not None:
+                    taken[option] = field
 
         offer("model", self.config.model)
         offer("device", self.config.device)
         if entry.kind in ("defender", "purifier", "personalizer", "editor"):
             offer("seed", seed)
         if entry.kind == "defender":
-            offer("eps", protocol.eps)
-            offer("resolution", protocol.resolution)
+            offer("eps", protocol.eps, "eps")
+            offer("resolution", protocol.resolution, "resolution")
         if entry.kind == "personalizer":
-            offer("resolution", protocol.resolution)
-            offer("instance_prompt", protocol.instance_prompt)
-            offer("class_prompt", protocol.class_prompt)
-            offer("num_class_images", protocol.num_class_images)
+            offer("resolution", protocol.resolution, "resolution")
+            offer("instance_prompt", protocol.instance_prompt, "instance_prompt")
+            offer("class_prompt", protocol.class_prompt, "class_prompt")
+            offer("num_class_images", protocol.num_class_images, "num_class_images")
             if entry.name == "dreambooth":
-                offer("steps", protocol.dreambooth_steps)
+                offer("steps", protocol.dreambooth_steps, "dreambooth_steps")
         if entry.kind == "metric" and "face" in spec.tags:
-            offer("backend", protocol.face_backend)
+            offer("backend", protocol.face_backend, "face_backend")
         if entry.kind == "metric" and entry.name == "lpips":
-            offer("net", protocol.lpips_net)
+            offer("net", protocol.lpips_net, "lpips_net")
         options = {**derived, **entry.options}
         fingerprint, resolved = self.fingerprint(entry, spec, cls, options)
         description = {
             "kind": entry.kind, "name": entry.name, "label": entry.label, "options": options, "config": resolved,
             "fingerprint": fingerprint, "plugin": spec.plugin, "plugin_version": spec.version,
             "tags": list(spec.tags),
+            "protocol_fields": sorted({field for option, field in taken.items() if option not in entry.options}),
         }
         if entry.kind == "metric":
             description["protected_if"] = cls.protection_direction()
@@ -192,8 +196,7 @@ class Planner:
         """``Method.fingerprint`` of the configured method and its full configuration, without
         building its networks (only the base ``Method.__init__`` runs: config checks, device; and a
         local model folder or checkpoint its options name must exist)."""
-        from facedefense.cli.common import check_method_paths
-        from facedefense.config import config_to_dict
+        from facedefense.config import check_method_paths, config_to_dict
         from facedefense.interfaces.base import Method
 
         method = cls.__new__(cls)

@@ -13,7 +13,6 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -24,6 +23,7 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on the installed click
     from click import exceptions as click_exceptions
 
+from facedefense.config import check_method_paths, looks_like_local_path  # noqa: F401 (the CLI's names)
 from facedefense.errors import FaceDefenseError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,6 +64,8 @@ def friendly_errors(command: F) -> F:
             raise fail(first_line(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted (the manifest, if any, records what was done)", 130) from None
+        except BrokenPipeError:  # stdout's reader left (`facedefense list | head`): the group exits quietly
+            raise
         except OSError as exc:
             raise fail(os_error_line(exc)) from None
         except (MemoryError, RuntimeError) as exc:
@@ -81,8 +83,11 @@ class OneLineErrorsGroup(TyperGroup):
              standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        from facedefense.progress import progress_enabled_as
+
         try:
-            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with progress_enabled_as(progress_default()):  # the library's bars and status lines: on a terminal
+                result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click_exceptions.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(exc.exit_code)
@@ -124,6 +129,39 @@ def one_line_warnings() -> None:
     warnings.formatwarning = formatted
 
 
+#: Libraries whose Python warnings and log messages address the people who write code against them
+#: (deprecations, dtype casts, "modules that should be kept in float32"), not a person running a command.
+NOISY_LIBRARIES = (
+    "accelerate", "diffusers", "facexlib", "huggingface_hub", "kornia", "lpips", "open_clip", "peft", "timm",
+    "torch", "torchvision", "transformers",
+)  # fmt: skip
+
+
+def quiet_third_party() -> None:
+    """Keep the libraries' notes for developers off a command's output; imports none of them.
+
+    diffusers' and transformers' loggers are set to ``error`` through ``DIFFUSERS_VERBOSITY`` and
+    ``TRANSFORMERS_VERBOSITY`` (a value the user set wins), other libraries' log records below
+    ``error`` are dropped (facedefense logs nothing), and the Python warnings raised from
+    ``NOISY_LIBRARIES``, and every ``DeprecationWarning`` and
+    ``FutureWarning``, are ignored, unless warnings were asked for (``python -W``, ``PYTHONWARNINGS``).
+    facedefense's own warnings (a skipped subfolder, an unchanged image) are still shown.
+    """
+    import logging
+    import re
+    import warnings
+
+    for variable in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+    if sys.warnoptions:
+        return
+    logging.getLogger().setLevel(logging.ERROR)
+    libraries = "|".join(re.escape(name) for name in NOISY_LIBRARIES)
+    warnings.filterwarnings("ignore", module=rf"({libraries})(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def progress_default() -> bool:
     """Progress bars by default when stderr is a terminal (``--progress`` shows them anyway)."""
     return sys.stderr.isatty()
@@ -144,33 +182,3 @@ def method_options(
     return options
 
 
-def looks_like_local_path(value: str) -> bool:
-    """True for what can only be a local path (``./m``, ``/m``, ``~/m``, ``a/b/c``), not a hub id (``org/name``)."""
-    return (
-        value.startswith((".", "/", "~", "\\"))
-        or value.count("/") > 1
-        or os.sep != "/" and os.sep in value
-        or value.endswith(("/", ".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
-    )
-
-
-def check_method_paths(options: dict[str, Any]) -> None:
-    """Report a missing model folder or checkpoint before importing torch and building the method.
-
-    Raises:
-        ModelNotFoundError: ``checkpoint`` is not a file, or ``model`` is a local path that does not exist.
-    """
-    from facedefense.errors import ModelNotFoundError
-
-    checkpoint = options.get("checkpoint")
-    if isinstance(checkpoint, str) and checkpoint:
-        path = Path(checkpoint).expanduser()
-        if path.is_dir():
-            raise ModelNotFoundError(f"checkpoint {checkpoint} is a folder; give the weights file")
-        if not path.is_file():
-            raise ModelNotFoundError(f"checkpoint {checkpoint} does not exist")
-    model = options.get("model")
-    if isinstance(model, str) and model and not Path(model).expanduser().exists() and looks_like_local_path(model):
-        raise ModelNotFoundError(f"model folder {model} does not exist")
-    if isinstance(model, str) and model and Path(model).expanduser().is_file():
-        raise ModelNotFoundError(f"model {model} is a file; give a diffusers model folder (with model_index.json)")

@@ -100,7 +100,7 @@ class PipelinePersonalized(PersonalizedModel):
 
         from safetensors import SafetensorError
 
-        from facedefense.io import _umask_mode
+        from facedefense.io import umask_mode
 
         directory = Path(directory)
         started = time.time_ns() - 2 * 10**9  # file systems with coarse time stamps
@@ -110,7 +110,7 @@ class PipelinePersonalized(PersonalizedModel):
             write_metadata(directory, **self.info)
             for path in directory.rglob("*"):  # safetensors writes 0600: the umask's mode, as every file
                 if path.is_file() and not path.is_symlink() and path.stat().st_mtime_ns >= started:
-                    os.chmod(path, _umask_mode())
+                    os.chmod(path, umask_mode())
         except (OSError, SafetensorError) as exc:
             if isinstance(exc, OutputError):
                 raise
