@@ -6,8 +6,8 @@ AVX-512 BF16 and VNNI but no AMX, bf16 products through oneDNN run 2x faster tha
 fp32. So a method that has several paths (RID: fp32, bf16 or int8 linears; GAP-Diff: fp32 or bf16
 convolutions) times each on a small representative problem the first time it runs on a machine
 (at most ``budget_s`` seconds, 2 by default) and caches the winner per machine (CPU model and
-flags), torch version, thread count, method and problem, in the user's cache folder
-(``$FACEDEFENSE_CACHE_DIR``, else the platform's, e.g. ``~/.cache/facedefense/autotune.json``).
+flags), torch version, thread count, method and problem, in ``autotune.json`` of facedefense's
+cache folder ([`cache_dir`][facedefense.io.cache_dir]: ``$FACEDEFENSE_CACHE``, e.g. ``~/.cache/facedefense``).
 Later runs read the cache and measure nothing. ``facedefense info --hardware`` shows the choices
 and their timings. An explicit ``--dtype`` never consults this module.
 
@@ -65,15 +65,11 @@ class Choice:
 
 
 def cache_dir() -> Path:
-    """The user's facedefense cache folder (``$FACEDEFENSE_CACHE_DIR`` overrides it)."""
-    if os.environ.get("FACEDEFENSE_CACHE_DIR"):
-        return Path(os.environ["FACEDEFENSE_CACHE_DIR"])
-    try:
-        import platformdirs
+    """facedefense's cache folder, [`facedefense.io.cache_dir`][facedefense.io.cache_dir]
+    (``$FACEDEFENSE_CACHE``)."""
+    from facedefense.io import cache_dir as user_cache_dir
 
-        return Path(platformdirs.user_cache_dir("facedefense", appauthor=False))
-    except ImportError:
-        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facedefense"
+    return user_cache_dir()
 
 
 def cache_path() -> Path:

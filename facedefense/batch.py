@@ -58,6 +58,11 @@ if TYPE_CHECKING:
 
 #: While a run works, its manifest is rewritten at most this often (seconds); always at the start and end.
 MANIFEST_INTERVAL = 2.0
+#: The side-by-side figure a ``protect`` run writes into its output folder (original, protected and
+#: amplified difference, a row per photo: `facedefense.figures.compare_figure`). It lies in the
+#: hidden work folder, not beside the photos: it shows the unprotected originals, so a user who
+#: uploads ``protected/*.png`` must not publish it, and no command may read it as a photo.
+COMPARE_NAME = f"{WORK_DIR_NAME}/compare.png"
 
 
 @dataclass
@@ -233,8 +238,11 @@ def _run(
     existing: str,
     extra: dict[str, Any],
     prepare: Callable[[list[IdentityFiles]], None] | None = None,
+    figure: Callable[[list[dict[str, Any]], Path], str | None] | None = None,
 ) -> RunReport:
-    """Claim ``output_dir`` (held until the run ends), then process every identity into it."""
+    """Claim ``output_dir`` (held until the run ends), then process every identity into it; ``figure``
+    draws a picture of the run's images into the folder once they are written (its name, listed in the
+    manifest's ``files``; None when it drew nothing)."""
     from facedefense.distributed import current_shard, gather
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -253,6 +261,7 @@ def _run(
         return _run_claimed(
             command, method_info, identities, output_dir, targets, claim.earlier if claim else None,
             process_batch, process_identity, batch_size=batch_size, progress=progress, extra=extra, prepare=prepare,
+            figure=figure,
         )
     finally:
         if claim is not None:
@@ -273,6 +282,7 @@ def _run_claimed(
     progress: bool | None,
     extra: dict[str, Any],
     prepare: Callable[[list[IdentityFiles]], None] | None,
+    figure: Callable[[list[dict[str, Any]], Path], str | None] | None = None,
 ) -> RunReport:
     """``_run`` once the output folder is claimed."""
     import torch
@@ -403,6 +413,8 @@ def _run_claimed(
                         save_manifest("running", every=MANIFEST_INTERVAL)
                 files_bar.update(len(report.failed) - before)
             writer.settle()
+            if figure is not None and not shard.active:
+                _draw(figure, manifest, [*report.succeeded, *carried], output_dir)
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -423,8 +435,58 @@ def _run_claimed(
         manifest["status"], manifest["summary"] = status, summary(True)
         gathered = gather(manifest, shard)
         if gathered is not None:
-            write_json(merge_manifests(gathered), report.manifest_path)
+            merged = merge_manifests(gathered)
+            if figure is not None:
+                _draw(figure, merged, merged.get("images", []), output_dir)
+            write_json(merged, report.manifest_path)
     return report
+
+
+def _draw(figure: Callable[[list[dict[str, Any]], Path], str | None], manifest: dict[str, Any],
+          entries: list[dict[str, Any]], output_dir: Path) -> None:
+    """Draw the run's figure and record its name (``manifest["compare"]``); a figure that cannot be
+    drawn or written is a warning, never a failed run (the images are written)."""
+    try:
+        name = figure(entries, output_dir)
+    except (OSError, ValueError, ImageError, OutputError) as exc:
+        warnings.warn(f"{COMPARE_NAME} was not written: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                      UserWarning, stacklevel=2)
+        name = None
+    if name is not None:
+        manifest["compare"] = name
+    else:
+        manifest.pop("compare", None)
+
+
+def write_compare(entries: Sequence[dict[str, Any]], output_dir: str | Path, eps: float) -> str | None:
+    """Draw ``COMPARE_NAME`` in ``output_dir``: original, protected and the difference amplified to
+    the budget ``eps``, a row per photo for the first `facedefense.figures.COMPARE_ROWS` manifest
+    entries (``input`` file, ``output`` relative to ``output_dir``) whose files can be read.
+
+    Returns:
+        ``COMPARE_NAME``, or None when no entry could be drawn (nothing is written then).
+    """
+    from facedefense.figures import COMPARE_ROWS, compare_figure, save_png
+
+    output_dir = Path(output_dir)
+    pairs = []
+    for entry in entries:
+        if len(pairs) == COMPARE_ROWS:
+            break
+        try:
+            original = load_image(entry["input"]).pixels[0]
+            protected = load_image(output_dir / entry["output"]).pixels[0]
+        except (ImageError, KeyError, TypeError):
+            continue
+        if original.shape == protected.shape:
+            levels = entry.get("linf_gray_levels")
+            shown = f"  max {levels:g}/255" if isinstance(levels, (int, float)) else ""
+            pairs.append((f"{entry['output']}{shown}", original, protected))
+    if not pairs:
+        return None
+    (output_dir / COMPARE_NAME).parent.mkdir(parents=True, exist_ok=True)
+    save_png(compare_figure(pairs, eps), output_dir / COMPARE_NAME)
+    return COMPARE_NAME
 
 
 class _Writer:
@@ -548,11 +610,16 @@ def protect_files(
     the images done and failed, and ``status`` (``running``, ``completed``, ``interrupted`` or
     ``failed``); ``summary.completed`` is true only for a run that went through all its inputs.
     It also records what determines the output: the method's configuration and fingerprint, the
-    resolved paths of the files its options name (with the SHA-256 of checkpoint files), the batch
-    size, the budget and the software versions.
+    resolved paths of the files its options name (``method_files``, with the SHA-256 of checkpoint
+    files), the batch size, the budget and the software versions.
 
     Each written image is checked on its 8-bit values: ``max |written - original| <= eps``; the
     manifest records the distance in gray levels for every image.
+
+    Once the images are written, ``.facedefense-work/compare.png`` shows the first photos (at most
+    `facedefense.figures.COMPARE_ROWS`) as original, protected and difference amplified to the
+    budget; the manifest names it (``compare``) and lists it in ``files``. It is kept out of the
+    photos' folder: it shows the unprotected originals.
 
     Raises:
         BudgetViolationError: a written image would exceed its budget (never expected; a bug).
@@ -586,7 +653,9 @@ def protect_files(
 
     info = {**defender.describe(), **(method_info or {})}
     budget = {"eps": eps, "eps_gray_levels": round(eps * 255.0, 4)}
-    extra: dict[str, Any] = {"budget": budget, "batch_size": batch_size, "files": method_files(defender)}
+    extra: dict[str, Any] = {
+        "budget": budget, "batch_size": batch_size, "method_files": method_files(defender), "files": [COMPARE_NAME],
+    }
     if references is not None:
         extra["references"] = str(Path(references).resolve())
     scoped = defender.scope == "identity"
@@ -604,6 +673,7 @@ def protect_files(
         existing=existing,
         extra=extra,
         prepare=lambda mine: _prepare_work(defender, Path(output_dir), mine, resume),
+        figure=lambda entries, folder: write_compare(entries, folder, eps),
     )
     if warn_unchanged and report.unchanged:
         warnings.warn(unchanged_message(report), UserWarning, stacklevel=2)
@@ -687,7 +757,7 @@ def purify_files(
     files = method_files(chain[0]) if len(chain) == 1 else {
         f"{index}.{option}": found for index, step in enumerate(chain, 1) for option, found in method_files(step).items()
     }
-    extra = {"batch_size": batch_size, "files": files}
+    extra = {"batch_size": batch_size, "method_files": files}
     return _run(
         "purify", info, identities, output_dir, process, None,
         batch_size=batch_size, progress=progress, existing=existing, extra=extra,

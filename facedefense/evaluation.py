@@ -136,6 +136,8 @@ def evaluate_folder(
             "unit": result.unit,
             "count": result.count,
             "pairing": metric.pairing,
+            "measures": metric.measures,
+            "visibility": metric.visibility,
             "details": result.details,
             "per_image": dict(zip((p.name for p in paths), result.per_image)) if result.per_image is not None else None,
         }
@@ -147,19 +149,42 @@ def evaluate_folder(
     }
 
 
+def generation_prompts(folder: str | Path) -> dict[str, str]:
+    """The prompt behind each prompt folder of an ``attack`` run: ``{folder name: prompt}`` for
+    ``OUT/images`` (its subfolders) or one ``OUT/images/<prompt>`` folder, read from the run's
+    manifest; empty for any other folder."""
+    from facedefense.outputs import read_manifest
+
+    folder = Path(folder)
+    for root in (folder.parent, folder.parent.parent):
+        manifest = read_manifest(root) or {}
+        listed = manifest.get("prompts")
+        if manifest.get("command") == "attack" and isinstance(listed, list):
+            found = {}
+            for entry in listed:
+                if isinstance(entry, dict) and isinstance(entry.get("folder"), str) and isinstance(entry.get("prompt"), str):
+                    path = (root / entry["folder"]).resolve()
+                    if path.parent == folder.resolve() or path == folder.resolve():
+                        found[path.name] = entry["prompt"]
+            return found
+    return {}
+
+
 def evaluate_identities(
     generated: str | Path,
     reference: str | Path | None = None,
     metrics: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """[`evaluate_folder`][facedefense.evaluation.evaluate_folder] per identity when ``generated`` holds one
-    subfolder per person.
+    """[`evaluate_folder`][facedefense.evaluation.evaluate_folder] per group when ``generated`` holds
+    subfolders of images: one identity each, or one prompt each (an ``attack`` run's ``images/``).
 
     References come from the subfolder of ``reference`` with the same name, or from ``reference``
     itself when it has no subfolders (see
-    [`facedefense.pairing.identity_groups`][facedefense.pairing.identity_groups]). With a single folder of
-    images this is [`evaluate_folder`][facedefense.evaluation.evaluate_folder] plus ``"identities"``.
+    [`facedefense.pairing.identity_groups`][facedefense.pairing.identity_groups]). A prompt folder
+    gets its prompt (from the attack's manifest) for the metrics that need one, unless ``prompts``
+    is given. With a single folder of images this is
+    [`evaluate_folder`][facedefense.evaluation.evaluate_folder].
 
     Args:
         generated: as [`evaluate_folder`][facedefense.evaluation.evaluate_folder].
@@ -169,34 +194,60 @@ def evaluate_identities(
             [`evaluate_folder`][facedefense.evaluation.evaluate_folder].
 
     Returns:
-        ``{"generated", "reference", "identities": {name: evaluate_folder result}, "metrics": {name:
-        {value: mean over identities, ..., "identities": count}}, "failures": [...]}``.
+        One folder: the result of [`evaluate_folder`][facedefense.evaluation.evaluate_folder]. Several:
+        ``{"generated", "reference", "grouped_by": "identity" | "prompt", "identities" | "prompts":
+        {name: {"generated", "reference", ("prompt",) "metrics"}}, "metrics": {name: {value: mean
+        over the groups with a value, ..., "identities" | "prompts": that count, "details":
+        {"undefined": why a group has no value}}}, "failures": [...]}``: each value once.
     """
     from facedefense.pairing import identity_groups
 
     groups = identity_groups(generated, reference)
-    per_identity = {group.name: evaluate_folder(group.generated, group.reference, metrics, **kwargs) for group in groups}
-    if len(per_identity) == 1:
-        (only,) = per_identity.values()
-        return {**only, "identities": per_identity}
+    prompts = generation_prompts(generated) if len(groups) > 1 else {}
+    if len(groups) == 1:
+        own = generation_prompts(groups[0].generated).get(Path(groups[0].generated).name)
+        if own and kwargs.get("prompts") is None:
+            kwargs = {**kwargs, "prompts": own}
+        return evaluate_folder(groups[0].generated, groups[0].reference, metrics, **kwargs)
+    kind, plural = ("prompt", "prompts") if prompts and all(g.name in prompts for g in groups) else ("identity", "identities")
+    results: dict[str, Any] = {}
+    failures: list[dict[str, str]] = []
+    for group in groups:
+        options = dict(kwargs)
+        if kind == "prompt" and options.get("prompts") is None:
+            options["prompts"] = prompts[group.name]
+        result = evaluate_folder(group.generated, group.reference, metrics, **options)
+        failures += result.pop("failures")
+        results[group.name] = {**({"prompt": prompts[group.name]} if kind == "prompt" else {}), **result}
     summary: dict[str, Any] = {}
-    for name in next(iter(per_identity.values()))["metrics"]:
-        entries = [result["metrics"][name] for result in per_identity.values()]
-        defined = [e["value"] for e in entries if not math.isnan(e["value"])]
+    for name in next(iter(results.values()))["metrics"]:
+        entries = {group: result["metrics"][name] for group, result in results.items()}
+        defined = [e["value"] for e in entries.values() if not math.isnan(e["value"])]
+        undefined = {group: e["details"].get("undefined", "no value") for group, e in entries.items() if math.isnan(e["value"])}
+        details: dict[str, Any] = {}
+        if undefined:
+            reasons = set(undefined.values())
+            every = f"all {len(entries)}" if len(undefined) == len(entries) else f"{len(undefined)} of {len(entries)}"
+            details["undefined"] = (
+                f"{reasons.pop()} ({every} {plural})" if len(reasons) == 1
+                else "; ".join(f"{group}: {reason}" for group, reason in undefined.items())
+            )
+        first = next(iter(entries.values()))
         summary[name] = {
-            **{key: entries[0][key] for key in ("higher_is_better", "protected_if", "unit", "pairing")},
+            **{key: first[key] for key in ("higher_is_better", "protected_if", "unit", "pairing", "measures", "visibility")},
             "value": sum(defined) / len(defined) if defined else math.nan,
-            "count": sum(e["count"] for e in entries),
-            "identities": len(defined),
-            "details": {},
+            "count": sum(e["count"] for e in entries.values()),
+            plural: len(defined),
+            "details": details,
             "per_image": None,
         }
     return {
         "generated": str(generated),
         "reference": str(reference) if reference is not None else None,
-        "identities": per_identity,
+        "grouped_by": kind,
+        plural: results,
         "metrics": summary,
-        "failures": [f for result in per_identity.values() for f in result["failures"]],
+        "failures": _unique(failures),
     }
 
 

@@ -339,7 +339,7 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            entries = photo_files(path)
+            entries = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not entries:
                 raise ImageError(f"{path}: folder contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             found.extend(entries)
@@ -353,19 +353,6 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     if not unique:
         raise ImageError("no input images given")
     return unique
-
-
-def photo_files(folder: str | Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted, without the figure a facedefense run drew
-    there (a ``protect`` output's ``compare.png``, which its manifest names under ``compare``): a
-    protected folder given back as input holds exactly its photos."""
-    from facedefense.outputs import read_manifest
-
-    folder = Path(folder)
-    drawn = (read_manifest(folder) or {}).get("compare")
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != drawn
-    )
 
 
 def check_output_dir(output: str | Path, inputs: Sequence[Path] = ()) -> Path:
@@ -414,6 +401,22 @@ def prepare_output_dir(output: str | Path, inputs: Sequence[Path], *, suffix: st
     except OSError as exc:
         raise OutputError(f"output folder {output} cannot be created or written ({_reason(exc)})") from exc
     return targets
+
+
+#: The environment variable that moves facedefense's cache folder; ``FACEDEFENSE_CACHE_DIR``, its
+#: former name, is still read when it is not set.
+CACHE_VARIABLE = "FACEDEFENSE_CACHE"
+
+
+def cache_dir() -> Path:
+    """facedefense's cache folder: ``$FACEDEFENSE_CACHE``, else ``$XDG_CACHE_HOME/facedefense``, else
+    ``~/.cache/facedefense``. It holds what can be rebuilt: prior-preservation class images
+    (``class_images/``), what ``--dtype auto`` measured (``autotune.json``) and the test suite's
+    trained tiny models (``tests/``). Not created here."""
+    configured = os.environ.get(CACHE_VARIABLE) or os.environ.get("FACEDEFENSE_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "facedefense"
 
 
 def io_workers() -> int:

@@ -88,7 +88,7 @@ def identity_groups(generated: str | Path, reference: str | Path | None = None) 
     """
     root = Path(generated)
     ref_root = Path(reference) if reference is not None else None
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and _has_images(p)) if root.is_dir() else []
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_images(p)) if root.is_dir() else []
     if not subfolders or _has_images(root):
         collect_images([root])  # raises when there is nothing to score
         return [Group(root.name, root, ref_root)]

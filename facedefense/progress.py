@@ -6,6 +6,10 @@ default, on a terminal or not; switch them off with [`set_progress`][facedefense
 or with the environment variable ``FACEDEFENSE_PROGRESS=0``. The CLI shows them when stderr is a terminal, and
 always with ``--progress`` (``--no-progress`` hides them).
 
+Work that comes before its first bar (loading a model, a long first step) says what it does on one
+stderr line first, under the same switch ([`status`][facedefense.progress.status]): no command
+stays silent while it loads.
+
 Examples:
     >>> from facedefense.progress import bar, set_progress
     >>> set_progress(False)
@@ -17,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 _setting: bool | None = None
@@ -58,3 +63,23 @@ def bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=not progress_enabled(),
                 dynamic_ncols=True, **kwargs)
+
+
+def status(message: str) -> None:
+    """Say in one stderr line what starts now (``loading model ...``), when bars are shown. Written
+    through tqdm, so an open bar is redrawn below the line instead of being broken by it."""
+    if progress_enabled():
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+
+def denoising_callback(progress: Any) -> Callable[..., dict[str, Any]]:
+    """A diffusers ``callback_on_step_end`` that advances the bar ``progress`` by one per denoising
+    step (a pipeline call of 50 steps then shows 50 updates, not one at the end)."""
+
+    def callback(pipeline: Any, step: int, timestep: Any, outputs: dict[str, Any]) -> dict[str, Any]:
+        progress.update(1)
+        return outputs
+
+    return callback

@@ -17,8 +17,11 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
     for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_variable, _threads)
-# --dtype auto caches what it measures; the suite must not write into the user's cache folder.
-os.environ.setdefault("FACEDEFENSE_CACHE_DIR", tempfile.mkdtemp(prefix="facedefense-test-cache-"))
+# The suite must not write into the user's cache folder (--dtype auto's measurements, class images),
+# except its trained tiny models, kept there between runs (facedefense.testing.fixtures).
+os.environ.setdefault("FACEDEFENSE_TEST_CACHE", str(__import__("facedefense.io").io.cache_dir() / "tests"))
+if "PYTEST_XDIST_WORKER" not in os.environ:  # xdist's workers inherit the controller's folder
+    os.environ["FACEDEFENSE_CACHE"] = tempfile.mkdtemp(prefix="facedefense-test-cache-")
 
 pytest_plugins = ["facedefense.testing.fixtures"]
 

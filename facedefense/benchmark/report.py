@@ -1,6 +1,7 @@
 """The outputs: ``results.jsonl`` (one row per cell, metric and prompt, with per-image values),
-``report.md`` (the papers' layout) and ``examples.png`` plus ``examples/<cell>.png`` (clean,
-protected, purified, generated)."""
+``report.md`` (the papers' layout), ``examples.png`` plus ``examples/<cell>.png`` (clean,
+protected, purified, generated), and ``report.html``: the report and ``examples.png`` in one
+self-contained page (`facedefense.report_html`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 from facedefense.benchmark.config import NONE, BenchmarkConfig
 from facedefense.benchmark.graph import Cell, digest
 from facedefense.benchmark.stages import IMAGES, STAGE_FILE, Cache
+from facedefense.figures import labelled_sheet, labelled_strip, save_png, thumbnail
 from facedefense.io import atomic_path
 
 ARROWS = {"higher": "↑", "lower": "↓"}
@@ -26,11 +28,6 @@ def write_text(path: Path, text: str) -> None:
     temporary file renamed into place: never a half-written report)."""
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
-
-
-def _save_png(image: Any, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        image.save(temporary, format="PNG")
 
 
 def example_file(cell: Cell) -> str:
@@ -74,6 +71,46 @@ def collect_rows(
     return rows
 
 
+#: Protocol fields that reach generation after personalization (not a method option).
+GENERATION_FIELDS = ("prompts", "num_images", "inference_steps", "guidance_scale")
+#: Options a settings line leaves out (where and in which precision a method runs).
+UNSHOWN_OPTIONS = ("device", "dtype", "class_cache")
+
+
+def unused_fields(config: BenchmarkConfig, methods: dict[str, dict[str, Any]]) -> set[str]:
+    """Protocol fields that reached no method of the grid: taken by no method's options (each
+    method's ``protocol_fields``), no generation (no personalizer attack), no set-level metric."""
+    used = {field for method in methods.values() for field in method.get("protocol_fields", [])}
+    used |= {"instance_prompt", "class_prompt"}  # identity sets carry them to every defender
+    if any(attack.method.kind == "personalizer" for attack in config.attacks):
+        used |= set(GENERATION_FIELDS)
+    if any(method.get("pairing") == "set" for method in methods.values() if method.get("kind") == "metric"):
+        used.add("reference_set")
+    return {field for field in config.protocol.to_dict() if field not in used and field != "profile"}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return f"`{value}`" if isinstance(value, str) else str(value)
+
+
+def attack_settings(attack: Any, methods: dict[str, dict[str, Any]], protocol: Any) -> str:
+    """One line with the settings the attack ran with: its method's full configuration (defaults,
+    protocol values and the config's options resolved) and, for a personalizer, the generation."""
+    method = methods[f"{attack.method.kind}:{attack.label}"]
+    config = {key: value for key, value in method.get("config", {}).items() if key not in UNSHOWN_OPTIONS and value != ""}
+    line = "Settings: " + ", ".join(f"{key} {_shown(value)}" for key, value in config.items()) + "."
+    if attack.method.kind == "personalizer":
+        line += (f" Generation: {attack.num_images or protocol.num_images} image(s) per prompt, "
+                 f"{protocol.inference_steps} sampling steps, guidance {protocol.guidance_scale:g}.")
+    else:
+        line += " Instructions: " + "; ".join(f'"{text}"' for text in attack.prompts) + "."
+    return line
+
+
 def write_results(rows: Sequence[dict[str, Any]], path: Path) -> None:
     write_text(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
 
@@ -101,13 +138,17 @@ def render_report(
     """The report: per attack, rows defenders x purifiers, columns metrics per prompt (mean ± spread
     over identities and seeds), and per defender the worst case over the purifier chains."""
     protocol = config.protocol
+    unused = unused_fields(config, methods)
     lines = [f"# Benchmark: {config.path.name}", ""]
     lines += [
         f"Protocol **{protocol.profile}**" + (f" (overridden: {', '.join(sorted(config.protocol_overrides))})" if config.protocol_overrides else "") + ".",
         "",
         "| field | value |", "|---|---|",
-        *(f"| {key} | {value if key != 'eps' else f'{value:.5g} ({value * 255:.3g}/255)'} |" for key, value in protocol.to_dict().items() if key != "profile"),
+        *(f"| {key} | {value if key != 'eps' else f'{value:.5g} ({value * 255:.3g}/255)'}{' (not used by this grid)' if key in unused else ''} |"
+          for key, value in protocol.to_dict().items() if key != "profile"),
         "",
+        *(["Fields marked *not used* reached no method of this grid (each method's own options and the "
+           "settings under each attack below are what ran).", ""] if unused else []),
         f"{len(config.identities)} identit{'y' if len(config.identities) == 1 else 'ies'} "
         f"({', '.join(i.name for i in config.identities)}), seeds {', '.join(map(str, config.seeds))}; "
         f"values are mean ± standard deviation over identities and seeds. "
@@ -136,7 +177,7 @@ def render_report(
             else:
                 columns += [(metric.label, prompt, f"{metric.label} {arrow} P{index + 1}") for index, prompt in enumerate(prompts)]
         kind = "personalizer" if attack.method.kind == "personalizer" else "editor"
-        lines += [f"## {attack.label} ({kind} `{attack.method.name}`)", ""]
+        lines += [f"## {attack.label} ({kind} `{attack.method.name}`)", "", attack_settings(attack, methods, protocol), ""]
         lines += ["| defender | purifier | " + " | ".join(title for _, _, title in columns) + " |"]
         lines += ["|---|---|" + "---|" * len(columns)]
         groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
@@ -183,19 +224,12 @@ def render_report(
         for (origin, error), cells_hit in failures.items():
             lines.append(f"| {origin.replace('|', '/')} | {error.replace('|', '/')} | {len(cells_hit)} |")
         lines.append("")
-    lines += ["Per-image values, methods (fingerprints, options) and stage keys: `results.jsonl`. Example images: `examples.png`.", ""]
+    lines += ["Per-image values, methods (fingerprints, options) and stage keys: `results.jsonl`. Example images: `examples.png` "
+              "(with this report in one page: `report.html`).", ""]
     return "\n".join(lines)
 
 
 # -- example images ------------------------------------------------------------------------------
-
-
-def _thumb(path: Path, height: int) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        return image.resize((max(1, round(image.width * height / image.height)), height), Image.Resampling.BICUBIC)
 
 
 def _cell_strip(cell: Cell, cache: Cache, kinds: dict[str, str], per_prompt: int, height: int) -> tuple[list[Any], list[str]] | None:
@@ -210,18 +244,22 @@ def _cell_strip(cell: Cell, cache: Cache, kinds: dict[str, str], per_prompt: int
     clean = Path(protect.get("clean", [""])[0]) if protect.get("clean") else None
     tiles, titles = [], []
     if clean is not None and clean.is_file():
-        tiles.append(_thumb(clean, height))
+        tiles.append(thumbnail(clean, height))
         titles.append("clean")
-    tiles.append(_thumb(cache.path(cell.protect, "protect") / IMAGES / first, height))
+    tiles.append(thumbnail(cache.path(cell.protect, "protect") / IMAGES / first, height))
     titles.append("protected")
-    tiles.append(_thumb(cache.path(cell.purify, "purify") / IMAGES / purify["files"][0], height))
+    tiles.append(thumbnail(cache.path(cell.purify, "purify") / IMAGES / purify["files"][0], height))
     titles.append("purified")
     for group in range(len(output.get("prompts", []))):
         chosen = [f for f, g in zip(output["files"], output["groups"]) if g == group][:per_prompt]
         for name in chosen:
-            tiles.append(_thumb(cache.path(cell.output, output_kind) / IMAGES / name, height))
+            tiles.append(thumbnail(cache.path(cell.output, output_kind) / IMAGES / name, height))
             titles.append(f"P{group + 1}")
     return tiles, titles
+
+
+def _share(cell: Cell) -> str:
+    return "" if cell.share in (0.0, 1.0) else f" ({cell.share:g})"
 
 
 def write_examples(cells: Sequence[Cell], cache: Cache, kinds: dict[str, str], output: Path, *, per_prompt: int = 2, height: int = 128) -> list[Path]:
@@ -229,8 +267,6 @@ def write_examples(cells: Sequence[Cell], cache: Cache, kinds: dict[str, str], o
     first identity and seed (clean, protected, purified, then generated images per prompt). A
     cell that did not finish loses the image an earlier run made of it (in the run's own claimed
     folder: only its own files are there)."""
-    from PIL import Image, ImageDraw
-
     folder = output / "examples"
     folder.mkdir(parents=True, exist_ok=True)
     written, overview = [], []
@@ -239,32 +275,25 @@ def write_examples(cells: Sequence[Cell], cache: Cache, kinds: dict[str, str], o
         if strip is None:  # an earlier run's image of this cell would show what this run did not make
             (output / example_file(cell)).unlink(missing_ok=True)
             continue
-        tiles, titles = strip
-        canvas = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), height + 14), "white")
-        draw = ImageDraw.Draw(canvas)
-        x = 0
-        for tile, title in zip(tiles, titles):
-            canvas.paste(tile, (x, 14))
-            draw.text((x + 2, 1), title, fill="black")
-            x += tile.width + 2
+        canvas = labelled_strip(*strip)
         path = output / example_file(cell)
-        _save_png(canvas, path)
+        save_png(canvas, path)
         written.append(path)
         if cell.identity == cells[0].identity and cell.seed == cells[0].seed:
             overview.append((cell, canvas))
     if overview:
-        label_width = 8 + 7 * max(len(f"{c.defender} | {c.purifier} | {c.attack}") for c, _ in overview)
-        width = label_width + max(canvas.width for _, canvas in overview)
-        sheet = Image.new("RGB", (width, sum(canvas.height + 4 for _, canvas in overview)), "white")
-        draw = ImageDraw.Draw(sheet)
-        y = 0
-        for cell, canvas in overview:
-            share = "" if cell.share in (0.0, 1.0) else f" ({cell.share:g})"
-            draw.text((4, y + canvas.height // 2), f"{cell.defender}{share} | {cell.purifier} | {cell.attack}", fill="black")
-            sheet.paste(canvas, (label_width, y))
-            y += canvas.height + 4
-        _save_png(sheet, output / "examples.png")
+        rows = [(f"{cell.defender}{_share(cell)} | {cell.purifier} | {cell.attack}", canvas) for cell, canvas in overview]
+        save_png(labelled_sheet(rows), output / "examples.png")
         written.append(output / "examples.png")
     else:
         (output / "examples.png").unlink(missing_ok=True)
     return written
+
+
+def write_html(report: str, output: Path, title: str) -> Path:
+    """``report.html``: the Markdown ``report`` and ``examples.png`` (embedded) in one page."""
+    from facedefense.report_html import markdown_page, write_page
+
+    examples = [(output / "examples.png", "examples: a row per cell (first identity and seed): clean, protected, "
+                 "purified, then generated images per prompt")]
+    return write_page(markdown_page(title, report, examples, command="benchmark"), output / "report.html")

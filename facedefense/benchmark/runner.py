@@ -17,6 +17,7 @@ from facedefense.benchmark.report import (
     example_file,
     render_report,
     write_examples,
+    write_html,
     write_results,
     write_text,
 )
@@ -141,7 +142,9 @@ def _run(
     rows = collect_rows(config, cells, outcomes, store, methods)
     summary["failed_cells"] = len({row["cell"] for row in rows if row["status"] != "ok"})
     write_results(rows, output / "results.jsonl")
-    write_text(output / "report.md", render_report(config, rows, summary, methods))
+    report = render_report(config, rows, summary, methods)
+    write_text(output / "report.md", report)
     kinds = {stage.key: stage.kind for stage in stages}
     write_examples(cells, store, kinds, output, per_prompt=config.examples)
+    write_html(report, output, f"Benchmark: {config.path.name}")
     return summary

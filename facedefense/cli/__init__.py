@@ -6,10 +6,12 @@ Start-up imports no torch: each command imports what it needs when it runs, so `
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from facedefense.cli import attack, benchmark, evaluate, listing, models, run
-from facedefense.cli.common import OneLineErrorsGroup, one_line_warnings, stop_on_sigterm
+from facedefense.cli.common import OneLineErrorsGroup, one_line_warnings, quiet_third_party, stop_on_sigterm
 from facedefense.registry import call_each_plugin, get_registry
 
 HELP = (
@@ -26,10 +28,11 @@ def build_app(*, with_plugins: bool = True) -> typer.Typer:
         cls=OneLineErrorsGroup,
         help=HELP,
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
         pretty_exceptions_show_locals=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
+    app.callback()(show_version)
     for module in (run, attack, evaluate, benchmark, listing, models):
         module.register(app)
     if with_plugins:
@@ -41,8 +44,26 @@ def build_app(*, with_plugins: bool = True) -> typer.Typer:
     return app
 
 
+def print_version(value: bool) -> None:
+    if value:
+        from facedefense import __version__
+
+        typer.echo(f"facedefense {__version__}")
+        raise typer.Exit()
+
+
+def show_version(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """The app's own options (before the command)."""
+
+
 def main() -> None:
     """Console-script entry point."""
     stop_on_sigterm()
     one_line_warnings()
+    quiet_third_party()
     build_app()(prog_name="facedefense")

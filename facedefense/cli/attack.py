@@ -493,14 +493,26 @@ def attack(
     Everything is checked (photos, mask, prompts, options, the model) before anything is written;
     an output folder that holds an earlier run is refused unless --resume or --overwrite says what to do.
     """
-    from facedefense.registry import get_registry
-
     if (personalizer is None) == (editor is None):
         raise fail("give exactly one of --personalizer NAME or --editor NAME")
     if resume and overwrite:
         raise fail("--resume and --overwrite exclude each other")
     existing = "overwrite" if overwrite else "add" if resume else "refuse"
     show = progress_default() if progress is None else progress
+    from facedefense.progress import progress_enabled_as
+
+    with progress_enabled_as(show):  # model loading, class images and denoising steps say what they do
+        _attack(inputs, output, personalizer, editor, prompt, mask, option, model, steps, seed, device, dtype,
+                num_images, instance_prompt, class_prompt, existing, show)
+
+
+def _attack(inputs: list[Path], output: Path, personalizer: str | None, editor: str | None, prompt: list[str],
+            mask: str | None, option: list[str], model: str | None, steps: int | None, seed: int | None,
+            device: str | None, dtype: str | None, num_images: int, instance_prompt: str | None,
+            class_prompt: str | None, existing: str, show: bool) -> None:
+    """The ``attack`` command once its flags are read."""
+    from facedefense.registry import get_registry
+
     kind, name = ("personalizer", personalizer) if personalizer else ("editor", editor)
     options = method_options(option, model=model, steps=steps, seed=seed, device=device, dtype=dtype)
     if kind == "editor":

@@ -32,7 +32,10 @@ def benchmark(
     The config and every path, model, option and label it names are checked before anything is
     written; the output folder (and a --cache folder) is claimed and locked for the run: a folder
     holding photos, models or files no benchmark run wrote is refused (exit 2). A failed stage
-    makes the run fail (exit 1).
+    makes the run fail (exit 1). Writes report.md, report.html (one page with the images),
+    results.jsonl and examples.png.
+
+    Example: facedefense benchmark benchmarks/configs/tiny.yaml --output tiny-out
     """
     from facedefense.benchmark import run_benchmark
 
@@ -43,7 +46,7 @@ def benchmark(
     typer.echo(
         f"{summary['cells']} cell(s), {summary['stages']} stage(s): {summary['computed']} computed, "
         f"{summary['cached']} cached, {summary['failed']} failed, {summary['skipped']} skipped "
-        f"in {summary['seconds']:.1f} s; report: {Path(summary['output']) / 'report.md'}"
+        f"in {summary['seconds']:.1f} s; report: {Path(summary['output']) / 'report.md'} (one page with images: report.html)"
     )
     for failure in summary["failures"]:
         typer.echo(f"failed: {failure['stage']}: {failure['error']}", err=True)

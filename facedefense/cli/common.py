@@ -77,10 +77,14 @@ def friendly_errors(command: F) -> F:
 
 
 class OneLineErrorsGroup(TyperGroup):
-    """The app's click group: parser errors become one ``error:`` line with status 2 (no usage box)."""
+    """The app's click group: parser errors become one ``error:`` line with status 2 (no usage box);
+    help shows plain value labels (`facedefense.cli.helptext`)."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
+        from facedefense.cli.helptext import plain_types
+
+        plain_types(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         from facedefense.progress import progress_enabled_as

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 import typer
 
@@ -103,16 +104,62 @@ def info(
     spec = registry.get(kinds[0], name)
     method = spec.load()
     typer.echo(f"{spec.kind} '{spec.name}' from plugin '{spec.plugin}' ({spec.target_path})\n")
-    typer.echo(inspect.getdoc(method) or "(no documentation)")
-    typer.echo("\noptions (-o key=value):")
-    for line in option_lines(method.Config):
+    typer.echo(plain_text(inspect.getdoc(method) or "(no documentation)"))
+    if spec.kind == "model":
+        typer.echo(f"\nbuilt once per process by facedefense.models.shared_model({spec.name!r}, ...) with:")
+        lines = argument_lines(method)
+    else:
+        typer.echo("\noptions (-o key=value):")
+        lines = option_lines(method.Config)
+    for line in lines:
         typer.echo(line)
+
+
+_CROSS_REFERENCE = re.compile(r"\[([^\[\]]+)\]\[[\w.]*\]")
+_SPHINX_ROLE = re.compile(r":(?:func|class|meth|data|mod|attr|exc|obj|const):`(~?)([^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup as a terminal shows it: a cross-reference ``[`name`][module.name]`` and a
+    Sphinx role (``:class:`~a.Name```, a third party's docstring) become the name; double
+    backticks are dropped."""
+    text = _CROSS_REFERENCE.sub(lambda match: match.group(1).strip("`"), text)
+    text = _SPHINX_ROLE.sub(lambda match: match.group(2).rsplit(".", 1)[-1] if match.group(1) else match.group(2), text)
+    return text.replace("``", "")
+
+
+def _described(head: str, description: str) -> list[str]:
+    """``head`` then its description wrapped under it."""
+    import textwrap
+
+    lines = [head]
+    if description:
+        lines += textwrap.wrap(
+            plain_text(description), width=96, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False
+        )
+    return lines
+
+
+def argument_lines(factory: Any) -> list[str]:
+    """A shared model factory's keyword arguments (``path`` and its own, not ``device``/``dtype``):
+    ``  name = default`` then the description from its ``Args:`` section."""
+    import inspect
+
+    from facedefense.config import docstring_section, format_value
+
+    docs = docstring_section(inspect.getdoc(factory) or "", "Args")
+    lines = []
+    for name, parameter in inspect.signature(factory).parameters.items():
+        if name in ("device", "dtype") or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        default = "(required)" if parameter.default is parameter.empty else format_value(parameter.default)
+        lines += _described(f"  {name} = {default}", docs.get(name, ""))
+    return lines
 
 
 def option_lines(config_class: type) -> list[str]:
     """``  name: type = default  [range]`` then the description from the config's docstring."""
     import dataclasses
-    import textwrap
 
     from facedefense.config import config_fields, describe_type, format_value, option_docs, option_range
 
@@ -131,10 +178,7 @@ def option_lines(config_class: type) -> list[str]:
         bounds = ""
         if low is not None or high is not None:
             bounds = f"  [{'' if low is None else format_value(low)}..{'' if high is None else format_value(high)}]"
-        lines.append(f"  {name}: {describe_type(annotation)} = {default}{bounds}")
-        description = docs.get(name, "").replace("``", "")
-        if description:
-            lines.extend(textwrap.wrap(description, width=96, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False))
+        lines += _described(f"  {name}: {describe_type(annotation)} = {default}{bounds}", docs.get(name, ""))
     return lines
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from facedefense.cli.common import friendly_errors, progress_default
+from facedefense.cli.common import check_method_paths, friendly_errors, progress_default
 
 TINY_KINDS = ("sd", "instruct_pix2pix", "inpaint", "upscaler", "pixel_ddpm")
 DEMO_BANNER = (
@@ -63,6 +63,10 @@ def demo(
     method: Annotated[
         str | None, typer.Option("--method", "-m", help="Defender to demonstrate (default: the one tagged 'demo').")
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Weights file of an amortized defender (-m rid, -m gap_diff).", show_default=False),
+    ] = None,
     steps: Annotated[int, typer.Option(help="Optimization steps.")] = 5,
     eps: Annotated[str, typer.Option(help="Budget in [0,1] units.")] = "8/255",
     option: Annotated[
@@ -76,7 +80,7 @@ def demo(
     """Protect sample portraits with a tiny model built on the spot (a pipeline demo, offline)."""
     from facedefense.batch import protect_files
     from facedefense.budget import parse_budget
-    from facedefense.config import config_fields, parse_option_pairs
+    from facedefense.config import config_fields, format_value, parse_option_pairs
     from facedefense.errors import ConfigError
     from facedefense.evaluation import evaluate_folder
     from facedefense.io import check_output_dir, save_image
@@ -91,6 +95,10 @@ def demo(
             raise ConfigError("no defender is registered for the demo (tag 'demo'); pass --method NAME")
         method = tagged[0]
     fields = config_fields(registry.load("defender", method).Config)
+    if checkpoint is not None and "checkpoint" not in fields:
+        raise ConfigError(f"{method} takes no --checkpoint (it has no option 'checkpoint')")
+    chosen = {**parse_option_pairs(option), **({"checkpoint": str(checkpoint)} if checkpoint is not None else {})}
+    check_method_paths(chosen)  # before anything is written
     typer.secho(DEMO_BANNER, fg=typer.colors.YELLOW, err=True)
     output.mkdir(parents=True, exist_ok=True)
     model_dir = output / "tiny-sd"
@@ -102,15 +110,18 @@ def demo(
         save_image(_sample_portrait(tiny_models), samples / "astronaut.png")
         inputs = [samples]
     offered = {"model": str(model_dir), "eps": parse_budget(eps), "steps": steps, "device": "cpu", "dtype": "float32"}
+    if checkpoint is not None:  # an amortized defender: its budget is the checkpoint's (-o eps= changes it)
+        offered = {"device": "cpu"}
     options = {key: value for key, value in offered.items() if key in fields}  # only what the method has
-    defender = registry.create("defender", method, **{**options, **parse_option_pairs(option)})
+    defender = registry.create("defender", method, **{**options, **chosen})
     protected = output / "protected"
     show = progress_default() if progress is None else progress
     # The demo folder is the demo's own: each run replaces the previous run's protected images.
     report = protect_files(defender, inputs, protected, progress=show, existing="overwrite", warn_unchanged=False)
     typer.echo(f"protected {len(report.succeeded)} image(s) into {protected}")
+    budget = format_value(defender.config.eps)  # what the defender used (an amortized one: its checkpoint's)
     for entry in report.succeeded:
-        typer.echo(f"  {entry['output']}: max change {entry['linf_gray_levels']:.0f} gray levels (budget {eps})")
+        typer.echo(f"  {entry['output']}: max change {entry['linf_gray_levels']:.0f} gray levels (budget {budget})")
     if report.unchanged:
         from facedefense.batch import unchanged_message
 

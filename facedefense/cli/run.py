@@ -64,16 +64,34 @@ def _make(kind: str, name: str, options: dict[str, Any]) -> Any:
     return get_registry().create(kind, name, **options)
 
 
+#: Exit status of a ``protect`` run that wrote images identical to their input: the defender changed
+#: nothing (an untrained checkpoint, a zero budget), so those photos are NOT protected. Inputs that
+#: could not be processed (status 1) take precedence.
+UNCHANGED_EXIT = 3
+
+
 def _finish(report: Any, output: Path, verb: str) -> None:
     for failure in report.failed:
         typer.echo(f"skipped: {failure['error']}", err=True)
-    if verb == "protected" and report.unchanged:
+    done, unchanged = len(report.succeeded), len(report.unchanged) if verb == "protected" else 0
+    manifest = f"(manifest: {report.manifest_path.name})"
+    if unchanged:
         from facedefense.batch import unchanged_message
 
         typer.echo(f"warning: {unchanged_message(report)}", err=True)
-    typer.echo(f"{verb} {len(report.succeeded)} image(s) into {output} (manifest: {report.manifest_path.name})")
+        typer.echo(
+            f"NOT protected: {unchanged} of {done} image(s) written into {output} are identical to their input; "
+            f"{verb} {done - unchanged} image(s) {manifest}"
+        )
+    else:
+        typer.echo(f"{verb} {done} image(s) into {output} {manifest}")
+    compare = report.manifest.get("compare")
+    if compare:
+        typer.echo(f"side by side (originals included: do not publish it): {output / compare}")
     if report.failed:
         raise fail(f"{len(report.failed)} input(s) could not be processed", code=1)
+    if unchanged:
+        raise typer.Exit(UNCHANGED_EXIT)
 
 
 @friendly_errors
@@ -115,7 +133,11 @@ def protect(
 ) -> None:
     """Protect photos with a defender; writes PNGs with the same names and a manifest.
 
-    An output folder that holds files is refused unless --overwrite or --add says what to do.
+    Also writes .facedefense-work/compare.png (original, protected and amplified difference). An output
+    folder that holds files is refused unless --overwrite or --add says what to do. Exit status 3:
+    some protected image is identical to its photo (NOT protected).
+
+    Example: facedefense protect photos/ --method photoguard --model stable-diffusion-v1-5/stable-diffusion-v1-5 --output protected/
     """
     from facedefense.budget import parse_budget
     from facedefense.distributed import bind_device, current_shard
@@ -131,14 +153,16 @@ def protect(
     _plan("protect", inputs, output, existing, reference)
     check_method_paths(options)
     bind_device(current_shard())
-    defender = _make("defender", method, options)
     from facedefense.batch import protect_files
+    from facedefense.progress import progress_enabled_as
 
     show = progress_default() if progress is None else progress
-    report = protect_files(
-        defender, inputs, output, references=reference, batch_size=batch_size, progress=show, existing=existing,
-        warn_unchanged=False, resume=resume,
-    )  # fmt: skip
+    with progress_enabled_as(show):  # loading the models is said on stderr whenever bars are shown
+        defender = _make("defender", method, options)
+        report = protect_files(
+            defender, inputs, output, references=reference, batch_size=batch_size, progress=show, existing=existing,
+            warn_unchanged=False, resume=resume,
+        )  # fmt: skip
     _finish(report, output, "protected")
 
 
@@ -212,22 +236,26 @@ def purify(
     overwrite: Overwrite = False,
     add: Add = False,
 ) -> None:
-    """Purify photos (the adversary's counter-measure) with one purifier or a chain applied in order;
-    writes PNGs and a manifest. ``-o key=value`` goes to every method with that option,
-    ``-o NAME.key=value`` to one method of the chain.
+    """Purify photos (the adversary's counter-measure) with one purifier or a chain applied in order.
 
-    An output folder that holds files is refused unless --overwrite or --add says what to do.
+    Writes PNGs and a manifest. -o key=value goes to every method with that option, -o NAME.key=value
+    to one method of the chain. An output folder that holds files is refused unless --overwrite or
+    --add says what to do.
+
+    Example: facedefense purify protected/ -m jpeg -m gaussian_blur -o jpeg.quality=70 --output purified/
     """
     existing = _existing(overwrite, add)
     options = chain_options(method, option, model=model, seed=seed, device=device, dtype=dtype)
     _plan("purify", inputs, output, existing)
     for routed in options:
         check_method_paths(routed)
-    purifiers = [_make("purifier", name, opts) for name, opts in zip(method, options)]
     from facedefense.batch import purify_files
+    from facedefense.progress import progress_enabled_as
 
     show = progress_default() if progress is None else progress
-    report = purify_files(purifiers, inputs, output, batch_size=batch_size, progress=show, existing=existing)
+    with progress_enabled_as(show):
+        purifiers = [_make("purifier", name, opts) for name, opts in zip(method, options)]
+        report = purify_files(purifiers, inputs, output, batch_size=batch_size, progress=show, existing=existing)
     _finish(report, output, "purified")
 
 

@@ -90,6 +90,11 @@ class Metric(Method, abc.ABC):
         protected_if: which direction means the protection worked; default the opposite of
             ``higher_is_better`` (a worse generated image, a lower identity similarity).
         unit: unit of the values.
+        measures: what a value says, in a few words, for reports (``"identity similarity to the
+            clean photos"``); empty: the summary of the registry says it.
+        visibility: a budget metric: compared with the original photo it says how visible a change
+            is (PSNR, SSIM, LPIPS, L-inf), rather than whether an attack failed; reports of
+            protected photos word it so.
     """
 
     Config: ClassVar[type[MetricConfig]] = MetricConfig
@@ -99,6 +104,8 @@ class Metric(Method, abc.ABC):
     higher_is_better: ClassVar[bool] = True
     protected_if: ClassVar[Literal["higher", "lower"] | None] = None
     unit: ClassVar[str] = ""
+    measures: ClassVar[str] = ""
+    visibility: ClassVar[bool] = False
 
     @property
     def needs_reference(self) -> bool:

@@ -3,7 +3,9 @@ sample faces. Use them with ``pytest_plugins = ["facedefense.testing.fixtures"]`
 
 ``trained_tiny_sd_path`` fine-tunes the tiny UNet (about 25 s) and caches the result on disk,
 keyed by the library versions, the recipe and the builder's source, under
-``$FACEDEFENSE_TEST_CACHE`` (default ``~/.cache/facedefense/tests``; set it empty to disable).
+``$FACEDEFENSE_TEST_CACHE``, by default the ``tests`` folder of facedefense's cache folder
+(``$FACEDEFENSE_CACHE/tests``, ``~/.cache/facedefense/tests`` when that is not set); set
+``FACEDEFENSE_TEST_CACHE`` empty or ``0`` to disable.
 Importing this module sets ``HF_HUB_OFFLINE=1`` (tests never touch the network).
 
 ``$FACEDEFENSE_TEST_DEVICE`` (``cpu`` by default, ``cuda`` on a GPU machine) is the device the
@@ -96,11 +98,14 @@ def _cache_key() -> str:
 
 
 def _cache_root() -> Path | None:
-    """``$FACEDEFENSE_TEST_CACHE`` (empty or ``0`` disables the disk cache), else ~/.cache/facedefense/tests."""
+    """``$FACEDEFENSE_TEST_CACHE`` (empty or ``0`` disables the disk cache), else the ``tests`` folder
+    of facedefense's cache folder (``facedefense.io.cache_dir``)."""
+    from facedefense.io import cache_dir
+
     configured = os.environ.get("FACEDEFENSE_TEST_CACHE")
     if configured is not None and configured.strip() in ("", "0", "off", "false"):
         return None
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "facedefense" / "tests"
+    return Path(configured).expanduser() if configured else cache_dir() / "tests"
 
 
 def _complete(folder: Path, key: str) -> bool:

@@ -166,7 +166,12 @@ class RID(AmortizedDefender):
         """Pick and build the inference engine (see ``RIDConfig.engine``); sets ``self.path``."""
         import torch
 
-        from facedefense_amortized.networks.dit import ENGINE_PATHS, TORCH_ENGINE_PATHS, DiTEngine, engine_paths
+        from facedefense_amortized.networks.dit import (
+            ENGINE_PATHS,
+            TORCH_ENGINE_PATHS,
+            DiTEngine,
+            engine_paths,
+        )
 
         engine, on_cpu = self.config.engine, self.device.type == "cpu"
         available = engine_paths() if on_cpu else list(TORCH_ENGINE_PATHS)

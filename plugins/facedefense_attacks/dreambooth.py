@@ -16,11 +16,16 @@ class DreamBoothConfig(TrainingConfig):
     """DreamBooth options; defaults are Anti-DreamBooth's ``scripts/train_dreambooth_alone.sh``.
 
     Attributes:
-        steps: 1000. learning_rate: 5e-7 (constant). batch_size: 2 instance (+ 2 class) images.
-        resolution: 512 (resize + center crop). prior_preservation: on, weight 1.0, 200 class
-            images of ``"a photo of person"``.
+        steps: optimizer steps (1000).
+        learning_rate: constant AdamW learning rate (5e-7).
+        batch_size: instance images per step (2, plus 2 class images).
+        resolution: training side in pixels (512; resize + center crop).
+        prior_preservation: add the class-prior loss (on), on class images of ``"a photo of person"``.
+        prior_loss_weight: weight of the class-prior loss (1.0).
+        num_class_images: class images generated (200).
         train_text_encoder: also fine-tune the text encoder (on, as Anti-DreamBooth does).
-        inference_steps: 100 and guidance_scale: 7.5 (Anti-DreamBooth's ``infer.py``).
+        inference_steps: denoising steps of ``generate`` (100, Anti-DreamBooth's ``infer.py``).
+        guidance_scale: classifier-free guidance of ``generate`` (7.5, Anti-DreamBooth's ``infer.py``).
     """
 
     steps: int = 1000

@@ -87,11 +87,15 @@ class DiffusionEditor(Editor):
     def pipeline(self) -> Any:
         """The editing pipeline, loaded on first use (and checked to be of the right kind)."""
         if self._pipeline is None:
+            from facedefense.progress import progress_enabled, status
+
+            status(f"{self.name}: loading {self.config.model} ...")
             self._pipeline = load_checked_pipeline(
                 self.config.model, self.pipeline_kind, expected_channels=self.unet_channels,
                 method=self.name or type(self).__name__, device=self.device, dtype=self.dtype,
             )
-            self._pipeline.set_progress_bar_config(disable=True)
+            # Its denoising steps show when bars are shown (a CPU edit takes minutes).
+            self._pipeline.set_progress_bar_config(disable=not progress_enabled(), leave=False)
         return self._pipeline
 
     def _edit(self, images: Tensor, prompt: str, mask: Tensor | None, generator: torch.Generator) -> Tensor:

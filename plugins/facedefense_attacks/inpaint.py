@@ -20,7 +20,9 @@ class InpaintConfig(DiffusionEditorConfig):
 
     Attributes:
         model: default ``"stable-diffusion-v1-5/stable-diffusion-inpainting"``.
-        steps: 100. guidance_scale: 7.5. eta: 1.0 (DDIM eta, 0 to 1).
+        steps: denoising steps (100).
+        guidance_scale: classifier-free guidance scale (7.5).
+        eta: DDIM eta, 0 to 1 (1.0).
         strength: 1.0 (in (0, 1]; ``int(steps * strength)`` steps run, at least one), the masked region regenerated from noise: PhotoGuard's notebook passes 0.7,
             but its diffusers (0.10.2) inpainting pipeline has no strength and its logged runs
             take all 100 steps; 0.7 runs 70 steps from the noised photo.

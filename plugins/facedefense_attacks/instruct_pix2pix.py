@@ -22,7 +22,8 @@ class InstructPix2PixConfig(DiffusionEditorConfig):
         model: default ``"timbrooks/instruct-pix2pix"``.
         steps: 50, the default of FaceLock's ``edit.py`` and ``main_edit.py`` (its README's
             example commands pass 100, diffusers' pipeline default).
-        guidance_scale: 7.5 (text). image_guidance_scale: 1.5 (0 to 100).
+        guidance_scale: text guidance scale (7.5).
+        image_guidance_scale: image guidance scale, 0 to 100 (1.5).
         resolution: 512 on the short side.
     """
 

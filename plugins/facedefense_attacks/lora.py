@@ -24,9 +24,14 @@ class LoRAConfig(TrainingConfig):
 
     Attributes:
         rank: adapter rank (32); alpha = rank, so the scale is 1.
-        steps: 221. learning_rate: 3e-4. batch_size: 1. prior_preservation: on, weight 1.0,
-            100 class images.
-        inference_steps: 50 and guidance_scale: 5.0 (RID samples LoRA models with CFG 5, 50-100 steps).
+        steps: optimizer steps (221).
+        learning_rate: constant AdamW learning rate (3e-4).
+        batch_size: instance images per step (1).
+        prior_preservation: add the class-prior loss (on).
+        prior_loss_weight: weight of the class-prior loss (1.0).
+        num_class_images: class images generated (100).
+        inference_steps: denoising steps of ``generate`` (50; RID samples LoRA models with 50-100 steps).
+        guidance_scale: classifier-free guidance of ``generate`` (5.0, RID's).
     """
 
     rank: int = 32

@@ -20,11 +20,19 @@ class LoRATIConfig(TrainingConfig):
     """LoRA+TI options; defaults are RID's ``config/sd_lora.py``.
 
     Attributes:
-        identifier: ``"<new1>"``, initialized from ``initializer_token`` ``"ktn"``.
-        instance_prompt: ``"photo of a <new1> person"``. class_prompt: ``"photo of a person"`` (RID's).
-        rank: 32. steps: 221. learning_rate: 3e-4 (adapters and token). batch_size: 1.
-        prior_preservation: on, weight 1.0, 100 class images.
-        inference_steps: 50, guidance_scale: 5.0.
+        identifier: the new token (``"<new1>"``), initialized from ``initializer_token``.
+        initializer_token: the word whose embedding starts the new token (``"ktn"``, RID's).
+        instance_prompt: training prompt (``"photo of a <new1> person"``, RID's).
+        class_prompt: prompt of the class images (``"photo of a person"``, RID's).
+        rank: adapter rank (32).
+        steps: optimizer steps (221).
+        learning_rate: constant AdamW learning rate of the adapters and the token (3e-4).
+        batch_size: instance images per step (1).
+        prior_preservation: add the class-prior loss (on).
+        prior_loss_weight: weight of the class-prior loss (1.0).
+        num_class_images: class images generated (100).
+        inference_steps: denoising steps of ``generate`` (50).
+        guidance_scale: classifier-free guidance of ``generate`` (5.0).
     """
 
     identifier: str = "<new1>"

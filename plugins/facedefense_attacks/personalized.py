@@ -139,7 +139,9 @@ class PipelinePersonalized(PersonalizedModel):
             text = str(exc).strip()
             reason = text.splitlines()[0][:200] if text else type(exc).__name__
             raise ModelNotFoundError(f"{directory}: the saved {cls.format} model cannot be read ({reason})") from exc
-        pipeline.set_progress_bar_config(disable=True)
+        from facedefense.progress import progress_enabled
+
+        pipeline.set_progress_bar_config(disable=not progress_enabled(), leave=False)  # denoising steps
         return cls(pipeline, info)
 
     # -- hooks -------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ class SDEditConfig(DiffusionEditorConfig):
     Attributes:
         model: default ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
         strength: how far the photo is noised, in (0, 1]: 0.5 (t0 = 500 of 1000).
-        steps: 50 (of which ``strength * steps`` run). guidance_scale: 7.5.
+        steps: denoising steps of the full schedule (50; ``strength * steps`` of them run).
+        guidance_scale: classifier-free guidance scale (7.5).
     """
 
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -22,14 +22,20 @@ class TextualInversionConfig(TrainingConfig):
 
     Attributes:
         identifier: the new token, ``"<new1>"`` (RID's); the instance prompt must contain it.
-        instance_prompt: ``"photo of a <new1> person"``. class_prompt: ``"photo of a person"`` (RID's).
+        instance_prompt: training prompt (``"photo of a <new1> person"``, RID's).
+        class_prompt: prompt of the class images (``"photo of a person"``, RID's).
         initializer_token: the word whose embedding starts the new token (``"ktn"``, RID's; a word
             that the tokenizer splits starts from the mean of its pieces).
-        steps: 1000. learning_rate: 5e-5 (AdamW, weight decay 1e-2). batch_size: 1.
-        prior_preservation: on, weight 1.0, 100 class images (RID's).
+        steps: optimizer steps (1000).
+        learning_rate: constant AdamW learning rate (5e-5, weight decay 1e-2).
+        batch_size: instance images per step (1).
+        prior_preservation: add the class-prior loss (on, RID's).
+        prior_loss_weight: weight of the class-prior loss (1.0).
+        num_class_images: class images generated (100, RID's).
         max_grad_norm: 1.0, the norm of the new row's gradient (RID zeroes the other rows'
             gradients before clipping; diffusers' ``textual_inversion.py`` does not clip).
-        inference_steps: 50 and guidance_scale: 5.0 (RID's sampling of its tuned models).
+        inference_steps: denoising steps of ``generate`` (50, RID's sampling of its tuned models).
+        guidance_scale: classifier-free guidance of ``generate`` (5.0, RID's).
     """
 
     identifier: str = "<new1>"

@@ -46,14 +46,17 @@ class TrainingConfig(PersonalizerConfig):
 
     Attributes:
         identifier: the word that names the identity; the instance prompt must contain it.
-        steps: optimizer steps. learning_rate: constant AdamW learning rate.
+        steps: optimizer steps.
+        learning_rate: constant AdamW learning rate.
         batch_size: instance images per step (as many class images are added with prior preservation).
         resolution: training side in pixels; photos are resized (short side) and center-cropped to it.
         prior_preservation: add the class-prior loss on images the base model generated for
-            ``class_prompt``. prior_loss_weight: its weight. num_class_images: how many.
+            ``class_prompt``.
+        prior_loss_weight: weight of the class-prior loss.
+        num_class_images: how many class images are generated (or taken from the cache).
         class_inference_steps: denoising steps used to generate the class images.
-        class_cache: folder of the class-image cache (default ``$FACEDEFENSE_CACHE/class_images`` or
-            ``~/.cache/facedefense/class_images``).
+        class_cache: folder of the class-image cache (default ``class_images`` in facedefense's cache
+            folder, `facedefense.io.cache_dir`: ``$FACEDEFENSE_CACHE/class_images``).
         mixed_precision: ``"auto"`` (bf16 on GPUs that have it, else fp16; none on CPU), ``"no"``,
             ``"fp16"`` or ``"bf16"``: autocast, and the frozen weights held in that precision while
             training. Trainable weights and the optimizer state stay float32, and the saved weights
@@ -62,8 +65,10 @@ class TrainingConfig(PersonalizerConfig):
             scripts do; False uses the posterior mean.
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
         optimizer: ``"adamw"`` or ``"adamw_8bit"`` (bitsandbytes, CUDA only).
-        weight_decay, max_grad_norm: AdamW weight decay; gradient-norm clipping (0 disables).
-        inference_steps, guidance_scale: defaults of :meth:`generate`.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient-norm clipping of the trained parameters (0 disables).
+        inference_steps: denoising steps of `generate` (default of its ``steps``).
+        guidance_scale: classifier-free guidance scale of `generate`.
     """
 
     identifier: str = "sks"
@@ -120,10 +125,9 @@ def _model_key(model: str) -> str:
 
 def class_cache_dir(config: TrainingConfig, class_prompt: str) -> Path:
     """Folder of the cached class images of (model, class prompt, resolution)."""
-    root = config.class_cache or os.environ.get("FACEDEFENSE_CACHE", "")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "facedefense"
-    if not config.class_cache:
-        base = base / "class_images"
+    from facedefense.io import cache_dir
+
+    base = Path(config.class_cache).expanduser() if config.class_cache else cache_dir() / "class_images"
     key = hashlib.sha256(
         f"{_model_key(config.model)}\n{class_prompt}\n{config.resolution}\n{config.class_inference_steps}".encode()
     ).hexdigest()[:16]
@@ -144,9 +148,10 @@ def generate_class_images(
         ``num_class_images`` tensors (3, resolution, resolution) in [0, 1].
     """
     import torch
-    from tqdm.auto import tqdm
 
     from facedefense.io import load_image, save_image, write_json
+    from facedefense.progress import bar as progress_bar
+    from facedefense.progress import denoising_callback, progress_enabled_as
 
     folder = class_cache_dir(config, class_prompt)
     folder.mkdir(parents=True, exist_ok=True)
@@ -154,19 +159,34 @@ def generate_class_images(
                 "inference_steps": config.class_inference_steps}, folder / "cache.json")
     wanted = [folder / f"{index:05d}.png" for index in range(config.num_class_images)]
     missing = [index for index, path in enumerate(wanted) if not path.is_file()]
-    bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not progress or not missing)
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
-        generators = [torch.Generator("cpu").manual_seed(index) for index in chunk]
-        with torch.no_grad():
-            images = pipeline(
-                [class_prompt] * len(chunk), num_inference_steps=config.class_inference_steps,
-                height=config.resolution, width=config.resolution, generator=generators, output_type="pt",
-            ).images
-        for index, image in zip(chunk, images):
-            save_image(image.float().cpu(), wanted[index])
-        bar.update(len(chunk))
-    bar.close()
+    if not missing:
+        return [load_image(path).pixels[0] for path in wanted]
+    # One bar over every denoising step (200 images x 50 steps on a CPU take hours: a bar per image
+    # would stand still for minutes); the pipeline's own per-call bar is off meanwhile.
+    pipeline.scheduler.set_timesteps(config.class_inference_steps)
+    per_call = len(pipeline.scheduler.timesteps)
+    calls = -(-len(missing) // batch_size)
+    own_bar = dict(getattr(pipeline, "_progress_bar_config", {}))
+    pipeline.set_progress_bar_config(disable=True)
+    with progress_enabled_as(progress):
+        bar = progress_bar(total=calls * per_call, unit="step",
+                           desc=f"class images 0/{len(missing)} of '{class_prompt}' (cached for later runs)")
+    try:
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            generators = [torch.Generator("cpu").manual_seed(index) for index in chunk]
+            with torch.no_grad():
+                images = pipeline(
+                    [class_prompt] * len(chunk), num_inference_steps=config.class_inference_steps,
+                    height=config.resolution, width=config.resolution, generator=generators, output_type="pt",
+                    callback_on_step_end=denoising_callback(bar),
+                ).images
+            for index, image in zip(chunk, images):
+                save_image(image.float().cpu(), wanted[index])
+            bar.set_description(f"class images {start + len(chunk)}/{len(missing)} of '{class_prompt}'")
+    finally:
+        bar.close()
+        pipeline._progress_bar_config = own_bar
     return [load_image(path).pixels[0] for path in wanted]
 
 
@@ -505,10 +525,14 @@ class TrainedPersonalizer(Personalizer):
             raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
         if config.optimizer == "adamw_8bit" and self.device.type != "cuda":
             raise ConfigError("optimizer adamw_8bit needs a CUDA GPU (bitsandbytes); use optimizer=adamw")
+        from facedefense.progress import progress_enabled_as, status
+
+        with progress_enabled_as(self.progress):
+            status(f"{label}: loading {config.model} ...")
         pipeline = load_checked_pipeline(
             config.model, "text2img", expected_channels=4, method=label, device=self.device, dtype=torch.float32
         )
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline.set_progress_bar_config(disable=not self.progress, leave=False)  # generation's denoising steps
         check_prediction_type(pipeline.scheduler, label)
         steps = {"inference_steps": config.inference_steps}
         if config.prior_preservation:

@@ -179,14 +179,20 @@ class DreamBoothAttack(Defender):
         return RunCheckpoint(workdir / self.name if workdir is not None else None, key)
 
     def train(self, index: int, instances: Tensor, identity: IdentitySet, generator: torch.Generator, steps: int,
-              batch_size: int = 1) -> list[float]:
+              batch_size: int = 1, bar: Any = None) -> list[float]:
         """``steps`` DreamBooth steps of surrogate ``index`` on ``instances`` (training views), with
-        ``batch_size`` instance and class images per step."""
+        ``batch_size`` instance and class images per step; ``bar`` (a progress bar) advances per step."""
         c = self.config
+
+        def advance(loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
         return self.surrogates[index].train(
             instances, instance_prompt=identity.instance_prompt, steps=steps, learning_rate=c.learning_rate,
             generator=generator, class_images=self.class_images_for(index, identity.class_prompt),
             class_prompt=identity.class_prompt, prior_loss_weight=c.prior_loss_weight, batch_size=batch_size,
+            on_step=advance if bar is not None else None,
         )
 
     def objective(self, index: int, photos: Any, identity: IdentitySet, generator: torch.Generator) -> Any:
@@ -243,9 +249,9 @@ class ASPL(DreamBoothAttack):
 
     def _perturb_identity(self, identity: IdentitySet, generator: torch.Generator, workdir: Path | None) -> Any:
         import torch
-        from tqdm.auto import tqdm
 
         from facedefense.optim import PGDState, generator_state, restore_generator
+        from facedefense.progress import bar as progress_bar
         from facedefense_iterative.surrogate import PhotoBatch, square_crop
 
         c = self.config
@@ -266,10 +272,11 @@ class ASPL(DreamBoothAttack):
             for surrogate, weights in zip(self.surrogates, saved["surrogates"]):
                 surrogate.restore({k: v.to(self.device) for k, v in weights.items()})
             restore_generator(generator, saved["generator"])
-        bar = tqdm(total=c.steps * c.pgd_steps, initial=first_round * c.pgd_steps, desc=f"{self.name} ({identity.name})",
-                   leave=False, disable=None)
+        per_round = len(self.surrogates) * (c.pgd_steps + 2 * c.surrogate_steps)  # every step of a round shows
+        bar = progress_bar(total=c.steps * per_round, initial=first_round * per_round, desc=f"{self.name} ({identity.name})")
         try:
-            for _ in range(first_round, c.steps):
+            for number in range(first_round, c.steps):
+                bar.set_description(f"{self.name} ({identity.name}) round {number + 1}/{c.steps}", refresh=False)
                 state = self._round(photos, clean, identity, state, pgd, generator, bar)
                 first_round += 1
                 checkpoint.save({"round": first_round, "pgd": state.state_dict(),
@@ -293,7 +300,7 @@ class ASPL(DreamBoothAttack):
         outcomes = []
         for index, surrogate in enumerate(self.surrogates):
             base = surrogate.snapshot()
-            self.train(index, clean, identity, generator, self.config.surrogate_steps)  # f' <- f + steps on the clean set
+            self.train(index, clean, identity, generator, self.config.surrogate_steps, bar=bar)  # f' <- f + steps on the clean set
             with surrogate.frozen():
                 outcomes.append(pgd.run(photos.padded, self.objective(index, photos, identity, generator), state,
                                         steps=self.config.pgd_steps, generator=generator, bar=bar))
@@ -307,5 +314,5 @@ class ASPL(DreamBoothAttack):
             state = PGDState(project_linf(mean, photos.padded, self.config.eps), outcomes[0].step, momentum, objective)
         for index, outcome in enumerate(outcomes):  # f <- f + steps on its own perturbed photos
             self.train(index, photos.square(outcome.adversarial, self.config.resolution), identity, generator,
-                       self.config.surrogate_steps)
+                       self.config.surrogate_steps, bar=bar)
         return state

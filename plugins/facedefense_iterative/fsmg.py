@@ -68,6 +68,7 @@ class FSMG(DreamBoothAttack):
         import torch
 
         from facedefense.optim import PGDState, generator_state, restore_generator
+        from facedefense.progress import bar as progress_bar
         from facedefense_iterative.surrogate import PhotoBatch, square_crop
 
         c = self.config
@@ -80,8 +81,10 @@ class FSMG(DreamBoothAttack):
         state = None
         if saved is None:
             clean = torch.cat([square_crop(x.reshape(1, *x.shape[-3:]).to(self.device), c.resolution) for x in identity.clean])
-            for index in range(len(self.surrogates)):
-                self.train(index, clean, identity, generator, c.train_steps, batch_size=c.train_batch_size)
+            with progress_bar(total=c.train_steps * len(self.surrogates),
+                              desc=f"{self.name} ({identity.name}): training the surrogate on the clean photos") as bar:
+                for index in range(len(self.surrogates)):
+                    self.train(index, clean, identity, generator, c.train_steps, batch_size=c.train_batch_size, bar=bar)
         else:
             for surrogate, weights in zip(self.surrogates, saved["surrogates"]):
                 surrogate.restore({k: v.to(self.device) for k, v in weights.items()})

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,9 +100,11 @@ def square_crop(image: Tensor, resolution: int) -> Tensor:
 
 
 def cache_root() -> Path:
-    """``$FACEDEFENSE_CACHE`` or ``~/.cache/facedefense``."""
-    configured = os.environ.get("FACEDEFENSE_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "facedefense"
+    """facedefense's cache folder: ``$FACEDEFENSE_CACHE``, else ``~/.cache/facedefense``
+    (``facedefense.io.cache_dir``)."""
+    from facedefense.io import cache_dir
+
+    return cache_dir()
 
 
 def class_images(
@@ -119,6 +121,9 @@ def class_images(
     progress: bool | None = None,
 ) -> Tensor:
     """Prior-preservation images of ``prompt`` drawn from the base model once, then cached.
+
+    Generating them shows a bar over the denoising steps (``progress``: None follows the library's
+    setting, `facedefense.progress`), so 200 images at 50 steps never look like a hang.
 
     The cache key is the model, prompt, count, resolution, sampling steps and seed; the images are
     PNG files under ``cache_root()/class_images/<key>/`` written atomically (a folder renamed into
@@ -151,22 +156,29 @@ def class_images(
 def _generate(model: str, prompt: str, count: int, *, resolution: int, steps: int, seed: int, device: Any,
               dtype: Any, progress: bool | None) -> Tensor:
     import torch
-    from tqdm.auto import tqdm
 
     from facedefense.diffusion import load_pipeline
+    from facedefense.progress import bar as progress_bar
+    from facedefense.progress import denoising_callback, progress_enabled_as, status
 
-    pipeline = load_pipeline(model, "text2img", device=device, dtype=dtype)
+    with progress_enabled_as(progress):
+        status(f"class images: generating {count} of '{prompt}' with {model} ({steps} steps each; cached for later runs)")
+        pipeline = load_pipeline(model, "text2img", device=device, dtype=dtype)
+        pipeline.scheduler.set_timesteps(steps)
+        per_call = len(pipeline.scheduler.timesteps)  # a few schedulers take one step more than asked
+        bar = progress_bar(total=-(-count // 4) * per_call, desc=f"class images 0/{count}", unit="step")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     batches = []
-    with tqdm(total=count, desc="class images", leave=False, disable=None if progress is None else not progress) as bar:
+    with bar:
         for start in range(0, count, 4):
             number = min(4, count - start)
             latents = torch.randn(number, pipeline.unet.config.in_channels, resolution // pipeline.vae_scale_factor,
                                   resolution // pipeline.vae_scale_factor, generator=generator)
             out = pipeline([prompt] * number, height=resolution, width=resolution, num_inference_steps=steps,
-                           latents=latents.to(device, dtype), output_type="pt").images
+                           latents=latents.to(device, dtype), output_type="pt",
+                           callback_on_step_end=denoising_callback(bar)).images
             batches.append(out.float().cpu().clamp(0, 1))
-            bar.update(number)
+            bar.set_description(f"class images {start + number}/{count}")
     del pipeline
     return torch.round(torch.cat(batches) * 255) / 255
 
@@ -363,6 +375,7 @@ class Surrogate:
         class_prompt: str = "",
         prior_loss_weight: float = 1.0,
         batch_size: int = 1,
+        on_step: Callable[[float], None] | None = None,
     ) -> list[float]:
         """``steps`` DreamBooth steps on randomly drawn instance (and class) images.
 
@@ -370,6 +383,7 @@ class Surrogate:
             instances: (N, 3, r, r) in [0, 1], the training view (``square_crop``).
             class_images: (M, 3, r, r) for prior preservation, or None.
             batch_size: instance images per step (and as many class images). Default 1.
+            on_step: called with each step's loss (a progress bar advances with it).
 
         Returns:
             The loss of every step: the mean instance loss plus ``prior_loss_weight`` times the mean
@@ -407,6 +421,8 @@ class Surrogate:
                 scaler.step(optimizer)
                 scaler.update()
                 losses.append(float(loss.detach()))
+                if on_step is not None:
+                    on_step(losses[-1])
         finally:
             optimizer.zero_grad(set_to_none=True)
             self.unet.eval()

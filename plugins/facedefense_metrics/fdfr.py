@@ -31,6 +31,7 @@ class FDFR(Metric):
     """
 
     name: ClassVar[str] = "fdfr"
+    measures: ClassVar[str] = "share of images where no face is detected"
     Config: ClassVar[type[FaceMetricConfig]] = FaceMetricConfig
     higher_is_better: ClassVar[bool] = False
     protected_if: ClassVar[str] = "higher"

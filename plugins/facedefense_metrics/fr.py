@@ -56,6 +56,7 @@ class FR(Metric):
     """
 
     name: ClassVar[str] = "fr"
+    measures: ClassVar[str] = "identity similarity of each edit to its source photo"
     Config: ClassVar[type[FRConfig]] = FRConfig
     pairing: ClassVar[str] = "paired"
     higher_is_better: ClassVar[bool] = True

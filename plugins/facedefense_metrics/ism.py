@@ -48,6 +48,7 @@ class ISM(Metric):
     """
 
     name: ClassVar[str] = "ism"
+    measures: ClassVar[str] = "identity similarity of the faces to the clean photos"
     Config: ClassVar[type[FaceMetricConfig]] = FaceMetricConfig
     pairing: ClassVar[str] = "set"
     higher_is_better: ClassVar[bool] = True

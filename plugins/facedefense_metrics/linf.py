@@ -23,6 +23,8 @@ class Linf(PairedMetric):
     """
 
     name: ClassVar[str] = "linf"
+    measures: ClassVar[str] = "largest pixel change from the reference"
+    visibility: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = False
     protected_if: ClassVar[str | None] = None
     unit: ClassVar[str] = "gray levels"

@@ -133,6 +133,8 @@ class LPIPS(PairedMetric):
     """
 
     name: ClassVar[str] = "lpips"
+    measures: ClassVar[str] = "perceptual distance to the reference"
+    visibility: ClassVar[bool] = True
     Config: ClassVar[type[LPIPSConfig]] = LPIPSConfig
     higher_is_better: ClassVar[bool] = False
 

@@ -28,6 +28,8 @@ class PSNR(PairedMetric):
     """
 
     name: ClassVar[str] = "psnr"
+    measures: ClassVar[str] = "pixel similarity to the reference"
+    visibility: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = True
     unit: ClassVar[str] = "dB"
 

@@ -24,6 +24,8 @@ class SSIM(PairedMetric):
     """
 
     name: ClassVar[str] = "ssim"
+    measures: ClassVar[str] = "structural similarity to the reference"
+    visibility: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = True
 
     def _pairs(self, images: Tensor, references: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from facedefense import autotune
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACEDEFENSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FACEDEFENSE_CACHE", str(tmp_path))
     monkeypatch.delenv("FACEDEFENSE_AUTOTUNE", raising=False)
     return tmp_path / autotune.CACHE_FILE
 

@@ -479,7 +479,6 @@ def test_interrupted_run(workspace, command, monkeypatch):
     for seed, name in enumerate(("a", "b", "c")):
         Image.fromarray(rgb(48, 40, seed)).save(workspace.inputs / f"{name}.png")
     workspace.freeze()
-    from facedefense import io
 
     from facedefense import batch
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,12 @@ def test_grid_runs_through_the_cli_then_finishes_from_the_cache(tmp_path, method
     report = (out / "report.md").read_text()
     assert "| defender | purifier | psnr ↑ (input) | bench_color ↑ P1 | bench_color ↑ P2 |" in report
     assert "| bench_noise | **worst case** |" in report and "| none | none |" in report
+    # The settings the attack ran with (issue 25 item 9), not protocol fields no method of the grid took.
+    settings = next(line for line in report.splitlines() if line.startswith("Settings: "))
+    assert "model `mean-of-photos`" in settings and "steps 1" in settings, settings
+    assert "Generation: 2 image(s) per prompt" in settings, settings
+    assert re.search(r"\| dreambooth_steps \| \d+ \(not used by this grid\) \|", report)  # only a personalizer named dreambooth takes it
+    assert not re.search(r"\| num_images \| .*not used", report)
     assert (out / "examples.png").is_file() and len(list((out / "examples").glob("*.png"))) == 10
 
     again = CliRunner().invoke(app, ["benchmark", str(config), "--output", str(tmp_path / "out"), "--no-progress"])
@@ -347,7 +354,9 @@ def test_the_manifest_lists_the_run_and_a_rerun_drops_what_it_no_longer_makes(tm
         assert manifest["command"] == "benchmark" and manifest["status"] == "completed"
         assert manifest["folders"] == ["cache"] and manifest["summary"]["failed"] == 0
         written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("cache", "facedefense.json")}
-        assert written == set(manifest["files"]) and {"results.jsonl", "report.md", "run.json", "examples.png"} <= written
+        assert written == set(manifest["files"]) and {"results.jsonl", "report.md", "report.html", "run.json", "examples.png"} <= written
+        page = (out / "report.html").read_text(encoding="utf-8")  # one self-contained page: the tables and examples.png
+        assert "<table" in page and 'src="data:image/png;base64,' in page and not re.search(r'(src|href)="(?!data:|#)', page)
         assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {"0o644"}  # the umask's, not 0600
         config.write_text(CLEAN.replace("purifiers: [none, jpeg]", "purifiers: [none]"))
         run_benchmark(config, out)  # the same output, one purifier fewer: its cells' examples go

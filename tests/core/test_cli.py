@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -52,6 +54,48 @@ def test_listing_imports_no_heavy_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_version_is_printed_fast_without_torch():
+    import importlib.metadata
+
+    code = (
+        "import sys; from facedefense.cli import main; sys.argv = ['facedefense', '--version'];\n"
+        "try: main()\nexcept SystemExit as exc: assert exc.code in (0, None), exc.code\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [f"facedefense {importlib.metadata.version('facedefense')}", "[]"]
+
+
+def test_closed_stdout_ends_quietly():
+    """``facedefense list | head``: the reader is gone before the listing is written; no ``error:``
+    line, no traceback, no 'Exception ignored' at exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facedefense", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()  # before the process writes: its first write meets a closed pipe
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1 and stderr == ""
+
+
+def test_third_party_notes_are_quiet_and_facedefense_warnings_are_not():
+    code = (
+        "import logging, os, sys, warnings\n"
+        "from facedefense.cli.common import one_line_warnings, quiet_third_party\n"
+        "one_line_warnings(); quiet_third_party()\n"
+        "warnings.warn_explicit('cast', UserWarning, 'x.py', 1, module='diffusers.models.modeling_utils')\n"
+        "warnings.warn_explicit('old', FutureWarning, 'x.py', 1, module='facedefense.batch')\n"
+        "warnings.warn_explicit('subfolder skipped', UserWarning, 'x.py', 1, module='facedefense.batch')\n"
+        "logging.getLogger('open_clip').warning('pretrained weights')\n"
+        "print(os.environ['DIFFUSERS_VERBOSITY'], os.environ['TRANSFORMERS_VERBOSITY'])"
+    )  # diffusers and transformers read their *_VERBOSITY when first imported (not imported here: slow)
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_VERBOSITY") and key != "PYTHONWARNINGS"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert run.stdout.split() == ["error", "error"] and run.stderr == "warning: subfolder skipped\n"
+    env.update(PYTHONWARNINGS="default", DIFFUSERS_VERBOSITY="warning")  # asked for: shown, and the user's level kept
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert run.stdout.split() == ["warning", "error"] and "warning: cast" in run.stderr
 
 
 def test_protect_writes_pngs_and_manifest(tmp_path, png_folder, shift_defender):
@@ -145,11 +189,98 @@ def test_info_shows_documentation_and_options():
     assert_one_line_error(invoke("info", "jpg"), match="Did you mean: jpeg")
 
 
+RAW_MARKUP = re.compile(r":(func|class|meth|data|mod|attr|exc|obj):`|``|\]\[[\w.]*\]")
+
+
+def test_info_of_every_registered_method_is_clean(capsys):
+    """``info`` over the whole registry: every option has its own description (none left empty, none
+    holding another option's ``name: text``), and no docstring markup reaches the terminal."""
+    import dataclasses
+
+    from facedefense.cli.listing import info
+    from facedefense.config import option_docs
+    from facedefense.registry import get_registry
+
+    problems = []
+    for spec in get_registry().all_specs():
+        where = f"{spec.kind} {spec.name}"
+        try:  # the command's function itself: typer would rebuild the whole app for each of ~50 calls
+            info(spec.name, kind=spec.kind)
+        except Exception as exc:  # noqa: BLE001 - every method's failure is listed
+            problems.append(f"{where}: {type(exc).__name__} {exc} {capsys.readouterr().err[-300:]}")
+            continue
+        problems += [f"{where}: raw markup {m.group(0)!r}" for m in RAW_MARKUP.finditer(capsys.readouterr().out)]
+        if spec.kind == "model":
+            continue
+        config = spec.load().Config
+        names = [field.name for field in dataclasses.fields(config)]
+        docs = option_docs(config)
+        problems += [f"{where}: option '{name}' has no description" for name in names if not docs.get(name)]
+        problems += [f"{where}: '{name}' is documented but is no option" for name in docs if name not in names]
+        problems += [
+            f"{where}: the description of '{name}' holds '{other}:'"
+            for name in names
+            for other in names
+            if other != name and re.search(rf"(^|[\s.;,(]){other}:\s", docs.get(name, ""))
+        ]
+    assert not problems, "\n".join(problems)
+
+
+def test_info_parses_grouped_and_continued_entries():
+    from facedefense.config import docstring_section
+
+    doc = """Summary.
+
+    Attributes:
+        alpha, r: the sigmoid's
+            slope and centre.
+        steps (int): optimizer steps.
+        empty:
+            text on the next line.
+
+    Examples:
+        >>> x: 1
+    """
+    assert docstring_section(doc, "Attributes") == {
+        "alpha": "the sigmoid's slope and centre.",
+        "r": "the sigmoid's slope and centre.",
+        "steps": "optimizer steps.",
+        "empty": "text on the next line.",
+    }
+
+
 def test_make_tiny_model(tmp_path):
     result = invoke("make-tiny-model", tmp_path / "ip2p", "--kind", "instruct_pix2pix")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ip2p" / "model_index.json").exists() and (tmp_path / "ip2p" / "unet").is_dir()
     assert_one_line_error(invoke("make-tiny-model", tmp_path / "x", "--kind", "sdxl"), match="unknown tiny model kind")
+
+
+def test_demo_takes_an_amortized_defenders_checkpoint(tmp_path, png_folder, monkeypatch):
+    """``demo -m gap_diff`` needs the checkpoint its error asks for, and ``demo`` has the option."""
+    import torch
+
+    monkeypatch.setenv("FACEDEFENSE_AUTOTUNE", "0")  # --dtype auto: no timing of the precisions
+
+    from facedefense.checkpoints import save_checkpoint
+    from facedefense_amortized.networks.gap_generator import GAPGenerator
+
+    no_checkpoint = invoke("demo", png_folder, "-m", "gap_diff", "--output", tmp_path / "a")
+    assert_one_line_error(no_checkpoint, match="needs --checkpoint")
+    assert_one_line_error(
+        invoke("demo", png_folder, "-m", "gap_diff", "--checkpoint", tmp_path / "none.pth", "--output", tmp_path / "b"),
+        match="does not exist",
+    )
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(GAPGenerator(ngf=4), tmp_path / "gap.safetensors", method="gap_diff", eps=4 / 255,
+                                 architecture={"ngf": 4})  # fmt: skip
+    result = invoke("demo", png_folder / "a.png", "-m", "gap_diff", "--checkpoint", checkpoint, "-o", "engine=module",
+                    "--output", tmp_path / "c")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "budget 4/255" in result.stdout and (tmp_path / "c" / "protected" / "a.png").exists()
+    assert_one_line_error(
+        invoke("demo", png_folder, "--checkpoint", checkpoint, "--output", tmp_path / "d"), match="takes no --checkpoint"
+    )
 
 
 def test_demo_runs_end_to_end(tmp_path, png_folder):

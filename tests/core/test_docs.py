@@ -43,14 +43,58 @@ def test_every_hook_is_documented(hook):
         assert f"**{argument}**" in documented[hook], f"describe the argument '{argument}' of {hook}"
 
 
-def test_every_registered_method_is_documented():
-    index = (DOCS / "methods" / "index.md").read_text()
-    missing = [
-        f"{spec.kind} {spec.name}"
-        for spec in get_registry().all_specs()
-        if not (DOCS / "methods" / f"{spec.name}.md").exists() and f"| `{spec.name}` |" not in index
-    ]
-    assert not missing, f"give these methods a page in docs/methods/ or a row in docs/methods/index.md: {missing}"
+def index_rows() -> dict[str, str]:
+    """docs/methods/index.md: method name -> its table row."""
+    text = (DOCS / "methods" / "index.md").read_text()
+    return {match.group(1): match.group(0) for match in re.finditer(r"^\| `([\w-]+)` \|.*$", text, re.MULTILINE)}
+
+
+def test_every_registered_method_has_a_row_and_a_page():
+    """Each registered method (every kind, shared models too) is a row of docs/methods/index.md whose
+    link leads to a page that exists; the example plugin's row names its folder instead."""
+    rows = index_rows()
+    problems = []
+    for spec in get_registry().all_specs():
+        row = rows.get(spec.name)
+        if row is None:
+            problems.append(f"{spec.kind} {spec.name}: no row in docs/methods/index.md")
+            continue
+        pages = [page.split("#")[0] for page in re.findall(r"\]\(([^)]+)\)", row) if not page.startswith("..")]
+        named_folders = [ROOT / path for path in re.findall(r"`(examples/[^`]+)`", row)]
+        if not any((DOCS / "methods" / page).is_file() for page in pages) and not any(p.is_dir() for p in named_folders):
+            problems.append(f"{spec.kind} {spec.name}: its row links to no existing page ({pages})")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_method_page_is_linked_from_the_index():
+    rows = "\n".join(index_rows().values()) + (DOCS / "methods" / "index.md").read_text()
+    pages = [page.name for page in (DOCS / "methods").glob("*.md") if page.name != "index.md"]
+    assert [page for page in pages if f"]({page}" not in rows] == []
+
+
+def test_cli_table_lists_every_command():
+    """The command table at the top of docs/cli.md names every command, plugins' included."""
+    import typer.main
+
+    from facedefense.cli import build_app
+
+    table = (DOCS / "cli.md").read_text().split("\n## ", 1)[0]
+    commands = typer.main.get_command(build_app()).commands
+    assert [name for name in commands if f"| [`{name}`](#" not in table] == []
+
+
+def test_home_page_names_every_built_in_method_page():
+    """docs/index.md's overview links each defender, purifier with a page, attack and metric page."""
+    home = (DOCS / "index.md").read_text()
+    rows = index_rows()
+    missing = []
+    for spec in get_registry().all_specs():
+        if spec.kind == "model" or spec.plugin == "example" or spec.name in ("gaussian_blur", "resize", "quantize", "gaussian_noise"):
+            continue
+        pages = {page.split("#")[0] for page in re.findall(r"\]\(([\w.-]+\.md)", rows.get(spec.name, ""))}
+        if not any(f"(methods/{page}" in home for page in pages):
+            missing.append(spec.name)
+    assert not missing, f"docs/index.md does not link the pages of: {missing}"
 
 
 def test_every_page_is_in_the_navigation():

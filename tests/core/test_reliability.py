@@ -103,8 +103,8 @@ def test_manifest_records_what_reproduces_the_run(tmp_path, photo, checkpoint_de
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "out" / "facedefense.json").read_text())
-    assert manifest["files"]["checkpoint"] == {"path": str(weights.resolve()), "sha256": file_sha256(weights), "bytes": 10}
-    assert manifest["files"]["model"] == {"path": str((tmp_path / "model").resolve())}
+    assert manifest["method_files"]["checkpoint"] == {"path": str(weights.resolve()), "sha256": file_sha256(weights), "bytes": 10}
+    assert manifest["method_files"]["model"] == {"path": str((tmp_path / "model").resolve())}
     assert manifest["batch_size"] == 3 and manifest["method"]["config"]["seed"] == 7
     assert manifest["output"] == str((tmp_path / "out").resolve())
     assert {"python", "facedefense", "torch", "numpy", "pillow"} <= set(manifest["versions"])
@@ -153,7 +153,7 @@ def idle_defender(register_method):
 
 def test_unchanged_output_is_warned_and_recorded(tmp_path, photo, idle_defender):
     result = invoke("protect", photo, "-m", "test_idle", "--output", tmp_path / "out")
-    assert result.exit_code == 0
+    assert result.exit_code == 3 and "NOT protected: 1 of 1 image(s)" in result.stdout  # issue 25: not a success
     assert "warning: 1 protected image(s) are identical to their input (face.png)" in result.stderr
     manifest = json.loads((tmp_path / "out" / "facedefense.json").read_text())
     assert manifest["images"][0]["unchanged"] is True and manifest["summary"]["unchanged"] == 1

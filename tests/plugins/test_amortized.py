@@ -353,7 +353,7 @@ def test_dtype_auto_runs_the_measured_fastest_path_and_explicit_dtype_wins(
 ):
     from facedefense import autotune
 
-    monkeypatch.setenv("FACEDEFENSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FACEDEFENSE_CACHE", str(tmp_path))
     path = str((rid_checkpoint if method == "rid" else gap_checkpoint)[0])
     Defender = RID if method == "rid" else GAPDiff
     seen = []
@@ -568,7 +568,7 @@ def test_gap_diff_auto_can_choose_the_int8_engine(gap_checkpoint, face_images, m
 
     if not int8_convolution_supported():
         pytest.skip("no oneDNN int8 convolution kernels in this torch build, or a CPU without VNNI")
-    monkeypatch.setenv("FACEDEFENSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FACEDEFENSE_CACHE", str(tmp_path))
     path = str(gap_checkpoint[0])
     with autotune.use_measurement(lambda probes: {name: 0.1 if name == "int8" else 1.0 for name in probes}):
         chosen = GAPDiff(checkpoint=path, device="cpu")

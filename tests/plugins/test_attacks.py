@@ -259,6 +259,35 @@ def test_class_images_are_cached_and_grow(tmp_path, tiny_sd_path):
     assert next(tmp_path.rglob("00000.png")).stat().st_mtime_ns == stamp, "cached images are reused, not redone"
 
 
+def test_class_images_show_every_denoising_step(tmp_path, tiny_sd_path, monkeypatch):
+    """Issue 25 item 5: the bar moves with each denoising step, not once per image, and the
+    pipeline's own bar is back as it was afterwards."""
+    import facedefense.progress
+    from facedefense.diffusion import load_pipeline
+    from facedefense_attacks.lora import LoRAConfig
+    from facedefense_attacks.training import generate_class_images
+
+    bars, updates, make_bar = [], [], facedefense.progress.bar
+
+    def recording_bar(*args, **kwargs):
+        bar = make_bar(*args, **kwargs)
+        bars.append(bar)
+        original = bar.update
+        bar.update = lambda n=1: (updates.append(n), original(n))[1]
+        return bar
+
+    monkeypatch.setattr(facedefense.progress, "bar", recording_bar)
+    pipe = load_pipeline(str(tiny_sd_path))
+    pipe.set_progress_bar_config(leave=True)
+    config = LoRAConfig(model=str(tiny_sd_path), resolution=64, num_class_images=5, class_inference_steps=3,
+                        class_cache=str(tmp_path))
+    assert len(generate_class_images(pipe, config, "a photo of person", progress=True)) == 5
+    assert len(bars) == 1 and bars[0].total == 2 * 3 and updates == [1] * 6  # 2 batches (4 + 1) x 3 steps
+    assert "5/5" in bars[0].desc and pipe._progress_bar_config == {"leave": True}
+    generate_class_images(pipe, config, "a photo of person", progress=True)
+    assert len(bars) == 1  # all cached: nothing to show
+
+
 def test_bf16_mixed_precision_and_checkpointing_train(tiny_sd_path, face_images):
     """LoRA+TI under bf16 autocast with gradient checkpointing: half UNet, float32 text encoder."""
     from facedefense_attacks.lora_ti import LoRATI
