@@ -79,27 +79,30 @@ class LoadedImage:
         return int(self.pixels.shape[-2]), int(self.pixels.shape[-1])
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """Decode one image file.
+def load_image(path: str | Path, data: bytes | None = None) -> LoadedImage:
+    """Decode one image file, or ``data``: the bytes of an upload named ``path`` (then nothing is
+    read from disk; ``path`` only names the image in messages and in the result).
 
     Raises:
         ImageError: missing, empty, not an image, truncated or corrupt, too small or too large.
     """
+    import io
+
     import numpy as np
     import torch
     from PIL import Image, ImageOps
 
     path = Path(path)
     limit = max_pixels()
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
         # Pillow warns above its own limit and refuses above twice that; the one limit is ours.
         with warnings.catch_warnings(), _pillow_limit_off():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(path if data is None else io.BytesIO(data)) as opened:
                 width, height = opened.size
                 if width * height > limit:
                     raise ImageError(
@@ -202,6 +205,25 @@ def save_image(
         alpha: optional (H, W) uint8 alpha channel to carry over.
         icc_profile: optional ICC profile to embed (keeps the colours of the original).
     """
+    image, options = _png_image(pixels, alpha, icc_profile)
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG", **options)
+    return path
+
+
+def png_bytes(pixels: Tensor, *, alpha: np.ndarray | None = None, icc_profile: bytes | None = None) -> bytes:
+    """The PNG file `save_image` writes, as bytes in memory (arguments as there)."""
+    import io
+
+    image, options = _png_image(pixels, alpha, icc_profile)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def _png_image(pixels: Tensor, alpha: np.ndarray | None, icc_profile: bytes | None) -> tuple[Any, dict[str, Any]]:
+    """The PIL image (RGB, or RGBA with ``alpha``) and PNG options (the ICC profile) to write."""
     import numpy as np
     from PIL import Image
 
@@ -209,11 +231,7 @@ def save_image(
     if alpha is not None:
         array = np.concatenate([array, alpha[..., None].astype(np.uint8)], axis=2)
     image = Image.fromarray(array, mode="RGBA" if alpha is not None else "RGB")
-    options = {"icc_profile": icc_profile} if icc_profile else {}
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        image.save(temporary, format="PNG", **options)
-    return path
+    return image, {"icc_profile": icc_profile} if icc_profile else {}
 
 
 def umask_mode() -> int:
