@@ -288,6 +288,8 @@ RECIPES: dict[tuple[str, str], list[Recipe]] = {
     ("metric", "psnr"): [Recipe(**F32)],
     ("metric", "ssim"): [Recipe(**F32)],
     ("metric", "linf"): [Recipe(**F32)],
+    ("metric", "ciede2000"): [Recipe(**F32)],
+    ("metric", "l0"): [Recipe(**F32)],
     ("metric", "brisque"): [Recipe(**F32)],
     ("metric", "lpips"): [Recipe(lambda a: RANDOM, **F32), Recipe(lambda a: {**RANDOM, "net": "vgg"}, "vgg", **F32)],
     ("metric", "fid"): [

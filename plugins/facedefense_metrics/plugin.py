@@ -8,6 +8,8 @@ def register_metrics(register):
     register("psnr", "facedefense_metrics.psnr:PSNR", summary="Peak signal-to-noise ratio against the reference (dB)", tags=("default",))
     register("ssim", "facedefense_metrics.ssim:SSIM", summary="Structural similarity against the reference (11x11 Gaussian, sigma 1.5)", tags=("default",))
     register("linf", "facedefense_metrics.linf:Linf", summary="Largest pixel difference from the reference, in gray levels (checks a budget)")
+    register("ciede2000", "facedefense_metrics.ciede2000:CIEDE2000", summary="CIEDE2000 colour difference from the reference (sRGB -> CIELAB D65), mean over the pixels")
+    register("l0", "facedefense_metrics.l0:L0", summary="Share of values (pixels x channels) changed from the reference by at least one gray level")
     register("fdfr", "facedefense_metrics.fdfr:FDFR", summary="Face detection failure rate (Anti-DreamBooth); face backend dlib, dlib_torch, mtcnn, retinaface or arcface", tags=("face",))
     register("ism", "facedefense_metrics.ism:ISM", summary="Identity score matching: cosine to the mean face embedding of the clean reference set", tags=("face",))
     register("fr", "facedefense_metrics.fr:FR", summary="FaceLock's identity similarity between each edit and its source photo", tags=("face",))
