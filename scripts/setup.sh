@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+if [ -x .venv/bin/facedefense ]; then
+  echo "setup: checking the install in .venv (a few seconds)" >&2
+else
+  echo "setup: installing facedefense and CPU torch into .venv (about 2 minutes, once)" >&2
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 export PIP_CONSTRAINT="$PWD/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
 pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
