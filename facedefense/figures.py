@@ -105,7 +105,8 @@ def amplified_difference(protected: Tensor, original: Tensor, eps: float) -> tup
     0.5 / eps``, so mid-gray is no change and a change of the whole budget reaches black or white.
 
     Args:
-        protected, original: (3, H, W) in [0, 1], same size.
+        protected: (3, H, W) in [0, 1].
+        original: (3, H, W) in [0, 1], the size of ``protected``.
         eps: the budget in [0, 1] units (at least one gray level is assumed).
 
     Returns:

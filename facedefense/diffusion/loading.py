@@ -2,7 +2,7 @@
 
 Everything goes through ``from_pretrained``, so a tiny test model and Stable Diffusion take the same
 path. A model that cannot be found or read (offline, not cached, wrong folder, damaged weights)
-raises one :class:`~facedefense.errors.ModelNotFoundError` line saying how to get it. Local folders
+raises one [`ModelNotFoundError`][facedefense.errors.ModelNotFoundError] line saying how to get it. Local folders
 and the Hugging Face cache are tried first; the hub only when it answers. No ``trust_remote_code``,
 ever; diffusers and transformers prefer safetensors and read legacy ``.bin`` files with
 ``torch.load(weights_only=True)``.
@@ -241,7 +241,7 @@ def load_components(
         dtype: network precision (default ``torch.float32``).
 
     Returns:
-        :class:`SDComponents`, the parts not requested left as None.
+        [`SDComponents`][facedefense.diffusion.loading.SDComponents], the parts not requested left as None.
 
     Raises:
         ConfigError: an unknown component name.
@@ -300,7 +300,7 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> Any:
-    """Load a diffusers pipeline of one of :data:`PIPELINE_KINDS`, safety checker off.
+    """Load a diffusers pipeline of one of ``PIPELINE_KINDS``, safety checker off.
 
     ``img2img`` can load a text-to-image folder (the components are the same). The pipeline's own
     scheduler is kept; swap it with ``pipeline.scheduler = X.from_config(pipeline.scheduler.config)``.
@@ -383,7 +383,7 @@ def refuse_pixel_ddpm(model: str) -> None:
     """Raise one clear line when a pixel-space DDPM is given where Stable Diffusion is expected.
 
     Raises:
-        ModelNotFoundError: ``model`` is a pixel DDPM (see :func:`is_pixel_ddpm`).
+        ModelNotFoundError: ``model`` is a pixel DDPM (see [`is_pixel_ddpm`][facedefense.diffusion.loading.is_pixel_ddpm]).
     """
     if is_pixel_ddpm(model):
         raise ModelNotFoundError(

@@ -2,7 +2,7 @@
 
 A personalized model saves in the format the diffusers ecosystem loads (a pipeline folder, a LoRA
 safetensors file for ``pipe.load_lora_weights``, an embedding for ``pipe.load_textual_inversion``)
-plus ``facedefense_personalized.json``, and loads back with :func:`load_personalized`.
+plus ``facedefense_personalized.json``, and loads back with [`load_personalized`][facedefense.interfaces.personalizer.load_personalized].
 """
 
 from __future__ import annotations
@@ -69,16 +69,16 @@ class PersonalizedModel(abc.ABC):
 
     @abc.abstractmethod
     def save(self, directory: str | Path) -> Path:
-        """Save in the diffusers format of :attr:`format` plus :data:`METADATA_NAME`; return the folder."""
+        """Save in the diffusers format of `format` plus ``METADATA_NAME``; return the folder."""
 
     @classmethod
     @abc.abstractmethod
     def load(cls, directory: str | Path, *, device: str = "auto", dtype: str = "auto") -> PersonalizedModel:
-        """Load a model saved by :meth:`save`."""
+        """Load a model saved by `save`."""
 
 
 def write_metadata(directory: str | Path, *, personalizer: str, format: str, **facts: Any) -> Path:
-    """Write :data:`METADATA_NAME` (personalizer name, format, base model, prompts, files...)."""
+    """Write ``METADATA_NAME`` (personalizer name, format, base model, prompts, files...)."""
     if format not in FORMATS:
         raise ValueError(f"unknown personalized-model format {format!r}; expected one of {', '.join(FORMATS)}")
     path = Path(directory) / METADATA_NAME
@@ -119,10 +119,10 @@ def load_personalized(directory: str | Path, **options: Any) -> PersonalizedMode
 
 
 class Personalizer(Method, abc.ABC):
-    """Base class of personalization attacks: :meth:`fit` checks inputs and calls :meth:`_fit`.
+    """Base class of personalization attacks: `fit` checks inputs and calls `_fit`.
 
     Attributes:
-        Model: the :class:`PersonalizedModel` subclass this personalizer produces (and loads).
+        Model: the [`PersonalizedModel`][facedefense.interfaces.personalizer.PersonalizedModel] subclass this personalizer produces (and loads).
     """
 
     Config: ClassVar[type[PersonalizerConfig]] = PersonalizerConfig

@@ -80,7 +80,7 @@ def check_denoising_steps(scheduler: Any, steps: dict[str, int], method: str) ->
 
 
 def default_prompts(identifier: str = "sks") -> list[str]:
-    """:data:`DEFAULT_PROMPTS` with ``sks`` replaced by ``identifier``."""
+    """`DEFAULT_PROMPTS` with ``sks`` replaced by ``identifier``."""
     return [re.sub(r"\bsks\b", identifier, prompt) for prompt in DEFAULT_PROMPTS]
 
 
@@ -128,7 +128,7 @@ def check_model_kind(channels: int | None, model: str, expected: int, method: st
 def load_checked_pipeline(
     model: str, kind: str, *, expected_channels: int, method: str, device: Any, dtype: Any = None
 ) -> Any:
-    """:func:`facedefense.diffusion.load_pipeline` after checking the folder is of the right kind."""
+    """`facedefense.diffusion.load_pipeline` after checking the folder is of the right kind."""
     from facedefense.diffusion import load_pipeline
 
     if not model:

@@ -53,7 +53,7 @@ class DreamBooth(TrainedPersonalizer):
         class_prompt: default ``"a photo of person"``.
         steps, learning_rate, batch_size, resolution, prior_preservation, num_class_images,
         train_text_encoder, mixed_precision, gradient_checkpointing, optimizer: see
-        :class:`DreamBoothConfig` and :class:`~facedefense_attacks.training.TrainingConfig`.
+        `DreamBoothConfig` and `TrainingConfig`.
 
     Shape:
         images: a list of (3, H, W) tensors in [0, 1] of any sizes (resized and center-cropped to

@@ -65,11 +65,11 @@ def check_strength_steps(strength: float, steps: int) -> None:
 
 
 class DiffusionEditor(Editor):
-    """Template of the built-in editors: one hook, :meth:`_run`, calls the pipeline on a batch at
+    """Template of the built-in editors: one hook, `_run`, calls the pipeline on a batch at
     working size; loading, resizing and the kind check of the model are here.
 
     Attributes:
-        pipeline_kind: the :data:`facedefense.diffusion.PIPELINE_KINDS` entry to load.
+        pipeline_kind: the `facedefense.diffusion.PIPELINE_KINDS` entry to load.
         unet_channels: input channels the model's UNet must have (8 InstructPix2Pix, 9 inpainting).
     """
 

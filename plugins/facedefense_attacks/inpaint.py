@@ -54,7 +54,7 @@ class Inpaint(DiffusionEditor):
 
     Args:
         model: inpainting model (9-channel UNet). steps, guidance_scale, strength, eta, resolution:
-            see :class:`InpaintConfig`.
+            see `InpaintConfig`.
 
     Shape:
         images: (N, 3, H, W) in [0, 1]; mask (N, 1, H, W) in [0, 1]; the edit has the images' shape.

@@ -42,7 +42,7 @@ class InstructPix2Pix(DiffusionEditor):
 
     Args:
         model: InstructPix2Pix folder or hub id. steps, guidance_scale, image_guidance_scale,
-            resolution: see :class:`InstructPix2PixConfig`.
+            resolution: see `InstructPix2PixConfig`.
 
     Shape:
         images: (N, 3, H, W) in [0, 1]; the edit has the same shape.

@@ -93,7 +93,7 @@ class LoRA(TrainedPersonalizer):
 
     Args:
         model: base text-to-image model. rank: adapter rank (32). Other options: see
-            :class:`LoRAConfig` and :class:`~facedefense_attacks.training.TrainingConfig`.
+            `LoRAConfig` and `TrainingConfig`.
 
     Shape:
         images: list of (3, H, W) in [0, 1], any sizes (resize + center crop to ``resolution``).

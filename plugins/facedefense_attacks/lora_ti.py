@@ -74,7 +74,7 @@ class LoRATI(TrainedPersonalizer):
 
     Args:
         model: base text-to-image model. rank, identifier, initializer_token and the training
-            options: see :class:`LoRATIConfig`.
+            options: see `LoRATIConfig`.
 
     Shape:
         images: list of (3, H, W) in [0, 1], any sizes (resize + center crop to ``resolution``).

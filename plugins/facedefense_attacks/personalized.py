@@ -2,8 +2,8 @@
 (fine-tuned, or the base model with an adapter or a new token) that generates with a seed, saves in
 the format diffusers loads, and loads back.
 
-A subclass names its ``format`` and writes/attaches its weights (:meth:`_save_weights`,
-:meth:`_attach`); generation, metadata and loading are shared.
+A subclass names its ``format`` and writes/attaches its weights (`_save_weights`,
+`_attach`); generation, metadata and loading are shared.
 """
 
 from __future__ import annotations

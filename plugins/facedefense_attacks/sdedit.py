@@ -38,7 +38,7 @@ class SDEdit(DiffusionEditor):
 
     Args:
         model: text-to-image model (4-channel UNet). strength, steps, guidance_scale, resolution:
-            see :class:`SDEditConfig`.
+            see `SDEditConfig`.
 
     Shape:
         images: (N, 3, H, W) in [0, 1]; the edit has the same shape.

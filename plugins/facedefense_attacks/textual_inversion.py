@@ -135,7 +135,7 @@ class TextualInversion(TrainedPersonalizer):
     Args:
         model: base text-to-image model. identifier: the new token (``"<new1>"``).
         initializer_token: the word it starts from (``"ktn"``). Other options: see
-            :class:`TextualInversionConfig`.
+            `TextualInversionConfig`.
 
     Shape:
         images: list of (3, H, W) in [0, 1], any sizes (resize + center crop to ``resolution``).

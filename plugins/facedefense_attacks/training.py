@@ -3,7 +3,7 @@ the base model once and cached on disk), cached latents and text embeddings, and
 on accelerate (mixed precision, gradient checkpointing, 8-bit AdamW, several GPUs or nodes).
 
 A personalizer decides what is trainable (the UNet, LoRA adapters, one embedding row) and calls
-:func:`train`; everything else is here, once.
+`train`; everything else is here, once.
 
 Multi-GPU and multi-node: run the same script or ``facedefense attack`` under
 ``accelerate launch --multi_gpu --num_processes 8 -m facedefense.cli ...`` (or ``accelerate launch
@@ -300,7 +300,7 @@ def _token_ids(tokenizer: Any, prompt: str) -> Tensor:
 
 @dataclass
 class TrainingResult:
-    """What :func:`train` reports: the loss and the wall-clock seconds of every step, and the total."""
+    """What `train` reports: the loss and the wall-clock seconds of every step, and the total."""
 
     losses: list[float]
     seconds: float
@@ -350,7 +350,7 @@ def train(
     CPU) and are put back exactly afterwards, so the pipeline leaves in float32.
 
     Returns:
-        :class:`TrainingResult`.
+        `TrainingResult`.
 
     Raises:
         ConfigError: the model's prediction type is not epsilon or v_prediction.
@@ -495,7 +495,7 @@ class TrainedPersonalizer(Personalizer):
 
     Attributes:
         progress: show progress bars (the CLI turns it on).
-        last_training: the :class:`TrainingResult` of the last :meth:`fit`.
+        last_training: the `TrainingResult` of the last `fit`.
     """
 
     Config: ClassVar[type[TrainingConfig]] = TrainingConfig

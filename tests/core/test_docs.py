@@ -131,3 +131,13 @@ def test_every_module_is_in_the_api_reference():
     ]
     missing = [m for m in modules if f"::: {m}\n" not in api and m not in UNDOCUMENTED_MODULES]
     assert not missing, f"add to docs/api.md (or to UNDOCUMENTED_MODULES with a reason): {missing}"
+
+
+def test_no_docstring_holds_a_raw_sphinx_role():
+    """mkdocstrings shows ``:class:`X``` as is, and so would ``facedefense info``: cross-references are
+    ``[`X`][module.X]`` where the target is in the API reference, plain backticks elsewhere."""
+    role = re.compile(r":(?:class|func|meth|attr|mod|data|exc|obj|const):`")
+    sources = [*ROOT.glob("facedefense/**/*.py"), *ROOT.glob("plugins/**/*.py"), *ROOT.glob("examples/**/*.py")]
+    offenders = [str(path.relative_to(ROOT)) for path in sources
+                 if path.name != "listing.py" and role.search(path.read_text(encoding="utf-8"))]
+    assert offenders == []
