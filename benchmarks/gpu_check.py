@@ -298,6 +298,7 @@ RECIPES: dict[tuple[str, str], list[Recipe]] = {
     ],
     ("metric", "liqe"): [Recipe(lambda a: RANDOM, **F32)],
     ("metric", "clip_i"): [Recipe(lambda a: {**RANDOM, "architecture": a.clip}, **F32)],
+    ("metric", "ims_clip"): [Recipe(lambda a: {**RANDOM, "architecture": a.clip}, **F32)],
     ("metric", "clip_s"): [Recipe(lambda a: {**RANDOM, "architecture": a.clip}, **F32)],
     ("metric", "clip_t"): [Recipe(lambda a: {**RANDOM, "architecture": a.clip}, **F32)],
     ("metric", "clip_iqa"): [

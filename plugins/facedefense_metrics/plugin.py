@@ -22,6 +22,7 @@ def register_metrics(register):
     register("clip_iqa", "facedefense_metrics.clip_iqa:CLIPIQA", summary="CLIP-IQA zero-shot quality as pyiqa's clipiqa: RN50 at the image's size, five good/bad prompt pairs", tags=("needs_model",))
     register("liqe", "facedefense_metrics.liqe:LIQE", summary="LIQE quality 1-5 from CLIP vision-language correspondence (LIQE.pt by path)", tags=("needs_model",))
     register("clip_i", "facedefense_metrics.clip_i:CLIPImage", summary="CLIP image-image similarity to the paired reference (weights by path)", tags=("needs_model",))
+    register("ims_clip", "facedefense_metrics.ims_clip:IMSCLIP", summary="DiffAdvPerturbationBench's IMS with CLIP: cosine of each image's CLIP embedding to the clean set's mean (weights by path)", tags=("needs_model",))
 
 
 @facedefense.hookimpl
