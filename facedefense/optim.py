@@ -264,14 +264,23 @@ class LinfPGD:
         *,
         generator: torch.Generator | None = None,
         total: int | None = None,
+        parameters: Sequence[Tensor] = (),
     ) -> PGDState:
-        """One projected sign step from ``state``; ``images`` are the originals (the ball's centre)."""
+        """One projected sign step from ``state``; ``images`` are the originals (the ball's centre).
+
+        ``parameters``: tensors (a surrogate's trainable weights) whose gradients of the same
+        objective's sum come out of the same backward pass and are added to their ``.grad``, so a
+        method that also trains its surrogate on this loss (CAAT) needs no second backward pass.
+        """
         import torch
 
         adversarial = state.adversarial.detach().requires_grad_(True)
         loss = self.evaluate(objective, adversarial, generator)
-        (gradient,) = torch.autograd.grad(loss.sum(), adversarial)
+        gradient, *others = torch.autograd.grad(loss.sum(), [adversarial, *parameters], allow_unused=bool(parameters))
         with torch.no_grad():
+            for parameter, grad in zip(parameters, others):
+                if grad is not None:
+                    parameter.grad = grad if parameter.grad is None else parameter.grad + grad
             direction = gradient
             momentum = state.momentum
             if self.momentum > 0:

@@ -22,6 +22,11 @@ def register_defenders(register):
         summary="Anti-DreamBooth FSMG: PGD against a DreamBooth surrogate trained on clean photos (Van Le et al., 2023)",
     )
     register(
+        "caat",
+        "facedefense_iterative.caat:CAAT",
+        summary="CAAT: PGD on the photos and AdamW on the surrogate's cross-attention keys/values from one backward pass (Xu et al., 2024)",
+    )
+    register(
         "advdm",
         "facedefense_iterative.advdm:AdvDM",
         summary="AdvDM: maximize the diffusion model's denoising loss (Liang et al., 2023)",

@@ -1,0 +1,154 @@
+"""CAAT and SimAC, the ASPL variants of the published comparison: contracts on the trained tiny
+model, and tests that fail if their distinctive part or its sign were wrong (CAAT: only the
+cross-attention keys/values train, descending the loss the photos ascend, from one backward pass)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facedefense.errors import ConfigError
+from facedefense.testing.contracts import DefenderContract
+
+PROMPT = "a photo of sks person"
+FAST = dict(device="cpu", dtype="float32", resolution=32, step_size=2 / 255)
+_PARTS: dict = {}
+
+
+def attacker_loss(model_path: str, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The base model's denoising loss per image at 32x32, averaged over 4 draws of (t, eps)."""
+    from facedefense.diffusion import TextEmbeddingCache, denoising_loss, encode_latents, load_components
+    from facedefense.imaging import resize
+
+    if model_path not in _PARTS:
+        _PARTS[model_path] = load_components(model_path)
+    parts = _PARTS[model_path]
+    with torch.no_grad():
+        latents = encode_latents(parts.vae, resize(images, (32, 32)))
+        states = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)(PROMPT)
+        return sum(denoising_loss(parts.unet, parts.scheduler, latents, states, generator=generator) for _ in range(4)) / 4
+
+
+class SmallContract(DefenderContract):
+    image_size = (32, 32)
+    odd_size = (24, 40)
+    objective_higher_is_better = True
+
+    def objective(self, method, images, generator):
+        return attacker_loss(method.config.model, images, generator)
+
+
+# -- CAAT ---------------------------------------------------------------------------------------
+
+CAAT_FAST = dict(FAST, steps=2, learning_rate=1e-4)
+
+
+class TestCAAT(SmallContract):
+    registry_name = "caat"
+
+    def make_method(self, request):
+        from facedefense_iterative.caat import CAAT
+
+        return CAAT(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, **CAAT_FAST)
+
+
+def test_pgd_step_gives_parameters_the_gradient_of_the_same_loss():
+    """``LinfPGD.step(parameters=...)``: the parameters' .grad is the gradient of the objective's sum
+    from the same backward pass that moves the images."""
+    from facedefense.optim import LinfPGD
+
+    weight = torch.tensor([0.5, -2.0], requires_grad=True)
+    images = torch.full((2, 1, 1, 2), 0.5)
+
+    def objective(x):
+        return (x.flatten(1) * weight).sum(1) ** 2
+
+    state = LinfPGD(eps=0.1, step_size=0.05).step(images, objective, LinfPGD(eps=0.1, step_size=0.05).start(images),
+                                                   parameters=[weight])
+    x = images.clone().requires_grad_(True)
+    expected, direction = torch.autograd.grad(objective(x).sum(), [weight, x])
+    assert torch.allclose(weight.grad, expected)
+    assert torch.allclose(state.adversarial, images + 0.05 * direction.sign())
+
+
+def test_caat_trains_only_cross_attention_kv_and_descends_the_loss(trained_tiny_sd_path, face_images, monkeypatch):
+    """Only the cross-attention (attn2) key/value weights move; each AdamW step goes against the
+    gradient it was given (descent: ascending them fails), and that gradient is a positive multiple
+    of the one the PGD step's backward pass gave them (the loss the photos ascend; a flipped sign
+    fails)."""
+    from facedefense.optim import LinfPGD
+    from facedefense_iterative.caat import CAAT
+
+    caat = CAAT(model=str(trained_tiny_sd_path), **dict(CAAT_FAST, steps=2))
+    unet = caat.surrogates[0].unet
+    trainable = {name for name, p in unet.named_parameters() if p.requires_grad}
+    assert trainable and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in trainable)
+    assert {n for n in dict(unet.named_parameters()) if ".attn2.to_k." in n or ".attn2.to_v." in n} == trainable
+    assert not any(p.requires_grad for p in caat.surrogates[0].text_encoder.parameters())
+    before = {name: p.detach().clone() for name, p in unet.named_parameters()}
+    gradients, steps, from_pgd = [], [], []
+    original_step, pgd_step = torch.optim.AdamW.step, LinfPGD.step
+
+    def pgd_spy(self, *args, **kwargs):
+        state = pgd_step(self, *args, **kwargs)
+        from_pgd.append(torch.cat([p.grad.flatten() for p in kwargs["parameters"]]))
+        return state
+
+    def spy(optimizer, *args, **kwargs):
+        gradients.append({id(p): p.grad.clone() for group in optimizer.param_groups for p in group["params"]})
+        snapshot = {id(p): p.detach().clone() for group in optimizer.param_groups for p in group["params"]}
+        out = original_step(optimizer, *args, **kwargs)
+        steps.append({id(p): p.detach() - snapshot[id(p)] for group in optimizer.param_groups for p in group["params"]})
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    monkeypatch.setattr(LinfPGD, "step", pgd_spy)
+    caat.protect(face_images[:2, :, :32, :32])
+    assert len(steps) == len(from_pgd) == 2
+    for grads, moves, backward in zip(gradients, steps, from_pgd):
+        assert sum((grads[k] * moves[k]).sum() for k in grads) < 0, "the keys/values must descend the loss"
+        given = torch.cat([g.flatten() for g in grads.values()])
+        assert torch.nn.functional.cosine_similarity(given, backward, dim=0) > 0.999
+    after = dict(unet.named_parameters())
+    moved = {name for name in before if not torch.equal(before[name], after[name].detach())}
+    assert moved == trainable
+
+
+def test_caat_refuses_what_it_does_not_train(trained_tiny_sd_path):
+    from facedefense_iterative.caat import CAAT
+
+    model = str(trained_tiny_sd_path)
+    with pytest.raises(ConfigError, match="prior_loss_weight"):
+        CAAT(model=model, prior_loss_weight=1.0, **FAST)
+    with pytest.raises(ConfigError, match="cross-attention"):
+        CAAT(model=model, lora_rank=4, **FAST)
+    with pytest.raises(ConfigError, match="one surrogate"):
+        CAAT(model=f"{model},{model}", **FAST)
+    defaults = CAAT.Config()
+    assert (defaults.eps, defaults.step_size, defaults.steps, defaults.learning_rate) == (8 / 255, 0.0025, 250, 1e-5)
+
+
+def test_caat_resumes_bit_for_bit(trained_tiny_sd_path, face_images, tmp_path, monkeypatch):
+    """A run stopped during its third step resumes from the state saved after the second (photos,
+    keys/values, AdamW moments, generator) and ends where an uninterrupted run ends."""
+    from facedefense.interfaces import IdentitySet
+    from facedefense.optim import LinfPGD
+    from facedefense_iterative.caat import CAAT
+
+    photos = list(face_images[:2, :, :32, :32])
+    caat = CAAT(model=str(trained_tiny_sd_path), **dict(CAAT_FAST, steps=4, checkpoint_every=2))  # each run starts afresh
+    whole = caat.protect_identity(IdentitySet.from_images(photos))
+    real, calls = LinfPGD.step, []
+
+    def stopping(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("stopped")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LinfPGD, "step", stopping)
+    with pytest.raises(RuntimeError, match="stopped"):
+        caat.protect_identity(IdentitySet.from_images(photos), workdir=tmp_path)
+    monkeypatch.setattr(LinfPGD, "step", real)
+    resumed = caat.protect_identity(IdentitySet.from_images(photos), workdir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(whole.images, resumed.images))
