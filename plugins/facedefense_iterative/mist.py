@@ -103,26 +103,17 @@ class Mist(Defender):
 
         self.eot = self.config.build_eot(self.device)
         from facedefense_iterative.frozen_model import load_surrogate
-        from facedefense_iterative.targets import load_target
+        from facedefense_iterative.targets import TargetLatents, load_target
 
         self.target_image = load_target(self.config.target, method=self.name)
         self.surrogate = load_surrogate(
             self.config.model, self.config.prompt, device=self.device, dtype=self.dtype, method=self.name
         )
-        self._target_latents: dict[tuple[int, int], Tensor] = {}
+        self.target_latents = TargetLatents(self.target_image, self.surrogate.parts.vae, self.device)
 
     def target_latent(self, size: tuple[int, int]) -> Tensor:
         """Scaled posterior mean of the target at the working ``size``, (1, 4, h/8, w/8) float32 (cached)."""
-        import torch
-
-        from facedefense.diffusion import encode_latents
-        from facedefense_iterative.targets import target_at
-
-        if size not in self._target_latents:
-            with torch.no_grad():
-                target = target_at(self.target_image, size, self.device, torch.float32)
-                self._target_latents[size] = encode_latents(self.surrogate.parts.vae, target).float()
-        return self._target_latents[size]
+        return self.target_latents(size)
 
     def loss(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         """Per-image ``L_T - w * L_s`` of ``images`` ((N, 3, H, W) in [0, 1], any size; the

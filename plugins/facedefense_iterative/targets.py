@@ -76,6 +76,32 @@ def target_at(target: Tensor | None, size: tuple[int, int], device: torch.device
     return image.to(device=device, dtype=dtype)
 
 
+class TargetLatents:
+    """The target's scaled posterior mean at each working size, (1, 4, h/8, w/8) float32, encoded
+    once per size (Mist's and SDS's textural losses compare every step's latents with it).
+
+    Args:
+        target: (1, 3, H, W) in [0, 1], or None for the texture pattern (`texture_pattern`).
+        vae: the surrogate's VAE.
+        device: where the latents live.
+    """
+
+    def __init__(self, target: Tensor | None, vae: torch.nn.Module, device: torch.device) -> None:
+        self.target, self.vae, self.device = target, vae, device
+        self._encoded: dict[tuple[int, int], Tensor] = {}
+
+    def __call__(self, size: tuple[int, int]) -> Tensor:
+        import torch
+
+        from facedefense.diffusion import encode_latents
+
+        if size not in self._encoded:
+            with torch.no_grad():
+                image = target_at(self.target, size, self.device, torch.float32)
+                self._encoded[size] = encode_latents(self.vae, image).float()
+        return self._encoded[size]
+
+
 def load_mask(path: str | None, *, method: str) -> Tensor | None:
     """An edit mask from a file: (1, 1, H, W) in {0, 1}, 1 = the region an editor will repaint.
 
