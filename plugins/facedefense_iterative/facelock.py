@@ -4,10 +4,9 @@ Malicious Generative Editing", CVPR 2025, arXiv:2411.16832; reference code taco-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense.errors import ConfigError, ModelNotFoundError
+from facedefense.errors import ConfigError
 from facedefense.imaging import resize, working_size
 from facedefense.interfaces import Defender
 from facedefense_iterative.frozen_model import PGDConfig
@@ -15,9 +14,6 @@ from facedefense_iterative.frozen_model import PGDConfig
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
-
-VGG16_FILE = "vgg16-397923af.pth"
-
 
 @dataclass
 class FaceLockConfig(PGDConfig):
@@ -72,44 +68,6 @@ class FaceLockConfig(PGDConfig):
             raise ConfigError("facelock identity_start and lpips_start are fractions of the steps, in [0, 1]")
 
 
-def build_lpips(weights: str | None, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """``lpips.LPIPS(net="vgg")`` with its linear heads from the wheel and the VGG16 backbone from
-    ``weights`` (never downloaded; ``"random"``: a seeded random backbone). Maps two (N, 3, H, W)
-    batches in [-1, 1] to (N, 1, 1, 1)."""
-    import torch
-
-    from facedefense._compat.torchvision_ops import ensure_torchvision_importable
-
-    path = None
-    if weights != "random":
-        if weights is None:
-            import torch.hub
-
-            path = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
-            if not path.is_file():
-                raise ModelNotFoundError(
-                    f"facelock's LPIPS needs {VGG16_FILE} (torchvision's VGG16, download.pytorch.org/models): "
-                    f"pass -o lpips_weights=PATH or put it in {path.parent}"
-                )
-        else:
-            path = Path(weights).expanduser()
-            if not path.is_file():
-                raise ModelNotFoundError(f"facelock: LPIPS weights file {path} not found (expected {VGG16_FILE}, torchvision's VGG16)")
-    ensure_torchvision_importable()
-    import lpips
-
-    with torch.random.fork_rng(devices=[]):  # "random": the same backbone in every build
-        torch.manual_seed(0)
-        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    if path is not None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        names = {name: "features." + name.split(".", 1)[1] for name in model.net.state_dict()}
-        if any(key not in state for key in names.values()):
-            raise ModelNotFoundError(f"facelock: {path} is not a torchvision VGG16 checkpoint ({VGG16_FILE})")
-        model.net.load_state_dict({name: state[key] for name, key in names.items()})
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
 class FaceLock(Defender):
     """Destroy the identity in what an editor reconstructs from the photo.
 
@@ -161,6 +119,7 @@ class FaceLock(Defender):
         self.eot = self.config.build_eot(self.device)
         from facedefense.diffusion import load_components
         from facedefense.models import shared_model
+        from facedefense_metrics.lpips import backbone_file
 
         if not self.config.model:
             raise ConfigError("facelock needs the editing model: --model (a diffusers folder or a Hugging Face id)")
@@ -169,7 +128,10 @@ class FaceLock(Defender):
             dtype=str(self.dtype).removeprefix("torch."),
         )
         self.detector = self._build_detector()
-        self.lpips = build_lpips(self.config.lpips_weights, self.device, self.dtype)
+        # LPIPS-VGG (FaceLock's loss), the metrics plugin's shared model: built once per process, frozen.
+        found = backbone_file(self.config.lpips_weights, "vgg", "facelock", "lpips_weights")
+        self.lpips = shared_model("lpips", path="random" if found is None else str(found), device=self.device,
+                                  dtype=str(self.dtype).removeprefix("torch."), net="vgg")
         self.vae = load_components(self.config.model, components=("vae",), device=self.device, dtype=self.dtype).vae
 
     def _build_detector(self) -> Any:

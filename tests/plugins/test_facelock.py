@@ -207,7 +207,7 @@ def test_missing_face_embedding_weights(tiny_sd_path, tmp_path):
 
 
 def test_missing_lpips_weights(tiny_sd_path, tmp_path):
-    with pytest.raises(ModelNotFoundError, match="LPIPS weights file .*vgg16.pth not found"):
+    with pytest.raises(ModelNotFoundError, match="facelock: weights file .*vgg16.pth not found"):
         make(tiny_sd_path, lpips_weights=str(tmp_path / "vgg16.pth"))
 
 
