@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
-from facedefense_metrics.faces.base import Face, FaceBackend
+from facedefense_metrics.faces.retinaface import RetinaFaceEmbedder
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor
 
 WEIGHTS_FILE = "recognition_arcface_ir_se50.pth"
@@ -55,7 +56,7 @@ def align_112(image: Tensor, landmarks: Tensor) -> Tensor:
     return _sample(image, affine, 112)
 
 
-class ArcFaceBackend(FaceBackend):
+class ArcFaceBackend(RetinaFaceEmbedder):
     """RetinaFace detection + ArcFace IR-SE50 512-D unit embedding.
 
     Args:
@@ -65,19 +66,10 @@ class ArcFaceBackend(FaceBackend):
     """
 
     name: ClassVar[str] = "arcface"
-    can_embed: ClassVar[bool] = True
 
-    def __init__(
-        self, weights: str | None = None, detector_weights: str | None = None, threshold: float = 0.9, device: str = "cpu"
-    ) -> None:
-        from facedefense_metrics.faces.retinaface import RetinaFaceBackend
-
-        self.model = _network(weights, device)
-        self.detector = RetinaFaceBackend(detector_weights=detector_weights, threshold=threshold, device=device)
-        self.device = device
-
-    def detect(self, image: Tensor) -> list[Face]:
-        return self.detector.detect(image)
+    @staticmethod
+    def load_network(weights: str | None, device: str) -> torch.nn.Module:
+        return _network(weights, device)
 
     def embed_largest(self, images: Sequence[Tensor]) -> list[Tensor | None]:
         import torch

@@ -11,7 +11,7 @@ hub cache, else a one-line error names it. ``"random"`` builds random weights (t
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError, MissingDependencyError
 from facedefense_metrics.faces.base import Face, FaceBackend, to_uint8_hwc
@@ -76,3 +76,32 @@ class RetinaFaceBackend(FaceBackend):
             for row in found
         ]
         return sorted(faces, key=lambda face: -face.area)
+
+
+class RetinaFaceEmbedder(FaceBackend):
+    """Base of the recognition backends that find faces with RetinaFace (ArcFace, VGG-Face): the
+    subclass's network (`load_network`) and the detector, both on ``device``.
+
+    Args:
+        weights: the recognition network's weights file (default: torch's hub cache; ``"random"``: tests).
+        detector_weights: RetinaFace weights (see `RetinaFaceBackend`).
+        threshold: minimum face confidence.
+        device: where both networks run.
+    """
+
+    can_embed: ClassVar[bool] = True
+
+    def __init__(
+        self, weights: str | None = None, detector_weights: str | None = None, threshold: float = 0.9, device: str = "cpu"
+    ) -> None:
+        self.model = self.load_network(weights, device)
+        self.detector = RetinaFaceBackend(detector_weights=detector_weights, threshold=threshold, device=device)
+        self.device = device
+
+    @staticmethod
+    def load_network(weights: str | None, device: str) -> Any:
+        """The recognition network, in eval mode on ``device``."""
+        raise NotImplementedError
+
+    def detect(self, image: Tensor) -> list[Face]:
+        return self.detector.detect(image)

@@ -20,7 +20,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
 from facedefense.errors import MissingDependencyError, ModelNotFoundError
-from facedefense_metrics.faces.base import Face, FaceBackend, to_uint8_hwc
+from facedefense_metrics.faces.base import Face, to_uint8_hwc
+from facedefense_metrics.faces.retinaface import RetinaFaceEmbedder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -142,7 +143,7 @@ def deepface_crop(image: Tensor, face: Face | None) -> np.ndarray:
     return bgr.astype(np.float32) / 255
 
 
-class VGGFaceBackend(FaceBackend):
+class VGGFaceBackend(RetinaFaceEmbedder):
     """RetinaFace detection + deepface 0.0.79's VGG-Face 2622-D embedding (fc8, before the softmax).
 
     Args:
@@ -157,19 +158,10 @@ class VGGFaceBackend(FaceBackend):
     """
 
     name: ClassVar[str] = "vgg_face"
-    can_embed: ClassVar[bool] = True
 
-    def __init__(
-        self, weights: str | None = None, detector_weights: str | None = None, threshold: float = 0.9, device: str = "cpu"
-    ) -> None:
-        from facedefense_metrics.faces.retinaface import RetinaFaceBackend
-
-        self.model = _network(weights, device)
-        self.detector = RetinaFaceBackend(detector_weights=detector_weights, threshold=threshold, device=device)
-        self.device = device
-
-    def detect(self, image: Tensor) -> list[Face]:
-        return self.detector.detect(image)
+    @staticmethod
+    def load_network(weights: str | None, device: str) -> torch.nn.Module:
+        return _network(weights, device)
 
     def _embed(self, crops: list[np.ndarray]) -> list[Tensor]:
         import numpy as np
