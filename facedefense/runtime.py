@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from facedefense.errors import ConfigError
@@ -135,3 +137,29 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     return generator
+
+
+@contextlib.contextmanager
+def global_rng_from(generator: torch.Generator) -> Iterator[None]:
+    """Seed torch's global random state from ``generator`` for the code inside, then put the caller's
+    state back: the CPU's, and the CUDA device's when ``generator`` is on one (other GPUs are left
+    alone: touching their state would start a CUDA context on each).
+
+    For third-party code that draws from the global state (peft's LoRA initialization, dropout in
+    train mode): ``--seed`` then fixes it too, and the caller's own draws are unchanged.
+
+    Examples:
+        >>> with global_rng_from(make_generator(0)):
+        ...     weights = torch.nn.Linear(4, 4).weight  # the same for seed 0, every run
+    """
+    import torch
+
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    device = generator.device
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        for index in devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield

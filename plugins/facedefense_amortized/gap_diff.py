@@ -228,16 +228,14 @@ class GAPDiff(AmortizedDefender):
         import torch
 
         from facedefense.imaging import resize
+        from facedefense.runtime import global_rng_from
 
         height, width = images.shape[-2:]
         cap = self.config.max_side
         scale = cap / max(height, width) if cap and max(height, width) > cap else 1.0
         work = resize(images, (round(height * scale), round(width * scale))) if scale < 1 else images
-        cuda = self.device.type == "cuda"
-        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if cuda else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            # dropout in train mode draws from the global generator: seed it from ours
-            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
+        # dropout in train mode draws from the global generator: seeded from ours
+        with global_rng_from(generator), torch.inference_mode():
             direction = torch.cat([self._direction(part) for part in work.split(self.chunk or len(work))])
         if scale < 1:
             direction = resize(direction, (height, width))

@@ -13,16 +13,16 @@ and only the main process writes files.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from facedefense.errors import ConfigError, MissingDependencyError
 from facedefense.interfaces.personalizer import Personalizer, PersonalizerConfig
+from facedefense.runtime import global_rng_from
 from facedefense_attacks.common import (
     MAX_DENOISING_STEPS,
     check_denoising_steps,
@@ -209,18 +209,6 @@ def check_prediction_type(scheduler: Any, method: str) -> None:
         raise ConfigError(
             f"{method}: the model predicts '{kind}'; personalizers train epsilon or v_prediction models only"
         )
-
-
-@contextlib.contextmanager
-def global_rng_from(generator: torch.Generator) -> Iterator[None]:
-    """Seed torch's global random state from ``generator`` for the code inside (peft draws LoRA's
-    initial weights from it), and put the caller's state back afterwards (CPU and CUDA)."""
-    import torch
-
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
-        torch.manual_seed(seed)
-        yield
 
 
 def _accelerator(config: TrainingConfig, device: torch.device) -> Any:
