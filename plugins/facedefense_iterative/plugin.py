@@ -27,6 +27,11 @@ def register_defenders(register):
         summary="CAAT: PGD on the photos and AdamW on the surrogate's cross-attention keys/values from one backward pass (Xu et al., 2024)",
     )
     register(
+        "simac",
+        "facedefense_iterative.simac:SimAC",
+        summary="SimAC: ASPL on the timesteps a greedy search finds most vulnerable, plus decoder-feature interference (Wang et al., 2024)",
+    )
+    register(
         "advdm",
         "facedefense_iterative.advdm:AdvDM",
         summary="AdvDM: maximize the diffusion model's denoising loss (Liang et al., 2023)",

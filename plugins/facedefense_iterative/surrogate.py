@@ -504,12 +504,16 @@ class Surrogate:
         *,
         generator: torch.Generator,
         target_latents: Tensor | None = None,
+        timesteps: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Per-image denoising loss ``|| target - eps_theta(z_t, t, c) ||^2`` at a random t.
 
         With ``target_latents`` (targeted ASPL) the value is ``L_LDM - || x_{t-1}(pred) - q(z_target, t-1) ||^2``:
         the DDPM posterior mean of the prediction is pulled toward the target latent noised with the
-        same eps at t-1 (the reference's target-shift loss).
+        same eps at t-1 (the reference's target-shift loss). ``timesteps`` (N,) and ``noise`` (like
+        ``latents``), when given, replace the draws from ``generator`` (SimAC's chosen timesteps,
+        a second pass with the same draws).
         """
         import torch
 
@@ -518,8 +522,11 @@ class Surrogate:
         scheduler = self.scheduler
         kind = scheduler.config.prediction_type
         count = latents.shape[0]
-        timesteps = sample_timesteps(scheduler, count, generator=generator, device=latents.device)
-        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device, latents.dtype)
+        if timesteps is None:
+            timesteps = sample_timesteps(scheduler, count, generator=generator, device=latents.device)
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator, device=generator.device)
+        noise = noise.to(latents.device, latents.dtype)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         if states.shape[0] == 1 and count > 1:
             states = states.expand(count, -1, -1)

@@ -152,3 +152,102 @@ def test_caat_resumes_bit_for_bit(trained_tiny_sd_path, face_images, tmp_path, m
     monkeypatch.setattr(LinfPGD, "step", real)
     resumed = caat.protect_identity(IdentitySet.from_images(photos), workdir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(whole.images, resumed.images))
+
+
+# -- SimAC --------------------------------------------------------------------------------------
+
+SIMAC_FAST = dict(FAST, num_class_images=2, class_image_steps=2, learning_rate=1e-4, steps=1, pgd_steps=2,
+                  surrogate_steps=1, search_steps=2, search_samples=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _class_image_cache(tmp_path_factory):
+    """Class images of these tests go to a private cache (never the user's)."""
+    import os
+
+    before = os.environ.get("FACEDEFENSE_CACHE")
+    os.environ["FACEDEFENSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("FACEDEFENSE_CACHE", None)
+    else:
+        os.environ["FACEDEFENSE_CACHE"] = before
+
+
+class TestSimAC(SmallContract):
+    registry_name = "simac"
+
+    def make_method(self, request):
+        from facedefense_iterative.simac import SimAC
+
+        return SimAC(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, **SIMAC_FAST)
+
+
+@pytest.mark.parametrize("strong_end", ["high", "low"])
+def test_greedy_search_deletes_around_the_weakest_and_steps_at_the_strongest(strong_end):
+    """With a score that grows toward one end, the search deletes around the lowest-scoring
+    candidate and steps at the highest-scoring one each iteration, so the survivors gather at the
+    strong end; swapping min and max sends them to the other end and fails."""
+    from facedefense_iterative.simac import greedy_timesteps
+
+    sign = 1 if strong_end == "high" else -1
+    scored, advanced = [], []
+
+    def score(t):
+        scored.append(t)
+        return sign * t
+
+    kept = greedy_timesteps(score, advanced.append, total=1000, generator=torch.Generator().manual_seed(0),
+                            steps=50, samples=5, radius=20, keep=100)
+    assert len(kept) <= 100 and len(advanced) == len(scored) // 5
+    for number, best in enumerate(advanced):
+        batch = scored[5 * number : 5 * number + 5]
+        assert best == (max(batch) if sign > 0 else min(batch))
+        assert (min(batch) if sign > 0 else max(batch)) not in kept.tolist()
+    assert (kept.float().mean() > 700) if sign > 0 else (kept.float().mean() < 300)
+    untouched = greedy_timesteps(score, advanced.append, total=1000, generator=torch.Generator(), steps=0)
+    assert len(untouched) == 1000
+
+
+def test_simac_loss_draws_the_kept_timesteps_and_adds_a_feature_term_with_a_gradient(trained_tiny_sd_path, face_images):
+    """Every UNet call of the objective runs at a timestep of the photo's kept set; with
+    feature_weight 1 the objective is the denoising loss (same draws) PLUS a positive feature
+    distance whose gradient reaches the photos (GAP-Diff's copy adds it as a float: no gradient)."""
+    from facedefense_iterative.simac import SimAC, simac_loss
+    from facedefense_iterative.surrogate import PhotoBatch
+
+    simac = SimAC(model=str(trained_tiny_sd_path), **SIMAC_FAST)
+    surrogate = simac.surrogates[0]
+    photos = PhotoBatch.pack(list(face_images[:2, :, :32, :32]), 32)
+    states = surrogate.embed([PROMPT], grad=False).detach()
+    allowed = [torch.tensor([700, 701]), torch.tensor([300])]
+    seen = []
+    hook = surrogate.unet.register_forward_pre_hook(lambda _m, args: seen.append(args[1].tolist()))
+    moved = (photos.padded + 4 / 255 * torch.randn(photos.padded.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    values, gradients = [], []
+    try:
+        for weight in (0.0, 1.0):
+            x = moved.clone().requires_grad_(True)
+            value = simac_loss(surrogate, photos, x, states, allowed, generator=torch.Generator().manual_seed(3),
+                               feature_weight=weight)
+            values.append(value.detach())
+            gradients.append(torch.autograd.grad(value.sum(), x)[0])
+    finally:
+        hook.remove()
+    assert seen and all(t[0] in (700, 701) and t[1] == 300 for t in seen)
+    assert (values[1] > values[0]).all()
+    assert (gradients[1] - gradients[0]).abs().sum() > 0
+
+
+def test_simac_records_its_timestep_sets(trained_tiny_sd_path, face_images):
+    from facedefense_iterative.simac import SimAC
+
+    result = SimAC(model=str(trained_tiny_sd_path), **dict(SIMAC_FAST, search_steps=3, search_radius=50)).protect(
+        face_images[:1, :, :32, :32])
+    stats = result.stats[0]
+    assert 1000 - 3 * 100 <= stats["timesteps_kept"] < 1000
+    with pytest.raises(ConfigError, match="feature_weight"):
+        SimAC(model=str(trained_tiny_sd_path), feature_weight=-1.0, **FAST)
+    defaults = SimAC.Config()
+    assert (defaults.eps, defaults.step_size, defaults.steps, defaults.pgd_steps, defaults.surrogate_steps) == (8 / 255, 0.0025, 50, 6, 3)
+    assert (defaults.search_steps, defaults.search_samples, defaults.search_radius, defaults.search_keep) == (50, 5, 20, 100)
