@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from facedefense.cli import attack, benchmark, evaluate, listing, models, run
+from facedefense.cli import attack, benchmark, evaluate, listing, models, run, serve
 from facedefense.cli.common import OneLineErrorsGroup, one_line_warnings, quiet_third_party, stop_on_sigterm
 from facedefense.registry import call_each_plugin, get_registry
 
@@ -33,7 +33,7 @@ def build_app(*, with_plugins: bool = True) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(show_version)
-    for module in (run, attack, evaluate, benchmark, listing, models):
+    for module in (run, attack, evaluate, benchmark, listing, models, serve):
         module.register(app)
     if with_plugins:
         registry = get_registry()
