@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facedefense.benchmark.config import NONE, BenchmarkConfig, Identity, MethodEntry, precomputed_files
+from facedefense.benchmark.config import (
+    NONE,
+    BenchmarkConfig,
+    DefenderEntry,
+    Identity,
+    MethodEntry,
+    PurifierChain,
+    precomputed_files,
+)
 from facedefense.errors import FaceDefenseError
 
 #: Bumped when a stage's on-disk layout changes (every cached stage is then recomputed).
@@ -64,7 +72,7 @@ class Cell:
     purify: str
     output: str
     train: str | None = None
-    scores: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, list[str]] = field(default_factory=dict)  # metric label -> its score stages
 
     @property
     def name(self) -> str:
@@ -189,6 +197,7 @@ class Planner:
             description["protected_if"] = cls.protection_direction()
             description["pairing"] = cls.pairing
             description["higher_is_better"] = cls.higher_is_better
+            description["edit_reference"] = cls.edit_reference
         self.methods.setdefault(f"{entry.kind}:{entry.label}", description)
         return description
 
@@ -243,10 +252,12 @@ class Planner:
                             }
                             for attack in config.attacks:
                                 train, output, prompts = self._attack(identity, purify, attack, seed)
-                                scores = dict(input_scores)
+                                scores = {label: [key] for label, key in input_scores.items()}
                                 for entry, method in metrics:
                                     if method["pairing"] != "paired":
-                                        scores[entry.label] = self._score(identity, "generated", output, method, references, prompts, seed)
+                                        scores[entry.label] = [self._score(identity, "generated", output, method, references, prompts, seed)]
+                                    elif attack.method.kind == "editor":
+                                        scores[entry.label].append(self._edit_score(identity, attack, output, method, prompts, seed))
                                 self.cells.append(
                                     Cell(identity.name, defender.label, share, chain.label, attack.label, seed,
                                          protect, purify, output, train, scores)
@@ -314,12 +325,26 @@ class Planner:
         return train, output, prompts
 
     def _score(self, identity: Identity, target: str, source: str, method: dict[str, Any], references: list[str],
-               prompts: tuple[str, ...], seed: int) -> str:
+               prompts: tuple[str, ...], seed: int, against: str | None = None) -> str:
+        """A score stage of ``source``'s images: against ``references`` (files), or, with ``against``,
+        against the images of that stage of the same names."""
         facts = {"metric": self._method_facts(method), "target": target, "references": self.files.shas(references)}
         spec = {"metric": method, "target": target, "references": references}
         heavy = bool({"needs_model", "face"} & set(method["tags"]))
         label = f"score {method['label']} on {self.stages[source].label}"
-        return self.add("score", label, facts, (source,), spec, self.config.gpus_per_stage if heavy else 0.0)
+        deps = (source,) if against is None else (source, against)
+        return self.add("score", label, facts, deps, spec, self.config.gpus_per_stage if heavy else 0.0)
+
+    def _edit_score(self, identity: Identity, attack: Any, output: str, method: dict[str, Any], prompts: tuple[str, ...],
+                    seed: int) -> str:
+        """A paired metric of an editing attack's outputs, as FaceLock's evaluation scores them: each
+        edit against the same edit of the clean photo (``edit_reference`` ``clean_edit``: PSNR, SSIM,
+        LPIPS) or against its clean source photo (``source``: FR, CLIP-I, CLIP-S)."""
+        if method["edit_reference"] == "source":
+            return self._score(identity, "output", output, method, [str(p) for p in identity.set_b], prompts, seed)
+        clean = self._purify(identity, self._protect(identity, DefenderEntry(NONE), 0.0, seed), PurifierChain(NONE), seed)
+        clean_edit = self._attack(identity, clean, attack, seed)[1]
+        return self._score(identity, "output", output, method, [], prompts, seed, against=clean_edit)
 
 
 def protected_count(share: float, total: int) -> int:

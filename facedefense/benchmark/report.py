@@ -53,21 +53,23 @@ def collect_rows(
             "attack": next(methods[f"{a.method.kind}:{a.label}"] for a in config.attacks if a.label == cell.attack),
         }
         for metric in config.metrics:
-            key = cell.scores[metric.label]
-            outcome = outcomes.get(key, {"status": "failed", "error": "not run"})
-            base = {
-                **cell.facts(), "cell": cell.name, "metric": metric.label,
-                "stages": {"protect": cell.protect, "purify": cell.purify, "train": cell.train, "output": cell.output, "score": key},
-                "protocol": protocol, "methods": {**described, "metric": methods[f"metric:{metric.label}"]},
-            }
-            if outcome["status"] in ("done", "cached"):
-                info = json.loads((cache.path(key, "score") / STAGE_FILE).read_text(encoding="utf-8"))
-                for result in info["results"]:
-                    target = "input" if result["prompt"] is None else "generated"
-                    rows.append({**base, "status": "ok", "target": target, **result})
-            else:
-                rows.append({**base, "status": outcome["status"], "error": outcome.get("error", ""), "origin": outcome.get("origin", ""),
-                             "prompt": None, "value": math.nan, "per_image": None})
+            for key in cell.scores[metric.label]:
+                outcome = outcomes.get(key, {"status": "failed", "error": "not run"})
+                base = {
+                    **cell.facts(), "cell": cell.name, "metric": metric.label,
+                    "stages": {"protect": cell.protect, "purify": cell.purify, "train": cell.train, "output": cell.output, "score": key},
+                    "protocol": protocol, "methods": {**described, "metric": methods[f"metric:{metric.label}"]},
+                }
+                if outcome["status"] in ("done", "cached"):
+                    info = json.loads((cache.path(key, "score") / STAGE_FILE).read_text(encoding="utf-8"))
+                    for result in info["results"]:
+                        # input: the attacker's input vs the clean photos; generated: a set or unpaired
+                        # metric of the outputs; output: an editing attack's outputs, paired
+                        target = result.get("target") or ("input" if result["prompt"] is None else "generated")
+                        rows.append({**base, "status": "ok", **result, "target": target})
+                else:
+                    rows.append({**base, "status": outcome["status"], "error": outcome.get("error", ""), "origin": outcome.get("origin", ""),
+                                 "prompt": None, "value": math.nan, "per_image": None})
     return rows
 
 
@@ -167,13 +169,17 @@ def render_report(
         prompts = list(attack.prompts or protocol.prompts)
         columns: list[tuple[str, str | None, str]] = []
         directions = {metric.label: methods[f"metric:{metric.label}"]["protected_if"] for metric in config.metrics}
-        inputs = set()
+        editor = attack.method.kind == "editor"
         for metric in config.metrics:
             arrow = ARROWS[directions[metric.label]]
-            if methods[f"metric:{metric.label}"].get("pairing") == "paired":
-                inputs.add(metric.label)
-                arrow = ARROWS["higher" if methods[f"metric:{metric.label}"]["higher_is_better"] else "lower"]
-                columns.append((metric.label, None, f"{metric.label} {arrow} (input)"))
+            described = methods[f"metric:{metric.label}"]
+            if described.get("pairing") == "paired":
+                better = ARROWS["higher" if described["higher_is_better"] else "lower"]
+                columns.append((metric.label, None, f"{metric.label} {better} (input)"))
+                if not editor:  # a personalizer's images have no partner to compare with
+                    continue
+                against = "vs source" if described.get("edit_reference") == "source" else "vs clean edit"
+                columns += [(metric.label, prompt, f"{metric.label} {arrow} P{index + 1} ({against})") for index, prompt in enumerate(prompts)]
             else:
                 columns += [(metric.label, prompt, f"{metric.label} {arrow} P{index + 1}") for index, prompt in enumerate(prompts)]
         kind = "personalizer" if attack.method.kind == "personalizer" else "editor"
@@ -193,7 +199,7 @@ def render_report(
                     mean, spread, count = _stats(groups.get((defender, chain.label, f"{metric}\x00{prompt}"), []))
                     cells.append("n/a" if count == 0 else f"{_number(mean)} ± {_number(spread, 2)}" if count > 1 else _number(mean))
                     direction = directions[metric]
-                    if count and metric not in inputs:
+                    if count and prompt is not None:  # the attack's outputs (input columns say how visible)
                         score = mean if direction == "higher" else -mean  # the adversary picks the least protected
                         if len(worst) <= index:
                             worst += [(math.inf, "")] * (index + 1 - len(worst))
@@ -202,8 +208,8 @@ def render_report(
                 lines.append(f"| {defender} | {chain.label} | " + " | ".join(cells) + " |")
             if len(config.purifiers) > 1 and defender.split(" (")[0] != NONE:
                 cells = []
-                for index, (metric, _, _) in enumerate(columns):
-                    if metric in inputs:
+                for index, (metric, prompt, _) in enumerate(columns):
+                    if prompt is None:  # an input column: no adversary's choice
                         cells.append("")
                     elif index < len(worst) and worst[index][1]:
                         value = worst[index][0] if directions[metric] == "higher" else -worst[index][0]

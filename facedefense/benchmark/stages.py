@@ -263,11 +263,16 @@ def _edit(stage: Stage, folder: Path, cache: Cache, methods: MethodCache, kinds:
 def _score(stage: Stage, folder: Path, cache: Cache, methods: MethodCache, kinds: dict[str, str]) -> dict[str, Any]:
     import dataclasses
 
-    (source,) = stage.deps
+    source, *against = stage.deps
     spec = stage.spec
     images, names, info = stage_images(cache, kinds[source], source)
     metric = methods.get(spec["metric"])
-    references = load_images(spec["references"]) if metric.pairing != "none" else None
+    if against:  # the images of another stage, paired by name (an edit with the same edit of the clean photo)
+        others, other_names, _ = stage_images(cache, kinds[against[0]], against[0])
+        by_name = dict(zip(other_names, others))
+    elif spec["target"] == "output":  # the clean photos, paired by name (an edit "p<i>_<photo>" with its photo)
+        by_name = {Path(path).stem: image for path, image in zip(spec["references"], load_images(spec["references"]))}
+    references = load_images(spec["references"]) if metric.pairing != "none" and spec["target"] != "output" else None
     if spec["target"] == "input":
         groups, prompts = [0] * len(images), [None]
     else:
@@ -275,9 +280,11 @@ def _score(stage: Stage, folder: Path, cache: Cache, methods: MethodCache, kinds
     results = []
     for index, prompt in enumerate(prompts):
         chosen = [i for i, group in enumerate(groups) if group == index]
+        if spec["target"] == "output":
+            references = [by_name[names[i] if against else names[i].split("_", 1)[1]] for i in chosen]
         result = metric.compute([images[i] for i in chosen], references, prompts=prompt if metric.needs_prompt else None)
         entry = dataclasses.asdict(result)
-        entry.update(prompt=prompt, images=[names[i] for i in chosen])
+        entry.update(prompt=prompt, images=[names[i] for i in chosen], target=spec["target"])
         results.append(entry)
     return {"results": results}
 

@@ -95,6 +95,11 @@ class Metric(Method, abc.ABC):
         visibility: a budget metric: compared with the original photo it says how visible a change
             is (PSNR, SSIM, LPIPS, L-inf), rather than whether an attack failed; reports of
             protected photos word it so.
+        edit_reference: what a paired metric compares an editing attack's outputs with in the
+            benchmark (FaceLock's evaluation, ``evaluation/eval_*.py``): ``"clean_edit"``, the same
+            edit of the clean photo (PSNR, SSIM, LPIPS: did the protection change the edit), or
+            ``"source"``, the clean photo the edit was made from (FR, CLIP-I, CLIP-S: does the edit
+            keep the person, follow the instruction).
     """
 
     Config: ClassVar[type[MetricConfig]] = MetricConfig
@@ -106,6 +111,7 @@ class Metric(Method, abc.ABC):
     unit: ClassVar[str] = ""
     measures: ClassVar[str] = ""
     visibility: ClassVar[bool] = False
+    edit_reference: ClassVar[Literal["clean_edit", "source"]] = "clean_edit"
 
     @property
     def needs_reference(self) -> bool:

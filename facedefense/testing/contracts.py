@@ -307,6 +307,7 @@ class MetricContract(MethodContract):
             assert result.per_image is None
         assert math.isfinite(result.value)
         assert result.protected_if in ("higher", "lower")
+        assert method.edit_reference in ("clean_edit", "source")  # what the benchmark pairs an edit with
 
     def test_identical_scores_at_good_end(self, method: Any, images: Tensor) -> None:
         import torch

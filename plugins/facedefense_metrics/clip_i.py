@@ -26,6 +26,7 @@ class CLIPImage(PairedMetric):
     name: ClassVar[str] = "clip_i"
     Config: ClassVar[type[CLIPConfig]] = CLIPConfig
     higher_is_better: ClassVar[bool] = True
+    edit_reference: ClassVar[str] = "source"  # FaceLock's evaluation compares the edit with --src_dir
 
     def _pairs(self, images: Tensor, references: Tensor) -> Tensor:
         from facedefense_metrics._clip import clip_model, image_features

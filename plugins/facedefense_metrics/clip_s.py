@@ -32,6 +32,7 @@ class CLIPScore(Metric):
     name: ClassVar[str] = "clip_s"
     Config: ClassVar[type[CLIPConfig]] = CLIPConfig
     pairing: ClassVar[str] = "paired"
+    edit_reference: ClassVar[str] = "source"  # FaceLock's evaluation compares the edit with --src_dir
     needs_prompt: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = True
 

@@ -59,6 +59,7 @@ class FR(Metric):
     measures: ClassVar[str] = "identity similarity of each edit to its source photo"
     Config: ClassVar[type[FRConfig]] = FRConfig
     pairing: ClassVar[str] = "paired"
+    edit_reference: ClassVar[str] = "source"  # FaceLock's evaluation compares the edit with --src_dir
     higher_is_better: ClassVar[bool] = True
     protected_if: ClassVar[str] = "lower"
 
