@@ -541,7 +541,8 @@ def _attack(inputs: list[Path], output: Path, personalizer: str | None, editor: 
     )
     if manifest:
         total = len(manifest["prompts"]) * num_images
-        typer.echo(f"trained {method.name} on {len(manifest['inputs'])} photo(s); {total} image(s) in {output / 'images'}")
+        done = f"trained {method.name} on" if method.trains else f"{method.name} encoded"
+        typer.echo(f"{done} {len(manifest['inputs'])} photo(s); {total} image(s) in {output / 'images'}")
 
 
 def register(app: typer.Typer) -> None:

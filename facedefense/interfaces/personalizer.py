@@ -1,7 +1,9 @@
-"""Personalizers: the attacks that learn an identity from a few photos (DreamBooth, LoRA, TI).
+"""Personalizers: the attacks that learn an identity from a few photos (DreamBooth, LoRA, TI), or,
+zero-shot, only encode them (IP-Adapter: `Personalizer.trains` is False).
 
 A personalized model saves in the format the diffusers ecosystem loads (a pipeline folder, a LoRA
-safetensors file for ``pipe.load_lora_weights``, an embedding for ``pipe.load_textual_inversion``)
+safetensors file for ``pipe.load_lora_weights``, an embedding for ``pipe.load_textual_inversion``,
+the reference photos' image embeddings for ``ip_adapter_image_embeds`` plus the adapter's name)
 plus ``facedefense_personalized.json``, and loads back with [`load_personalized`][facedefense.interfaces.personalizer.load_personalized].
 """
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 #: File that describes a saved personalized model.
 METADATA_NAME = "facedefense_personalized.json"
 #: The formats a personalized model saves in.
-FORMATS = ("pipeline", "lora", "textual_inversion", "lora_ti")
+FORMATS = ("pipeline", "lora", "textual_inversion", "lora_ti", "ip_adapter")
 
 
 @dataclass
@@ -49,7 +51,8 @@ class PersonalizedModel(abc.ABC):
     """A model fine-tuned on one identity, able to generate new images of it.
 
     Attributes:
-        format: ``"pipeline"``, ``"lora"``, ``"textual_inversion"`` or ``"lora_ti"``.
+        format: ``"pipeline"``, ``"lora"``, ``"textual_inversion"``, ``"lora_ti"`` or
+            ``"ip_adapter"`` (the reference photos' embeddings and the adapter's name).
     """
 
     format: ClassVar[str] = ""
@@ -123,10 +126,14 @@ class Personalizer(Method, abc.ABC):
 
     Attributes:
         Model: the [`PersonalizedModel`][facedefense.interfaces.personalizer.PersonalizedModel] subclass this personalizer produces (and loads).
+        trains: False for a zero-shot attack, whose `fit` only encodes the reference photos (no
+            optimizer steps, no class images: ``class_images`` and ``class_prompt`` are ignored);
+            ``facedefense attack`` then reports the photos as encoded, not trained on.
     """
 
     Config: ClassVar[type[PersonalizerConfig]] = PersonalizerConfig
     Model: ClassVar[type[PersonalizedModel]]
+    trains: ClassVar[bool] = True
 
     def prepare(self, *, instance_prompt: str | None = None, class_prompt: str | None = None) -> None:
         """Check the options and prompts, and load what `fit` needs (the base model), before
@@ -160,7 +167,8 @@ class Personalizer(Method, abc.ABC):
         output_dir: str | Path | None = None,
         generator: torch.Generator | None = None,
     ) -> PersonalizedModel:
-        """Fine-tune on one identity's photos and return the personalized model.
+        """Fine-tune on one identity's photos (or, when `trains` is False, encode them) and return
+        the personalized model.
 
         Args:
             images: a batch or a list of (3, H, W) photos of any sizes in [0, 1] (resized as the

@@ -403,3 +403,17 @@ class PersonalizerContract(MethodContract):
         a = fitted.generate(list(self.prompts), generator=_generator(4))
         b = loaded.generate(list(self.prompts), generator=_generator(4))
         assert torch.allclose(a, b, atol=2 / 255)
+
+    def test_zero_shot_generation_follows_the_photos(self, method: Any, fitted: Any, images: Tensor) -> None:
+        """A personalizer that trains nothing (``trains`` False) must condition on its photos: the
+        same photos give the same images, other photos other images (same seed)."""
+        import torch
+
+        if method.trains:
+            pytest.skip(f"{method.name} trains (the check is for zero-shot personalizers)")
+        photos = [*images.unbind(0), _images(1, 56, 72, seed=3)[0]]
+        again = method.fit(photos).generate(list(self.prompts), generator=_generator(5))
+        other = method.fit([torch.full_like(images[0], 0.5)]).generate(list(self.prompts), generator=_generator(5))
+        first = fitted.generate(list(self.prompts), generator=_generator(5))
+        assert torch.allclose(first, again, atol=1e-5), "the same photos must give the same images"
+        assert (first - other).abs().mean() > 1 / 255, "other photos, same seed: the images must change"

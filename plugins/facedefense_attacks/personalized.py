@@ -73,16 +73,18 @@ class PipelinePersonalized(PersonalizedModel):
             raise ConfigError("generate needs at least one prompt and num_images >= 1")
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         size = int(self.info.get("resolution", 512))
+        guidance = float(guidance_scale if guidance_scale is not None else self.info.get("guidance_scale", 7.5))
         with torch.no_grad():
             images = self.pipeline(
                 prompts,
                 num_images_per_prompt=num_images,
                 num_inference_steps=steps or int(self.info.get("inference_steps", 50)),
-                guidance_scale=float(guidance_scale if guidance_scale is not None else self.info.get("guidance_scale", 7.5)),
+                guidance_scale=guidance,
                 height=size,
                 width=size,
                 generator=generator,
                 output_type="pt",
+                **self._pipeline_inputs(len(prompts), guidance),
             ).images
         return images.float().cpu().clamp(0, 1)
 
@@ -145,6 +147,11 @@ class PipelinePersonalized(PersonalizedModel):
         return cls(pipeline, info)
 
     # -- hooks -------------------------------------------------------------------------------
+
+    def _pipeline_inputs(self, prompts: int, guidance_scale: float) -> dict[str, Any]:
+        """Extra arguments of the pipeline call for ``prompts`` prompts (none by default; a
+        zero-shot model gives its reference embeddings)."""
+        return {}
 
     def _save_weights(self, directory: Path) -> None:
         """Write the weights (the whole pipeline folder by default)."""

@@ -26,6 +26,11 @@ def register_personalizers(register):
         "facedefense_attacks.lora_ti:LoRATI",
         summary="LoRA and a new token trained together, as in RID's evaluation (Guo et al., 2024)",
     )
+    register(
+        "ip_adapter",
+        "facedefense_attacks.ip_adapter:IPAdapter",
+        summary="IP-Adapter: zero-shot, the photos' CLIP image embeddings condition generation (Ye et al., 2023)",
+    )
 
 
 @facedefense.hookimpl

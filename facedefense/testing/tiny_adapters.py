@@ -1,0 +1,115 @@
+"""Tiny random-weight IP-Adapters for the tiny Stable Diffusion of `facedefense.testing.tiny_models`,
+saved in the layout of the released weights (h94/IP-Adapter), so they load through diffusers' own
+``pipe.load_ip_adapter`` exactly as the real ones do.
+
+Layout written by `build_tiny_ip_adapter`::
+
+    DIR/models/ip-adapter_tiny.safetensors   image_proj.* and ip_adapter.* keys
+    DIR/models/image_encoder/                a CLIPVisionModelWithProjection (save_pretrained)
+
+The ``ip_adapter`` keys are numbered as in h94's files and diffusers' loader: the i-th
+cross-attention processor of the UNet (in ``unet.attn_processors`` order) has
+``{2i+1}.to_k_ip.weight`` and ``{2i+1}.to_v_ip.weight``, each (hidden size, cross-attention dim).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: Subfolder and weight file of the tiny IP-Adapter (h94/IP-Adapter keeps SD 1.5's in ``models/``).
+SUBFOLDER = "models"
+WEIGHT_NAME = "ip-adapter_tiny.safetensors"
+#: Side of the tiny image encoder's input (the real ViT-H/14 takes 224).
+IMAGE_SIZE = 32
+
+
+def _cross_attention_sizes(unet: Any) -> list[int]:
+    """The hidden size of each cross-attention processor of ``unet``, in ``attn_processors`` order."""
+    channels = list(unet.config.block_out_channels)
+    sizes = []
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            sizes.append(channels[-1])
+        elif name.startswith("up_blocks"):
+            sizes.append(list(reversed(channels))[int(name[len("up_blocks.")])])
+        else:
+            sizes.append(channels[int(name[len("down_blocks.")])])
+    return sizes
+
+
+def _image_encoder(seed: int, projection_dim: int) -> Any:
+    """A 2-layer CLIP vision tower of width 32 with a ``projection_dim`` image projection."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        projection_dim=projection_dim,
+    )
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def build_tiny_ip_adapter(
+    directory: str | Path,
+    sd_path: str | Path,
+    *,
+    seed: int = 0,
+    num_tokens: int = 4,
+    embed_dim: int = 16,
+    weight_std: float = 0.5,
+) -> Path:
+    """Write a tiny IP-Adapter (plain: a linear image projection to ``num_tokens`` tokens) and its
+    CLIP image encoder for the Stable Diffusion folder ``sd_path``; return ``directory``.
+
+    Args:
+        directory: output folder (created).
+        sd_path: the diffusers folder whose UNet the adapter fits (its processors and widths).
+        seed: ``torch.manual_seed`` of the weights.
+        num_tokens: image tokens the projection makes (4, as IP-Adapter's ``ImageProjModel``).
+        embed_dim: the image encoder's projection width (1024 for ViT-H/14).
+        weight_std: standard deviation of the random key/value projections: large enough that
+            the image tokens visibly change what the tiny UNet predicts.
+
+    Example:
+        >>> adapter = build_tiny_ip_adapter("/tmp/tiny-ip", "/tmp/tiny-sd")
+        >>> pipe.load_ip_adapter(str(adapter), subfolder="models", weight_name=WEIGHT_NAME)
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from facedefense.testing.tiny_models import _isolated_rng, _prepare
+
+    _prepare()
+    unet = UNet2DConditionModel.from_pretrained(Path(sd_path) / "unet")
+    cross = int(unet.config.cross_attention_dim)
+    folder = Path(directory) / SUBFOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    with _isolated_rng():
+        encoder = _image_encoder(seed, embed_dim)
+        generator = torch.Generator().manual_seed(seed + 1)
+
+        def draw(*shape: int, std: float) -> torch.Tensor:
+            return (torch.randn(*shape, generator=generator) * std).contiguous()
+
+        weights = {
+            "image_proj.proj.weight": draw(num_tokens * cross, embed_dim, std=embed_dim**-0.5),
+            "image_proj.proj.bias": torch.zeros(num_tokens * cross),
+            "image_proj.norm.weight": torch.ones(cross),
+            "image_proj.norm.bias": torch.zeros(cross),
+        }
+        for index, hidden in enumerate(_cross_attention_sizes(unet)):
+            for name in ("to_k_ip", "to_v_ip"):
+                weights[f"ip_adapter.{2 * index + 1}.{name}.weight"] = draw(hidden, cross, std=weight_std)
+    save_file(weights, str(folder / WEIGHT_NAME))
+    encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
+    return Path(directory)

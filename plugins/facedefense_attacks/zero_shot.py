@@ -1,0 +1,239 @@
+"""Zero-shot identity attacks: an image encoder turns the reference photos into embeddings that an
+adapter feeds to the diffusion model's cross-attention; nothing is trained.
+
+They are personalizers whose `fit` only encodes (``trains = False``): ``facedefense attack
+PHOTOS/ --personalizer ip_adapter`` and the benchmark's ``attacks:`` list run them like the
+fine-tuning attacks. The saved model is the reference embeddings (``image_embeds.safetensors``,
+what diffusers' ``ip_adapter_image_embeds`` takes) plus the adapter's name in
+``facedefense_personalized.json``; loading it needs the base model and the adapter, not the encoder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from facedefense.errors import ModelNotFoundError
+from facedefense.interfaces.personalizer import Personalizer, PersonalizerConfig, read_metadata
+from facedefense_attacks.common import (
+    DEFAULT_PROMPTS,
+    check_denoising_steps,
+    check_range,
+    check_resolution,
+    load_checked_pipeline,
+)
+from facedefense_attacks.personalized import PipelinePersonalized
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+#: File of the saved reference embeddings.
+EMBEDS_NAME = "image_embeds.safetensors"
+#: IP-Adapter's negative prompt (``ip_adapter/ip_adapter.py``, ``IPAdapter.generate``).
+REFERENCE_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
+
+
+@dataclass
+class ZeroShotConfig(PersonalizerConfig):
+    """Options of every zero-shot attack; defaults are IP-Adapter's ``IPAdapter.generate``.
+
+    Attributes:
+        instance_prompt: the prompt generated when none is given (``"a photo of person"``: the
+            identity comes from the photos, no identifier word is needed).
+        resolution: side of the generated images in pixels (512).
+        inference_steps: denoising steps of ``generate`` (30).
+        guidance_scale: classifier-free guidance of ``generate`` (7.5).
+        negative_prompt: the negative prompt of ``generate`` (IP-Adapter's; empty: none).
+        scale: weight of the image tokens in every cross-attention layer (1.0; 0 gives the base model).
+    """
+
+    instance_prompt: str = "a photo of person"
+    resolution: int = 512
+    inference_steps: int = 30
+    guidance_scale: float = 7.5
+    negative_prompt: str = REFERENCE_NEGATIVE_PROMPT
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()  # type: ignore[misc]
+        check_resolution(self.resolution)
+        check_range("inference_steps", self.inference_steps, 1, 1000)
+        check_range("guidance_scale", self.guidance_scale, 0, 100)
+        check_range("scale", self.scale, 0, 10)
+
+
+class ZeroShotModel(PipelinePersonalized):
+    """The base pipeline with an IP-Adapter loaded and the reference photos' embeddings.
+
+    Args:
+        pipeline: a ``StableDiffusionPipeline`` with ``load_ip_adapter`` done and the scale set.
+        info: metadata (`PipelinePersonalized`), plus ``adapter``, ``subfolder``, ``weight_name``
+            and ``scale``, which `load` uses to load the adapter again.
+        image_embeds: (1, N, ...) embeddings of the N reference photos (what one adapter's entry of
+            ``ip_adapter_image_embeds`` holds without guidance); `load` sets them from the file.
+        negative_image_embeds: the same shape: the unconditional embeddings of guidance.
+    """
+
+    format: ClassVar[str] = "ip_adapter"
+
+    def __init__(
+        self,
+        pipeline: Any,
+        info: dict[str, Any],
+        image_embeds: Tensor | None = None,
+        negative_image_embeds: Tensor | None = None,
+    ) -> None:
+        super().__init__(pipeline, info)
+        self.image_embeds = None if image_embeds is None else image_embeds.detach().float().cpu()
+        self.negative_image_embeds = (
+            None if negative_image_embeds is None else negative_image_embeds.detach().float().cpu()
+        )
+
+    def _pipeline_inputs(self, prompts: int, guidance_scale: float) -> dict[str, Any]:
+        """``ip_adapter_image_embeds`` for ``prompts`` prompts: [(negative, positive)] stacked on
+        the batch axis when guidance is on (diffusers splits it with ``chunk(2)``), and the
+        negative prompt."""
+        import torch
+
+        unet = self.pipeline.unet
+        guided = guidance_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
+        parts = [self.negative_image_embeds, self.image_embeds] if guided else [self.image_embeds]
+        embeds = torch.cat([part.expand(prompts, *part.shape[1:]) for part in parts])
+        negative = str(self.info.get("negative_prompt") or "")
+        return {
+            "ip_adapter_image_embeds": [embeds.to(self.pipeline.device, unet.dtype)],
+            "negative_prompt": [negative] * prompts if negative and guided else None,
+        }
+
+    def _save_weights(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(
+            {
+                "image_embeds": self.image_embeds.contiguous(),
+                "negative_image_embeds": self.negative_image_embeds.contiguous(),
+            },
+            str(directory / EMBEDS_NAME),
+        )
+
+    @classmethod
+    def _attach(cls, directory: Path, info: dict[str, Any], device: Any, dtype: Any) -> Any:
+        pipeline = cls._base_pipeline(info, device, dtype)
+        pipeline.load_ip_adapter(
+            str(info["adapter"]),
+            subfolder=info.get("subfolder") or None,
+            weight_name=str(info["weight_name"]),
+            image_encoder_folder=None,
+        )
+        pipeline.set_ip_adapter_scale(float(info.get("scale", 1.0)))
+        return pipeline
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str = "auto", dtype: str = "auto") -> ZeroShotModel:
+        """Rebuild the model saved in ``directory``: the base model and the adapter its metadata
+        names, and the saved embeddings (the image encoder is not loaded)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        read_metadata(directory)
+        try:
+            tensors = load_file(str(directory / EMBEDS_NAME))
+            embeds = (tensors["image_embeds"], tensors["negative_image_embeds"])
+        except (OSError, KeyError, SafetensorError) as exc:
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(
+                f"{directory}: the saved reference embeddings cannot be read ({reason})"
+            ) from exc
+        model: Any = super().load(directory, device=device, dtype=dtype)
+        model.image_embeds, model.negative_image_embeds = (embed.float() for embed in embeds)
+        return model
+
+
+class ZeroShotPersonalizer(Personalizer):
+    """Template of the zero-shot attacks: `prepare` loads the base model and the adapter (checked,
+    before anything is written); `fit` encodes the photos (``_encode``, the hook) and wraps the
+    pipeline in ``Model``; the pipeline is kept for the next `fit` (encoding changes nothing in it).
+
+    Attributes:
+        progress: show progress bars (the CLI turns it on).
+    """
+
+    Config: ClassVar[type[ZeroShotConfig]] = ZeroShotConfig
+    Model: ClassVar[type[ZeroShotModel]] = ZeroShotModel
+    trains: ClassVar[bool] = False
+    progress: bool = False
+    last_training: Any = None
+    _prepared: Any = None
+
+    def default_prompts(self) -> list[str]:
+        """Anti-DreamBooth's five prompts without the identifier (``"a photo of person"``, ...)."""
+        return [re.sub(r"\bsks ", "", prompt) for prompt in DEFAULT_PROMPTS]
+
+    def prepare(self, *, instance_prompt: str | None = None, class_prompt: str | None = None) -> None:
+        """Check the prompt, load the base model in the inference dtype and the adapter (`_load_adapter`)."""
+        super().prepare(instance_prompt=instance_prompt, class_prompt=class_prompt)
+        if self._prepared is not None:
+            return
+        from facedefense.progress import progress_enabled_as, status
+
+        config, label = self.config, self.name or type(self).__name__
+        with progress_enabled_as(self.progress):
+            status(f"{label}: loading {config.model} ...")
+        pipeline = load_checked_pipeline(
+            config.model, "text2img", expected_channels=4, method=label, device=self.device, dtype=self.dtype
+        )
+        pipeline.set_progress_bar_config(disable=not self.progress, leave=False)
+        check_denoising_steps(pipeline.scheduler, {"inference_steps": config.inference_steps}, label)
+        self._load_adapter(pipeline)
+        self._prepared = pipeline
+
+    def _load_adapter(self, pipeline: Any) -> None:
+        """Load the adapter into ``pipeline`` and set its scale; refuse one this attack cannot use."""
+        raise NotImplementedError
+
+    def _encode(self, pipeline: Any, images: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The (1, N, ...) embeddings of the N photos and their unconditional counterpart."""
+        raise NotImplementedError
+
+    def _adapter_info(self) -> dict[str, Any]:
+        """What `ZeroShotModel.load` needs to load the adapter again (recorded in the metadata)."""
+        raise NotImplementedError
+
+    def _fit(
+        self,
+        images: list[Tensor],
+        *,
+        instance_prompt: str,
+        class_images: list[Tensor] | None,
+        class_prompt: str,
+        output_dir: Path | None,
+        generator: torch.Generator,
+    ) -> ZeroShotModel:
+        import torch
+
+        config = self.config
+        if self._prepared is None:
+            self.prepare(instance_prompt=instance_prompt)
+        pipeline = self._prepared
+        with torch.no_grad():
+            positive, negative = self._encode(pipeline, images)
+        info = {
+            "personalizer": self.name,
+            "base_model": config.model,
+            "instance_prompt": instance_prompt,
+            "resolution": config.resolution,
+            "inference_steps": config.inference_steps,
+            "guidance_scale": config.guidance_scale,
+            "negative_prompt": config.negative_prompt,
+            "references": len(images),
+            **self._adapter_info(),
+        }
+        model = self.Model(pipeline, info, positive, negative)
+        if output_dir is not None:
+            model.save(output_dir)
+        return model
