@@ -319,7 +319,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
         defenders=_defenders(where, raw, base, identities),
         shares=_shares(where, raw),
         purifiers=_purifiers(where, raw),
-        attacks=_attacks(where, raw),
+        attacks=_attacks(where, raw, protocol),
         metrics=tuple(_method(where, "metric", item, raw["metrics"], i) for i, item in enumerate(_items(raw["metrics"]))),
         seeds=_seeds(where, raw),
         model=model,
@@ -435,10 +435,10 @@ def _protocol(where: _Where, raw: LinedDict) -> tuple[Protocol, dict[str, Any]]:
                 overrides[key] = parse_budget(given)
             except FaceDefenseError as exc:
                 raise where.error(line, f"protocol eps: {exc}") from None
-        elif key == "prompts":
+        elif key in ("prompts", "instructions"):
             prompts = _items(given)
             if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-                raise where.error(line, "protocol prompts: a list of non-empty prompts")
+                raise where.error(line, f"protocol {key}: a list of non-empty texts")
             overrides[key] = tuple(prompts)
         elif key == "reference_set":
             if given not in REFERENCE_SETS:
@@ -634,7 +634,7 @@ def _purifiers(where: _Where, raw: LinedDict) -> tuple[PurifierChain, ...]:
     return tuple(chains)
 
 
-def _attacks(where: _Where, raw: LinedDict) -> tuple[AttackEntry, ...]:
+def _attacks(where: _Where, raw: LinedDict, protocol: Protocol) -> tuple[AttackEntry, ...]:
     container = raw["attacks"]
     attacks: list[AttackEntry] = []
     for index, item in enumerate(_items(container)):
@@ -654,7 +654,10 @@ def _attacks(where: _Where, raw: LinedDict) -> tuple[AttackEntry, ...]:
             if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
                 raise where.error(_line(item, key), f"{key}: a list of non-empty texts")
         elif kind == "editor":
-            raise where.error(item.line, f"editor '{method.name}' needs instructions: [...]")
+            prompts = protocol.instructions
+            if not prompts:
+                raise where.error(item.line, f"editor '{method.name}' needs instructions: [...] (or a protocol that "
+                                  "has them: profile facelock)")
         num_images = _integer(where, item, "num_images", 0) or None
         attacks.append(AttackEntry(method.label, method, prompts, num_images))
     return tuple(attacks)

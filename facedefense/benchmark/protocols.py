@@ -17,6 +17,7 @@ file did not set it for that entry):
 * ``face_backend`` -> the ``backend`` of metrics tagged ``face`` (ISM, FDFR, ...).
 * ``lpips_net`` -> the ``net`` of the ``lpips`` metric (``alex``, or ``vgg`` as FaceLock's evaluation).
 * ``reference_set`` -> the clean set that set-level metrics (ISM, FID) compare with.
+* ``instructions`` -> the editing instructions of every editor attack that names none.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ from dataclasses import dataclass
 from typing import Any
 
 ADB_PROMPTS = ("a photo of sks person", "a dslr portrait of sks person")
+#: FaceLock's 25 editing instructions (taco-group/FaceLock, ``utils.py`` ``edit_prompts``), as written.
+FACELOCK_INSTRUCTIONS = (
+    "Turn the person's hair pink", "Let the person turn bald", "Let the person have a tatto",
+    "Let the person wear purple makeup", "Let the person grow a mustach", "Turn the person into a zombie",
+    "Change the skin color to Avatar blue", "Add elf-like ears", "Add large vampire fangs", "Apply Goth style makeup",
+    "Let the person wear a police suit", "Let the person wear a bowtie", "Let the person wear a helmet",
+    "Let the person wear sunglasses", "Let the person wear earrings", "Let the person smoke a cigar",
+    "Place a headband in the hair", "Place a tiara on the top of the head", "Let it be snowy",
+    "Change the background to a beach", "Add a city skyline background", "Add a forest background",
+    "Change the background to a desert", "Set the background in a library", "Let the person stand under the moon",
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class Protocol:
             computes LPIPS: ``alex`` is the ``lpips`` package's default (Diff-Protect's and
             DiffAdvPerturbationBench's evaluations); FaceLock's ``eval_lpips.py`` uses ``vgg``.
         reference_set: the clean set (``set_A``, ``set_B`` or ``set_C``) set-level metrics compare with.
+        instructions: the editing instructions of editor attacks that name none (empty: each editor
+            attack must name its own).
     """
 
     profile: str
@@ -65,10 +79,12 @@ class Protocol:
     face_backend: str
     reference_set: str
     lpips_net: str
+    instructions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["prompts"] = list(self.prompts)
+        values["instructions"] = list(self.instructions)
         return values
 
 
@@ -81,11 +97,13 @@ _COMMON: dict[str, Any] = {
     "inference_steps": 100,
     "guidance_scale": 7.5,
     "lpips_net": "alex",
+    "instructions": (),
 }
 
 #: The profiles: Anti-DreamBooth (ICCV'23; scripts/train_dreambooth_alone.sh, infer.py, evaluations/),
 #: MetaCloak (CVPR'24; eps r=11 on 0-255, ISM with VGG-Face), GAP-Diff (NDSS'25; scripts/db_infer.sh,
-#: 4 prompts x 30 images, set_C as ISM reference), and facedefense's own (8/255, offline dlib faces).
+#: 4 prompts x 30 images, set_C as ISM reference), FaceLock (CVPR'25; defend.py's 0.03 in [-1, 1], the
+#: 25 instructions of utils.py, evaluation/ with LPIPS-VGG) and facedefense's own (8/255, offline dlib faces).
 PROFILES: dict[str, dict[str, Any]] = {
     "anti_dreambooth": {
         **_COMMON,
@@ -111,6 +129,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "face_backend": "arcface",
         "reference_set": "set_C",
     },
+    "facelock": {
+        **_COMMON,
+        "eps": 0.03 / 2,  # 0.03 in [-1, 1]: 3.8/255
+        "prompts": ADB_PROMPTS,  # personalizers are not part of FaceLock's protocol
+        "num_images": 16,
+        "face_backend": "dlib",  # FaceLock's FR model (CVLFace AdaFace) is gated on the Hub: the offline one
+        "reference_set": "set_B",  # FR, CLIP-S and CLIP-I compare each edit with its own source photo
+        "lpips_net": "vgg",
+        "instructions": FACELOCK_INSTRUCTIONS,
+    },
     "facedefense": {
         **_COMMON,
         "eps": 8 / 255,
@@ -130,4 +158,5 @@ def make_protocol(profile: str, overrides: dict[str, Any]) -> Protocol:
     """The profile's values with ``overrides`` (already checked field names and types) applied."""
     values = {**PROFILES[profile], **overrides}
     values["prompts"] = tuple(values["prompts"])
+    values["instructions"] = tuple(values["instructions"])
     return Protocol(profile=profile, **values)

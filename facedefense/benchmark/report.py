@@ -88,6 +88,8 @@ def unused_fields(config: BenchmarkConfig, methods: dict[str, dict[str, Any]]) -
         used |= set(GENERATION_FIELDS)
     if any(method.get("pairing") == "set" for method in methods.values() if method.get("kind") == "metric"):
         used.add("reference_set")
+    if any(attack.method.kind == "editor" and attack.prompts == config.protocol.instructions for attack in config.attacks):
+        used.add("instructions")  # an editor that named no instructions of its own
     return {field for field in config.protocol.to_dict() if field not in used and field != "profile"}
 
 

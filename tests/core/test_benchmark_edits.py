@@ -120,3 +120,20 @@ def test_the_clean_edit_is_planned_even_when_the_grid_has_no_clean_cell(tmp_path
     psnr = [stage for stage in stages if stage.kind == "score" and stage.spec["target"] == "output"
             and stage.spec["metric"]["name"] == "psnr"]
     assert psnr and all(len(stage.deps) == 2 for stage in psnr)
+
+
+def test_the_facelock_profile_gives_editors_its_25_instructions(tmp_path, register_method):
+    from facedefense.benchmark.config import load_config
+    from facedefense.benchmark.protocols import FACELOCK_INSTRUCTIONS
+    from facedefense.errors import ConfigError
+
+    register_method("editor", TintEditor)
+    register_method("metric", MeanGap)
+    text = GRID.replace("protocol: {profile: facedefense}", "protocol: {profile: facelock}").replace(
+        '    instructions: ["make it sunny", "a zombie"]\n', "").replace("defenders: [none, bench_noise]", "defenders: [none]")
+    config = load_config(_setup(tmp_path, text))
+    assert config.attacks[0].prompts == FACELOCK_INSTRUCTIONS and len(FACELOCK_INSTRUCTIONS) == 25
+    assert config.protocol.eps == pytest.approx(0.015) and config.protocol.lpips_net == "vgg"
+    (tmp_path / "bench.yaml").write_text(text.replace("profile: facelock", "profile: facedefense"))
+    with pytest.raises(ConfigError, match="needs instructions"):
+        load_config(tmp_path / "bench.yaml")
