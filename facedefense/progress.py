@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -58,11 +59,62 @@ def progress_enabled_as(enabled: bool | None) -> Iterator[None]:
 def bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "", unit: str = "step",
         leave: bool = False, **kwargs: Any) -> Any:
     """A tqdm bar on stderr, shown when [`progress_enabled`][facedefense.progress.progress_enabled] (on a
-    terminal or not)."""
+    terminal or not); its advances are also reported to this thread's
+    [`listening`][facedefense.progress.listening] callback, if any."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=not progress_enabled(),
+    made = tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=not progress_enabled(),
                 dynamic_ncols=True, **kwargs)
+    listener = getattr(_listeners, "callback", None)
+    return made if listener is None else _Reported(made, listener)
+
+
+_listeners = threading.local()
+
+
+@contextlib.contextmanager
+def listening(callback: Callable[[str, int, int | None], None]) -> Iterator[None]:
+    """Within the block, every bar this thread makes calls ``callback(desc, done, total)`` as it
+    advances, shown or not (``facedefense serve`` reports a job's steps this way). The callback
+    may raise to stop the work (a cancelled job): the exception comes out of the bar's ``update``
+    or iteration."""
+    previous = getattr(_listeners, "callback", None)
+    _listeners.callback = callback
+    try:
+        yield
+    finally:
+        _listeners.callback = previous
+
+
+class _Reported:
+    """A tqdm bar whose advances are also reported to a `listening` callback."""
+
+    def __init__(self, inner: Any, callback: Callable[[str, int, int | None], None]) -> None:
+        self._inner, self._callback, self._done = inner, callback, 0
+
+    def _advance(self, count: float) -> None:
+        self._done += int(count)
+        self._callback(str(self._inner.desc or ""), self._done, self._inner.total)
+
+    def update(self, n: float = 1) -> Any:
+        result = self._inner.update(n)
+        self._advance(n)
+        return result
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self._inner:
+            yield item
+            self._advance(1)
+
+    def __enter__(self) -> _Reported:
+        self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> Any:
+        return self._inner.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def status(message: str) -> None:

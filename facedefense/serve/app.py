@@ -10,6 +10,9 @@ Routes:
   object with the PNG in base64 instead).
 - ``POST /v1/protect/batch``: several images (multipart fields ``files``), a zip of the PNGs and a
   ``manifest.json`` out.
+- ``POST /v1/jobs``: images protected in the background (iterative defenders); ``GET
+  /v1/jobs/{id}`` reports the progress down to the optimization step, ``GET /v1/jobs/{id}/result``
+  hands the PNG (or zip) over, ``DELETE /v1/jobs/{id}`` cancels (`facedefense.serve.jobs`).
 
 Every error is one JSON line ``{"error": "..."}`` with its status code (never a traceback). Each
 image holds a place of the bounded queue from its upload to its answer; a full queue answers 503
@@ -91,6 +94,22 @@ _SEVERAL_IMAGES = {
 }
 
 
+_JOB_UPLOAD = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["files"],
+                }
+            }
+        },
+    },
+}
+
+
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one form of every error answer: ``{"error": "one line"}``."""
     line = message.strip().splitlines()[0] if message.strip() else "error"
@@ -167,6 +186,23 @@ def create_app(methods: MethodsArg = None, limits: Limits | None = None, *, toke
     async def protect_batch(request: Request, method: str | None = None) -> Response:
         return await guarded(request, lambda: _protect_many(service, request, method))
 
+    @app.post("/v1/jobs", summary="Protect images in the background (iterative defenders)", status_code=202,
+              openapi_extra=_JOB_UPLOAD)  # fmt: skip
+    async def start_job(request: Request, method: str | None = None) -> Response:
+        return await guarded(request, lambda: _start_job(service, request, method))
+
+    @app.get("/v1/jobs/{job_id}", summary="A job's progress")
+    async def job_state(request: Request, job_id: str) -> Response:
+        return await guarded(request, lambda: _job_state(service, job_id))
+
+    @app.get("/v1/jobs/{job_id}/result", summary="A finished job's PNG (or zip for several images)")
+    async def job_result(request: Request, job_id: str) -> Response:
+        return await guarded(request, lambda: _job_result(service, job_id))
+
+    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job, or forget a finished one")
+    async def delete_job(request: Request, job_id: str) -> Response:
+        return await guarded(request, lambda: _delete_job(service, job_id))
+
     async def guarded(request: Request, handler: Callable[[], Coroutine[Any, Any, Response]]) -> Response:
         """Check the token, run ``handler``, and turn every failure into one JSON line."""
         if not token_matches(service.token, request.headers.get("authorization")):
@@ -222,9 +258,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _uploads(request: Request, service: Service, field: str) -> list[tuple[str | None, bytes]]:
-    """``(file name, bytes)`` of the images of a request: multipart parts named ``field``, or the
-    raw body (``?filename=`` names it). Everything stays in memory."""
+async def _uploads(request: Request, service: Service, field: str, *, also: str | None = None) -> list[tuple[str | None, bytes]]:
+    """``(file name, bytes)`` of the images of a request: multipart parts named ``field`` (or
+    ``also``), or the raw body (``?filename=`` names it). Everything stays in memory."""
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -246,7 +282,7 @@ async def _uploads(request: Request, service: Service, field: str) -> list[tuple
     except MultiPartException as exc:
         status = 413 if "Too many files" in exc.message else 400
         raise ServeError(status, f"bad multipart upload: {exc.message}") from exc
-    parts = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
+    parts = [item for name in (field, also) if name for item in form.getlist(name) if isinstance(item, UploadFile)]
     if not parts:
         raise ServeError(400, f"no image in the upload: send it in the multipart field '{field}'")
     files = []
@@ -326,8 +362,6 @@ async def _protect_one(service: Service, request: Request, method_name: str | No
 
 
 async def _protect_many(service: Service, request: Request, method_name: str | None) -> Response:
-    from facedefense.batch import versions
-
     method = service.method(method_name)
     with service.admit():  # the upload's place; each image then takes its own
         uploads = await _uploads(request, service, "files")
@@ -342,23 +376,37 @@ async def _protect_many(service: Service, request: Request, method_name: str | N
         watcher.cancel()
     if any(isinstance(outcome, _ClientGone) for outcome in outcomes):
         raise _ClientGone
-    images, failures, names = [], [], set()
+    failures = []
+    results = []
+    for (name, _), outcome in zip(uploads, outcomes):
+        if isinstance(outcome, ServeError):
+            failures.append({"input": name, "status": outcome.status, "error": outcome.message})
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            results.append(outcome)
+    return _zip_answer(method, results, failures)
+
+
+def _zip_answer(method: Any, results: list[Protected], failures: list[dict[str, Any]]) -> Response:
+    """A zip of the PNGs and ``manifest.json`` (method, budget, versions, one entry per image, the
+    failures); an error when no image succeeded."""
+    from facedefense.batch import versions
+
+    failures = list(failures)
+    images, names = [], set()
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as bundle:
-        for (name, _), outcome in zip(uploads, outcomes):
-            if isinstance(outcome, ServeError):
-                failures.append({"input": name, "status": outcome.status, "error": outcome.message})
-                continue
-            if isinstance(outcome, BaseException):
-                raise outcome
+        for outcome in results:
             if outcome.name in names:
-                failures.append({"input": name, "status": 400, "error": f"another upload is also written as {outcome.name}"})
+                failures.append({"input": outcome.facts["input"], "status": 400,
+                                 "error": f"another upload is also written as {outcome.name}"})  # fmt: skip
                 continue
             names.add(outcome.name)
             bundle.writestr(outcome.name, outcome.png)
             images.append(outcome.facts)
         if not images:
-            first = failures[0]
+            first = failures[0] if failures else {"status": 422, "error": "no image was protected"}
             raise ServeError(first["status"], first["error"])
         eps = method.defender.config.eps
         manifest = {
@@ -373,3 +421,32 @@ async def _protect_many(service: Service, request: Request, method_name: str | N
         bundle.writestr("manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
     return Response(archive.getvalue(), media_type="application/zip",
                     headers={"Content-Disposition": 'attachment; filename="protected.zip"'})  # fmt: skip
+
+
+async def _start_job(service: Service, request: Request, method_name: str | None) -> Response:
+    method = service.method(method_name)
+    with service.admit():  # the upload's place; the job then holds one per image
+        uploads = await _uploads(request, service, "files", also="file")
+    job = service.jobs.start(method, uploads)
+    return JSONResponse(job.describe(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+async def _job_state(service: Service, job_id: str) -> Response:
+    return JSONResponse(service.jobs.get(job_id).describe())
+
+
+async def _job_result(service: Service, job_id: str) -> Response:
+    job = service.jobs.get(job_id)
+    state = job.describe()
+    if job.status != "done":
+        raise ServeError(409, f"job {job_id} is {job.status}: {state['done']} of {state['images']} image(s) done")
+    if len(job.uploads) == 1 and job.results:
+        result = job.results[0]
+        headers = _headers(result)
+        headers["X-Facedefense-Eps-Gray-Levels"] = f"{job.method.defender.config.eps * 255:g}"
+        return Response(result.png, media_type="image/png", headers=headers)
+    return await run_in_threadpool(_zip_answer, job.method, list(job.results), list(job.failures))
+
+
+async def _delete_job(service: Service, job_id: str) -> Response:
+    return JSONResponse(service.jobs.delete(job_id).describe())

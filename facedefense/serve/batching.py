@@ -10,6 +10,7 @@ the same runner serves any event loop (uvicorn, a test client, Ray Serve).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ def batches_requests(defender: Defender) -> bool:
 @dataclass(eq=False)  # compared by identity (a tensor's == is elementwise)
 class _Job:
     pixels: Tensor
+    listener: Callable[[str, int, int | None], None] | None = None
     future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
 
@@ -61,10 +63,12 @@ class Runner:
         self.thread = threading.Thread(target=self._work, name=f"facedefense-{defender.name}", daemon=True)
         self.thread.start()
 
-    def submit(self, pixels: Tensor) -> Future:
+    def submit(self, pixels: Tensor, listener: Callable[[str, int, int | None], None] | None = None) -> Future:
         """Queue one (1, 3, H, W) image; the future gives ``(protected (1, 3, H, W), stats)``. A future
-        cancelled before its batch starts is skipped (a client that left)."""
-        job = _Job(pixels)
+        cancelled before its batch starts is skipped (a client that left). ``listener`` hears the
+        defender's progress bars while it protects this image alone
+        ([`listening`][facedefense.progress.listening]; it may raise to stop the work)."""
+        job = _Job(pixels, listener)
         with self.condition:
             if self.closed:
                 raise RuntimeError("the service is shutting down")
@@ -99,13 +103,17 @@ class Runner:
     def _work(self) -> None:
         import torch
 
+        from facedefense.progress import listening
+
         while (batch := self._next_batch()) is not None:
             if not batch:
                 continue
             try:
                 if self.on_batch is not None:
                     self.on_batch(len(batch))
-                result = self.defender.protect(torch.cat([job.pixels for job in batch]))
+                listener = batch[0].listener if len(batch) == 1 else None
+                with listening(listener) if listener is not None else contextlib.nullcontext():
+                    result = self.defender.protect(torch.cat([job.pixels for job in batch]))
                 answers = [
                     (result.images[index : index + 1], result.stats[index] if index < len(result.stats) else {})
                     for index in range(len(batch))

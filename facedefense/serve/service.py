@@ -113,6 +113,9 @@ class Service:
         self.admitted = 0
         self.lock = threading.Lock()
         self.served = 0
+        from facedefense.serve.jobs import Jobs
+
+        self.jobs = Jobs(self)
 
     @property
     def demo(self) -> bool:
@@ -133,7 +136,20 @@ class Service:
 
     @contextlib.contextmanager
     def admit(self, count: int = 1) -> Iterator[None]:
-        """Hold ``count`` places of the bounded queue for the block.
+        """Hold ``count`` places of the bounded queue for the block (see `reserve`)."""
+        self.reserve(count)
+        try:
+            yield
+        finally:
+            self.release(count)
+
+    def release(self, count: int = 1) -> None:
+        """Give back places taken by `reserve`."""
+        with self.lock:
+            self.admitted -= count
+
+    def reserve(self, count: int = 1) -> None:
+        """Take ``count`` places of the bounded queue (give them back with `release`).
 
         Raises:
             ServeError: 503 with ``Retry-After`` when they are not free (the request is not queued);
@@ -153,11 +169,6 @@ class Service:
                 503, f"busy: {busy} image(s) in progress, at most {self.limits.queue_size}; retry later",
                 {"Retry-After": str(self.limits.retry_after_s)},
             )
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.admitted -= count
 
     def decode(self, data: bytes, filename: str | None) -> LoadedImage:
         """Decode one upload (see [`decode_upload`][facedefense.serve.images.decode_upload])."""
@@ -187,7 +198,9 @@ class Service:
             log.write(line)
 
     def close(self) -> None:
-        """Stop the worker threads (after the images already queued)."""
+        """Cancel the jobs and stop the worker threads (after the images already queued)."""
+        for job in list(self.jobs.jobs.values()):
+            job.cancel()
         for loaded in self.methods.values():
             loaded.runner.close()
 
