@@ -45,15 +45,18 @@ def test_the_page_calls_routes_that_exist_and_reads_headers_the_api_sends(client
     code = script()
     routes = {route.path for route in client.app.routes}
     called = set(re.findall(r'"(v1/[a-z/]+)', code))
-    assert called == {"v1/methods", "v1/protect"}
-    assert {f"/{path.rstrip('?')}" for path in called} <= routes
+    assert called == {"v1/methods", "v1/protect", "v1/jobs", "v1/jobs/"}
+    assert {f"/{path}" for path in called if not path.endswith("/")} <= routes
+    assert {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result"} <= routes and '"/result"' in code
     import numpy as np
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(buffer, "PNG")
     answer = client.post("/v1/protect", files={"file": ("a.png", buffer.getvalue(), "image/png")})
-    for header in re.findall(r'getResponseHeader\("([^"]+)"\)', code):
+    read = set(re.findall(r'answer\.header\("([^"]+)"\)', code))
+    assert read == {"X-Facedefense-Facts", "X-Facedefense-Eps-Gray-Levels"}
+    for header in read:
         assert header.lower() in answer.headers, header
     facts = json.loads(answer.headers["x-facedefense-facts"])
     for key in ("output", "linf_gray_levels", "within_budget"):
