@@ -51,6 +51,8 @@ class CAATConfig(DreamBoothAttackConfig):
             raise ConfigError("caat crafts without prior preservation: prior_loss_weight must be 0")
         if self.train_text_encoder or self.lora_rank:
             raise ConfigError("caat trains only the UNet's cross-attention keys and values: no train_text_encoder, no lora_rank")
+        if len([m for m in self.model.split(",") if m.strip()]) > 1:
+            raise ConfigError("caat takes one surrogate model (no ensemble)")
 
     @staticmethod
     def unset_defaults(lora: bool) -> dict[str, Any]:
@@ -103,8 +105,6 @@ class CAAT(DreamBoothAttack):
 
     def __init__(self, config: CAATConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        if len(self.surrogates) != 1:
-            raise ConfigError("caat takes one surrogate model (no ensemble)")
         train_cross_attention_kv(self.surrogates[0])
         self._initial = [s.state_dict() for s in self.surrogates]
 
