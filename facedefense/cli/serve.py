@@ -106,6 +106,9 @@ def serve(
 
     if routed is None:
         typer.secho(DEMO_BANNER, fg=typer.colors.YELLOW, err=True)
+    from facedefense.progress import set_progress
+
+    set_progress(False)  # no bar per request in the server's log (jobs still hear every step)
     app = create_app(routed, limits, token=secret, keep=keep)
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"serving {', '.join(app.state.service.methods)} on http://{shown}:{port} (page: /, API: /docs)", err=True)

@@ -29,7 +29,7 @@ def demo():
 
 
 def test_concurrent_uploads_are_batched_and_give_the_one_at_a_time_bytes(demo):
-    uploads = [png(40, 32, 0), png(40, 32, 1), png(48, 48, 2), png(40, 32, 3)]
+    uploads = [png(40, 32, 0), png(48, 48, 1), png(40, 32, 2), png(48, 48, 3), png(40, 32, 4), png(48, 48, 5)]
     one_at_a_time = TestClient(create_app({"rid": demo}, Limits(max_batch=1)))
     expected = [one_at_a_time.post("/v1/protect", files={"file": (f"{i}.png", data, "image/png")}).content
                 for i, data in enumerate(uploads)]  # fmt: skip
@@ -51,8 +51,8 @@ def test_concurrent_uploads_are_batched_and_give_the_one_at_a_time_bytes(demo):
     for thread in threads:
         thread.join(30)
     batched.app.state.service.close()
-    # The three 40x32 photos went through one forward pass (the 48x48 one waited alone: its size differs).
-    assert sorted(loaded.batches) == [1, 3]
+    # The three 40x32 photos went through one forward pass, the three 48x48 ones through another.
+    assert sorted(loaded.batches) == [3, 3]
     assert [answers[i] for i in range(len(uploads))] == expected
     assert all(a != b for a, b in zip(expected, uploads))
 
