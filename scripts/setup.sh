@@ -14,7 +14,7 @@ fi
 export PIP_CONSTRAINT="$PWD/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
 pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 .venv/bin/python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
-pip install -q -e ".[metrics,docs,test,onnx,iterative,ray,serve]"
+pip install -q -e ".[metrics,purifiers,docs,test,onnx,iterative,ray,serve]"
 pip install -q --no-deps -e examples/facedefense-example-plugin
 pip install -q --no-deps "facenet-pytorch==2.6.0"   # MTCNN weights in the wheel; its pins (torch<2.3, numpy<2) are obsolete
 if .venv/bin/python -m pip list 2>/dev/null | grep -qiE '^(nvidia-|triton )'; then

@@ -11,6 +11,11 @@ def register_purifiers(register):
     register("quantize", "facedefense_purifiers.quantize:Quantize", summary="Bit-depth reduction to 1-8 bits per channel")
     register("gaussian_noise", "facedefense_purifiers.gaussian_noise:GaussianNoise", summary="Additive Gaussian noise, clipped")
     register(
+        "adverse_cleaner", "facedefense_purifiers.adverse_cleaner:AdverseCleaner",
+        summary="AdverseCleaner: 64 bilateral filters, then a guided filter on the photo (lllyasviel, 2023)",
+    )
+    register("tvm", "facedefense_purifiers.tvm:TVM", summary="Total-variation minimization from 30% of the pixels (Guo et al., 2018)")
+    register(
         "diffpure", "facedefense_purifiers.diffpure:DiffPure",
         summary="DiffPure: noise to a timestep and denoise (pixel DDPM or SD img2img; Nie et al., 2022)",
         tags=("needs_model",),
