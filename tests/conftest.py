@@ -44,6 +44,24 @@ def pytest_report_header(config):
     return f"facedefense contract tests on: {device_under_test()} ($FACEDEFENSE_TEST_DEVICE)"
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``-n auto`` (``--dist load``), keep each test class on one worker. ``load`` hands out
+    tests in chunks that cut through classes, and each worker then builds the class's fixtures again
+    (a contract's method and its protect run: seconds). Here a class is one unit of work, the largest
+    classes first; every other test is its own unit, in collection order."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ClassScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("::")
+            return "::".join(parts[:2]) if len(parts) > 2 else nodeid
+
+    return ClassScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items):
     """Tests marked ``integration`` first: under ``-n auto`` the workers then end on short tests together
     instead of one worker finishing a 20 s launcher test alone at the end."""
