@@ -83,13 +83,13 @@ def build_tiny_ip_adapter(
         >>> adapter = build_tiny_ip_adapter("/tmp/tiny-ip", "/tmp/tiny-sd")
         >>> pipe.load_ip_adapter(str(adapter), subfolder="models", weight_name=WEIGHT_NAME)
     """
+    from facedefense.testing.tiny_models import _isolated_rng, _prepare
+
+    _prepare()  # before diffusers is imported
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
 
-    from facedefense.testing.tiny_models import _isolated_rng, _prepare
-
-    _prepare()
     unet = UNet2DConditionModel.from_pretrained(Path(sd_path) / "unet")
     cross = int(unet.config.cross_attention_dim)
     folder = Path(directory) / SUBFOLDER
@@ -113,3 +113,84 @@ def build_tiny_ip_adapter(
     save_file(weights, str(folder / WEIGHT_NAME))
     encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
     return Path(directory)
+
+
+#: Weight file of the tiny IP-Adapter-FaceID (h94/IP-Adapter-FaceID keeps its files at the root).
+FACEID_WEIGHT_NAME = "ip-adapter-faceid_tiny.safetensors"
+#: Width of a face embedding (insightface's and ArcFace's 512).
+FACE_EMBED_DIM = 512
+
+
+def build_tiny_ip_adapter_faceid(
+    directory: str | Path,
+    sd_path: str | Path,
+    *,
+    seed: int = 0,
+    num_tokens: int = 4,
+    mult: int = 2,
+    lora_rank: int = 4,
+    weight_std: float = 0.5,
+) -> Path:
+    """Write a tiny IP-Adapter-FaceID (plain, SD 1.5 layout) for ``sd_path`` at
+    ``DIR/FACEID_WEIGHT_NAME``; return ``directory``.
+
+    Its ``image_proj`` is the FaceID MLP of 512-D face embeddings (``proj.0``: 512 -> 512 *
+    ``mult``, GELU, ``proj.2``: -> ``num_tokens`` x cross-attention dim, ``norm``); ``ip_adapter``
+    holds the key/value projections of every cross-attention processor (odd indices, as
+    `build_tiny_ip_adapter`) and, as the released weights do, rank-``lora_rank`` LoRA weights
+    (``{i}.to_{q,k,v,out}_lora.{down,up}.weight``) for every attention processor ``i`` (0 turns
+    them off). No image encoder: FaceID takes face embeddings.
+    """
+    from facedefense.testing.tiny_models import _isolated_rng, _prepare
+
+    _prepare()  # before diffusers is imported
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(Path(sd_path) / "unet")
+    cross = int(unet.config.cross_attention_dim)
+    hidden_sizes = dict(
+        zip(
+            [n for n in unet.attn_processors if not n.endswith("attn1.processor")],
+            _cross_attention_sizes(unet),
+        )
+    )
+    inner = FACE_EMBED_DIM * mult
+    with _isolated_rng():
+        generator = torch.Generator().manual_seed(seed + 2)
+
+        def draw(*shape: int, std: float) -> torch.Tensor:
+            return (torch.randn(*shape, generator=generator) * std).contiguous()
+
+        weights = {
+            "image_proj.proj.0.weight": draw(inner, FACE_EMBED_DIM, std=FACE_EMBED_DIM**-0.5),
+            "image_proj.proj.0.bias": torch.zeros(inner),
+            "image_proj.proj.2.weight": draw(num_tokens * cross, inner, std=inner**-0.5),
+            "image_proj.proj.2.bias": torch.zeros(num_tokens * cross),
+            "image_proj.norm.weight": torch.ones(cross),
+            "image_proj.norm.bias": torch.zeros(cross),
+        }
+        channels = list(unet.config.block_out_channels)
+        for index, name in enumerate(unet.attn_processors):
+            if name in hidden_sizes:
+                for part in ("to_k_ip", "to_v_ip"):
+                    weights[f"ip_adapter.{index}.{part}.weight"] = draw(
+                        hidden_sizes[name], cross, std=weight_std
+                    )
+            if not lora_rank:
+                continue
+            if name.startswith("mid_block"):
+                hidden = channels[-1]
+            elif name.startswith("up_blocks"):
+                hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+            else:
+                hidden = channels[int(name[len("down_blocks.")])]
+            source = hidden if name.endswith("attn1.processor") else cross
+            for part, width in (("to_q", hidden), ("to_k", source), ("to_v", source), ("to_out", hidden)):
+                weights[f"ip_adapter.{index}.{part}_lora.down.weight"] = draw(lora_rank, width, std=0.1)
+                weights[f"ip_adapter.{index}.{part}_lora.up.weight"] = draw(hidden, lora_rank, std=0.1)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(folder / FACEID_WEIGHT_NAME))
+    return folder

@@ -31,6 +31,11 @@ def register_personalizers(register):
         "facedefense_attacks.ip_adapter:IPAdapter",
         summary="IP-Adapter: zero-shot, the photos' CLIP image embeddings condition generation (Ye et al., 2023)",
     )
+    register(
+        "ip_adapter_faceid",
+        "facedefense_attacks.ip_adapter_faceid:IPAdapterFaceID",
+        summary="IP-Adapter-FaceID: zero-shot, the photos' face embeddings condition generation (h94, 2023)",
+    )
 
 
 @facedefense.hookimpl

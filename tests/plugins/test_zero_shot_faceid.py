@@ -1,0 +1,169 @@
+"""IP-Adapter-FaceID on the tiny Stable Diffusion with a tiny random-weight FaceID adapter (FaceID
+MLP, key/value projections and LoRA in h94's layout) through diffusers' ``load_ip_adapter``, and the
+metrics plugin's ArcFace backend with random weights as the face encoder: the embeddings diffusers
+expects, generation follows the faces, photos without a face, the CLI and the saved model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from facedefense.cli import build_app
+from facedefense.testing.contracts import PersonalizerContract
+from facedefense.testing.tiny_adapters import FACEID_WEIGHT_NAME, build_tiny_ip_adapter_faceid
+
+PROMPT = "a photo of person"
+#: Random-weight face networks (the threshold 0 lets the random detector find a "face").
+FACES = {"face_weights": "random", "detector_weights": "random", "face_threshold": 0.0}
+TINY = {"resolution": 64, "inference_steps": 2, "device": "cpu", **FACES}
+
+
+@pytest.fixture(scope="module")
+def faceid_path(tmp_path_factory, tiny_sd_path):
+    return build_tiny_ip_adapter_faceid(tmp_path_factory.mktemp("tiny-faceid"), tiny_sd_path)
+
+
+def make(tiny_sd_path, faceid_path, **options):
+    from facedefense.registry import get_registry
+
+    cls = get_registry().load("personalizer", "ip_adapter_faceid")
+    return cls(
+        model=str(tiny_sd_path),
+        **{"adapter": str(faceid_path), "weight_name": FACEID_WEIGHT_NAME, **TINY, **options},
+    )
+
+
+def with_tiny_recognizer(method):
+    """``method`` prepared, its ArcFace IR-SE50 (4 s per pair of photos on a CPU) swapped for a
+    random 512-D conv net; RetinaFace detection, alignment and the backend's code stay."""
+    method.prepare()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 8, stride=8), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 512)
+        )
+    method._backend.model = net.eval()
+    return method
+
+
+@pytest.fixture(scope="module")
+def attack(tiny_sd_path, faceid_path):
+    return with_tiny_recognizer(make(tiny_sd_path, faceid_path))
+
+
+@pytest.fixture(scope="module")
+def fitted(attack, face_images):
+    return attack.fit(list(face_images))
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+class TestIPAdapterFaceIDContract(PersonalizerContract):
+    registry_name = "ip_adapter_faceid"
+    prompts = (PROMPT,)
+
+    def make_method(self, request):
+        return with_tiny_recognizer(
+            make(request.getfixturevalue("tiny_sd_path"), request.getfixturevalue("faceid_path"))
+        )
+
+
+def test_embeddings_are_the_unit_face_embeddings_shaped_as_diffusers_takes_them(attack, fitted, face_images):
+    """(1, N, 1, 512): what diffusers' FaceID guide stacks from ``normed_embedding``s; zeros unconditional."""
+    assert fitted.image_embeds.shape == (1, 2, 1, 512) and not fitted.negative_image_embeds.any()
+    direct = attack._backend.embed_largest(list(face_images))
+    expected = torch.nn.functional.normalize(torch.stack(direct), dim=-1)
+    assert torch.allclose(fitted.image_embeds[0, :, 0], expected, atol=1e-6)
+    assert torch.allclose(fitted.image_embeds.norm(dim=-1), torch.ones(1, 2, 1), atol=1e-5)
+    assert fitted.info["no_face"] == [] and fitted.info["format"] == "ip_adapter"
+
+
+def test_the_face_embedding_steers_generation_unless_scale_is_zero(tiny_sd_path, faceid_path, fitted):
+    flipped = type(fitted)(fitted.pipeline, fitted.info, -fitted.image_embeds, fitted.negative_image_embeds)
+    first = fitted.generate([PROMPT], generator=seeded(2))
+    assert (first - flipped.generate([PROMPT], generator=seeded(2))).abs().mean() > 1 / 255
+    fitted.pipeline.set_ip_adapter_scale(0.0)
+    try:  # scale 0: the FaceID LoRA still acts, the face tokens do not
+        off = [model.generate([PROMPT], generator=seeded(2)) for model in (fitted, flipped)]
+    finally:
+        fitted.pipeline.set_ip_adapter_scale(1.0)
+    assert torch.allclose(off[0], off[1], atol=1e-6)
+
+
+def test_photos_without_a_face_are_left_out_and_none_is_refused(attack, face_images, monkeypatch):
+    from facedefense.errors import ImageError
+
+    real = attack._backend.embed_largest
+    monkeypatch.setattr(attack._backend, "embed_largest", lambda images: [None, *real(images[1:])])
+    model = attack.fit(list(face_images))
+    assert model.image_embeds.shape == (1, 1, 1, 512) and model.info["no_face"] == [0]
+    monkeypatch.setattr(attack._backend, "embed_largest", lambda images: [None] * len(images))
+    with pytest.raises(ImageError, match="no face found in any of the 2 photo"):
+        attack.fit(list(face_images))
+
+
+def test_a_clip_adapter_is_refused(tiny_sd_path, tmp_path):
+    from facedefense.errors import ConfigError
+    from facedefense.testing.tiny_adapters import SUBFOLDER, WEIGHT_NAME, build_tiny_ip_adapter
+
+    clip = build_tiny_ip_adapter(tmp_path / "clip", tiny_sd_path)
+    method = make(tiny_sd_path, clip, subfolder=SUBFOLDER, weight_name=WEIGHT_NAME)
+    with pytest.raises(ConfigError, match="not a plain FaceID adapter"):
+        method.prepare()
+
+
+def test_cli_encodes_generates_and_the_model_reloads(tmp_path, tiny_sd_path, faceid_path, face_images):
+    from facedefense.interfaces.personalizer import load_personalized
+    from facedefense.io import save_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, image in enumerate(face_images):
+        save_image(image, photos / f"face{index}.png")
+    out = tmp_path / "out"
+    options = [
+        f"-o{key}={value}"
+        for key, value in {
+            **FACES,
+            "adapter": faceid_path,
+            "weight_name": FACEID_WEIGHT_NAME,
+            "resolution": 64,
+            "inference_steps": 2,
+        }.items()
+    ]
+    result = CliRunner().invoke(
+        build_app(),
+        [
+            str(a)
+            for a in [
+                "attack",
+                photos,
+                "--personalizer",
+                "ip_adapter_faceid",
+                "--model",
+                tiny_sd_path,
+                "--output",
+                out,
+                *options,
+                "--num-images",
+                "1",
+                "--prompt",
+                PROMPT,
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "ip_adapter_faceid encoded 2 photo(s); 1 image(s)" in result.output
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["status"] == "completed" and "images/a_photo_of_person/0000.png" in manifest["files"]
+    loaded = load_personalized(out / "model", device="cpu")
+    assert loaded.image_embeds.shape == (1, 2, 1, 512) and "faceid_0" in loaded.pipeline.unet.peft_config
+    assert loaded.generate([PROMPT], generator=seeded(0)).shape == (1, 3, 64, 64)
