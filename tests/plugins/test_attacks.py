@@ -69,74 +69,75 @@ def trained(tmp_path_factory, tiny_sd_path, photo_dir, class_cache):
     return outputs
 
 
-@pytest.mark.parametrize("name", list(PROMPTS))
-def test_personalizer_cli_writes_weights_images_manifest(trained, name):
-    output = trained[name]
-    manifest = json.loads((output / "facedefense.json").read_text())
-    assert manifest["status"] == "completed" and manifest["method"]["name"] == name
-    assert len(manifest["inputs"]) == 4 and manifest["training"]["steps"] == 2
-    for entry in manifest["prompts"]:
-        images = sorted((output / entry["folder"]).glob("*.png"))
-        assert [p.name for p in images] == ["0000.png", "0001.png"]
-        assert Image.open(images[0]).size == (64, 64)
-    expected = {"dreambooth": "model_index.json", "lora": "pytorch_lora_weights.safetensors",
-                "textual_inversion": "learned_embeds.safetensors", "lora_ti": "learned_embeds.safetensors"}[name]
-    assert (output / "model" / expected).is_file()
-    metadata = json.loads((output / "model" / "facedefense_personalized.json").read_text())
-    assert metadata["personalizer"] == name and metadata["format"] == ("pipeline" if name == "dreambooth" else name)
-
-
 def _render(pipe, prompt):
     return pipe(prompt, num_inference_steps=2, height=64, width=64, generator=torch.Generator().manual_seed(3),
                 output_type="pt").images
 
 
-@pytest.mark.parametrize("name", ["lora", "textual_inversion", "lora_ti"])
-def test_saved_adapters_load_with_diffusers_loaders(trained, tiny_sd_path, name):
-    from diffusers import StableDiffusionPipeline
+class TestTrainedThroughTheCLI:
+    """Each personalizer trained once through the CLI (the module's ``trained`` fixture); a class, so
+    that ``-n auto`` runs these tests on one worker and trains once."""
 
-    from facedefense.interfaces.personalizer import load_personalized
+    @pytest.mark.parametrize("name", list(PROMPTS))
+    def test_personalizer_cli_writes_weights_images_manifest(self, trained, name):
+        output = trained[name]
+        manifest = json.loads((output / "facedefense.json").read_text())
+        assert manifest["status"] == "completed" and manifest["method"]["name"] == name
+        assert len(manifest["inputs"]) == 4 and manifest["training"]["steps"] == 2
+        for entry in manifest["prompts"]:
+            images = sorted((output / entry["folder"]).glob("*.png"))
+            assert [p.name for p in images] == ["0000.png", "0001.png"]
+            assert Image.open(images[0]).size == (64, 64)
+        expected = {"dreambooth": "model_index.json", "lora": "pytorch_lora_weights.safetensors",
+                    "textual_inversion": "learned_embeds.safetensors", "lora_ti": "learned_embeds.safetensors"}[name]
+        assert (output / "model" / expected).is_file()
+        metadata = json.loads((output / "model" / "facedefense_personalized.json").read_text())
+        assert metadata["personalizer"] == name and metadata["format"] == ("pipeline" if name == "dreambooth" else name)
 
-    folder = trained[name] / "model"
-    prompt = PROMPTS[name]
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    before = _render(pipe, prompt)
-    if name != "lora":
-        pipe.load_textual_inversion(folder / "learned_embeds.safetensors", token="<new1>")
-    if name != "textual_inversion":
-        pipe.load_lora_weights(folder)
-    after = _render(pipe, prompt)
-    assert not torch.allclose(before, after, atol=1e-6), "the loaded personalization must change the output"
-    ours = load_personalized(folder, device="cpu").generate(
-        [prompt], num_images=1, steps=2, guidance_scale=pipe.guidance_scale, generator=torch.Generator().manual_seed(3))
-    assert torch.allclose(ours, after.float(), atol=1e-5), "diffusers' loaders and ours must give the same model"
+    @pytest.mark.parametrize("name", ["lora", "textual_inversion", "lora_ti"])
+    def test_saved_adapters_load_with_diffusers_loaders(self, trained, tiny_sd_path, name):
+        from diffusers import StableDiffusionPipeline
 
+        from facedefense.interfaces.personalizer import load_personalized
 
-def test_dreambooth_folder_loads_with_from_pretrained(trained, tiny_sd_path):
-    from diffusers import StableDiffusionPipeline
+        folder = trained[name] / "model"
+        prompt = PROMPTS[name]
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        before = _render(pipe, prompt)
+        if name != "lora":
+            pipe.load_textual_inversion(folder / "learned_embeds.safetensors", token="<new1>")
+        if name != "textual_inversion":
+            pipe.load_lora_weights(folder)
+        after = _render(pipe, prompt)
+        assert not torch.allclose(before, after, atol=1e-6), "the loaded personalization must change the output"
+        ours = load_personalized(folder, device="cpu").generate(
+            [prompt], num_images=1, steps=2, guidance_scale=pipe.guidance_scale, generator=torch.Generator().manual_seed(3))
+        assert torch.allclose(ours, after.float(), atol=1e-5), "diffusers' loaders and ours must give the same model"
 
-    tuned = StableDiffusionPipeline.from_pretrained(trained["dreambooth"] / "model", safety_checker=None)
-    base = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None)
-    changed = [not torch.equal(a, b) for a, b in zip(tuned.unet.parameters(), base.unet.parameters())]
-    assert any(changed), "DreamBooth must change the UNet"
-    assert not torch.equal(tuned.text_encoder.get_input_embeddings().weight, base.text_encoder.get_input_embeddings().weight)
+    def test_dreambooth_folder_loads_with_from_pretrained(self, trained, tiny_sd_path):
+        from diffusers import StableDiffusionPipeline
 
+        tuned = StableDiffusionPipeline.from_pretrained(trained["dreambooth"] / "model", safety_checker=None)
+        base = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None)
+        changed = [not torch.equal(a, b) for a, b in zip(tuned.unet.parameters(), base.unet.parameters())]
+        assert any(changed), "DreamBooth must change the UNet"
+        assert not torch.equal(tuned.text_encoder.get_input_embeddings().weight, base.text_encoder.get_input_embeddings().weight)
 
-def test_finished_output_is_refused_then_resumed(trained, tiny_sd_path, photo_dir):
-    output = trained["lora"]
-    again = ["attack", photo_dir, "--personalizer", "lora", "--output", output, "--model", tiny_sd_path,
-             "--prompt", PROMPTS["lora"], "--prompt", "a photo of person", "--num-images", 2, "--seed", 1, *TINY]
-    assert_one_line_error(invoke(*again), "already holds an earlier run of attack")
-    weights = output / "model" / "pytorch_lora_weights.safetensors"
-    stamp = weights.stat().st_mtime_ns
-    image = next(iter(sorted((output / "images").glob("*/0001.png"))))
-    original = image.read_bytes()
-    image.unlink()
-    result = invoke(*again, "--resume")
-    assert result.exit_code == 0, result.output
-    assert weights.stat().st_mtime_ns == stamp, "resume must reuse the saved model, not train again"
-    assert image.read_bytes() == original, "a resumed image is the one the first run wrote"
+    def test_finished_output_is_refused_then_resumed(self, trained, tiny_sd_path, photo_dir):
+        output = trained["lora"]
+        again = ["attack", photo_dir, "--personalizer", "lora", "--output", output, "--model", tiny_sd_path,
+                 "--prompt", PROMPTS["lora"], "--prompt", "a photo of person", "--num-images", 2, "--seed", 1, *TINY]
+        assert_one_line_error(invoke(*again), "already holds an earlier run of attack")
+        weights = output / "model" / "pytorch_lora_weights.safetensors"
+        stamp = weights.stat().st_mtime_ns
+        image = next(iter(sorted((output / "images").glob("*/0001.png"))))
+        original = image.read_bytes()
+        image.unlink()
+        result = invoke(*again, "--resume")
+        assert result.exit_code == 0, result.output
+        assert weights.stat().st_mtime_ns == stamp, "resume must reuse the saved model, not train again"
+        assert image.read_bytes() == original, "a resumed image is the one the first run wrote"
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, tiny_sd_path, tiny_ip2p_path, photo_dir):
@@ -351,8 +352,8 @@ class _Editor(EditorContract):
         editor = get_registry().load("editor", self.registry_name)
         return editor(model=model, steps=2, resolution=None, device="cpu", **self.options)
 
-    def test_prompt_changes_the_edit(self, method, images):
-        first = method.edit(images, self.prompt, generator=torch.Generator().manual_seed(1))
+    def test_prompt_changes_the_edit(self, method, images, edited):
+        first = edited[0]  # the contract's edit with self.prompt and seed 1
         other = method.edit(images, "a person at the beach", generator=torch.Generator().manual_seed(1))
         assert (first - other).abs().mean() * 255 > 1, "another prompt, same seed: the edit must change"
 
