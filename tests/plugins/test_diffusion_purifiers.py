@@ -16,6 +16,8 @@ from facedefense_purifiers.noisy_upscale import NoisyUpscale
 
 class TestDiffPurePixel(PurifierContract):
     registry_name = "diffpure"
+    image_size = (32, 32)  # the pixel DDPM's own size
+    odd_size = (28, 44)
 
     def make_method(self, request):
         return DiffPure(model=str(request.getfixturevalue("tiny_pixel_ddpm_path")), strength=0.05, steps=3, device="cpu")
@@ -23,6 +25,8 @@ class TestDiffPurePixel(PurifierContract):
 
 class TestGridPure(PurifierContract):
     registry_name = "gridpure"
+    image_size = (32, 32)  # one crop and the corner mosaic (the grid itself: test_gridpure_grid_and_mosaic_...)
+    odd_size = (28, 44)
 
     def make_method(self, request):
         return GridPure(
