@@ -174,15 +174,26 @@ class SimAC(ASPL):
         steers PGD; ``feature_weight=0`` gives that behaviour); the clean features are the original
         photos' (the copy uses the photos at the start of each PGD phase); a search that runs out
         of iterations keeps what survives (the copy then loses the photo's entry); with an ensemble
-        the timesteps are searched on the first model; the ASPL differences.
+        the timesteps are searched on the first model; the search's result is saved with the run
+        (``--resume`` does not repeat it); the ASPL differences.
     """
 
     name: ClassVar[str] = "simac"
     Config: ClassVar[type[SimACConfig]] = SimACConfig
 
     def _perturb_identity(self, identity: IdentitySet, generator: torch.Generator, workdir: Path | None) -> Any:
-        self.reset_surrogates()
-        self._allowed = self.search_timesteps(identity, generator)
+        from facedefense.optim import RunCheckpoint, generator_state, restore_generator
+
+        rounds = self.checkpoint(workdir, identity)
+        search = RunCheckpoint(rounds.workdir, rounds.key, name="timesteps.pt")  # the search, saved once
+        saved = search.load()
+        if saved is None:
+            self.reset_surrogates()
+            self._allowed = self.search_timesteps(identity, generator)
+            search.save({"allowed": self._allowed, "generator": generator_state(generator)})
+        else:
+            self._allowed = list(saved["allowed"])
+            restore_generator(generator, saved["generator"])
         perturbation = super()._perturb_identity(identity, generator, workdir)
         for stats, allowed in zip(perturbation.stats, self._allowed):
             stats.update(timesteps_kept=len(allowed), timesteps_lowest=int(allowed.min()), timesteps_highest=int(allowed.max()))

@@ -251,3 +251,29 @@ def test_simac_defaults_and_refusals():
     defaults = SimAC.Config()
     assert (defaults.eps, defaults.step_size, defaults.steps, defaults.pgd_steps, defaults.surrogate_steps) == (8 / 255, 0.0025, 50, 6, 3)
     assert (defaults.search_steps, defaults.search_samples, defaults.search_radius, defaults.search_keep) == (50, 5, 20, 100)
+
+
+def test_simac_resumes_without_repeating_the_search(trained_tiny_sd_path, face_images, tmp_path, monkeypatch):
+    """A run stopped in its first ASPL round resumes with the saved timestep sets (no second
+    search) and ends where an uninterrupted run ends."""
+    from facedefense.interfaces import IdentitySet
+    from facedefense_iterative import simac as simac_module
+    from facedefense_iterative.aspl import ASPL
+
+    photos = list(face_images[:2, :, :32, :32])
+    simac = simac_module.SimAC(model=str(trained_tiny_sd_path), **SIMAC_FAST)
+    whole = simac.protect_identity(IdentitySet.from_images(photos))
+    real_round, searches = ASPL._round, []
+
+    def stopping(self, *args, **kwargs):
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(ASPL, "_round", stopping)
+    with pytest.raises(RuntimeError, match="stopped"):
+        simac.protect_identity(IdentitySet.from_images(photos), workdir=tmp_path)
+    monkeypatch.setattr(ASPL, "_round", real_round)
+    real_search = simac_module.greedy_timesteps
+    monkeypatch.setattr(simac_module, "greedy_timesteps", lambda *a, **k: searches.append(1) or real_search(*a, **k))
+    resumed = simac.protect_identity(IdentitySet.from_images(photos), workdir=tmp_path)
+    assert searches == []
+    assert all(torch.equal(a, b) for a, b in zip(whole.images, resumed.images))
