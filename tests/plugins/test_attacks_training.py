@@ -97,7 +97,7 @@ def test_bf16_training_moves_float32_weights_and_saves_float32(tiny_sd_path, fac
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
-    dreambooth = _personalizer("dreambooth")(model=str(tiny_sd_path), steps=1, resolution=64,
+    dreambooth = _personalizer("dreambooth")(model=str(tiny_sd_path), steps=1, resolution=32,
                                              prior_preservation=False, mixed_precision="bf16", dtype="bfloat16",
                                              device="cpu")
     model = dreambooth.fit(face_images, output_dir=tmp_path)
@@ -119,7 +119,7 @@ def test_lora_initialization_follows_the_seed(tiny_sd_path, face_images):
 
     def adapters(seed, torch_seed):
         torch.manual_seed(torch_seed)  # the global state LoRA's initialization used to draw from
-        lora = _personalizer("lora")(model=str(tiny_sd_path), steps=1, rank=4, seed=seed, resolution=64,
+        lora = _personalizer("lora")(model=str(tiny_sd_path), steps=1, rank=4, seed=seed, resolution=32,
                                      prior_preservation=False, device="cpu", dtype="float32")
         return get_peft_model_state_dict(lora.fit(face_images).pipeline.unet)
 
@@ -143,7 +143,7 @@ def test_token_learners_clip_the_new_rows_gradient_only(monkeypatch, tiny_sd_pat
         return clip(self, parameters, *args, **kwargs)
 
     monkeypatch.setattr(Accelerator, "clip_grad_norm_", watch)
-    personalizer = _personalizer(name)(model=str(tiny_sd_path), steps=1, resolution=64, prior_preservation=False,
+    personalizer = _personalizer(name)(model=str(tiny_sd_path), steps=1, resolution=32, prior_preservation=False,
                                        max_grad_norm=1e-3, device="cpu", dtype="float32")
     pipeline = personalizer.fit(face_images).pipeline
     embedding = pipeline.text_encoder.get_input_embeddings().weight
@@ -157,7 +157,7 @@ def test_a_sample_predicting_model_is_refused_before_any_work(tiny_sd_path, face
     config_file = model / "scheduler" / "scheduler_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "sample"}))
     cache = tmp_path / "class-cache"
-    lora = _personalizer("lora")(model=str(model), steps=1, resolution=64, num_class_images=1,
+    lora = _personalizer("lora")(model=str(model), steps=1, resolution=32, num_class_images=1,
                                  class_cache=str(cache), device="cpu")
     with pytest.raises(ConfigError, match="predicts 'sample'") as error:
         lora.fit(face_images)
