@@ -99,8 +99,12 @@ def evaluate_folder(
     if not images:
         raise ImageError(f"no readable image in {generated}" + (f" ({failures[0]['error']})" if failures else ""))
 
+    from facedefense.progress import status
+
     summary: dict[str, Any] = {}
     for name, metric in instances.items():
+        # a model-based metric loads its network on first use, then scores: say so before it starts
+        status(f"{name}: scoring {len(images)} image(s) of {generated}")
         paths = list(images)
         refs = None
         if metric.pairing == "paired":

@@ -288,3 +288,17 @@ def test_demo_runs_end_to_end(tmp_path, png_folder):
     assert result.exit_code == 0, result.output
     assert "DEMO" in result.stderr and "psnr" in result.stdout
     assert sorted(p.name for p in (tmp_path / "demo" / "protected").glob("*.png")) == ["a.png", "b.png", "c.png"]
+
+
+def test_evaluate_says_which_metric_it_scores_before_it_starts(png_folder, capsys):
+    """Issue 25 item 5: a model-based metric may load a network for a minute; a line comes first."""
+    from facedefense.evaluation import evaluate_folder
+    from facedefense.progress import progress_enabled_as
+
+    with progress_enabled_as(True):
+        evaluate_folder(png_folder, png_folder, ["psnr", "ssim"])
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines if "scoring" in line] == ["psnr", "ssim"]
+    with progress_enabled_as(False):
+        evaluate_folder(png_folder, png_folder, ["psnr"])
+    assert "scoring" not in capsys.readouterr().err
