@@ -59,8 +59,12 @@ def _plan(command: str, inputs: list[Path], output: Path, existing: str, referen
 
 
 def _make(kind: str, name: str, options: dict[str, Any]) -> Any:
+    """Build the method, saying so first (building may load a diffusion model: seconds to a minute)."""
+    from facedefense.progress import status
     from facedefense.registry import get_registry
 
+    model = options.get("model")
+    status(f"{name}: loading" + (f" {model}" if model else "") + " ...")
     return get_registry().create(kind, name, **options)
 
 
