@@ -20,6 +20,8 @@ from typing import Any
 #: Subfolder and weight file of the tiny IP-Adapter (h94/IP-Adapter keeps SD 1.5's in ``models/``).
 SUBFOLDER = "models"
 WEIGHT_NAME = "ip-adapter_tiny.safetensors"
+#: Weight file of the tiny IP-Adapter Plus (a resampler on the encoder's hidden states).
+PLUS_WEIGHT_NAME = "ip-adapter-plus_tiny.safetensors"
 #: Side of the tiny image encoder's input (the real ViT-H/14 takes 224).
 IMAGE_SIZE = 32
 
@@ -58,6 +60,50 @@ def _image_encoder(seed: int, projection_dim: int) -> Any:
     return CLIPVisionModelWithProjection(config).eval()
 
 
+def _plus_projection(embed_dims: int, output_dims: int, num_tokens: int) -> dict[str, Any]:
+    """A random IP-Adapter Plus resampler (diffusers' ``IPAdapterPlusImageProjection``: 4 blocks,
+    one 64-wide head, width 64) as its state dict in the original Resampler's key layout, which
+    diffusers' loader converts back (``to_kv`` = ``to_k`` and ``to_v`` stacked, ``1.1``/``1.3`` the
+    feed-forward layers)."""
+    import torch
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    module = IPAdapterPlusImageProjection(
+        embed_dims=embed_dims,
+        output_dims=output_dims,
+        hidden_dims=64,
+        depth=4,
+        dim_head=64,
+        heads=1,
+        num_queries=num_tokens,
+    )
+    state = module.state_dict()
+    renamed: dict[str, Any] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "layers":
+            renamed[key] = value
+            continue
+        head, rest = f"layers.{parts[1]}", ".".join(parts[2:])
+        if rest.startswith("attn.to_k."):
+            value_key = key.replace("attn.to_k.", "attn.to_v.")
+            renamed[f"{head}.0.to_kv.weight"] = torch.cat([value, state[value_key]])
+            continue
+        for new, old in (
+            ("0.norm1.", "ln0."),
+            ("0.norm2.", "ln1."),
+            ("0.to_q.", "attn.to_q."),
+            ("0.to_out.", "attn.to_out.0."),
+            ("1.0.", "ff.0."),
+            ("1.1.", "ff.1.net.0.proj."),
+            ("1.3.", "ff.1.net.2."),
+        ):
+            if rest.startswith(old):
+                renamed[f"{head}.{new}{rest[len(old) :]}"] = value
+                break
+    return renamed
+
+
 def build_tiny_ip_adapter(
     directory: str | Path,
     sd_path: str | Path,
@@ -67,8 +113,10 @@ def build_tiny_ip_adapter(
     embed_dim: int = 16,
     weight_std: float = 0.5,
 ) -> Path:
-    """Write a tiny IP-Adapter (plain: a linear image projection to ``num_tokens`` tokens) and its
-    CLIP image encoder for the Stable Diffusion folder ``sd_path``; return ``directory``.
+    """Write a tiny IP-Adapter (plain: a linear image projection to ``num_tokens`` tokens, as
+    ``WEIGHT_NAME``), a tiny IP-Adapter Plus (a resampler on the encoder's penultimate hidden
+    states, as ``PLUS_WEIGHT_NAME``) and their CLIP image encoder for the Stable Diffusion folder
+    ``sd_path``; return ``directory``.
 
     Args:
         directory: output folder (created).
@@ -110,7 +158,14 @@ def build_tiny_ip_adapter(
         for index, hidden in enumerate(_cross_attention_sizes(unet)):
             for name in ("to_k_ip", "to_v_ip"):
                 weights[f"ip_adapter.{2 * index + 1}.{name}.weight"] = draw(hidden, cross, std=weight_std)
+        torch.manual_seed(seed + 3)
+        plus = {
+            f"image_proj.{key}": value.contiguous()
+            for key, value in _plus_projection(int(encoder.config.hidden_size), cross, num_tokens).items()
+        }
+        plus.update({key: value for key, value in weights.items() if key.startswith("ip_adapter.")})
     save_file(weights, str(folder / WEIGHT_NAME))
+    save_file(plus, str(folder / PLUS_WEIGHT_NAME))
     encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
     return Path(directory)
 

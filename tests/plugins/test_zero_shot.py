@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from facedefense.cli import build_app
 from facedefense.testing.contracts import PersonalizerContract
-from facedefense.testing.tiny_adapters import WEIGHT_NAME, build_tiny_ip_adapter
+from facedefense.testing.tiny_adapters import PLUS_WEIGHT_NAME, WEIGHT_NAME, build_tiny_ip_adapter
 
 runner = CliRunner()
 PROMPT = "a photo of person"
@@ -30,9 +30,8 @@ def make(tiny_sd_path, adapter_path, **options):
     from facedefense.registry import get_registry
 
     cls = get_registry().load("personalizer", "ip_adapter")
-    return cls(
-        model=str(tiny_sd_path), adapter=str(adapter_path), weight_name=WEIGHT_NAME, **{**TINY, **options}
-    )
+    options = {"adapter": str(adapter_path), "weight_name": WEIGHT_NAME, **TINY, **options}
+    return cls(model=str(tiny_sd_path), **options)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +61,22 @@ class TestIPAdapterContract(PersonalizerContract):
         return make(request.getfixturevalue("tiny_sd_path"), request.getfixturevalue("adapter_path"))
 
 
-def test_embeddings_are_what_diffusers_computes_from_the_photos(attack, face_images):
+@pytest.mark.parametrize("variant", ["plain", "plus"])
+def test_embeddings_are_what_diffusers_computes_from_the_photos(
+    variant, tiny_sd_path, adapter_path, attack, face_images
+):
     """Generating from the saved embeddings equals diffusers' own ``ip_adapter_image`` path (its
-    encoder, processor, unconditional zeros and guidance split), same seed."""
+    encoder, processor, unconditional embedding and guidance split), same seed: plain (projected
+    embeddings, zeros unconditional) and Plus (penultimate hidden states, a black image's unconditional)."""
+    if variant == "plus":
+        attack = make(tiny_sd_path, adapter_path, weight_name=PLUS_WEIGHT_NAME)
     model = attack.fit(list(face_images))
-    assert model.image_embeds.shape == (1, 2, 16) and not model.negative_image_embeds.any()
+    if variant == "plain":
+        assert model.image_embeds.shape == (1, 2, 16) and not model.negative_image_embeds.any()
+    else:  # 16 patches + the class token, width 32
+        assert model.image_embeds.shape == (1, 2, 17, 32) and model.negative_image_embeds.abs().sum() > 0
     ours = model.generate([PROMPT], num_images=2, generator=seeded(3))
-    pipeline = model.pipeline
-    theirs = pipeline(
+    theirs = model.pipeline(
         PROMPT,
         ip_adapter_image=[[to_pil(image) for image in face_images]],
         num_images_per_prompt=2,
