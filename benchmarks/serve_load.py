@@ -190,7 +190,7 @@ def main() -> None:
         memory_before = rss_mib()
         served = load(url, uploads, args.clients, args.requests, args.time_limit, eps_levels, loaded.name)
         memory_after = rss_mib()
-        batches = list(loaded.batches)
+        batches = list(loaded.batches.elements())
         # The same load again: the memory it adds shows whether anything accumulates per request.
         again = load(url, uploads, args.clients, args.requests, args.time_limit, eps_levels, loaded.name)
         memory_again = rss_mib()

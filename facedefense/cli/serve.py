@@ -65,6 +65,14 @@ def serve(
     queue_size: Annotated[
         int, typer.Option("--queue-size", min=1, help="Most images in progress; beyond that requests get 503 + Retry-After.")
     ] = 64,
+    on_ray: Annotated[bool, typer.Option("--ray", help="Serve as a Ray Serve deployment (pip install 'ray[serve]').")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="With --ray: the Ray cluster to join (default: start a local one).", show_default=False)
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="With --ray: copies of the app, each loading the methods.")] = 1,
+    gpus_per_replica: Annotated[
+        float, typer.Option("--gpus-per-replica", min=0, help="With --ray: GPUs per replica (0.5: two per GPU).")
+    ] = 0.0,
 ) -> None:
     """Serve the protection page and the HTTP API (POST /v1/protect), methods loaded once and kept warm.
 
@@ -96,6 +104,18 @@ def serve(
         from facedefense.io import check_output_dir
 
         check_output_dir(keep)
+    if not on_ray and (address is not None or replicas != 1 or gpus_per_replica):
+        raise ConfigError("--address, --replicas and --gpus-per-replica go with --ray")
+    if on_ray:
+        from facedefense.serve.rayserve import ray_application, run_on_ray
+
+        if routed is None:
+            typer.secho(DEMO_BANNER, fg=typer.colors.YELLOW, err=True)
+        application = ray_application(routed, limits, token=secret, keep=keep, replicas=replicas,
+                                      gpus_per_replica=gpus_per_replica)  # fmt: skip
+        typer.echo(f"serving on Ray Serve at http://{host}:{port} ({replicas} replica(s); page: /, API: /docs)", err=True)
+        run_on_ray(application, host=host, port=port, address=address)
+        return
     try:
         import uvicorn
     except ImportError as exc:

@@ -171,6 +171,10 @@ def create_app(methods: MethodsArg = None, limits: Limits | None = None, *, toke
             "queue": {"admitted": service.admitted, "size": service.limits.queue_size},
             "token_required": bool(service.token),
             "served": service.served,
+            "forward_passes": {
+                name: {"calls": sum(loaded.batches.values()), "images": sum(size * n for size, n in loaded.batches.items())}
+                for name, loaded in service.methods.items()
+            },
         }
 
     @app.get("/v1/methods", summary="The loaded defenders and the limits")

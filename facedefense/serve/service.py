@@ -11,6 +11,7 @@ import datetime
 import json
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ class LoadedMethod:
     defender: Defender
     runner: Runner
     demo: bool = False
-    batches: list[int] = field(default_factory=list)
+    #: How many forward passes took how many images (batch size -> count; bounded by ``max_batch``).
+    batches: Counter = field(default_factory=Counter)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/methods`` says about it."""
@@ -82,8 +84,9 @@ def load_methods(methods: MethodsArg, limits: Limits) -> list[LoadedMethod]:
             entries.append((name, defender, False))
     loaded = []
     for name, defender, demo in entries:
-        record: list[int] = []
-        runner = Runner(defender, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms, on_batch=record.append)
+        record: Counter = Counter()
+        runner = Runner(defender, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms,
+                        on_batch=lambda size, record=record: record.update((size,)))  # fmt: skip
         loaded.append(LoadedMethod(name, defender, runner, demo, record))
     return loaded
 

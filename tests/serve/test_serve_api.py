@@ -361,6 +361,8 @@ def test_cli_refuses_a_public_bind_without_a_token_in_one_line(monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("error: --host 0.0.0.0") and "FACEDEFENSE_TOKEN" in lines[0]
     result = CliRunner().invoke(build_app(with_plugins=False), ["serve", "-o", "eps=4/255"])
     assert result.exit_code == 2 and "need --method" in result.output
+    result = CliRunner().invoke(build_app(with_plugins=False), ["serve", "--replicas", "2"])
+    assert result.exit_code == 2 and "go with --ray" in result.output
 
 
 def test_help_and_list_import_no_web_framework():
