@@ -43,11 +43,13 @@ class ZeroShotConfig(PersonalizerConfig):
     Attributes:
         instance_prompt: the prompt generated when none is given (``"a photo of person"``: the
             identity comes from the photos, no identifier word is needed).
+        class_prompt: unused (nothing is trained; kept for the personalizer interface).
         resolution: side of the generated images in pixels (512).
         inference_steps: denoising steps of ``generate`` (30).
         guidance_scale: classifier-free guidance of ``generate`` (7.5).
         negative_prompt: the negative prompt of ``generate`` (IP-Adapter's; empty: none).
-        scale: weight of the image tokens in every cross-attention layer (1.0; 0 gives the base model).
+        scale: weight of the image tokens in every cross-attention layer (1.0; 0 turns them off:
+            the base model, plus the LoRA an adapter such as FaceID brings).
     """
 
     instance_prompt: str = "a photo of person"
