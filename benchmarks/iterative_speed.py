@@ -12,7 +12,8 @@ after one warm-up call (allocations, kernels, the class-image cache). ``--model`
 What one "unit" is per method: ``aspl`` one round (``surrogate_steps`` + ``pgd_steps`` +
 ``surrogate_steps``, the reference's 3 + 6 + 3 by default); ``fsmg`` ``--steps`` PGD steps after
 ``train_steps`` DreamBooth steps; ``advdm`` / ``photoguard`` / ``photoguard:diffusion`` (4 unrolled
-DDIM steps with guidance 7.5) / ``mist`` / ``sds`` / ``facelock`` ``--steps`` PGD steps. ``facelock``
+DDIM steps with guidance 7.5) / ``mist`` / ``sds`` / ``facelock`` / ``caat`` ``--steps`` PGD steps
+(CAAT's each with its key/value update); ``simac`` one ASPL round after a 5-iteration timestep search. ``facelock``
 uses a small random face embedder and a random-weight LPIPS VGG16 (ArcFace IR-SE50 costs more).
 
     .venv/bin/python benchmarks/iterative_speed.py --methods aspl fsmg advdm photoguard --photos 4
@@ -42,6 +43,10 @@ RECIPES = {
     # name:variant rows run the defender `name` with extra options
     "photoguard:diffusion": lambda steps: {"steps": steps, "attack": "diffusion"},
     "mist": lambda steps: {"steps": steps},
+    "caat": lambda steps: {"steps": steps},
+    # one round after a 5-iteration timestep search (the default search scores 300 passes per photo)
+    "simac": lambda steps: {"steps": 1, "pgd_steps": 6, "surrogate_steps": 3, "num_class_images": 8,
+                            "class_image_steps": 2, "search_steps": 5},
     "sds": lambda steps: {"steps": steps, "mode": "+"},
     # random face embedder and LPIPS backbone (no weights here); every term on from the first step
     "facelock": lambda steps: {"steps": steps, "face_model": "random_face_embedder", "lpips_weights": "random",
