@@ -3,8 +3,11 @@
 ``python -m facedefense.testing.benchmark_inputs benchmarks/configs/tiny-inputs`` writes
 
 * ``tiny-sd/``:
-[`facedefense.testing.tiny_models.build_tiny_sd`][facedefense.testing.tiny_models.build_tiny_sd] (64 px); *
-``faces/id0``, ``faces/id1``, ...: ``set_A``, ``set_B``, ``set_C`` of sample portraits
+  [`facedefense.testing.tiny_models.build_tiny_sd`][facedefense.testing.tiny_models.build_tiny_sd] (64 px);
+* ``tiny-ip-adapter/``:
+  [`facedefense.testing.tiny_adapters.build_tiny_ip_adapter`][facedefense.testing.tiny_adapters.build_tiny_ip_adapter]
+  for it (the zero-shot attack);
+* ``faces/id0``, ``faces/id1``, ...: ``set_A``, ``set_B``, ``set_C`` of sample portraits
   ([`sample_faces`][facedefense.testing.tiny_models.sample_faces], crops of one public-domain photo, so the
   "identities" are the same person: the tiny benchmark checks the machinery, not the numbers);
 * ``precomputed/<identity>/``: set_B with seeded uniform noise at 8/255, standing in for
@@ -54,10 +57,12 @@ def write_precomputed(faces: str | Path, folder: str | Path, *, eps: float = 8 /
 
 def make_tiny_benchmark_inputs(folder: str | Path, *, identities: int = 2, per_set: int = 2) -> Path:
     """Everything ``benchmarks/configs/tiny.yaml`` reads, under ``folder``."""
+    from facedefense.testing.tiny_adapters import build_tiny_ip_adapter
     from facedefense.testing.tiny_models import build_tiny_sd
 
     folder = Path(folder)
     build_tiny_sd(folder / "tiny-sd")
+    build_tiny_ip_adapter(folder / "tiny-ip-adapter", folder / "tiny-sd")
     write_identities(folder / "faces", identities=identities, per_set=per_set)
     write_precomputed(folder / "faces", folder / "precomputed")
     return folder

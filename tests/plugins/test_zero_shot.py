@@ -266,3 +266,21 @@ def test_benchmark_runs_it_as_an_attack(tmp_path, tiny_sd_path, adapter_path, re
     assert rows[0]["methods"]["attack"]["name"] == "ip_adapter" and len(rows[0]["per_image"]) == 1
     saved = list((tmp_path / "out" / "cache").rglob("image_embeds.safetensors"))
     assert len(saved) == 1
+
+
+def test_the_tiny_benchmark_config_lists_it_and_its_inputs_load(tmp_path):
+    """benchmarks/configs/tiny.yaml names ip_adapter with the tiny adapter its inputs script writes."""
+    import shutil
+    from pathlib import Path
+
+    from facedefense.benchmark import load_config
+    from facedefense.testing.benchmark_inputs import make_tiny_benchmark_inputs
+
+    config = tmp_path / "tiny.yaml"
+    shutil.copy(Path(__file__).resolve().parents[2] / "benchmarks" / "configs" / "tiny.yaml", config)
+    make_tiny_benchmark_inputs(tmp_path / "tiny-inputs", identities=1, per_set=1)
+    attacks = {attack.method.name: attack.method for attack in load_config(config).attacks}
+    assert attacks["ip_adapter"].options["adapter"] == str(
+        (tmp_path / "tiny-inputs" / "tiny-ip-adapter").resolve()
+    )
+    assert (Path(attacks["ip_adapter"].options["adapter"]) / "models" / WEIGHT_NAME).is_file()
