@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--method", help="defender to serve (default: the demo network)")
     parser.add_argument("--checkpoint", help="its weights (rid, gap_diff)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the method's)")
+    parser.add_argument("--random-rid", type=int, metavar="DEPTH",
+                        help="serve RID's architecture (512 px input, width 1152) with DEPTH blocks and random weights")
     parser.add_argument("--size", type=int, default=256, help="side of the square test photos in pixels")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=200, help="uploads in all")
@@ -174,6 +176,15 @@ def main() -> None:
 
     options = {key: value for key, value in (("checkpoint", args.checkpoint), ("device", args.device)) if value}
     methods = {args.method: options} if args.method else None
+    if args.random_rid:
+        import tempfile
+
+        from facedefense.serve.demo import build_demo_checkpoint
+        from facedefense_amortized.networks import RID_ARCHITECTURE
+
+        folder = tempfile.mkdtemp(prefix="serve-load-")
+        checkpoint = build_demo_checkpoint(folder, architecture={**RID_ARCHITECTURE, "depth": args.random_rid})
+        methods = {"rid": {"checkpoint": str(checkpoint), "engine": "module", "dtype": "float32", **options}}
     limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size)
     app = create_app(methods, limits)
     service = app.state.service

@@ -20,8 +20,9 @@ DEMO_EPS = 8 / 255
 DEMO_NAME = "demo"
 
 
-def build_demo_checkpoint(folder: str | Path, seed: int = 0) -> Path:
-    """Write the demo RID checkpoint (safetensors and sidecar) into ``folder``; returns its path."""
+def build_demo_checkpoint(folder: str | Path, seed: int = 0, architecture: dict[str, Any] | None = None) -> Path:
+    """Write the demo RID checkpoint (safetensors and sidecar) into ``folder``; returns its path.
+    ``architecture`` replaces `DEMO_ARCHITECTURE` (the load benchmark times RID-sized networks)."""
     import torch
 
     from facedefense.checkpoints import save_checkpoint
@@ -32,14 +33,15 @@ def build_demo_checkpoint(folder: str | Path, seed: int = 0) -> Path:
         from facedefense.errors import MissingDependencyError
 
         raise MissingDependencyError("the demo network needs the amortized plugin (facedefense_amortized)") from exc
-    network = PerturbationDiT(**DEMO_ARCHITECTURE)
+    architecture = architecture or DEMO_ARCHITECTURE
+    network = PerturbationDiT(**architecture)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # random weights everywhere (DiT zero-initializes its output layer)
         for tensor in network.parameters():
             if tensor.requires_grad:
                 tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
     path = Path(folder) / "demo-rid.safetensors"
-    return save_checkpoint(network, path, method="rid", eps=DEMO_EPS, architecture=DEMO_ARCHITECTURE,
+    return save_checkpoint(network, path, method="rid", eps=DEMO_EPS, architecture=architecture,
                            note="facedefense serve demo: random weights, protects nothing")  # fmt: skip
 
 
