@@ -416,7 +416,7 @@ def _zip_answer(method: Any, results: list[Protected], failures: list[dict[str, 
         manifest = {
             "command": "serve",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "method": {**method.defender.describe(), "served_as": method.name, "demo": method.demo},
+            "method": method.manifest_entry(),
             "budget": {"eps": eps, "eps_gray_levels": round(eps * 255.0, 4)},
             "versions": versions(),
             "images": images,

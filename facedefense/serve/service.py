@@ -58,8 +58,26 @@ class LoadedMethod:
             "eps_gray_levels": round(eps * 255.0, 4),
             "max_batch": self.runner.max_batch,
             "demo": self.demo,
-            "config": config_to_dict(defender.config),
+            "config": public_options(config_to_dict(defender.config)),
         }
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The method as a served manifest records it (the defender's description, paths reduced)."""
+        described = self.defender.describe()
+        return {**described, "config": public_options(described["config"]), "served_as": self.name, "demo": self.demo}
+
+
+def public_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as clients see them: a local file or folder (a checkpoint, a model folder) is reduced
+    to its name, so that the service does not publish its file system; hub ids stay whole."""
+    from facedefense.config import looks_like_local_path
+
+    def shown(value: Any) -> Any:
+        if isinstance(value, str) and value and (looks_like_local_path(value) or Path(value).expanduser().exists()):
+            return Path(value.rstrip("/\\")).name
+        return value
+
+    return {key: shown(value) for key, value in options.items()}
 
 
 def load_methods(methods: MethodsArg, limits: Limits) -> list[LoadedMethod]:

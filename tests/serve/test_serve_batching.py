@@ -63,6 +63,7 @@ def test_the_demo_network_says_it_protects_nothing():
     listed = client.get("/v1/methods").json()
     assert listed["demo"] is True and listed["methods"][0]["name"] == "demo"
     assert listed["methods"][0]["kind"] == "amortized" and listed["methods"][0]["max_batch"] == 8
+    assert listed["methods"][0]["config"]["checkpoint"] == "demo-rid.safetensors"  # no server path published
     response = client.post("/v1/protect", files={"file": ("me.png", png(40, 32, 5), "image/png")})
     assert response.status_code == 200 and response.headers["x-facedefense-demo"] == "true"
     assert client.get("/healthz").json()["demo"] is True
