@@ -36,16 +36,19 @@ def make(tiny_sd_path, faceid_path, **options):
     )
 
 
-def with_tiny_recognizer(method):
-    """``method`` prepared, its ArcFace IR-SE50 (4 s per pair of photos on a CPU) swapped for a
-    random 512-D conv net; RetinaFace detection, alignment and the backend's code stay."""
-    method.prepare()
+def tiny_recognizer():
+    """A random 512-D conv net standing in for ArcFace's IR-SE50 (4 s per pair of photos on a CPU)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 8, stride=8), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 512)
-        )
-    method._backend.model = net.eval()
+        layers = [torch.nn.Conv2d(3, 8, 8, stride=8), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 512)]
+        return torch.nn.Sequential(*layers).eval()
+
+
+def with_tiny_recognizer(method):
+    """``method`` prepared with `tiny_recognizer` as its face backend's network; RetinaFace
+    detection, the 112 px alignment and the backend's code stay."""
+    method.prepare()
+    method._backend.model = tiny_recognizer()
     return method
 
 
@@ -117,9 +120,16 @@ def test_a_clip_adapter_is_refused(tiny_sd_path, tmp_path):
         method.prepare()
 
 
-def test_cli_encodes_generates_and_the_model_reloads(tmp_path, tiny_sd_path, faceid_path, face_images):
+def test_cli_encodes_generates_and_the_model_reloads(
+    tmp_path, tiny_sd_path, faceid_path, face_images, monkeypatch
+):
     from facedefense.interfaces.personalizer import load_personalized
     from facedefense.io import save_image
+    from facedefense_metrics.faces.arcface import ArcFaceBackend
+
+    monkeypatch.setattr(
+        ArcFaceBackend, "load_network", staticmethod(lambda weights, device: tiny_recognizer())
+    )
 
     photos = tmp_path / "photos"
     photos.mkdir()
