@@ -85,7 +85,7 @@ class IPAdapter(ZeroShotPersonalizer):
         try:
             pipeline.load_ip_adapter(
                 config.adapter,
-                subfolder=config.subfolder or None,
+                subfolder=config.subfolder,  # "" not None: diffusers joins it with the encoder's folder
                 weight_name=config.weight_name,
                 image_encoder_folder=config.image_encoder_folder,
             )

@@ -284,3 +284,19 @@ def test_the_tiny_benchmark_config_lists_it_and_its_inputs_load(tmp_path):
         (tmp_path / "tiny-inputs" / "tiny-ip-adapter").resolve()
     )
     assert (Path(attacks["ip_adapter"].options["adapter"]) / "models" / WEIGHT_NAME).is_file()
+
+
+def test_a_faceid_adapter_is_refused_before_any_encoding(tmp_path, tiny_sd_path, photo_dir):
+    from facedefense.errors import ConfigError
+    from facedefense.testing.tiny_adapters import FACEID_WEIGHT_NAME, build_tiny_ip_adapter_faceid
+
+    folder = build_tiny_ip_adapter(tmp_path / "adapters", tiny_sd_path)  # models/image_encoder beside it
+    build_tiny_ip_adapter_faceid(folder / "models", tiny_sd_path, lora_rank=0)
+    with pytest.raises(ConfigError, match="is a FaceID adapter"):
+        make(tiny_sd_path, folder, weight_name=FACEID_WEIGHT_NAME).prepare()
+    alone = build_tiny_ip_adapter_faceid(tmp_path / "faceid", tiny_sd_path, lora_rank=0)  # no image encoder
+    args = cli_args(tiny_sd_path, alone, photo_dir, tmp_path / "out")
+    args[args.index(f"weight_name={WEIGHT_NAME}")] = f"weight_name={FACEID_WEIGHT_NAME}"
+    result = invoke(*args, "-o", "subfolder=")
+    assert result.exit_code != 0 and "cannot be loaded" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
