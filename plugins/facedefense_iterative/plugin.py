@@ -32,6 +32,11 @@ def register_defenders(register):
         summary="SimAC: ASPL on the timesteps a greedy search finds most vulnerable, plus decoder-feature interference (Wang et al., 2024)",
     )
     register(
+        "metacloak",
+        "facedefense_iterative.metacloak:MetaCloak",
+        summary="MetaCloak: PGD against a pool of DreamBooth surrogate states, advanced while crafting, through random blur and flips (Liu et al., 2024)",
+    )
+    register(
         "advdm",
         "facedefense_iterative.advdm:AdvDM",
         summary="AdvDM: maximize the diffusion model's denoising loss (Liang et al., 2023)",
