@@ -504,6 +504,7 @@ def test_rid_on_a_gpu_runs_the_engine_within_two_gray_levels(rid_checkpoint, fac
         RID(checkpoint=str(path), device="cuda", engine="int8")
 
 
+@pytest.mark.integration  # starts a Python process (the integration tier: bash scripts/test.sh --integration)
 def test_loading_a_network_does_not_import_the_compiler(rid_checkpoint, gap_checkpoint):
     """Built on the meta device with initializers skipped: no PyTorch reference kernel runs, so
     ``torch._dynamo`` (1 s of start-up on a 2-core CPU) is not imported; the initializers come back."""
