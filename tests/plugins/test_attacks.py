@@ -293,11 +293,11 @@ def test_bf16_mixed_precision_and_checkpointing_train(tiny_sd_path, face_images)
     """LoRA+TI under bf16 autocast with gradient checkpointing: half UNet, float32 text encoder."""
     from facedefense_attacks.lora_ti import LoRATI
 
-    personalizer = LoRATI(model=str(tiny_sd_path), steps=2, resolution=64, prior_preservation=False, inference_steps=2,
+    personalizer = LoRATI(model=str(tiny_sd_path), steps=2, resolution=32, prior_preservation=False, inference_steps=2,
                           mixed_precision="bf16", gradient_checkpointing=True, device="cpu")
     model = personalizer.fit(face_images)
     assert all(torch.isfinite(torch.tensor(personalizer.last_training.losses)))
-    assert model.generate(["a photo of <new1> person"], generator=torch.Generator().manual_seed(0)).shape == (1, 3, 64, 64)
+    assert model.generate(["a photo of <new1> person"], generator=torch.Generator().manual_seed(0)).shape == (1, 3, 32, 32)
 
 
 def test_eight_bit_optimizer_needs_cuda():
@@ -310,7 +310,7 @@ def test_eight_bit_optimizer_needs_cuda():
 
 # -- contracts ---------------------------------------------------------------------------------
 
-TINY_TRAINING = dict(steps=2, resolution=64, num_class_images=2, class_inference_steps=2, inference_steps=2,
+TINY_TRAINING = dict(steps=2, resolution=32, num_class_images=2, class_inference_steps=2, inference_steps=2,
                      device="cpu")
 
 
@@ -342,6 +342,7 @@ class TestLoRATIContract(_Personalizer):
 
 
 class _Editor(EditorContract):
+    image_size = (32, 32)  # 4x4 latents
     fixture: str = "tiny_sd_path"
     options: dict = {}
 
