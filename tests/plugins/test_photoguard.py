@@ -10,6 +10,9 @@ from facedefense_iterative.photoguard import PhotoGuard
 
 
 class TestPhotoGuard(DefenderContract):
+    image_size = (32, 32)  # 4x4 latents
+    odd_size = (24, 40)
+
     def make_method(self, request):
         model = str(request.getfixturevalue("tiny_sd_path"))
         return PhotoGuard(model=model, eps=self.eps, steps=6, step_size=2 / 255, resolution=None, device="cpu", dtype="float32")
@@ -87,6 +90,8 @@ class TestPhotoGuardDiffusion(DefenderContract):
     """
 
     registry_name = "photoguard"
+    image_size = (32, 32)
+    odd_size = (24, 40)
 
     def make_method(self, request):
         model = str(request.getfixturevalue("trained_tiny_sd_path"))
