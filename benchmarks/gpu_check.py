@@ -281,6 +281,8 @@ RECIPES: dict[tuple[str, str], list[Recipe]] = {
     ("purifier", "gaussian_noise"): [Recipe(**F32)],
     ("purifier", "quantize"): [Recipe(**F32)],
     ("purifier", "resize"): [Recipe(**F32)],
+    ("purifier", "adverse_cleaner"): [Recipe(lambda a: {"bilateral_steps": 4, "guided_steps": 1}, **F32)],
+    ("purifier", "tvm"): [Recipe(lambda a: {"max_iter": 2}, **F32)],
     ("personalizer", "dreambooth"): [PERSONALIZER],
     ("personalizer", "lora"): [PERSONALIZER],
     ("personalizer", "textual_inversion"): [PERSONALIZER],
