@@ -1,7 +1,9 @@
 """IP-Adapter-FaceID on the tiny Stable Diffusion with a tiny random-weight FaceID adapter (FaceID
 MLP, key/value projections and LoRA in h94's layout) through diffusers' ``load_ip_adapter``, and the
-metrics plugin's ArcFace backend with random weights as the face encoder: the embeddings diffusers
-expects, generation follows the faces, photos without a face, the CLI and the saved model."""
+metrics plugin's ArcFace backend as the face encoder (its alignment and embedding code; the IR-SE50
+replaced by a tiny random net and the detector by the sample portraits' known face position, so
+the embeddings follow the photos): the embeddings diffusers expects, generation follows the faces,
+photos without a face, the CLI and the saved model."""
 
 from __future__ import annotations
 
@@ -44,11 +46,23 @@ def tiny_recognizer():
         return torch.nn.Sequential(*layers).eval()
 
 
+def centred_face(image):
+    """A detector that finds the face where the sample portraits have it: the whole photo, its
+    landmarks where the 112 px template puts them (a random RetinaFace finds arbitrary boxes)."""
+    from facedefense_metrics.faces.arcface import TEMPLATE_112
+    from facedefense_metrics.faces.base import Face
+
+    height, width = image.shape[-2:]
+    marks = torch.tensor(TEMPLATE_112) / 112 * torch.tensor([width, height])
+    return [Face((0.0, 0.0, float(width), float(height)), 1.0, marks.float())]
+
+
 def with_tiny_recognizer(method):
-    """``method`` prepared with `tiny_recognizer` as its face backend's network; RetinaFace
-    detection, the 112 px alignment and the backend's code stay."""
+    """``method`` prepared with `tiny_recognizer` as its face backend's network and `centred_face`
+    as its detector; the backend's alignment and embedding code stay."""
     method.prepare()
     method._backend.model = tiny_recognizer()
+    method._backend.detect = centred_face
     return method
 
 
@@ -130,6 +144,7 @@ def test_cli_encodes_generates_and_the_model_reloads(
     monkeypatch.setattr(
         ArcFaceBackend, "load_network", staticmethod(lambda weights, device: tiny_recognizer())
     )
+    monkeypatch.setattr(ArcFaceBackend, "detect", lambda self, image: centred_face(image))
 
     photos = tmp_path / "photos"
     photos.mkdir()
