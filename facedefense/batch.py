@@ -413,6 +413,11 @@ def _run_claimed(
                         save_manifest("running", every=MANIFEST_INTERVAL)
                 files_bar.update(len(report.failed) - before)
             writer.settle()
+            if process_identity is not None:  # every photo written: the saved states (surrogates, pools:
+                kept = manifest.get("artifacts", {})  # gigabytes per identity) only served a resume; a
+                for identity in identities:  # folder holding a by-product the manifest lists stays
+                    if identity.name not in kept:
+                        shutil.rmtree(output_dir / WORK_DIR_NAME / identity.name, ignore_errors=True)
             if figure is not None and not shard.active:
                 _draw(figure, manifest, [*report.succeeded, *carried], output_dir)
             status = "completed"

@@ -228,6 +228,7 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path)
     manifest = json.loads((out / "facedefense.json").read_text())
     assert manifest["summary"]["processed"] == 2 and manifest["summary"]["failed"] == 0
     assert manifest["status"] == "completed" and manifest["references"].endswith("A")
+    assert not list((out / ".facedefense-work").rglob("*.pt"))  # a completed run keeps no surrogate state
     written = {p.name: p.read_bytes() for p in out.glob("*.png")}
     again = CliRunner().invoke(app, [*base, "--method", "aspl", *options, "--resume"])
     assert again.exit_code == 0, again.output
