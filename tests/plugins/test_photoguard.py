@@ -127,25 +127,40 @@ def test_text_to_image_model_needs_strength_below_one(tiny_sd_path, face_images)
         defender.protect(face_images)
 
 
-@pytest.fixture
-def half_mask(tmp_path):
-    """A 64x64 mask whose right half (white) is to be repainted."""
+def _half_mask(folder, size):
+    """A size x size mask whose right half (white) is to be repainted."""
     import numpy as np
     from PIL import Image
 
-    pixels = np.zeros((64, 64), dtype=np.uint8)
-    pixels[:, 32:] = 255
-    path = tmp_path / "mask.png"
+    pixels = np.zeros((size, size), dtype=np.uint8)
+    pixels[:, size // 2 :] = 255
+    path = folder / f"mask{size}.png"
     Image.fromarray(pixels).save(path)
     return path
 
 
-def test_diffusion_attack_inpainting_with_mask(tiny_inpaint_path, face_images, half_mask):
+@pytest.fixture
+def half_mask(tmp_path):
+    return _half_mask(tmp_path, 64)
+
+
+@pytest.fixture
+def faces_and_mask_32(tmp_path, face_images):
+    """The sample faces at 32x32 (8-bit grid) and a 32x32 half mask: 4x4 latents."""
+    import torch
+
+    from facedefense.imaging import resize
+
+    return torch.round(resize(face_images, (32, 32)).clamp(0, 1) * 255) / 255, _half_mask(tmp_path, 32)
+
+
+def test_diffusion_attack_inpainting_with_mask(tiny_inpaint_path, faces_and_mask_32):
     """Inpainting model, a prompt with classifier-free guidance, checkpointing: the perturbation
     stays outside the mask and a seeded edit is reproducible (the objective's descent is
     test_diffusion_attack_beats_noise_with_common_random_numbers)."""
     import torch
 
+    face_images, half_mask = faces_and_mask_32
     defender = PhotoGuard(
         model=str(tiny_inpaint_path), attack="diffusion", mask=str(half_mask), steps=2, step_size=2 / 255,
         diffusion_steps=2, prompt="a photo", guidance_scale=3.0, resolution=None, device="cpu",
@@ -153,7 +168,7 @@ def test_diffusion_attack_inpainting_with_mask(tiny_inpaint_path, face_images, h
     assert defender.surrogate.uncond is not None
     result = defender.protect(face_images)
     delta = (result.images - face_images).abs()
-    assert delta[..., 32:].max() == 0 and delta[..., :32].max() > 0
+    assert delta[..., 16:].max() == 0 and delta[..., :16].max() > 0
     with torch.no_grad():
         a = defender.diffusion_distance(face_images, torch.Generator().manual_seed(1))
         b = defender.diffusion_distance(face_images, torch.Generator().manual_seed(1))
@@ -253,13 +268,16 @@ def test_default_prompt_is_the_references_empty_prompt(tiny_sd_path):
     assert guided.surrogate.uncond is not None
 
 
-def test_diffusion_attack_beats_noise_with_common_random_numbers(tiny_inpaint_path, face_images, half_mask):
+def test_diffusion_attack_beats_noise_with_common_random_numbers(tiny_inpaint_path, faces_and_mask_32):
     """With the edit's random numbers common to every edit (the same seed in the optimization and
     in the evaluation), the protected photo's edit ends closer to the target than the clean
-    photo's, by far more than a same-budget noise photo's (noise in the kept region only)."""
+    photo's, by far more than a same-budget noise photo's (noise in the kept region only; at 32 px
+    the gains are 12x and 22x noise's)."""
     import torch
 
     from facedefense.budget import quantize_within_budget
+
+    face_images, half_mask = faces_and_mask_32
 
     defender = PhotoGuard(
         model=str(tiny_inpaint_path), attack="diffusion", mask=str(half_mask), steps=4, step_size=2 / 255,
