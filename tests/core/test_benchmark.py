@@ -324,7 +324,13 @@ metrics: [psnr]
     local = run_benchmark(config, tmp_path / "local")
     distributed = run_benchmark(config, tmp_path / "ray", executor="ray", num_cpus=1)  # one worker: one model load
     assert distributed["failures"] == [] and distributed["computed"] == local["computed"] == local["stages"]
-    assert _values(tmp_path / "ray") == _values(tmp_path / "local")
+    ray, here = _values(tmp_path / "ray"), _values(tmp_path / "local")
+    assert [row[:4] for row in ray] == [row[:4] for row in here]
+    for (cell, metric, prompt, _, values), (*_, expected) in zip(ray, here):
+        if prompt is None:  # the attacker's input: JPEG and copies, exactly the same
+            assert values == expected, cell
+        else:  # an edit scored against the clean edit: sdedit's floats, rounded to 8 bits, may flip a
+            assert values == pytest.approx(expected, rel=1e-3), cell  # pixel with another thread count
 
 
 def test_stage_keys_follow_model_weights_not_folders_a_method_writes_into(tmp_path):
