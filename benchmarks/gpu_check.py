@@ -287,6 +287,11 @@ RECIPES: dict[tuple[str, str], list[Recipe]] = {
     ("personalizer", "lora"): [PERSONALIZER],
     ("personalizer", "textual_inversion"): [PERSONALIZER],
     ("personalizer", "lora_ti"): [PERSONALIZER],
+    # an adapter must match the UNet's attention sizes: h94's files fit SD 1.5 / SDXL, not these random ones
+    ("personalizer", "ip_adapter"): [Recipe(lambda a: {}, needs="an IP-Adapter file matching the model (h94/IP-Adapter)")],
+    ("personalizer", "ip_adapter_faceid"): [
+        Recipe(lambda a: {}, needs="an IP-Adapter-FaceID file matching the model (h94/IP-Adapter-FaceID) and ArcFace weights"),
+    ],
     ("editor", "instruct_pix2pix"): [Recipe(lambda a: {"model": a.ip2p, "steps": 2, "resolution": None})],
     ("editor", "sdedit"): [Recipe(lambda a: {"model": a.sd, "steps": 2, "resolution": None})],
     ("editor", "inpaint"): [Recipe(lambda a: {"model": a.inpaint, "steps": 2, "resolution": None})],
