@@ -147,7 +147,7 @@ def build_tiny_ip_adapter(
         generator = torch.Generator().manual_seed(seed + 1)
 
         def draw(*shape: int, std: float) -> torch.Tensor:
-            return (torch.randn(*shape, generator=generator) * std).contiguous()
+            return (torch.randn(*shape, generator=generator, device=generator.device) * std).contiguous()
 
         weights = {
             "image_proj.proj.weight": draw(num_tokens * cross, embed_dim, std=embed_dim**-0.5),
@@ -216,7 +216,7 @@ def build_tiny_ip_adapter_faceid(
         generator = torch.Generator().manual_seed(seed + 2)
 
         def draw(*shape: int, std: float) -> torch.Tensor:
-            return (torch.randn(*shape, generator=generator) * std).contiguous()
+            return (torch.randn(*shape, generator=generator, device=generator.device) * std).contiguous()
 
         weights = {
             "image_proj.proj.0.weight": draw(inner, FACE_EMBED_DIM, std=FACE_EMBED_DIM**-0.5),

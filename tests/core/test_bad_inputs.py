@@ -679,14 +679,15 @@ def test_benchmark_output_refused_before_any_work(workspace, copy_editor, case):
 
 
 def test_benchmark_failed_stage_fails_the_run(workspace, copy_editor):
-    """The attack fails and only an input metric is scored: no cell reads the failed stages, yet the
-    run is a failed run (it exited 0 with ``failed_cells: 0``)."""
+    """The attack fails: a failed run, exit 1, the report marked incomplete. (PSNR also scores each
+    edit against the clean edit, so both cells read a failed stage; a failed stage that no cell reads
+    is test_benchmark.py's test_a_failed_stage_is_a_failed_run_even_when_no_cell_reads_it.)"""
     config = bench_inputs(workspace, BENCH.replace("instructions:", "options: {behaviour: fail}, instructions:"))
     workspace.freeze()
     out = workspace.root / "out"
     result = bench(config, out)
     workspace.check(result, 1, "the editor broke")
-    assert "error: 2 stage(s) failed, 0 cell(s) failed" in result.stderr
+    assert "error: 2 stage(s) failed, 2 cell(s) failed" in result.stderr
     manifest = json.loads((out / "facedefense.json").read_text())
     assert manifest["status"] == "failed" and manifest["summary"]["failed"] == 2
     assert "**Incomplete: 2 stage(s) failed**" in (out / "report.md").read_text()
