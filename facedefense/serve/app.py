@@ -14,7 +14,8 @@ Routes:
   /v1/jobs/{id}`` reports the progress down to the optimization step, ``GET /v1/jobs/{id}/result``
   hands the PNG (or zip) over, ``DELETE /v1/jobs/{id}`` cancels (`facedefense.serve.jobs`).
 
-Every error is one JSON line ``{"error": "..."}`` with its status code (never a traceback). Each
+``?check=true`` adds each image's PSNR and SSIM against its upload (the library's metrics) to its
+facts. Every error is one JSON line ``{"error": "..."}`` with its status code (never a traceback). Each
 image holds a place of the bounded queue from its upload to its answer; a full queue answers 503
 with ``Retry-After``. A client that disconnects while its image waits frees its place, and an image
 not yet started is not computed.
@@ -183,17 +184,17 @@ def create_app(methods: MethodsArg = None, limits: Limits | None = None, *, toke
 
     @app.post("/v1/protect", summary="Protect one image", openapi_extra=_ONE_IMAGE)
     async def protect(request: Request, method: str | None = None, envelope: str | None = None,
-                      filename: str | None = None) -> Response:  # fmt: skip
-        return await guarded(request, lambda: _protect_one(service, request, method, envelope, filename))
+                      filename: str | None = None, check: bool = False) -> Response:  # fmt: skip
+        return await guarded(request, lambda: _protect_one(service, request, method, envelope, filename, check))
 
     @app.post("/v1/protect/batch", summary="Protect several images into a zip", openapi_extra=_SEVERAL_IMAGES)
-    async def protect_batch(request: Request, method: str | None = None) -> Response:
-        return await guarded(request, lambda: _protect_many(service, request, method))
+    async def protect_batch(request: Request, method: str | None = None, check: bool = False) -> Response:
+        return await guarded(request, lambda: _protect_many(service, request, method, check))
 
     @app.post("/v1/jobs", summary="Protect images in the background (iterative defenders)", status_code=202,
               openapi_extra=_JOB_UPLOAD)  # fmt: skip
-    async def start_job(request: Request, method: str | None = None) -> Response:
-        return await guarded(request, lambda: _start_job(service, request, method))
+    async def start_job(request: Request, method: str | None = None, check: bool = False) -> Response:
+        return await guarded(request, lambda: _start_job(service, request, method, check))
 
     @app.get("/v1/jobs/{job_id}", summary="A job's progress")
     async def job_state(request: Request, job_id: str) -> Response:
@@ -316,7 +317,7 @@ async def _until_done(watcher: asyncio.Future, future: Any) -> Any:
 
 
 async def _protect_upload(service: Service, watcher: asyncio.Future, method_name: str | None,
-                          filename: str | None, data: bytes) -> Protected:  # fmt: skip
+                          filename: str | None, data: bytes, check: bool = False) -> Protected:  # fmt: skip
     method = service.method(method_name)
     loaded = await run_in_threadpool(service.decode, data, filename)
     try:
@@ -324,7 +325,7 @@ async def _protect_upload(service: Service, watcher: asyncio.Future, method_name
     except RuntimeError as exc:
         raise ServeError(503, str(exc), {"Retry-After": str(service.limits.retry_after_s)}) from exc
     protected, stats = await _until_done(watcher, future)
-    return await run_in_threadpool(service.finish, method, loaded, protected, stats)
+    return await run_in_threadpool(service.finish, method, loaded, protected, stats, check)
 
 
 def _headers(result: Protected) -> dict[str, str]:
@@ -342,7 +343,7 @@ def _headers(result: Protected) -> dict[str, str]:
 
 
 async def _protect_one(service: Service, request: Request, method_name: str | None, envelope: str | None,
-                       filename: str | None) -> Response:  # fmt: skip
+                       filename: str | None, check: bool = False) -> Response:  # fmt: skip
     if envelope not in (None, "", "json"):
         raise ServeError(400, f"envelope must be 'json' (or left out for the PNG itself), got {envelope!r}")
     method = service.method(method_name)
@@ -353,7 +354,7 @@ async def _protect_one(service: Service, request: Request, method_name: str | No
         name, data = uploads[0]
         watcher = asyncio.ensure_future(_disconnected(request))
         try:
-            result = await _protect_upload(service, watcher, method.name, filename or name, data)
+            result = await _protect_upload(service, watcher, method.name, filename or name, data, check)
         finally:
             watcher.cancel()
     budget = {"eps": method.defender.config.eps, "eps_gray_levels": round(method.defender.config.eps * 255, 4)}
@@ -365,7 +366,7 @@ async def _protect_one(service: Service, request: Request, method_name: str | No
     return Response(result.png, media_type="image/png", headers=headers)
 
 
-async def _protect_many(service: Service, request: Request, method_name: str | None) -> Response:
+async def _protect_many(service: Service, request: Request, method_name: str | None, check: bool = False) -> Response:
     method = service.method(method_name)
     with service.admit():  # the upload's place; each image then takes its own
         uploads = await _uploads(request, service, "files")
@@ -373,7 +374,7 @@ async def _protect_many(service: Service, request: Request, method_name: str | N
     try:
         with service.admit(len(uploads)):
             outcomes = await asyncio.gather(
-                *(_protect_upload(service, watcher, method.name, name, data) for name, data in uploads),
+                *(_protect_upload(service, watcher, method.name, name, data, check) for name, data in uploads),
                 return_exceptions=True,
             )
     finally:
@@ -427,11 +428,11 @@ def _zip_answer(method: Any, results: list[Protected], failures: list[dict[str, 
                     headers={"Content-Disposition": 'attachment; filename="protected.zip"'})  # fmt: skip
 
 
-async def _start_job(service: Service, request: Request, method_name: str | None) -> Response:
+async def _start_job(service: Service, request: Request, method_name: str | None, check: bool = False) -> Response:
     method = service.method(method_name)
     with service.admit():  # the upload's place; the job then holds one per image
         uploads = await _uploads(request, service, "files", also="file")
-    job = service.jobs.start(method, uploads)
+    job = service.jobs.start(method, uploads, check=check)
     return JSONResponse(job.describe(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 

@@ -40,8 +40,10 @@ class JobCancelled(Exception):
 class Job:
     """One upload of images protected in the background (see the module docstring)."""
 
-    def __init__(self, service: Service, method: LoadedMethod, uploads: list[tuple[str | None, bytes]]) -> None:
+    def __init__(self, service: Service, method: LoadedMethod, uploads: list[tuple[str | None, bytes]],
+                 check: bool = False) -> None:  # fmt: skip
         self.id = uuid.uuid4().hex
+        self.check = check
         self.service, self.method, self.uploads = service, method, uploads
         self.status = "queued"
         self.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -138,7 +140,7 @@ class Job:
                 log.exception("job %s: %s failed", self.id, loaded.path.name)
                 self.failures.append({"input": loaded.path.name, "status": 500, "error": f"internal error ({type(exc).__name__})"})
                 continue
-            result = self.service.finish(self.method, loaded, protected, stats)
+            result = self.service.finish(self.method, loaded, protected, stats, self.check)
             with self.lock:
                 self.results.append(result)
 
@@ -151,10 +153,10 @@ class Jobs:
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
 
-    def start(self, method: LoadedMethod, uploads: list[tuple[str | None, bytes]]) -> Job:
+    def start(self, method: LoadedMethod, uploads: list[tuple[str | None, bytes]], *, check: bool = False) -> Job:
         """Take the uploads' places in the queue (503 when full) and start protecting them."""
         self.service.reserve(len(uploads))
-        job = Job(self.service, method, uploads)
+        job = Job(self.service, method, uploads, check)
         with self.lock:
             self.jobs[job.id] = job
             finished = [key for key, known in self.jobs.items() if known.final]

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from facedefense.interfaces import Defender
     from facedefense.io import LoadedImage
 
+#: The metrics ``?check=true`` adds to each image's facts (protected against the upload).
+CHECKS = ("psnr", "ssim")
 #: What ``methods`` may be: names, or name -> options (created through the registry) or -> a defender.
 MethodsArg = Sequence[str] | Mapping[str, "Mapping[str, Any] | Defender"] | None
 
@@ -132,6 +134,7 @@ class Service:
             self.keep.mkdir(parents=True, exist_ok=True)
         self.methods = {loaded.name: loaded for loaded in load_methods(methods, self.limits)}
         self.admitted = 0
+        self.metrics: dict[str, Any] | None = None
         self.lock = threading.Lock()
         self.served = 0
         from facedefense.serve.jobs import Jobs
@@ -195,17 +198,34 @@ class Service:
         """Decode one upload (see [`decode_upload`][facedefense.serve.images.decode_upload])."""
         return decode_upload(data, filename, self.limits.max_pixels)
 
-    def finish(self, method: LoadedMethod, loaded: LoadedImage, protected: Any, stats: dict[str, Any]) -> Protected:
-        """Encode and check one protected image, and keep it when ``keep`` is set."""
+    def finish(self, method: LoadedMethod, loaded: LoadedImage, protected: Any, stats: dict[str, Any],
+               check: bool = False) -> Protected:  # fmt: skip
+        """Encode and check one protected image, and keep it when ``keep`` is set; ``check`` adds
+        ``facts["check"]``: the `CHECKS` metrics of the protected image against the upload."""
         result = encode_protected(loaded, protected, method.defender.config.eps, stats)
         result.facts["method"] = method.name
         if method.demo:
             result.facts["demo"] = True
+        if check:
+            result.facts["check"] = self.check(loaded.pixels, protected)
         with self.lock:
             self.served += 1
         if self.keep is not None:
             self._keep(result)
         return result
+
+    def check(self, original: Any, protected: Any) -> dict[str, float]:
+        """The `CHECKS` metrics (the library's, from the registry) of ``protected`` against ``original``,
+        both (1, 3, H, W) on the 8-bit grid."""
+        import math
+
+        with self.lock:
+            if self.metrics is None:
+                from facedefense.registry import get_registry
+
+                self.metrics = {name: get_registry().create("metric", name) for name in CHECKS}
+        values = {name: float(metric.compute(protected, original).value) for name, metric in self.metrics.items()}
+        return {name: round(value, 4) if math.isfinite(value) else None for name, value in values.items()}
 
     def _keep(self, result: Protected) -> None:
         from facedefense.io import atomic_path

@@ -188,6 +188,13 @@ def test_envelope_and_methods(texture_client):
 
     assert base64.b64decode(envelope["png_base64"]) == plain.content
     assert envelope["budget"]["eps_gray_levels"] == 4 and envelope["within_budget"] is True
+    checked = texture_client.post("/v1/protect?check=true", files={"file": ("a.png", png, "image/png")})
+    check = json.loads(checked.headers["x-facedefense-facts"])["check"]
+    written = np.asarray(decoded(checked.content), dtype=float)
+    mse = ((written - np.asarray(decoded(png), dtype=float)) ** 2).mean()
+    assert check["psnr"] == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-3)  # PSNR of the bytes sent
+    assert 0 < check["ssim"] < 1
+    assert_one_line_error(texture_client.post("/v1/protect?check=maybe", files={"file": ("a.png", png, "image/png")}), 422, "check")
     listed = texture_client.get("/v1/methods").json()
     assert listed["demo"] is False and listed["methods"][0]["name"] == "example_texture"
     assert listed["methods"][0]["max_batch"] == 1  # not amortized: one image per call

@@ -119,9 +119,12 @@ def test_the_page_protects_two_photos_and_the_zip_keeps_the_budget(server, brows
     browser.execute_script("arguments[0].classList.remove('hidden')", chooser)
     chooser.send_keys("\n".join(str(path) for path in photos[:2]))
     browser.execute_script("arguments[0].classList.add('hidden')", chooser)  # as a user sees the page
+    browser.find_element(By.ID, "check").click()  # check my protection: the server's PSNR and SSIM
     browser.find_element(By.ID, "protect").click()
     checks = wait(lambda: (found := browser.find_elements(By.CSS_SELECTOR, ".check.ok")) and len(found) == 2 and found)
     assert all("within budget" in check.text and "PSNR" in check.text for check in checks)
+    assert all("SSIM" in line.text for line in browser.find_elements(By.CSS_SELECTOR, ".metrics")) and len(
+        browser.find_elements(By.CSS_SELECTOR, ".metrics")) == 2
     browser.find_elements(By.CSS_SELECTOR, ".tabs button")[1].click()  # the amplified difference
     screenshot(browser, "browser-difference.png")
     browser.find_elements(By.CSS_SELECTOR, ".tabs button")[0].click()
