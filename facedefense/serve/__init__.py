@@ -23,6 +23,8 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
     try:
         from facedefense.serve.app import create_app as build
     except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("fastapi", "starlette", "multipart", "python_multipart", "uvicorn"):
+            raise  # not a missing extra: a bug, with its traceback
         from facedefense.errors import MissingDependencyError
 
         raise MissingDependencyError(
