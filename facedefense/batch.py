@@ -549,8 +549,14 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
-def _written_levels(protected: Tensor, original: Tensor, eps: float) -> list[float]:
-    """Check the budget on the exact 8-bit values that will be written (raises BudgetViolationError)."""
+def written_levels(protected: Tensor, original: Tensor, eps: float) -> list[float]:
+    """The budget checked on the exact 8-bit values that will be written: ``protected`` (N, 3, H, W)
+    in [0, 1] rounded as `facedefense.io.to_uint8` rounds it, against ``original``; the distance of
+    each image in gray levels.
+
+    Raises:
+        BudgetViolationError: an image would exceed ``eps`` once written (never expected; a bug).
+    """
     import numpy as np
     import torch
 
@@ -559,8 +565,9 @@ def _written_levels(protected: Tensor, original: Tensor, eps: float) -> list[flo
     return check_budget(written, original, eps)
 
 
-def _budget_stats(levels: list[float], method_stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-image manifest facts: the distance written, and ``unchanged`` when the output equals its input."""
+def budget_stats(levels: list[float], method_stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-image manifest facts: the distance written (``written_levels``), ``unchanged`` when the
+    output equals its input, and what the method reported for that image."""
     return [
         {
             "linf_gray_levels": round(level, 4),
@@ -636,7 +643,7 @@ def protect_files(
 
     def process_batch(images: Tensor) -> tuple[Tensor, list[dict[str, Any]]]:
         result = defender.protect(images)
-        return result.images, _budget_stats(_written_levels(result.images, images, eps), result.stats)
+        return result.images, budget_stats(written_levels(result.images, images, eps), result.stats)
 
     def process_identity(
         identity: IdentityFiles, loaded: list[LoadedImage], workdir: Path
@@ -652,8 +659,8 @@ def protect_files(
         result = defender.protect_identity(photos, workdir=workdir)
         stats = []
         for index, (image, item) in enumerate(zip(result.images, loaded)):
-            levels = _written_levels(image[None], item.pixels, eps)
-            stats += _budget_stats(levels, result.stats[index : index + 1])
+            levels = written_levels(image[None], item.pixels, eps)
+            stats += budget_stats(levels, result.stats[index : index + 1])
         return result.images, stats, result.artifacts
 
     info = {**defender.describe(), **(method_info or {})}

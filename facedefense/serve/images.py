@@ -113,11 +113,11 @@ def encode_protected(
 ) -> Protected:
     """The PNG of ``protected`` (1, 3, H, W) with ``loaded``'s alpha and ICC profile, after checking
     its 8-bit values against ``eps`` (raises `facedefense.errors.BudgetViolationError`)."""
-    from facedefense.batch import _budget_stats, _written_levels
+    from facedefense.batch import budget_stats, written_levels
     from facedefense.io import png_bytes
 
-    levels = _written_levels(protected, loaded.pixels, eps)
-    facts = _budget_stats(levels, [stats or {}])[0]
+    levels = written_levels(protected, loaded.pixels, eps)
+    facts = budget_stats(levels, [stats or {}])[0]
     name = output_name(loaded.path.name)
     png = png_bytes(protected, alpha=loaded.alpha, icc_profile=loaded.icc_profile)
     height, width = loaded.size
