@@ -14,20 +14,6 @@ FAST = dict(device="cpu", dtype="float32", resolution=32, step_size=2 / 255)
 SET_FAST = dict(FAST, num_class_images=2, class_image_steps=2, learning_rate=1e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _class_image_cache(tmp_path_factory):
-    """Class images of these tests go to a private cache (never the user's)."""
-    import os
-
-    before = os.environ.get("FACEDEFENSE_CACHE")
-    os.environ["FACEDEFENSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if before is None:
-        os.environ.pop("FACEDEFENSE_CACHE", None)
-    else:
-        os.environ["FACEDEFENSE_CACHE"] = before
-
-
 def attacker_loss(model_path: str, images: torch.Tensor, generator: torch.Generator, prompt: str = PROMPT) -> torch.Tensor:
     """The attacker's (base model's) denoising loss per image, averaged over 4 draws of (t, eps)."""
     from facedefense.diffusion import TextEmbeddingCache, denoising_loss, encode_latents

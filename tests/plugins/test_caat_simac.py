@@ -159,20 +159,6 @@ SIMAC_FAST = dict(FAST, num_class_images=2, class_image_steps=2, learning_rate=1
                   surrogate_steps=1, search_steps=1, search_samples=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _class_image_cache(tmp_path_factory):
-    """Class images of these tests go to a private cache (never the user's)."""
-    import os
-
-    before = os.environ.get("FACEDEFENSE_CACHE")
-    os.environ["FACEDEFENSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if before is None:
-        os.environ.pop("FACEDEFENSE_CACHE", None)
-    else:
-        os.environ["FACEDEFENSE_CACHE"] = before
-
-
 class TestSimAC(SmallContract):
     registry_name = "simac"
 

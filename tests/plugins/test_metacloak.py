@@ -16,20 +16,6 @@ FAST = dict(device="cpu", dtype="float32", resolution=32, step_size=4 / 255, num
             learning_rate=1e-4, steps=1, train_steps=2, interval=2, iterations=1, pgd_steps=1, advance_steps=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _class_image_cache(tmp_path_factory):
-    """Class images of these tests go to a private cache (never the user's)."""
-    import os
-
-    before = os.environ.get("FACEDEFENSE_CACHE")
-    os.environ["FACEDEFENSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if before is None:
-        os.environ.pop("FACEDEFENSE_CACHE", None)
-    else:
-        os.environ["FACEDEFENSE_CACHE"] = before
-
-
 @pytest.fixture(scope="module")
 def metacloak(trained_tiny_sd_path):
     """One MetaCloak (FAST) for the module: loading the surrogate is most of a test's time, and every
