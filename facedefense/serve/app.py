@@ -73,19 +73,21 @@ _ONE_IMAGE = {
         }
     },
 }
-_SEVERAL_IMAGES = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    "required": ["files"],
-                }
+#: The request body of the routes that take several photos (multipart ``files``).
+_FILES_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                "required": ["files"],
             }
-        },
+        }
     },
+}
+_SEVERAL_IMAGES = {
+    "requestBody": _FILES_BODY,
     "responses": {
         "200": {
             "description": "A zip of the protected PNGs and manifest.json (one entry per image, failures listed).",
@@ -96,18 +98,7 @@ _SEVERAL_IMAGES = {
 
 
 _JOB_UPLOAD = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    "required": ["files"],
-                }
-            }
-        },
-    },
+    "requestBody": _FILES_BODY,
 }
 
 
