@@ -549,6 +549,11 @@ def train(settings: TrainSettings, recipe: Recipe) -> TrainResult:
     network.train()
     if settings.gradient_checkpointing and hasattr(network, "gradient_checkpointing"):
         network.gradient_checkpointing = True
+    if settings.progress and accelerator.is_main_process:  # loading the diffusion models takes a while
+        from facedefense.progress import progress_enabled_as, status
+
+        with progress_enabled_as(True):
+            status(f"train {method}: loading {', '.join(settings.models)} ...")
     surrogates = load_surrogates(settings.models, recipe.prompt(options), device=accelerator.device, dtype=torch.float32)
     if settings.gradient_checkpointing:
         for surrogate in surrogates:
