@@ -122,6 +122,8 @@ def demo(
     budget = format_value(defender.config.eps)  # what the defender used (an amortized one: its checkpoint's)
     for entry in report.succeeded:
         typer.echo(f"  {entry['output']}: max change {entry['linf_gray_levels']:.0f} gray levels (budget {budget})")
+    if report.manifest.get("compare"):
+        typer.echo(f"side by side (original, protected, difference): {protected / report.manifest['compare']}")
     if report.unchanged:
         from facedefense.batch import unchanged_message
 

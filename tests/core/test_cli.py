@@ -288,6 +288,8 @@ def test_demo_runs_end_to_end(tmp_path, png_folder):
     assert result.exit_code == 0, result.output
     assert "DEMO" in result.stderr and "psnr" in result.stdout
     assert sorted(p.name for p in (tmp_path / "demo" / "protected").glob("*.png")) == ["a.png", "b.png", "c.png"]
+    compare = tmp_path / "demo" / "protected" / ".facedefense-work" / "compare.png"
+    assert compare.is_file() and f"side by side (original, protected, difference): {compare}" in result.stdout
 
 
 def test_evaluate_says_which_metric_it_scores_before_it_starts(png_folder, capsys):
