@@ -33,6 +33,7 @@ from facedefense.budget import check_budget
 from facedefense.errors import ConfigError, ImageError, OutputError
 from facedefense.io import (
     IMAGE_SUFFIXES,
+    PNG_LEVEL,
     LoadedImage,
     check_output_dir,
     collect_images,
@@ -239,10 +240,11 @@ def _run(
     extra: dict[str, Any],
     prepare: Callable[[list[IdentityFiles]], None] | None = None,
     figure: Callable[[list[dict[str, Any]], Path], str | None] | None = None,
+    png_level: int = PNG_LEVEL,
 ) -> RunReport:
     """Claim ``output_dir`` (held until the run ends), then process every identity into it; ``figure``
     draws a picture of the run's images into the folder once they are written (its name, listed in the
-    manifest's ``files``; None when it drew nothing)."""
+    manifest's ``files``; None when it drew nothing); ``png_level`` is the images' zlib level."""
     from facedefense.distributed import current_shard, gather
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -261,7 +263,7 @@ def _run(
         return _run_claimed(
             command, method_info, identities, output_dir, targets, claim.earlier if claim else None,
             process_batch, process_identity, batch_size=batch_size, progress=progress, extra=extra, prepare=prepare,
-            figure=figure,
+            figure=figure, png_level=png_level,
         )
     finally:
         if claim is not None:
@@ -283,6 +285,7 @@ def _run_claimed(
     extra: dict[str, Any],
     prepare: Callable[[list[IdentityFiles]], None] | None,
     figure: Callable[[list[dict[str, Any]], Path], str | None] | None = None,
+    png_level: int = PNG_LEVEL,
 ) -> RunReport:
     """``_run`` once the output folder is claimed."""
     import torch
@@ -372,7 +375,8 @@ def _run_claimed(
             entry["identity"] = identity.name
         entry.update({"width": item.size[1], "height": item.size[0], "input_sha256": _sha256(item.path)})
         entry.update({**stats, "seconds": round(seconds, 4)})
-        writer.submit(entry, save_image, output.detach().cpu(), target, alpha=item.alpha, icc_profile=item.icc_profile)
+        writer.submit(entry, save_image, output.detach().cpu(), target, alpha=item.alpha, icc_profile=item.icc_profile,
+                      compress_level=png_level)
 
     save_manifest("running")
     total = len(planned)
@@ -591,6 +595,7 @@ def protect_files(
     method_info: dict[str, Any] | None = None,
     warn_unchanged: bool = True,
     resume: bool = False,
+    png_level: int = PNG_LEVEL,
 ) -> RunReport:
     """Protect image files into ``output_dir`` (PNG, same stem) and write the manifest.
 
@@ -666,7 +671,8 @@ def protect_files(
     info = {**defender.describe(), **(method_info or {})}
     budget = {"eps": eps, "eps_gray_levels": round(eps * 255.0, 4)}
     extra: dict[str, Any] = {
-        "budget": budget, "batch_size": batch_size, "method_files": method_files(defender), "files": [COMPARE_NAME],
+        "budget": budget, "batch_size": batch_size, "png_level": png_level, "method_files": method_files(defender),
+        "files": [COMPARE_NAME],
     }
     if references is not None:
         extra["references"] = str(Path(references).resolve())
@@ -686,6 +692,7 @@ def protect_files(
         extra=extra,
         prepare=lambda mine: _prepare_work(defender, Path(output_dir), mine, resume),
         figure=lambda entries, folder: write_compare(entries, folder, eps),
+        png_level=png_level,
     )
     if warn_unchanged and report.unchanged:
         warnings.warn(unchanged_message(report), UserWarning, stacklevel=2)
@@ -746,6 +753,7 @@ def purify_files(
     progress: bool | None = None,
     existing: str = "refuse",
     method_info: dict[str, Any] | None = None,
+    png_level: int = PNG_LEVEL,
 ) -> RunReport:
     """Purify image files into ``output_dir`` (PNG, same stem; identity subfolders kept) and write the
     manifest; the arguments are those of [`protect_files`][facedefense.batch.protect_files].
@@ -769,8 +777,8 @@ def purify_files(
     files = method_files(chain[0]) if len(chain) == 1 else {
         f"{index}.{option}": found for index, step in enumerate(chain, 1) for option, found in method_files(step).items()
     }
-    extra = {"batch_size": batch_size, "method_files": files}
+    extra = {"batch_size": batch_size, "png_level": png_level, "method_files": files}
     return _run(
         "purify", info, identities, output_dir, process, None,
-        batch_size=batch_size, progress=progress, existing=existing, extra=extra,
+        batch_size=batch_size, progress=progress, existing=existing, extra=extra, png_level=png_level,
     )  # fmt: skip

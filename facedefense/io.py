@@ -194,8 +194,14 @@ def to_uint8(pixels: Tensor) -> np.ndarray:
     return values.permute(1, 2, 0).cpu().numpy()
 
 
+#: zlib level of the PNGs written (Pillow's default). The pixels are the same at every level; a noisy
+#: 512x512 photo encodes about 1.45x faster at level 1, for about 9% more bytes.
+PNG_LEVEL = 6
+
+
 def save_image(
-    pixels: Tensor, path: str | Path, *, alpha: np.ndarray | None = None, icc_profile: bytes | None = None
+    pixels: Tensor, path: str | Path, *, alpha: np.ndarray | None = None, icc_profile: bytes | None = None,
+    compress_level: int = PNG_LEVEL,
 ) -> Path:
     """Write one image as lossless PNG, atomically.
 
@@ -204,34 +210,40 @@ def save_image(
         path: destination (``.png``).
         alpha: optional (H, W) uint8 alpha channel to carry over.
         icc_profile: optional ICC profile to embed (keeps the colours of the original).
+        compress_level: zlib level, 0 (none, fastest) to 9 (smallest). Default ``PNG_LEVEL``.
     """
-    image, options = _png_image(pixels, alpha, icc_profile)
+    image, options = _png_image(pixels, alpha, icc_profile, compress_level)
     path = Path(path)
     with atomic_path(path) as temporary:
         image.save(temporary, format="PNG", **options)
     return path
 
 
-def png_bytes(pixels: Tensor, *, alpha: np.ndarray | None = None, icc_profile: bytes | None = None) -> bytes:
+def png_bytes(pixels: Tensor, *, alpha: np.ndarray | None = None, icc_profile: bytes | None = None,
+              compress_level: int = PNG_LEVEL) -> bytes:
     """The PNG file `save_image` writes, as bytes in memory (arguments as there)."""
     import io
 
-    image, options = _png_image(pixels, alpha, icc_profile)
+    image, options = _png_image(pixels, alpha, icc_profile, compress_level)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", **options)
     return buffer.getvalue()
 
 
-def _png_image(pixels: Tensor, alpha: np.ndarray | None, icc_profile: bytes | None) -> tuple[Any, dict[str, Any]]:
-    """The PIL image (RGB, or RGBA with ``alpha``) and PNG options (the ICC profile) to write."""
+def _png_image(pixels: Tensor, alpha: np.ndarray | None, icc_profile: bytes | None,
+               compress_level: int = PNG_LEVEL) -> tuple[Any, dict[str, Any]]:
+    """The PIL image (RGB, or RGBA with ``alpha``) and PNG options (level, ICC profile) to write."""
     import numpy as np
     from PIL import Image
+
+    if isinstance(compress_level, bool) or not isinstance(compress_level, int) or not 0 <= compress_level <= 9:
+        raise ImageError(f"PNG compression level must be an integer from 0 to 9, got {compress_level!r}")
 
     array = to_uint8(pixels)
     if alpha is not None:
         array = np.concatenate([array, alpha[..., None].astype(np.uint8)], axis=2)
     image = Image.fromarray(array, mode="RGBA" if alpha is not None else "RGB")
-    return image, {"icc_profile": icc_profile} if icc_profile else {}
+    return image, {"compress_level": compress_level, **({"icc_profile": icc_profile} if icc_profile else {})}
 
 
 def umask_mode() -> int:

@@ -16,6 +16,11 @@ Device = Annotated[str | None, typer.Option(help="auto (CUDA, MPS, CPU), cpu, cu
 Dtype = Annotated[str | None, typer.Option(help="auto, float32, bfloat16 or float16 (model precision).")]
 Seed = Annotated[int | None, typer.Option(help="Random seed (default: the method's, 0).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward/backward pass.")]
+PngLevel = Annotated[
+    int,
+    typer.Option("--png-level", min=0, max=9, help="zlib level of the written PNGs, 0-9 (default 6); the pixels are "
+                 "the same at every level: 1 writes about 1.45x faster for about 9% more bytes."),
+]
 Options = Annotated[list[str] | None, typer.Option("-o", "--option", help="Method option key=value (repeatable).")]
 Progress = Annotated[
     bool | None,
@@ -126,6 +131,7 @@ def protect(
     progress: Progress = None,
     overwrite: Overwrite = False,
     add: Add = False,
+    png_level: PngLevel = 6,
     resume: Annotated[
         bool,
         typer.Option(
@@ -165,7 +171,7 @@ def protect(
         defender = _make("defender", method, options)
         report = protect_files(
             defender, inputs, output, references=reference, batch_size=batch_size, progress=show, existing=existing,
-            warn_unchanged=False, resume=resume,
+            warn_unchanged=False, resume=resume, png_level=png_level,
         )  # fmt: skip
     _finish(report, output, "protected")
 
@@ -239,6 +245,7 @@ def purify(
     progress: Progress = None,
     overwrite: Overwrite = False,
     add: Add = False,
+    png_level: PngLevel = 6,
 ) -> None:
     """Purify photos (the adversary's counter-measure) with one purifier or a chain applied in order.
 
@@ -259,7 +266,8 @@ def purify(
     show = progress_default() if progress is None else progress
     with progress_enabled_as(show):
         purifiers = [_make("purifier", name, opts) for name, opts in zip(method, options)]
-        report = purify_files(purifiers, inputs, output, batch_size=batch_size, progress=show, existing=existing)
+        report = purify_files(purifiers, inputs, output, batch_size=batch_size, progress=show, existing=existing,
+                              png_level=png_level)
     _finish(report, output, "purified")
 
 

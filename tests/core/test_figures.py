@@ -95,3 +95,16 @@ def test_evaluate_html_is_one_self_contained_page(tmp_path, png_folder):
     refused = invoke("evaluate", protected, "--reference", png_folder, "--metric", "psnr", "--html", mine)
     assert refused.exit_code != 0 and mine.read_text() == "<p>my notes</p>"
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_png_level_changes_the_bytes_not_the_pixels(tmp_path, png_folder):
+    """Issue 24 item 6: --png-level trades encoding time for size; the written pixels are the same."""
+    default, level0 = tmp_path / "default", tmp_path / "level0"
+    assert invoke("purify", png_folder, "-m", "quantize", "--output", default).exit_code == 0
+    assert invoke("purify", png_folder, "-m", "quantize", "--png-level", "0", "--output", level0).exit_code == 0
+    for name in ("a.png", "b.png", "c.png"):
+        assert np.array_equal(np.asarray(Image.open(default / name)), np.asarray(Image.open(level0 / name)))
+        assert (level0 / name).stat().st_size > (default / name).stat().st_size  # level 0 stores, 6 compresses
+    assert json.loads((level0 / "facedefense.json").read_text())["png_level"] == 0
+    refused = invoke("purify", png_folder, "-m", "quantize", "--png-level", "10", "--output", tmp_path / "x")
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
