@@ -143,6 +143,7 @@ class Planner:
         self.config = config
         self.registry = get_registry()
         self.files = _Files()
+        self.clean_edits: dict[tuple[str, int, str], str] = {}  # (identity, seed, attack) -> its edit stage
         self.stages: dict[str, Stage] = {}
         self.cells: list[Cell] = []
         self.methods: dict[str, dict[str, Any]] = {}
@@ -342,9 +343,11 @@ class Planner:
         LPIPS) or against its clean source photo (``source``: FR, CLIP-I, CLIP-S)."""
         if method["edit_reference"] == "source":
             return self._score(identity, "output", output, method, [str(p) for p in identity.set_b], prompts, seed)
-        clean = self._purify(identity, self._protect(identity, DefenderEntry(NONE), 0.0, seed), PurifierChain(NONE), seed)
-        clean_edit = self._attack(identity, clean, attack, seed)[1]
-        return self._score(identity, "output", output, method, [], prompts, seed, against=clean_edit)
+        key = (identity.name, seed, attack.label)
+        if key not in self.clean_edits:  # planned once per identity, seed and attack, not per cell and metric
+            clean = self._purify(identity, self._protect(identity, DefenderEntry(NONE), 0.0, seed), PurifierChain(NONE), seed)
+            self.clean_edits[key] = self._attack(identity, clean, attack, seed)[1]
+        return self._score(identity, "output", output, method, [], prompts, seed, against=self.clean_edits[key])
 
 
 def protected_count(share: float, total: int) -> int:
