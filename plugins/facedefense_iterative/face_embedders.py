@@ -10,6 +10,9 @@ convention its ``landmark_convention`` attribute names (a key of ``LANDMARK_DETE
 
 - ``arcface``: facexlib's ArcFace IR-SE50 (``recognition_arcface_ir_se50.pth``, 112x112 input,
   512-D); the weights are given by path (they ship in no wheel; never downloaded here).
+- ``insightface``: insightface's released recognition models (antelopev2 ``glintr100.onnx``,
+  buffalo_l ``w600k_r50.onnx``; 112x112, 512-D) as a torch IResNet whose weights are read from the
+  ONNX file given by path (``facedefense_metrics.faces.iresnet``); non-commercial research licence.
 - ``random_face_embedder``: a small seeded random CNN with the same contract, for tests and plumbing.
 """
 
@@ -87,6 +90,21 @@ def build_arcface(*, path: str | None, device: torch.device, dtype: torch.dtype,
     except (RuntimeError, OSError, ValueError) as exc:
         raise ModelNotFoundError(f"arcface: {weights} is not an ArcFace IR-SE50 checkpoint ({ARCFACE_FILE})") from exc
     return _embedder_class()(network, 112).to(device=device, dtype=dtype)
+
+
+def build_insightface(*, path: str | None, device: torch.device, dtype: torch.dtype, **options: Any) -> torch.nn.Module:
+    """insightface's IResNet with the weights of the ONNX file ``path`` (required).
+
+    Raises:
+        ModelNotFoundError: no path, or the file is missing. ConfigError: the file is not an IResNet.
+    """
+    from facedefense_metrics.faces.insightface import ORIGIN
+    from facedefense_metrics.faces.iresnet import load_iresnet
+
+    if path is None:
+        raise ModelNotFoundError(f"insightface needs its model file, {ORIGIN}: pass its path (-o face_model_path=PATH)")
+    network = load_iresnet(path)
+    return _embedder_class()(network, network.chip).to(device=device, dtype=dtype)
 
 
 def build_random(

@@ -66,6 +66,11 @@ def register_models(register):
         summary="facexlib's ArcFace IR-SE50 face embedder, 512-D (weights recognition_arcface_ir_se50.pth by path)",
     )
     register(
+        "insightface",
+        "facedefense_iterative.face_embedders:build_insightface",
+        summary="insightface's IResNet (antelopev2 glintr100, buffalo_l w600k_r50), 512-D, weights read from the ONNX file by path",
+    )
+    register(
         "random_face_embedder",
         "facedefense_iterative.face_embedders:build_random",
         summary="a seeded random-weight face embedder with the embedder contract (tests and plumbing only)",

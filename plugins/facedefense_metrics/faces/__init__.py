@@ -4,7 +4,8 @@ One file per backend. ``dlib`` wraps dlib itself (detector, 5-point landmarks, 1
 ``dlib_torch`` is a torch port of dlib's embedding network that needs no dlib at run time (batched,
 differentiable); ``mtcnn`` is facenet-pytorch's detector; ``retinaface`` and ``arcface`` (RetinaFace + ArcFace, the
 papers' models) are facexlib's architectures with weights given by path; ``vgg_face`` is RetinaFace +
-deepface's VGG-Face (MetaCloak's identity model), weights by path. ``get_backend`` builds one by name.
+deepface's VGG-Face (MetaCloak's identity model), weights by path; ``insightface`` is RetinaFace +
+insightface's released ONNX recognition models (glintr100, w600k_r50) in ONNX Runtime or as a torch IResNet. ``get_backend`` builds one by name.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ BACKENDS = {
     "retinaface": "facedefense_metrics.faces.retinaface:RetinaFaceBackend",
     "arcface": "facedefense_metrics.faces.arcface:ArcFaceBackend",
     "vgg_face": "facedefense_metrics.faces.vgg_face:VGGFaceBackend",
+    "insightface": "facedefense_metrics.faces.insightface:InsightFaceBackend",
 }
 
 
