@@ -37,6 +37,16 @@ def register_defenders(register):
         summary="MetaCloak: PGD against a pool of DreamBooth surrogate states, advanced while crafting, through random blur and flips (Liu et al., 2024)",
     )
     register(
+        "ace",
+        "facedefense_iterative.ace:ACE",
+        summary="ACE / Mist v2: pull a LoRA surrogate's predicted noise toward a target pattern, retraining the LoRA on the photos (Zheng et al., 2023)",
+    )
+    register(
+        "glaze",
+        "facedefense_iterative.glaze:Glaze",
+        summary="Glaze: pull the VAE-encoder features toward the photo's own style transfer, under an LPIPS penalty (Shan et al., 2023; the paper, not the app)",
+    )
+    register(
         "advdm",
         "facedefense_iterative.advdm:AdvDM",
         summary="AdvDM: maximize the diffusion model's denoising loss (Liang et al., 2023)",
