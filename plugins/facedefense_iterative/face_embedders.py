@@ -36,6 +36,51 @@ ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
 ARCFACE_ORIGIN = "facexlib's GitHub release v0.1.0 (xinntao/facexlib)"
 
 
+def landmark_detector(
+    embedder: Any, *, face_model: str, face_detector: str | None, weights: str | None, device: Any, method: str
+) -> Any:
+    """The face backend (``facedefense_metrics.faces``) giving the 5 landmarks ``embedder`` (the shared
+    model ``face_model``) is aligned with: ``face_detector``, or the first of its convention's
+    detectors (``LANDMARK_DETECTORS``); ``weights`` are the detector's.
+
+    Raises:
+        ConfigError: the embedder names no convention, or the detector does not give its landmarks
+            (one line, beginning with ``method``).
+    """
+    from facedefense.errors import ConfigError
+    from facedefense_metrics.faces import get_backend
+
+    convention = getattr(embedder, "landmark_convention", None)
+    if convention not in LANDMARK_DETECTORS:
+        raise ConfigError(
+            f"{method}: face model '{face_model}' does not say which landmarks align it "
+            f"(its `landmark_convention` must be one of {', '.join(LANDMARK_DETECTORS)})"
+        )
+    detectors = LANDMARK_DETECTORS[convention]
+    name = face_detector or detectors[0]
+    if name not in detectors:
+        raise ConfigError(
+            f"{method}: face model '{face_model}' is aligned with {convention} landmarks, which "
+            f"face_detector '{name}' does not give; use one of: {', '.join(detectors)}"
+        )
+    return get_backend(name, detector_weights=weights, device=str(device))
+
+
+def find_landmarks(detector: Any, images: Tensor, size: tuple[int, int]) -> Tensor:
+    """5 landmarks (N, 5, 2) of the largest face of each photo found by ``detector``, (x, y) in pixels
+    of the photo resized to ``size``; NaN where no face is found. Detected on the photos themselves."""
+    import torch
+
+    height, width = images.shape[-2:]
+    scale = torch.tensor([size[1] / width, size[0] / height])
+    out = torch.full((images.shape[0], 5, 2), float("nan"))
+    for index, image in enumerate(images):
+        faces = detector.detect(image.detach().float())
+        if faces and faces[0].landmarks is not None:
+            out[index] = (faces[0].landmarks.float().cpu() + 0.5) * scale - 0.5  # pixel centres
+    return out
+
+
 def _embedder_class() -> type:
     import torch
 

@@ -136,38 +136,18 @@ class FaceLock(Defender):
 
     def _build_detector(self) -> Any:
         """The face backend giving the landmarks the embedder is aligned with (one-line errors)."""
-        from facedefense_iterative.face_embedders import LANDMARK_DETECTORS
-        from facedefense_metrics.faces import get_backend
+        from facedefense_iterative.face_embedders import landmark_detector
 
         config = self.config
-        convention = getattr(self.embedder, "landmark_convention", None)
-        if convention not in LANDMARK_DETECTORS:
-            raise ConfigError(
-                f"facelock: face model '{config.face_model}' does not say which landmarks align it "
-                f"(its `landmark_convention` must be one of {', '.join(LANDMARK_DETECTORS)})"
-            )
-        detectors = LANDMARK_DETECTORS[convention]
-        name = config.face_detector or detectors[0]
-        if name not in detectors:
-            raise ConfigError(
-                f"facelock: face model '{config.face_model}' is aligned with {convention} landmarks, which "
-                f"face_detector '{name}' does not give; use one of: {', '.join(detectors)}"
-            )
-        return get_backend(name, detector_weights=config.face_detector_weights, device=str(self.device))
+        return landmark_detector(self.embedder, face_model=config.face_model, face_detector=config.face_detector,
+                                 weights=config.face_detector_weights, device=self.device, method="facelock")
 
     def find_landmarks(self, images: Tensor, size: tuple[int, int]) -> Tensor:
         """5 landmarks (N, 5, 2) of the largest face of each photo, (x, y) in pixels of the photo
         resized to ``size``; NaN where the detector finds no face. Detected on the photos themselves."""
-        import torch
+        from facedefense_iterative.face_embedders import find_landmarks
 
-        height, width = images.shape[-2:]
-        scale = torch.tensor([size[1] / width, size[0] / height])
-        out = torch.full((images.shape[0], 5, 2), float("nan"))
-        for index, image in enumerate(images):
-            faces = self.detector.detect(image.detach().float())
-            if faces and faces[0].landmarks is not None:
-                out[index] = (faces[0].landmarks.float().cpu() + 0.5) * scale - 0.5  # pixel centres
-        return out
+        return find_landmarks(self.detector, images, size)
 
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu_E(x), D(mu_E(x)))``: the unscaled latent mean (float32) and the VAE reconstruction."""

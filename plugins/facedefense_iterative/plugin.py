@@ -62,6 +62,11 @@ def register_defenders(register):
         summary="SDS(+/-): score-distillation gradient through the encoder only, optional texture target (Xue et al., 2024)",
     )
     register(
+        "anti_encoder",
+        "facedefense_iterative.anti_encoder:AntiEncoder",
+        summary="anti_encoder: push the face embedding of the zero-shot attacks' encoder (insightface) away from the clean photo's (IDProtector / FaceShield style PGD)",
+    )
+    register(
         "facelock",
         "facedefense_iterative.facelock:FaceLock",
         summary="FaceLock: destroy the identity in the editor's VAE reconstruction (face embedding, latent and LPIPS terms; Wang et al., 2025)",
