@@ -30,6 +30,7 @@ PIPELINE_KINDS = {
     "instruct_pix2pix": "StableDiffusionInstructPix2PixPipeline",
     "inpaint": "StableDiffusionInpaintPipeline",
     "upscale_x4": "StableDiffusionUpscalePipeline",
+    "sdxl_text2img": "StableDiffusionXLPipeline",
 }
 #: Component name -> (module, class) loaded from the model's subfolder of the same name. The
 #: scheduler is always the DDPM training-noise scheduler built from the model's betas.
@@ -307,7 +308,8 @@ def load_pipeline(
 
     Args:
         model: local diffusers folder or Hugging Face id.
-        kind: ``text2img``, ``img2img``, ``instruct_pix2pix``, ``inpaint`` or ``upscale_x4``.
+        kind: ``text2img``, ``img2img``, ``instruct_pix2pix``, ``inpaint``, ``upscale_x4`` or
+            ``sdxl_text2img`` (an SDXL folder: two text encoders, no safety checker).
         device: where the pipeline goes.
         dtype: precision (default ``torch.float32``).
         progress: show the denoising progress bar.
@@ -332,8 +334,10 @@ def load_pipeline(
     if local is not None:
         _check_pipeline_folder(local, str(model))
     cls = getattr(importlib.import_module("diffusers"), PIPELINE_KINDS[kind])
-    extra: dict[str, Any] = {"safety_checker": None}
-    if kind != "upscale_x4":
+    extra: dict[str, Any] = {}
+    if kind != "sdxl_text2img":  # SDXL pipelines have no safety checker
+        extra["safety_checker"] = None
+    if kind not in ("upscale_x4", "sdxl_text2img"):
         extra["requires_safety_checker"] = False
     pipeline = _from_pretrained(cls, str(model), dtype=dtype or torch.float32, **extra)
     if getattr(pipeline, "tokenizer", None) is not None:

@@ -60,6 +60,14 @@ def tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Stable Diffusion XL folder (`facedefense.testing.tiny_sdxl`)."""
+    from facedefense.testing.tiny_sdxl import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+@pytest.fixture(scope="session")
 def tiny_ip2p_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny InstructPix2Pix folder."""
     return _built(tmp_path_factory, "build_tiny_instruct_pix2pix")

@@ -60,24 +60,13 @@ def _image_encoder(seed: int, projection_dim: int) -> Any:
     return CLIPVisionModelWithProjection(config).eval()
 
 
-def _plus_projection(embed_dims: int, output_dims: int, num_tokens: int) -> dict[str, Any]:
-    """A random IP-Adapter Plus resampler (diffusers' ``IPAdapterPlusImageProjection``: 4 blocks,
-    one 64-wide head, width 64) as its state dict in the original Resampler's key layout, which
-    diffusers' loader converts back (``to_kv`` = ``to_k`` and ``to_v`` stacked, ``1.1``/``1.3`` the
-    feed-forward layers)."""
+def _original_resampler_keys(state: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers resampler state dict (``IPAdapterPlusImageProjection`` or the FaceID Plus
+    projection) with its ``layers.*`` keys in the original Resampler's layout, which diffusers'
+    loader converts back (``to_kv`` = ``to_k`` and ``to_v`` stacked, ``1.1``/``1.3`` the
+    feed-forward layers); other keys are kept."""
     import torch
-    from diffusers.models.embeddings import IPAdapterPlusImageProjection
 
-    module = IPAdapterPlusImageProjection(
-        embed_dims=embed_dims,
-        output_dims=output_dims,
-        hidden_dims=64,
-        depth=4,
-        dim_head=64,
-        heads=1,
-        num_queries=num_tokens,
-    )
-    state = module.state_dict()
     renamed: dict[str, Any] = {}
     for key, value in state.items():
         parts = key.split(".")
@@ -85,6 +74,8 @@ def _plus_projection(embed_dims: int, output_dims: int, num_tokens: int) -> dict
             renamed[key] = value
             continue
         head, rest = f"layers.{parts[1]}", ".".join(parts[2:])
+        if rest.startswith("attn.to_v."):
+            continue
         if rest.startswith("attn.to_k."):
             value_key = key.replace("attn.to_k.", "attn.to_v.")
             renamed[f"{head}.0.to_kv.weight"] = torch.cat([value, state[value_key]])
@@ -102,6 +93,42 @@ def _plus_projection(embed_dims: int, output_dims: int, num_tokens: int) -> dict
                 renamed[f"{head}.{new}{rest[len(old) :]}"] = value
                 break
     return renamed
+
+
+def _plus_projection(embed_dims: int, output_dims: int, num_tokens: int) -> dict[str, Any]:
+    """A random IP-Adapter Plus resampler (diffusers' ``IPAdapterPlusImageProjection``: 4 blocks,
+    one 64-wide head, width 64) as its state dict in the original Resampler's key layout."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    module = IPAdapterPlusImageProjection(
+        embed_dims=embed_dims,
+        output_dims=output_dims,
+        hidden_dims=64,
+        depth=4,
+        dim_head=64,
+        heads=1,
+        num_queries=num_tokens,
+    )
+    return _original_resampler_keys(module.state_dict())
+
+
+def _faceid_plus_projection(clip_width: int, cross: int) -> dict[str, Any]:
+    """A random FaceID Plus projection (diffusers' ``IPAdapterFaceIDPlusImageProjection`` with the
+    sizes its loader infers: 4 blocks, 4 tokens, one 64-wide head, width ``cross`` so the v2
+    shortcut adds up) in h94's layout: the face MLP ``proj.0``/``proj.2`` and ``norm`` at the top,
+    the resampler under ``perceiver_resampler.``."""
+    from diffusers.models.embeddings import IPAdapterFaceIDPlusImageProjection
+
+    module = IPAdapterFaceIDPlusImageProjection(
+        embed_dims=cross, output_dims=cross, hidden_dims=clip_width, id_embeddings_dim=FACE_EMBED_DIM, heads=1
+    )
+    state = _original_resampler_keys(module.state_dict())
+    top = {"proj.net.0.proj.": "proj.0.", "proj.net.2.": "proj.2.", "norm.": "norm."}
+    out = {}
+    for key, value in state.items():
+        prefix = next((p for p in top if key.startswith(p)), None)
+        out[top[prefix] + key[len(prefix) :] if prefix else f"perceiver_resampler.{key}"] = value
+    return out
 
 
 def build_tiny_ip_adapter(
@@ -172,6 +199,10 @@ def build_tiny_ip_adapter(
 
 #: Weight file of the tiny IP-Adapter-FaceID (h94/IP-Adapter-FaceID keeps its files at the root).
 FACEID_WEIGHT_NAME = "ip-adapter-faceid_tiny.safetensors"
+#: Weight file of the tiny IP-Adapter-FaceID Plus (v1 and v2 share the layout; v2 adds the shortcut).
+FACEID_PLUS_WEIGHT_NAME = "ip-adapter-faceid-plus_tiny.safetensors"
+#: Folder of the tiny FaceID Plus's CLIP image encoder beside its weights.
+FACEID_ENCODER_FOLDER = "image_encoder"
 #: Width of a face embedding (insightface's and ArcFace's 512).
 FACE_EMBED_DIM = 512
 
@@ -187,14 +218,17 @@ def build_tiny_ip_adapter_faceid(
     weight_std: float = 0.5,
 ) -> Path:
     """Write a tiny IP-Adapter-FaceID (plain, SD 1.5 layout) for ``sd_path`` at
-    ``DIR/FACEID_WEIGHT_NAME``; return ``directory``.
+    ``DIR/FACEID_WEIGHT_NAME``, a tiny FaceID Plus at ``DIR/FACEID_PLUS_WEIGHT_NAME`` and the Plus
+    variant's CLIP image encoder at ``DIR/FACEID_ENCODER_FOLDER``; return ``directory``.
 
     Its ``image_proj`` is the FaceID MLP of 512-D face embeddings (``proj.0``: 512 -> 512 *
     ``mult``, GELU, ``proj.2``: -> ``num_tokens`` x cross-attention dim, ``norm``); ``ip_adapter``
     holds the key/value projections of every cross-attention processor (odd indices, as
     `build_tiny_ip_adapter`) and, as the released weights do, rank-``lora_rank`` LoRA weights
     (``{i}.to_{q,k,v,out}_lora.{down,up}.weight``) for every attention processor ``i`` (0 turns
-    them off). No image encoder: FaceID takes face embeddings.
+    them off). The Plus file has the same ``ip_adapter`` weights and a FaceID Plus projection
+    (face MLP + resampler over the CLIP hidden states of the face crop, `_faceid_plus_projection`);
+    plain FaceID takes no image encoder.
     """
     from facedefense.testing.tiny_models import _isolated_rng, _prepare
 
@@ -245,7 +279,16 @@ def build_tiny_ip_adapter_faceid(
             for part, width in (("to_q", hidden), ("to_k", source), ("to_v", source), ("to_out", hidden)):
                 weights[f"ip_adapter.{index}.{part}_lora.down.weight"] = draw(lora_rank, width, std=0.1)
                 weights[f"ip_adapter.{index}.{part}_lora.up.weight"] = draw(hidden, lora_rank, std=0.1)
+        encoder = _image_encoder(seed, 16)
+        torch.manual_seed(seed + 4)
+        plus = {
+            f"image_proj.{key}": value.contiguous()
+            for key, value in _faceid_plus_projection(int(encoder.config.hidden_size), cross).items()
+        }
+        plus.update({key: value for key, value in weights.items() if key.startswith("ip_adapter.")})
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(folder / FACEID_WEIGHT_NAME))
+    save_file(plus, str(folder / FACEID_PLUS_WEIGHT_NAME))
+    encoder.save_pretrained(folder / FACEID_ENCODER_FOLDER, safe_serialization=True)
     return folder

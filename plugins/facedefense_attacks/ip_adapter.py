@@ -104,7 +104,7 @@ class IPAdapter(ZeroShotPersonalizer):
             )
         pipeline.set_ip_adapter_scale(config.scale)
 
-    def _encode(self, pipeline: Any, images: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def _encode(self, pipeline: Any, images: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """diffusers' own ``encode_image`` on the photos as ``CLIPImageProcessor`` prepares them from
         8-bit images: the projected embedding (plain IP-Adapter, zeros as the unconditional one)
         or the penultimate hidden states (Plus, the encoder's output on a black image as the
@@ -118,7 +118,7 @@ class IPAdapter(ZeroShotPersonalizer):
         pixels = pipeline.feature_extractor(images=photos, return_tensors="pt").pixel_values
         plain = isinstance(pipeline.unet.encoder_hid_proj.image_projection_layers[0], ImageProjection)
         positive, negative = pipeline.encode_image(pixels, self.device, 1, not plain)
-        return positive[None].float().cpu(), negative[None].float().cpu()
+        return positive[None].float().cpu(), negative[None].float().cpu(), {}
 
     def _adapter_info(self) -> dict[str, Any]:
         config = self.config

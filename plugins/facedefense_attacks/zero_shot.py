@@ -6,11 +6,16 @@ PHOTOS/ --personalizer ip_adapter`` and the benchmark's ``attacks:`` list run th
 fine-tuning attacks. The saved model is the reference embeddings (``image_embeds.safetensors``,
 what diffusers' ``ip_adapter_image_embeds`` takes) plus the adapter's name in
 ``facedefense_personalized.json``; loading it needs the base model and the adapter, not the encoder.
+
+The base model is a Stable Diffusion 1.x/2.x folder or an SDXL one (`is_sdxl`: its
+``model_index.json`` names an SDXL pipeline); the adapter must match its UNet.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,8 +37,35 @@ if TYPE_CHECKING:
 
 #: File of the saved reference embeddings.
 EMBEDS_NAME = "image_embeds.safetensors"
+#: Pipeline kinds (`facedefense.diffusion.PIPELINE_KINDS`) of SD 1.x/2.x and SDXL base models.
+SD_KIND, SDXL_KIND = "text2img", "sdxl_text2img"
 #: IP-Adapter's negative prompt (``ip_adapter/ip_adapter.py``, ``IPAdapter.generate``).
 REFERENCE_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
+
+
+def is_sdxl(model: str) -> bool:
+    """Whether ``model`` (a local diffusers folder, or a hub id in the Hugging Face cache) is an
+    SDXL pipeline: its ``model_index.json`` names a ``StableDiffusionXL*`` class. Unknown: False."""
+    folder = Path(model).expanduser()
+    index: Any = folder / "model_index.json" if folder.is_dir() else None
+    if index is None:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            index = try_to_load_from_cache(model, "model_index.json")
+        except (ValueError, OSError):
+            return False
+        index = Path(index) if isinstance(index, str) else None
+    try:
+        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "") if index else ""
+    except (OSError, ValueError, AttributeError):
+        return False
+    return str(name).startswith("StableDiffusionXL")
+
+
+def pipeline_kind(model: str) -> str:
+    """The pipeline kind a zero-shot attack loads ``model`` as (``SDXL_KIND`` or ``SD_KIND``)."""
+    return SDXL_KIND if is_sdxl(model) else SD_KIND
 
 
 @dataclass
@@ -78,6 +110,9 @@ class ZeroShotModel(PipelinePersonalized):
         image_embeds: (1, N, ...) embeddings of the N reference photos (what one adapter's entry of
             ``ip_adapter_image_embeds`` holds without guidance); `load` sets them from the file.
         negative_image_embeds: the same shape: the unconditional embeddings of guidance.
+        extra_embeds: further named tensors an adapter's projection needs besides
+            ``ip_adapter_image_embeds`` (FaceID Plus: the face crops' CLIP hidden states), saved
+            and loaded with the embeddings; `_prepare_projection` hands them to the projection.
     """
 
     format: ClassVar[str] = "ip_adapter"
@@ -88,12 +123,41 @@ class ZeroShotModel(PipelinePersonalized):
         info: dict[str, Any],
         image_embeds: Tensor | None = None,
         negative_image_embeds: Tensor | None = None,
+        extra_embeds: dict[str, Tensor] | None = None,
     ) -> None:
         super().__init__(pipeline, info)
         self.image_embeds = None if image_embeds is None else image_embeds.detach().float().cpu()
         self.negative_image_embeds = (
             None if negative_image_embeds is None else negative_image_embeds.detach().float().cpu()
         )
+        self.extra_embeds = {key: value.detach().float().cpu() for key, value in (extra_embeds or {}).items()}
+
+    def _guided(self, guidance_scale: float) -> bool:
+        """Whether the pipeline runs classifier-free guidance (and so takes negative embeddings)."""
+        return guidance_scale > 1 and getattr(self.pipeline.unet.config, "time_cond_proj_dim", None) is None
+
+    def generate(
+        self,
+        prompts: Sequence[str] | str,
+        *,
+        num_images: int = 1,
+        generator: torch.Generator | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+    ) -> Tensor:
+        """`PipelinePersonalized.generate`, after `_prepare_projection` for the whole batch."""
+        count = 1 if isinstance(prompts, str) else len(prompts)
+        guidance = float(
+            guidance_scale if guidance_scale is not None else self.info.get("guidance_scale", 7.5)
+        )
+        self._prepare_projection(count * max(num_images, 1), self._guided(guidance))
+        return super().generate(
+            prompts, num_images=num_images, generator=generator, steps=steps, guidance_scale=guidance_scale
+        )
+
+    def _prepare_projection(self, batch: int, guided: bool) -> None:
+        """Set what the adapter's projection reads besides its input for ``batch`` generated images
+        (nothing by default; FaceID Plus: its CLIP embeddings)."""
 
     def _pipeline_inputs(self, prompts: int, guidance_scale: float) -> dict[str, Any]:
         """``ip_adapter_image_embeds`` for ``prompts`` prompts: [(negative, positive)] stacked on
@@ -102,7 +166,7 @@ class ZeroShotModel(PipelinePersonalized):
         import torch
 
         unet = self.pipeline.unet
-        guided = guidance_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
+        guided = self._guided(guidance_scale)
         parts = [self.negative_image_embeds, self.image_embeds] if guided else [self.image_embeds]
         embeds = torch.cat([part.expand(prompts, *part.shape[1:]) for part in parts])
         negative = str(self.info.get("negative_prompt") or "")
@@ -118,13 +182,18 @@ class ZeroShotModel(PipelinePersonalized):
             {
                 "image_embeds": self.image_embeds.contiguous(),
                 "negative_image_embeds": self.negative_image_embeds.contiguous(),
+                **{key: value.contiguous() for key, value in self.extra_embeds.items()},
             },
             str(directory / EMBEDS_NAME),
         )
 
     @classmethod
     def _attach(cls, directory: Path, info: dict[str, Any], device: Any, dtype: Any) -> Any:
-        pipeline = cls._base_pipeline(info, device, dtype)
+        from facedefense.diffusion import load_pipeline
+
+        pipeline = load_pipeline(
+            str(info["base_model"]), str(info.get("pipeline", SD_KIND)), device=device, dtype=dtype
+        )
         pipeline.load_ip_adapter(
             str(info["adapter"]),
             subfolder=info.get("subfolder") or None,
@@ -145,7 +214,7 @@ class ZeroShotModel(PipelinePersonalized):
         read_metadata(directory)
         try:
             tensors = load_file(str(directory / EMBEDS_NAME))
-            embeds = (tensors["image_embeds"], tensors["negative_image_embeds"])
+            embeds = (tensors.pop("image_embeds"), tensors.pop("negative_image_embeds"))
         except (OSError, KeyError, SafetensorError) as exc:
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelNotFoundError(
@@ -153,12 +222,13 @@ class ZeroShotModel(PipelinePersonalized):
             ) from exc
         model: Any = super().load(directory, device=device, dtype=dtype)
         model.image_embeds, model.negative_image_embeds = (embed.float() for embed in embeds)
+        model.extra_embeds = {key: value.float() for key, value in tensors.items()}
         return model
 
 
 class ZeroShotPersonalizer(Personalizer):
-    """Template of the zero-shot attacks: `prepare` loads the base model and the adapter (checked,
-    before anything is written); `fit` encodes the photos (``_encode``, the hook) and wraps the
+    """Template of the zero-shot attacks: `prepare` loads the base model (SD or SDXL, `pipeline_kind`)
+    and the adapter (checked, before anything is written); `fit` encodes the photos (``_encode``, the hook) and wraps the
     pipeline in ``Model``; the pipeline is kept for the next `fit` (encoding changes nothing in it).
 
     Attributes:
@@ -171,6 +241,7 @@ class ZeroShotPersonalizer(Personalizer):
     progress: bool = False
     last_training: Any = None
     _prepared: Any = None
+    _kind: str = SD_KIND
 
     def default_prompts(self) -> list[str]:
         """Anti-DreamBooth's five prompts without the identifier (``"a photo of person"``, ...)."""
@@ -186,8 +257,9 @@ class ZeroShotPersonalizer(Personalizer):
         config, label = self.config, self.name or type(self).__name__
         with progress_enabled_as(self.progress):
             status(f"{label}: loading {config.model} ...")
+        self._kind = pipeline_kind(config.model)
         pipeline = load_checked_pipeline(
-            config.model, "text2img", expected_channels=4, method=label, device=self.device, dtype=self.dtype
+            config.model, self._kind, expected_channels=4, method=label, device=self.device, dtype=self.dtype
         )
         pipeline.set_progress_bar_config(disable=not self.progress, leave=False)
         check_denoising_steps(pipeline.scheduler, {"inference_steps": config.inference_steps}, label)
@@ -198,8 +270,9 @@ class ZeroShotPersonalizer(Personalizer):
         """Load the adapter into ``pipeline`` and set its scale; refuse one this attack cannot use."""
         raise NotImplementedError
 
-    def _encode(self, pipeline: Any, images: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """The (1, N, ...) embeddings of the N photos and their unconditional counterpart."""
+    def _encode(self, pipeline: Any, images: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The (1, N, ...) embeddings of the N photos, their unconditional counterpart, and the
+        model's ``extra_embeds`` (usually none)."""
         raise NotImplementedError
 
     def _adapter_info(self) -> dict[str, Any]:
@@ -223,10 +296,11 @@ class ZeroShotPersonalizer(Personalizer):
             self.prepare(instance_prompt=instance_prompt)
         pipeline = self._prepared
         with torch.no_grad():
-            positive, negative = self._encode(pipeline, images)
+            positive, negative, extra = self._encode(pipeline, images)
         info = {
             "personalizer": self.name,
             "base_model": config.model,
+            "pipeline": self._kind,
             "instance_prompt": instance_prompt,
             "resolution": config.resolution,
             "inference_steps": config.inference_steps,
@@ -235,7 +309,7 @@ class ZeroShotPersonalizer(Personalizer):
             "references": len(images),
             **self._adapter_info(),
         }
-        model = self.Model(pipeline, info, positive, negative)
+        model = self.Model(pipeline, info, positive, negative, extra)
         if output_dir is not None:
             model.save(output_dir)
         return model

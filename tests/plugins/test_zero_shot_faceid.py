@@ -3,7 +3,8 @@ MLP, key/value projections and LoRA in h94's layout) through diffusers' ``load_i
 metrics plugin's ArcFace backend as the face encoder (its alignment and embedding code; the IR-SE50
 replaced by a tiny random net and the detector by the sample portraits' known face position, so
 the embeddings follow the photos): the embeddings diffusers expects, generation follows the faces,
-photos without a face, the CLI and the saved model."""
+photos without a face, the CLI and the saved model; FaceID Plus (v1, v2) equals diffusers'
+documented recipe."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from typer.testing import CliRunner
 
 from facedefense.cli import build_app
 from facedefense.testing.contracts import PersonalizerContract
-from facedefense.testing.tiny_adapters import FACEID_WEIGHT_NAME, build_tiny_ip_adapter_faceid
+from facedefense.testing.tiny_adapters import (
+    FACEID_ENCODER_FOLDER,
+    FACEID_PLUS_WEIGHT_NAME,
+    FACEID_WEIGHT_NAME,
+    build_tiny_ip_adapter_faceid,
+)
 
 PROMPT = "a photo of person"
 #: Random-weight face networks (the threshold 0 lets the random detector find a "face").
@@ -130,8 +136,127 @@ def test_a_clip_adapter_is_refused(tiny_sd_path, tmp_path):
 
     clip = build_tiny_ip_adapter(tmp_path / "clip", tiny_sd_path)
     method = make(tiny_sd_path, clip, subfolder=SUBFOLDER, weight_name=WEIGHT_NAME)
-    with pytest.raises(ConfigError, match="not a plain FaceID adapter"):
+    with pytest.raises(ConfigError, match="is not a FaceID adapter"):
         method.prepare()
+
+
+def test_a_variant_the_file_is_not_is_refused(tiny_sd_path, faceid_path):
+    from facedefense.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is a plain FaceID adapter, not variant 'plus'"):
+        make(tiny_sd_path, faceid_path, variant="plus").prepare()
+    with pytest.raises(ConfigError, match="option 'variant' must be one of"):
+        make(tiny_sd_path, faceid_path, variant="plus3")
+
+
+def plus(tiny_sd_path, faceid_path, variant):
+    return with_tiny_recognizer(
+        make(
+            tiny_sd_path,
+            faceid_path,
+            weight_name=FACEID_PLUS_WEIGHT_NAME,
+            variant=variant,
+            image_encoder=str(faceid_path / FACEID_ENCODER_FOLDER),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def plus_attack(tiny_sd_path, faceid_path):
+    return plus(tiny_sd_path, faceid_path, "plus")
+
+
+def test_plus_crops_each_face_onto_the_template_at_224_px():
+    """Bright dots at five landmarks (the template turned by 0.3 rad, halved, shifted) land on
+    insightface's template scaled to 224 px (norm_crop)."""
+    import math
+
+    from facedefense_attacks.ip_adapter_faceid import align_face
+    from facedefense_metrics.faces.arcface import TEMPLATE_112
+
+    turn = torch.tensor([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]])
+    marks = torch.tensor(TEMPLATE_112) @ turn.T * 0.5 + torch.tensor([40.0, 30.0])
+    image = torch.zeros(3, 120, 100)
+    for x, y in marks.round().long():
+        image[:, y, x] = 1.0
+    crop = align_face(image, marks)
+    assert crop.shape == (3, 224, 224)
+    for x, y in (torch.tensor(TEMPLATE_112) * 2).round().long():
+        assert crop[0, y - 2 : y + 3, x - 2 : x + 3].max() > 0.2
+
+
+@pytest.mark.parametrize("variant", ["plus", "plusv2"])
+def test_plus_generation_equals_diffusers_documented_recipe(
+    variant, tiny_sd_path, faceid_path, plus_attack, face_images
+):
+    """diffusers' FaceID Plus recipe, same seed: the id embeddings stacked (zeros first) as
+    ``ip_adapter_image_embeds``; the projection's ``clip_embeds`` from ``prepare_ip_adapter_image_embeds``
+    on the face crops with the pipeline's own encoder (its zero-image negative, repeated per image);
+    ``shortcut`` True for v2. Two images per prompt, guided."""
+    from PIL import Image
+
+    from facedefense.io import to_uint8
+    from facedefense_attacks.ip_adapter_faceid import align_face
+
+    attack = plus_attack if variant == "plus" else plus(tiny_sd_path, faceid_path, "plusv2")
+    model = attack.fit(list(face_images))
+    assert model.info["variant"] == variant
+    assert model.extra_embeds["clip_embeds"].shape == (1, 2, 17, 32)
+    ours = model.generate([PROMPT], num_images=2, generator=seeded(3))
+
+    pipeline = model.pipeline
+    crops = [align_face(image, centred_face(image)[0].landmarks) for image in face_images]
+    pipeline.image_encoder, pipeline.feature_extractor = attack._image_encoder, attack._processor
+    try:
+        clip = pipeline.prepare_ip_adapter_image_embeds(
+            [[Image.fromarray(to_uint8(crop)) for crop in crops]], None, "cpu", 2, True
+        )[0]
+    finally:
+        pipeline.image_encoder = pipeline.feature_extractor = None
+    layer = pipeline.unet.encoder_hid_proj.image_projection_layers[0]
+    layer.clip_embeds, layer.shortcut, layer.shortcut_scale = clip, variant == "plusv2", 1.0
+    ids = model.image_embeds
+    theirs = pipeline(
+        PROMPT,
+        ip_adapter_image_embeds=[torch.cat([torch.zeros_like(ids), ids])],
+        num_images_per_prompt=2,
+        num_inference_steps=2,
+        guidance_scale=7.5,
+        negative_prompt=model.info["negative_prompt"],
+        height=64,
+        width=64,
+        generator=seeded(3),
+        output_type="pt",
+    ).images
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_plus_v2_shortcut_and_the_clip_tokens_change_generation(plus_attack, face_images):
+    model = plus_attack.fit([face_images[0]])
+    first = model.generate([PROMPT], generator=seeded(1))
+    v2 = type(model)(
+        model.pipeline,
+        {**model.info, "variant": "plusv2"},
+        model.image_embeds,
+        model.negative_image_embeds,
+        model.extra_embeds,
+    )
+    other_clip = {**model.extra_embeds, "clip_embeds": -model.extra_embeds["clip_embeds"]}
+    flipped = type(model)(
+        model.pipeline, model.info, model.image_embeds, model.negative_image_embeds, other_clip
+    )
+    for other in (v2, flipped):
+        assert (first - other.generate([PROMPT], generator=seeded(1))).abs().mean() > 1 / 255
+
+
+def test_plus_saved_model_reloads_with_its_clip_embeddings(tmp_path, plus_attack, face_images):
+    from facedefense.interfaces.personalizer import load_personalized
+
+    model = plus_attack.fit([face_images[1]], output_dir=tmp_path / "model")
+    loaded = load_personalized(tmp_path / "model", device="cpu")
+    assert torch.equal(loaded.extra_embeds["clip_embeds"], model.extra_embeds["clip_embeds"])
+    a, b = (m.generate([PROMPT], num_images=2, generator=seeded(4)) for m in (model, loaded))
+    assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_cli_encodes_generates_and_the_model_reloads(
