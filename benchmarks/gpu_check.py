@@ -245,6 +245,8 @@ RECIPES: dict[tuple[str, str], list[Recipe]] = {
     ("defender", "caat"): [Recipe(lambda a: _anti_dreambooth(a, steps=2))],
     ("defender", "simac"): [Recipe(lambda a: _anti_dreambooth(a, pgd_steps=1, surrogate_steps=1, search_steps=1, search_samples=2))],
     ("defender", "metacloak"): [Recipe(lambda a: _anti_dreambooth(a, train_steps=2, interval=2, iterations=1, pgd_steps=1, advance_steps=1))],
+    ("defender", "ace"): [Recipe(lambda a: _anti_dreambooth(a, steps=2, pgd_steps=1, surrogate_steps=1))],
+    ("defender", "glaze"): [Recipe(lambda a: _iterative(a, target_steps=5, lpips_weights="random"))],
     # MTCNN (its weights ship) finds the sample face at 64 px, so the aligned identity term runs.
     ("defender", "facelock"): [
         Recipe(lambda a: _iterative(a, face_model="random_face_embedder", face_detector="mtcnn", lpips_weights="random")),
