@@ -24,7 +24,9 @@ def export_tiny(path, layers, *, folded=True, features=32, seed=0):
     from facedefense_metrics.faces.iresnet import IResNet
 
     generator = torch.Generator().manual_seed(seed)
-    network = IResNet(layers, WIDTHS, features=features, folded=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = IResNet(layers, WIDTHS, features=features, folded=False)
     for module in network.modules():  # batch norms far from the identity, so a swap shows
         if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             for tensor, low, high in ((module.weight, 0.5, 1.5), (module.bias, -0.3, 0.3),
@@ -79,23 +81,29 @@ def test_torch_form_matches_onnx_runtime(r50, chips):
 
 
 def test_a_wrong_mapping_fails_the_check(r50, chips):
-    """Swapping the pre-activation BNs of two blocks of the same width moves the embeddings far
-    past the 1e-4 tolerance: the check can see a bad map."""
+    """Wrong mappings move the embeddings past the 1e-4 tolerance, so the check can see one: the
+    batch norms of two blocks of the same width swapped (5x the tolerance at least; the residual
+    stream carries most of this small network's signal), or the final BN's scale and shift swapped
+    (the order of BatchNormalization's inputs)."""
     import torch
 
     from facedefense_metrics.faces.insightface import OnnxRuntimeEncoder
     from facedefense_metrics.faces.iresnet import load_iresnet
 
     path, _ = r50
-    network = load_iresnet(path)
-    first, second = network.layer1[0].bn1, network.layer2[0].bn1
+    expected = OnnxRuntimeEncoder(path)(chips)
+    blocks, final = load_iresnet(path), load_iresnet(path)
+    first, second = blocks.layer1[0].bn1, blocks.layer2[0].bn1
     assert first.num_features == second.num_features
     swapped = {key: value.clone() for key, value in first.state_dict().items()}
     first.load_state_dict(second.state_dict())
     second.load_state_dict(swapped)
+    scale = final.bn2.weight.data.clone()
+    final.bn2.weight.data.copy_(final.bn2.bias.data)
+    final.bn2.bias.data.copy_(scale)
     with torch.no_grad():
-        wrong = network(chips)
-    assert cosine_distance(wrong, OnnxRuntimeEncoder(path)(chips)).min() > 1e-3
+        assert cosine_distance(blocks(chips), expected).min() > 5e-4
+        assert cosine_distance(final(chips), expected).min() > 0.1
 
 
 def test_unfolded_export_loads(tmp_path, chips):
@@ -185,3 +193,30 @@ def test_shared_embedder_reads_the_onnx_file(r50):
     assert embedder(photo).shape == (1, 32) and gradient.abs().sum() > 0
     with pytest.raises(ModelNotFoundError, match="insightface needs its model file"):
         shared_model("insightface", device="cpu")
+
+
+def test_protect_through_the_cli_with_the_onnx_encoder(r50, tmp_path):
+    """``facedefense protect PHOTOS/ --method anti_encoder`` with the encoder read from the ONNX file
+    and MTCNN's landmarks (real, in its wheel) on the sample portraits: within budget after 8-bit
+    rounding, and each face's embedding moved away from the clean one's."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from facedefense.cli import build_app
+    from facedefense.io import save_image
+    from facedefense.testing.tiny_models import sample_faces
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for index, face in enumerate(sample_faces(2, 64)):
+        save_image(face, photos / f"face{index}.png")
+    result = CliRunner().invoke(build_app(), [
+        "protect", str(photos), "--method", "anti_encoder", "--output", str(out), "--steps", "2", "--eps", "8/255",
+        "--device", "cpu", "-o", f"face_model_path={r50[0]}", "-o", "face_detector=mtcnn",
+    ])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "facedefense.json").read_text())
+    entries = manifest["images"]
+    assert [entry["within_budget"] and entry["linf_gray_levels"] <= 8 for entry in entries] == [True, True]
+    assert all(entry["face_found"] and entry["identity_similarity"] < 1 for entry in entries), entries
