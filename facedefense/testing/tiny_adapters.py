@@ -292,3 +292,81 @@ def build_tiny_ip_adapter_faceid(
     save_file(plus, str(folder / FACEID_PLUS_WEIGHT_NAME))
     encoder.save_pretrained(folder / FACEID_ENCODER_FOLDER, safe_serialization=True)
     return folder
+
+
+#: Weight file of the tiny InstantID face adapter (InstantX/InstantID ships ``ip-adapter.bin``).
+INSTANTID_WEIGHT_NAME = "ip-adapter_instantid_tiny.safetensors"
+#: Subfolder of the tiny IdentityNet (InstantX/InstantID's ``ControlNetModel``).
+INSTANTID_CONTROLNET_FOLDER = "ControlNetModel"
+
+
+def build_tiny_instantid(
+    directory: str | Path,
+    sdxl_path: str | Path,
+    *,
+    seed: int = 0,
+    num_tokens: int = 16,
+    weight_std: float = 0.5,
+    control_std: float = 0.5,
+) -> Path:
+    """Write a tiny InstantID for the SDXL folder ``sdxl_path``: the face adapter at
+    ``DIR/INSTANTID_WEIGHT_NAME`` and the IdentityNet at ``DIR/INSTANTID_CONTROLNET_FOLDER``; return
+    ``directory``.
+
+    The adapter's ``image_proj`` is InstantID's Resampler (IP-Adapter Plus layout: ``latents``,
+    ``proj_in`` from the 512-D face embedding, 4 blocks, one 64-wide head, width 64 instead of
+    1280, ``num_tokens`` queries, output the UNet's cross-attention width), which diffusers'
+    ``load_ip_adapter`` loads as ``IPAdapterPlusImageProjection``; ``ip_adapter`` holds the
+    key/value projections of every cross-attention processor (odd indices). The IdentityNet is
+    ``ControlNetModel.from_unet`` of the SDXL UNet with the condition embedding's convolutions
+    redrawn He-normal without bias (at the default init the keypoint image fades out in its eight
+    layers) and its zero-initialised outputs (down and mid) redrawn with std ``control_std``, so
+    the keypoint image changes what the tiny UNet predicts.
+    """
+    from facedefense.testing.tiny_models import _isolated_rng, _prepare
+
+    _prepare()  # before diffusers is imported
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(Path(sdxl_path) / "unet")
+    cross = int(unet.config.cross_attention_dim)
+    with _isolated_rng():
+        torch.manual_seed(seed + 5)
+        resampler = IPAdapterPlusImageProjection(
+            embed_dims=FACE_EMBED_DIM,
+            output_dims=cross,
+            hidden_dims=64,
+            depth=4,
+            dim_head=64,
+            heads=1,
+            num_queries=num_tokens,
+        )
+        weights = {
+            f"image_proj.{k}": v.contiguous()
+            for k, v in _original_resampler_keys(resampler.state_dict()).items()
+        }
+        generator = torch.Generator().manual_seed(seed + 6)
+        for index, hidden in enumerate(_cross_attention_sizes(unet)):
+            for name in ("to_k_ip", "to_v_ip"):
+                weights[f"ip_adapter.{2 * index + 1}.{name}.weight"] = (
+                    torch.randn(hidden, cross, generator=generator) * weight_std
+                ).contiguous()
+        controlnet = ControlNetModel.from_unet(unet)
+        with torch.no_grad():
+            for conv in controlnet.controlnet_cond_embedding.modules():
+                if isinstance(conv, torch.nn.Conv2d):  # He-normal, no bias: the keypoints reach the output
+                    fan_in = conv.weight[0].numel()
+                    conv.weight.copy_(
+                        torch.randn(conv.weight.shape, generator=generator) * (2 / fan_in) ** 0.5
+                    )
+                    conv.bias.zero_()
+            for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * control_std)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(folder / INSTANTID_WEIGHT_NAME))
+    controlnet.save_pretrained(folder / INSTANTID_CONTROLNET_FOLDER, safe_serialization=True)
+    return folder

@@ -79,6 +79,23 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def face_backend_for(config: Any, device: Any, label: str) -> Any:
+    """The face backend named by ``config`` (``face_backend``, ``face_weights``,
+    ``detector_weights``, ``face_threshold``) on ``device``; refused when it cannot embed."""
+    from facedefense_metrics.faces import get_backend
+
+    backend = get_backend(
+        config.face_backend,
+        weights=config.face_weights or None,
+        detector_weights=config.detector_weights or None,
+        threshold=config.face_threshold,
+        device=str(device),
+    )
+    if not backend.can_embed:
+        raise ConfigError(f"{label}: face backend '{config.face_backend}' has no identity embedding")
+    return backend
+
+
 def align_face(image: Tensor, landmarks: Tensor, size: int = FACE_CROP_SIZE) -> Tensor:
     """(3, H, W) in [0, 1] and the face's five (x, y) landmarks -> (3, size, size): the face
     warped onto insightface's 112 px template scaled to ``size`` (``norm_crop``; black outside)."""
@@ -152,8 +169,6 @@ class IPAdapterFaceID(ZeroShotPersonalizer):
         )
         from safetensors import SafetensorError
 
-        from facedefense_metrics.faces import get_backend
-
         config, label = self.config, self.name
         where = "/".join(part for part in (config.adapter, config.subfolder, config.weight_name) if part)
         try:
@@ -181,16 +196,7 @@ class IPAdapterFaceID(ZeroShotPersonalizer):
         pipeline.set_ip_adapter_scale(config.scale)
         if plus:
             self._image_encoder = self._load_image_encoder(pipeline)
-        backend = get_backend(
-            config.face_backend,
-            weights=config.face_weights or None,
-            detector_weights=config.detector_weights or None,
-            threshold=config.face_threshold,
-            device=str(self.device),
-        )
-        if not backend.can_embed:
-            raise ConfigError(f"{label}: face backend '{config.face_backend}' has no identity embedding")
-        self._backend = backend
+        self._backend = face_backend_for(config, self.device, label)
 
     def _load_image_encoder(self, pipeline: Any) -> Any:
         """The Plus variants' CLIP vision model (``image_encoder``) in the pipeline's dtype, and its

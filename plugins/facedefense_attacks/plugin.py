@@ -34,7 +34,12 @@ def register_personalizers(register):
     register(
         "ip_adapter_faceid",
         "facedefense_attacks.ip_adapter_faceid:IPAdapterFaceID",
-        summary="IP-Adapter-FaceID: zero-shot, the photos' face embeddings condition generation (h94, 2023)",
+        summary="IP-Adapter-FaceID (plain, Plus v1/v2): zero-shot, the photos' face embeddings condition generation (h94, 2023)",
+    )
+    register(
+        "instantid",
+        "facedefense_attacks.instantid:InstantID",
+        summary="InstantID: zero-shot on SDXL, face embedding tokens + IdentityNet on the face keypoints (Wang et al., 2024)",
     )
 
 

@@ -194,6 +194,7 @@ class ZeroShotModel(PipelinePersonalized):
         pipeline = load_pipeline(
             str(info["base_model"]), str(info.get("pipeline", SD_KIND)), device=device, dtype=dtype
         )
+        pipeline = cls._extend_pipeline(pipeline, info)
         pipeline.load_ip_adapter(
             str(info["adapter"]),
             subfolder=info.get("subfolder") or None,
@@ -201,6 +202,12 @@ class ZeroShotModel(PipelinePersonalized):
             image_encoder_folder=None,
         )
         pipeline.set_ip_adapter_scale(float(info.get("scale", 1.0)))
+        return pipeline
+
+    @classmethod
+    def _extend_pipeline(cls, pipeline: Any, info: dict[str, Any]) -> Any:
+        """The pipeline the adapter goes into, built on the loaded base ``pipeline`` (itself by
+        default; InstantID adds its ControlNet)."""
         return pipeline
 
     @classmethod
@@ -263,8 +270,14 @@ class ZeroShotPersonalizer(Personalizer):
         )
         pipeline.set_progress_bar_config(disable=not self.progress, leave=False)
         check_denoising_steps(pipeline.scheduler, {"inference_steps": config.inference_steps}, label)
+        pipeline = self._extend_pipeline(pipeline)
         self._load_adapter(pipeline)
         self._prepared = pipeline
+
+    def _extend_pipeline(self, pipeline: Any) -> Any:
+        """The pipeline the adapter goes into, built on the base ``pipeline`` (itself by default;
+        checked before anything is written)."""
+        return pipeline
 
     def _load_adapter(self, pipeline: Any) -> None:
         """Load the adapter into ``pipeline`` and set its scale; refuse one this attack cannot use."""
