@@ -19,6 +19,13 @@ and ``reg_weight = lambda / 4``.
 The learning rate warms up linearly from 0 over ``warmup_steps`` and then decays linearly to 0 at
 ``decay_steps`` (default: the run's ``--steps``), diffusers' ``"linear"`` schedule as the reference
 uses it. See docs/methods/rid.md (Fidelity) for every default beside the reference's.
+
+Encoder term (facedefense's, IDProtector's idea on RID's network; off by default): with
+``encoder_weight > 0`` the total gains ``encoder_weight * mean cos(E(A(x + delta)), E(A(x)))`` over
+the images of the batch in which a face is found, ``E`` a face encoder (``anti_encoder``'s: by
+default insightface's IResNet read from the zero-shot attacks' ONNX file) and ``A`` its 112x112
+alignment from landmarks detected once per training image; descending it pulls the protected
+photo's face embedding away from the clean one's. ``sds_weight=0`` trains on it alone.
 """
 
 from __future__ import annotations
@@ -55,6 +62,10 @@ class RIDTrainingOptions:
             [-1, 1] image units as in the reference. Default 2.5 (the reference's ``_10l1`` runs:
             10 x 1/4; its released script has 0).
         prompt: the surrogates' prompt. Default ``" "`` (reference).
+        encoder_weight: weight of the face-encoder term (module docstring). Default 0 (off; ours).
+        face_model, face_model_path, face_detector, face_detector_weights: the encoder term's face
+            embedder, its weights, the landmark detector and its weights, as ``anti_encoder`` takes
+            them (``insightface`` needs ``face_model_path``, e.g. ``glintr100.onnx``); "" for a default.
         architecture: JSON or ``key=value,...`` overrides of the DiT architecture (tests use a tiny one).
     """
 
@@ -65,13 +76,54 @@ class RIDTrainingOptions:
     sds_weight: float = 1.0
     reg_weight: float = 2.5
     prompt: str = PROMPT
+    encoder_weight: float = 0.0
+    face_model: str = "insightface"
+    face_model_path: str = ""
+    face_detector: str = ""
+    face_detector_weights: str = ""
     architecture: str = ""
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0 or self.decay_steps < 0:
             raise ConfigError("rid: warmup_steps and decay_steps must be at least 0")
-        if not self.lr > 0 or self.weight_decay < 0 or self.sds_weight < 0 or self.reg_weight < 0:
-            raise ConfigError("rid: lr must be positive; weight_decay, sds_weight and reg_weight at least 0")
+        if not self.lr > 0 or min(self.weight_decay, self.sds_weight, self.reg_weight, self.encoder_weight) < 0:
+            raise ConfigError("rid: lr must be positive; weight_decay, sds_weight, reg_weight and encoder_weight at least 0")
+        if self.sds_weight == 0 and self.encoder_weight == 0:
+            raise ConfigError("rid: sds_weight and encoder_weight are both 0: nothing to train on")
+
+
+class EncoderTerm:
+    """``cos(E(A(x + delta)), E(A(x)))`` per image of a training batch, through ``anti_encoder``'s
+    face embedder and alignment; the landmarks of data-set image ``i`` are detected once (the
+    training images are fixed squares) and kept.
+
+    Args:
+        options: ``RIDTrainingOptions`` (its face_* fields).
+        device: where the embedder runs.
+    """
+
+    def __init__(self, options: RIDTrainingOptions, device: Any) -> None:
+        from facedefense_iterative.anti_encoder import AntiEncoder
+
+        self.encoder = AntiEncoder(
+            face_model=options.face_model, face_model_path=options.face_model_path or None,
+            face_detector=options.face_detector or None, face_detector_weights=options.face_detector_weights or None,
+            device=str(device), dtype="float32",
+        )
+        self.landmarks: dict[int, Tensor] = {}
+
+    def __call__(self, protected: Tensor, clean: Tensor, indices: Tensor) -> Tensor:
+        """Mean similarity over the images with a face (0 and no gradient when none has one)."""
+        import torch
+
+        missing = [i for i, index in enumerate(indices.tolist()) if index not in self.landmarks]
+        if missing:
+            found = self.encoder.find_landmarks(clean[missing], tuple(clean.shape[-2:]))
+            self.landmarks.update({int(indices[i]): marks for i, marks in zip(missing, found)})
+        marks = torch.stack([self.landmarks[int(index)] for index in indices.tolist()])
+        similarity = self.encoder.identity_similarity(protected, clean, marks)
+        with_face = ~similarity.isnan()
+        return similarity[with_face].mean() if with_face.any() else protected.sum() * 0
 
 
 class RIDObjective:
@@ -95,8 +147,10 @@ class RIDObjective:
         eps: float,
         options: RIDTrainingOptions,
         pairs: tuple[Tensor, Tensor] | None,
+        encoder: EncoderTerm | None = None,
     ) -> None:
         self.network, self.surrogates, self.eps, self.options, self.pairs = network, surrogates, eps, options, pairs
+        self.encoder = encoder
 
     def delta(self, images: Tensor) -> Tensor:
         import torch
@@ -122,7 +176,7 @@ class RIDObjective:
         adversarial = (images + delta[:batch]) * 2 - 1  # no clamp while training (reference)
         terms: dict[str, Tensor] = {}
         sds = []
-        for k, surrogate in enumerate(self.surrogates):
+        for k, surrogate in enumerate(self.surrogates if self.options.sds_weight > 0 else []):
             with autocast():
                 latents = encode(surrogate, adversarial, generator)
             timesteps, noise = draw(surrogate, latents, generator)
@@ -133,7 +187,10 @@ class RIDObjective:
                 gradient = torch.nan_to_num(-(1 - alphas) * (predicted - noise))
             terms[f"sds_{k}"] = 0.5 * F.mse_loss(noisy.float(), (noisy.float() - gradient).detach())
             sds.append(terms[f"sds_{k}"])
-        total = self.options.sds_weight * torch.stack(sds).mean()
+        total = self.options.sds_weight * torch.stack(sds).mean() if sds else delta.sum() * 0
+        if self.encoder is not None:
+            terms["encoder"] = self.encoder(images + delta[:batch], images, indices)
+            total = total + self.options.encoder_weight * terms["encoder"]
         if self.pairs is not None:  # in [-1, 1] units, as the reference's weights
             terms["reg"] = F.l1_loss(2 * delta[batch:], 2 * (protected - clean))
             total = total + self.options.reg_weight * terms["reg"]
@@ -168,7 +225,8 @@ class RIDTrainer:
         optimizer = torch.optim.AdamW(network.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, options.decay_steps or settings.steps)
         self.network, self.optimizer = accelerator.prepare(network, optimizer)
-        self.objective = RIDObjective(self.network, surrogates, eps, options, pairs)
+        encoder = EncoderTerm(options, accelerator.device) if options.encoder_weight > 0 else None
+        self.objective = RIDObjective(self.network, surrogates, eps, options, pairs, encoder)
         self.accelerator, self.autocast = accelerator, autocast_for(accelerator)
 
     def step(self, images, step: int, epoch: int, generator, *, indices) -> dict[str, float]:
