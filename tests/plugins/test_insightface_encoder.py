@@ -56,16 +56,23 @@ def chips():
     return torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
+@pytest.fixture(scope="module")
+def onnx_embeddings(r50, chips):
+    """ONNX Runtime's embeddings of ``chips`` by the exported file."""
+    from facedefense_metrics.faces.insightface import OnnxRuntimeEncoder
+
+    return OnnxRuntimeEncoder(r50[0])(chips)
+
+
 def cosine_distance(a, b):
     import torch.nn.functional as F
 
     return 1 - F.cosine_similarity(a.double(), b.double(), dim=1)
 
 
-def test_torch_form_matches_onnx_runtime(r50, chips):
+def test_torch_form_matches_onnx_runtime(r50, chips, onnx_embeddings):
     import torch
 
-    from facedefense_metrics.faces.insightface import OnnxRuntimeEncoder
     from facedefense_metrics.faces.iresnet import describe, load_iresnet
 
     path, exported = r50
@@ -74,24 +81,22 @@ def test_torch_form_matches_onnx_runtime(r50, chips):
     assert describe(network) == "IResNet (blocks 1-2-1-1)"
     with torch.no_grad():
         torch_form, original = network(chips), exported(chips)
-    onnx_form = OnnxRuntimeEncoder(path)(chips)
+    onnx_form = onnx_embeddings
     assert torch_form.shape == onnx_form.shape == (2, 32)
     assert cosine_distance(torch_form, onnx_form).max() < 1e-4
     assert cosine_distance(torch_form, original).max() < 1e-4
 
 
-def test_a_wrong_mapping_fails_the_check(r50, chips):
+def test_a_wrong_mapping_fails_the_check(r50, chips, onnx_embeddings):
     """Wrong mappings move the embeddings past the 1e-4 tolerance, so the check can see one: the
     batch norms of two blocks of the same width swapped (5x the tolerance at least; the residual
     stream carries most of this small network's signal), or the final BN's scale and shift swapped
     (the order of BatchNormalization's inputs)."""
     import torch
 
-    from facedefense_metrics.faces.insightface import OnnxRuntimeEncoder
     from facedefense_metrics.faces.iresnet import load_iresnet
 
-    path, _ = r50
-    expected = OnnxRuntimeEncoder(path)(chips)
+    path, expected = r50[0], onnx_embeddings
     blocks, final = load_iresnet(path), load_iresnet(path)
     first, second = blocks.layer1[0].bn1, blocks.layer2[0].bn1
     assert first.num_features == second.num_features
@@ -195,6 +200,7 @@ def test_shared_embedder_reads_the_onnx_file(r50):
         shared_model("insightface", device="cpu")
 
 
+@pytest.mark.integration  # end to end through the CLI with a real detector: about 1-5 s on 2 cores
 def test_protect_through_the_cli_with_the_onnx_encoder(r50, tmp_path):
     """``facedefense protect PHOTOS/ --method anti_encoder`` with the encoder read from the ONNX file
     and MTCNN's landmarks (real, in its wheel) on the sample portraits: within budget after 8-bit
