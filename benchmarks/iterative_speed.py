@@ -14,7 +14,10 @@ What one "unit" is per method: ``aspl`` one round (``surrogate_steps`` + ``pgd_s
 ``train_steps`` DreamBooth steps; ``advdm`` / ``photoguard`` / ``photoguard:diffusion`` (4 unrolled
 DDIM steps with guidance 7.5) / ``mist`` / ``sds`` / ``facelock`` / ``caat`` ``--steps`` PGD steps
 (CAAT's each with its key/value update); ``simac`` one ASPL round after a 5-iteration timestep search. ``facelock``
-uses a small random face embedder and a random-weight LPIPS VGG16 (ArcFace IR-SE50 costs more).
+uses a small random face embedder and a random-weight LPIPS VGG16 (ArcFace IR-SE50 costs more). ``ace``
+two PGD phases of ``--steps // 2`` steps with its 10 LoRA steps between (a default run is 5 x 30 PGD
++ 4 x 10 LoRA steps); ``glaze`` the style transfer (img2img, 20 of 50 steps with guidance) then
+``--steps`` PGD steps through the VAE encoder and a random-weight LPIPS VGG16.
 
     .venv/bin/python benchmarks/iterative_speed.py --methods aspl fsmg advdm photoguard --photos 4
     .venv/bin/python benchmarks/iterative_speed.py --model sd15 --methods advdm --steps 1 --photos 1
@@ -48,6 +51,9 @@ RECIPES = {
     "simac": lambda steps: {"steps": 1, "pgd_steps": 6, "surrogate_steps": 3, "num_class_images": 8,
                             "class_image_steps": 2, "search_steps": 5},
     "sds": lambda steps: {"steps": steps, "mode": "+"},
+    "ace": lambda steps: {"steps": 2, "pgd_steps": max(1, steps // 2), "surrogate_steps": 10, "num_class_images": 8,
+                          "class_image_steps": 2},
+    "glaze": lambda steps: {"steps": steps, "lpips_weights": "random"},
     # random face embedder and LPIPS backbone (no weights here); every term on from the first step
     "facelock": lambda steps: {"steps": steps, "face_model": "random_face_embedder", "lpips_weights": "random",
                                "identity_start": 0.0, "lpips_start": 0.0},
@@ -196,7 +202,9 @@ def main() -> None:
             continue
         row = {"method": method, "photos": args.photos, "size": args.size, "options": options, **queue.get()}
         unit = ("1 round (3+6+3 steps)" if method == "aspl" else
-                f"{options['train_steps']} train + {args.steps} PGD" if method == "fsmg" else f"{args.steps} PGD steps")
+                f"{options['train_steps']} train + {args.steps} PGD" if method == "fsmg" else
+                f"{2 * options['pgd_steps']} PGD + 10 LoRA steps" if method == "ace" else
+                f"img2img + {args.steps} PGD steps" if method == "glaze" else f"{args.steps} PGD steps")
         row["unit"] = unit
         rows.append(row)
         print(f"{method:>20} {unit:>28} {row['seconds']:8.2f} {row['seconds'] / args.photos:8.2f} "

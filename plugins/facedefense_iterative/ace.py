@@ -172,8 +172,7 @@ class ACE(DreamBoothAttack):
         c = self.config
         surrogate = self.surrogates[0]
         photos = PhotoBatch.pack(identity.images, c.resolution, device=self.device)
-        pgd = self.make_pgd(c.steps * c.pgd_steps)
-        pgd.minimize = True
+        pgd = self.make_pgd(c.steps * c.pgd_steps, minimize=True)
         checkpoint = self.checkpoint(workdir, identity)
         self.reset_surrogates()
         self.class_images_for(0, identity.class_prompt)  # generated before the run's randomness

@@ -160,12 +160,15 @@ class DreamBoothAttack(Defender):
         for surrogate, initial in zip(self.surrogates, self._initial):
             surrogate.restore(initial)
 
-    def make_pgd(self, total_steps: int) -> Any:
+    def make_pgd(self, total_steps: int, *, minimize: bool = False) -> Any:
+        """The PGD engine with the method's budget, step, schedule and EOT; ``minimize`` for a
+        targeted objective (ACE), ascent otherwise."""
         from facedefense.optim import LinfPGD
 
         c = self.config
-        return LinfPGD(eps=c.eps, step_size=c.step_size, schedule=c.schedule, total_steps=total_steps,  # type: ignore[arg-type]
-                       momentum=c.momentum, random_start=c.random_start, eot=self.eot, description=self.name)
+        return LinfPGD(eps=c.eps, step_size=c.step_size, minimize=minimize, schedule=c.schedule,  # type: ignore[arg-type]
+                       total_steps=total_steps, momentum=c.momentum, random_start=c.random_start, eot=self.eot,
+                       description=self.name)
 
     def checkpoint(self, workdir: Path | None, identity: IdentitySet) -> Any:
         """The run's checkpoint, keyed by method, budget, every other option and the photos."""
