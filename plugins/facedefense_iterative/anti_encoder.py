@@ -1,7 +1,8 @@
-"""anti_encoder: per-image PGD against the face encoder of the zero-shot identity attacks
-(IP-Adapter-FaceID, InstantID, PhotoMaker v2, PuLID embed the photo with insightface's IResNet), in
-the style of IDProtector (Song et al., CVPR 2025) and FaceShield (ICCV 2025): make the protected
-photo's face embedding, as the attacker's encoder computes it, stop matching the person."""
+"""anti_encoder: per-image PGD against the identity encoders of the zero-shot attacks (IP-Adapter-FaceID,
+InstantID, PhotoMaker v2, PuLID embed the face with insightface's IResNet; IP-Adapter embeds the
+photo with a CLIP image encoder), in the style of IDProtector (Song et al., CVPR 2025) and
+FaceShield (ICCV 2025): make the protected photo's embeddings, as the attacker's encoders compute
+them, stop matching the person."""
 
 from __future__ import annotations
 
@@ -44,7 +45,12 @@ class AntiEncoderConfig(PGDConfig):
         resolution: the photo is resized so its short side is this many pixels before the face is
             cut out (None, the default: the chip is sampled from the photo itself, as insightface's
             ``norm_crop`` warps the original).
-        model: not used (the encoder is the target, no diffusion model).
+        face_weight: weight of the face-encoder term. Default 1; 0: no face term (no face model loaded).
+        clip_weight: weight of the CLIP image-encoder term (IP-Adapter's encoder). Default 0 (off).
+        clip_encoder: folder or Hugging Face id holding that encoder (a transformers
+            ``CLIPVisionModelWithProjection``), e.g. ``h94/IP-Adapter``; needed when ``clip_weight > 0``.
+        clip_subfolder: its subfolder (``models/image_encoder``: IP-Adapter's ViT-H/14 for SD 1.5).
+        model: not used (the encoders are the target, no diffusion model).
         random_start: start from a uniform point of the ball. Default True (ours: Madry et al.'s PGD).
         eot, eot_samples, momentum: see `PGDConfig`.
     """
@@ -59,32 +65,42 @@ class AntiEncoderConfig(PGDConfig):
     face_detector_weights: str | None = None
     target: str | None = None
     align_jitter: float = 1.0
+    face_weight: float = 1.0
+    clip_weight: float = 0.0
+    clip_encoder: str | None = None
+    clip_subfolder: str = "models/image_encoder"
     random_start: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.align_jitter < 0:
             raise ConfigError(f"anti_encoder align_jitter is a standard deviation in chip pixels, >= 0; got {self.align_jitter}")
+        if min(self.face_weight, self.clip_weight) < 0 or self.face_weight + self.clip_weight == 0:
+            raise ConfigError("anti_encoder face_weight and clip_weight must be >= 0, and not both 0")
+        if self.clip_weight > 0 and not self.clip_encoder:
+            raise ConfigError("anti_encoder clip_weight > 0 needs clip_encoder (the IP-Adapter's CLIP image encoder, e.g. h94/IP-Adapter)")
 
 
 class AntiEncoder(Defender):
-    """Push the face embedding of each photo away from the clean photo's (or toward a target's).
+    """Push the identity embeddings of each photo away from the clean photo's (or toward a target's).
 
     Per image, descends (sign steps, random start, EOT)::
 
-        L = cos(E(A_j(T(x'))), E(A(x)))          untargeted
-        L = -cos(E(A_j(T(x'))), E(A(t)))         with a target photo t
+        L = w_f cos(E(A_j(T(x'))), E(A(x))) + w_c cos(C(T(x')), C(x))        untargeted
+        L = -w_f cos(E(A_j(T(x'))), E(A(t))) - w_c cos(C(T(x')), C(t))      with a target photo t
 
     where ``E`` is the face encoder (`facedefense.models.shared_model`; by default insightface's IResNet
     read from the attack's own ONNX file), ``A`` its 112x112 alignment (a differentiable similarity
     warp from the 5 landmarks of the clean photo, detected once), ``A_j`` the same with the landmarks
-    jittered by ``align_jitter`` chip pixels, and ``T`` a purifier drawn by the EOT. A photo without
-    a detected face gets no objective (it keeps the random start only; a warning says how many).
+    jittered by ``align_jitter`` chip pixels, ``C`` a CLIP image encoder's projected embedding of the
+    whole photo (CLIP's resize, center crop and normalization, differentiable) and ``T`` a purifier
+    drawn by the EOT. A photo without a detected face gets no face term (a warning says how many);
+    with no term left it keeps the random start only.
 
     Args:
         eps, steps, step_size, face_model, face_model_path, face_detector, face_detector_weights,
-            target, align_jitter, resolution, random_start, eot, eot_samples, momentum: see
-            `AntiEncoderConfig`.
+            target, align_jitter, face_weight, clip_weight, clip_encoder, clip_subfolder,
+            resolution, random_start, eot, eot_samples, momentum: see `AntiEncoderConfig`.
 
     Shape:
         images: (N, 3, H, W) float in [0, 1], any size.
@@ -107,10 +123,31 @@ class AntiEncoder(Defender):
 
         config = self.config
         self.eot = config.build_eot(self.device)
-        self.embedder = shared_model(config.face_model, path=config.face_model_path, device=self.device,
-                                     dtype=str(self.dtype).removeprefix("torch."))
-        self.detector = landmark_detector(self.embedder, face_model=config.face_model, face_detector=config.face_detector,
-                                          weights=config.face_detector_weights, device=self.device, method=self.name)
+        self.embedder = self.detector = self.clip = None
+        if config.face_weight > 0:
+            self.embedder = shared_model(config.face_model, path=config.face_model_path, device=self.device,
+                                         dtype=str(self.dtype).removeprefix("torch."))
+            self.detector = landmark_detector(self.embedder, face_model=config.face_model, face_detector=config.face_detector,
+                                              weights=config.face_detector_weights, device=self.device, method=self.name)
+        if config.clip_weight > 0:
+            from facedefense._compat.torchvision_ops import ensure_torchvision_importable
+            from facedefense.diffusion.loading import _from_pretrained
+
+            ensure_torchvision_importable()
+            from transformers import CLIPVisionModelWithProjection
+
+            self.clip = _from_pretrained(CLIPVisionModelWithProjection, config.clip_encoder,
+                                         subfolder=config.clip_subfolder or None)
+            self.clip = self.clip.to(self.device, self.dtype).eval().requires_grad_(False)
+
+    def clip_embed(self, images: Tensor) -> Tensor:
+        """CLIP image embeddings (N, D) float32 of (N, 3, H, W) in [0, 1], preprocessed as CLIP's
+        processor does (short side to the encoder's size, center crop, CLIP's mean and std);
+        differentiable with respect to ``images``."""
+        from facedefense_metrics._clip import preprocess
+
+        pixels = preprocess(images, int(self.clip.config.image_size))
+        return self.clip(pixel_values=pixels.to(self.dtype)).image_embeds.float()
 
     def size_of(self, images: Tensor) -> tuple[int, int]:
         """(height, width) the face is cut from: the photo's own, or scaled to ``resolution``."""
@@ -129,20 +166,26 @@ class AntiEncoder(Defender):
         differentiable with respect to ``images``."""
         return self.embedder(images.to(self.dtype), landmarks.to(images.device)).float()
 
-    def target_embedding(self) -> Tensor | None:
-        """(1, D) embedding of the largest face of the ``target`` photo, or None without a target."""
+    def target_embeddings(self) -> tuple[Tensor | None, Tensor | None]:
+        """(1, D) face and CLIP embeddings of the ``target`` photo (None without a target, or for a
+        term that is off)."""
         import torch
 
         from facedefense.io import load_image
 
         if self.config.target is None:
-            return None
+            return None, None
         pixels = load_image(self.config.target).pixels.to(self.device)
-        landmarks = self.find_landmarks(pixels, tuple(pixels.shape[-2:]))
-        if landmarks.isnan().any():
-            raise ConfigError(f"anti_encoder: no face found in the target photo {self.config.target}")
+        face = clip = None
         with torch.no_grad():
-            return self.embed(pixels, landmarks)
+            if self.embedder is not None:
+                landmarks = self.find_landmarks(pixels, tuple(pixels.shape[-2:]))
+                if landmarks.isnan().any():
+                    raise ConfigError(f"anti_encoder: no face found in the target photo {self.config.target}")
+                face = self.embed(pixels, landmarks)
+            if self.clip is not None:
+                clip = self.clip_embed(pixels)
+        return face, clip
 
     def identity_similarity(self, images: Tensor, clean: Tensor, landmarks: Tensor | None = None) -> Tensor:
         """cos(E(A(images)), E(A(clean))) per image (N,), aligned with ``clean``'s landmarks (detected
@@ -170,43 +213,63 @@ class AntiEncoder(Defender):
 
         config = self.config
         size = self.size_of(images)
-        landmarks = self.find_landmarks(images, size)
-        found = ~landmarks.isnan().flatten(1).any(1)
-        if not found.all():
-            warnings.warn(f"anti_encoder: no face found in {int((~found).sum())} of {len(found)} photos; "
-                          "they keep the random start only", UserWarning, stacklevel=2)
-        where, marks = found.to(images.device), landmarks[found]
-        # jitter scale: chip pixels -> working-size pixels, from each face's eye distance
-        scale = (marks[:, 1] - marks[:, 0]).norm(dim=-1).view(-1, 1, 1) / _TEMPLATE_EYES
+        found, marks, scale = torch.zeros(images.shape[0], dtype=torch.bool), None, None
+        if self.embedder is not None:
+            landmarks = self.find_landmarks(images, size)
+            found = ~landmarks.isnan().flatten(1).any(1)
+            if not found.all():
+                rest = "the CLIP term only" if self.clip is not None else "the random start only"
+                warnings.warn(f"anti_encoder: no face found in {int((~found).sum())} of {len(found)} photos; "
+                              f"they get {rest}", UserWarning, stacklevel=2)
+            marks = landmarks[found]
+            # jitter scale: chip pixels -> working-size pixels, from each face's eye distance
+            scale = (marks[:, 1] - marks[:, 0]).norm(dim=-1).view(-1, 1, 1) / _TEMPLATE_EYES
+        where, faces = found.to(images.device), bool(found.any())
+        face_reference, clip_reference = self.target_embeddings()
         with torch.no_grad():
-            reference = self.target_embedding()
-            if reference is None and found.any():
-                reference = self.embed(resize(images[where], size), marks)
+            if faces and face_reference is None:
+                face_reference = self.embed(resize(images[where], size), marks)
+            if self.clip is not None and clip_reference is None:
+                clip_reference = self.clip_embed(images)
 
-        def similarity(adversarial: Tensor, jitter: float = 0.0) -> Tensor:
+        def face_similarity(adversarial: Tensor, jitter: float = 0.0) -> Tensor:
             """cos(E(A_j(x')), reference) of the photos with a face, 0 for the others; (N,)."""
             out = torch.zeros(adversarial.shape[0], device=adversarial.device)
-            if not found.any():
+            if not faces:
                 return out
             aligned = marks
             if jitter > 0:
                 device = generator.device if generator is not None else "cpu"
                 noise = torch.randn(marks.shape, generator=generator, device=device).to(marks.device)
                 aligned = marks + noise * jitter * scale
-            values = F.cosine_similarity(self.embed(resize(adversarial[where], size), aligned), reference, dim=1)
+            values = F.cosine_similarity(self.embed(resize(adversarial[where], size), aligned), face_reference, dim=1)
             return out.masked_scatter(where, values)
 
-        sign = 1.0 if config.target is None else -1.0  # untargeted: lower it; targeted: raise it
+        def clip_similarity(adversarial: Tensor) -> Tensor:
+            """cos(C(x'), reference); (N,)."""
+            return F.cosine_similarity(self.clip_embed(adversarial), clip_reference, dim=1)
+
+        sign = 1.0 if config.target is None else -1.0  # untargeted: lower them; targeted: raise them
+
+        def objective(adversarial: Tensor) -> Tensor:
+            loss = config.face_weight * face_similarity(adversarial, config.align_jitter)
+            if self.clip is not None:
+                loss = loss + config.clip_weight * clip_similarity(adversarial)
+            return sign * loss
+
         pgd = LinfPGD(eps=config.eps, step_size=config.step_size, minimize=True, random_start=config.random_start,
                       momentum=config.momentum, eot=self.eot, description=self.name)
-        if found.any():
-            adversarial = pgd.run(images, lambda x: sign * similarity(x, config.align_jitter), steps=config.steps,
-                                  generator=generator).adversarial
+        if faces or self.clip is not None:
+            adversarial = pgd.run(images, objective, steps=config.steps, generator=generator).adversarial
         else:  # nothing to optimize
             adversarial = pgd.start(images, generator).adversarial
+        prefix = "" if config.target is None else "target_"
+        stats: list[dict[str, Any]] = [{} for _ in range(images.shape[0])]
         with torch.no_grad():
-            end = similarity(adversarial)
-        key = "identity_similarity" if config.target is None else "target_similarity"
-        stats = [{"face_found": bool(face), key: float(value) if face else None}
-                 for face, value in zip(found.tolist(), end.tolist())]
+            if self.embedder is not None:
+                for entry, face, value in zip(stats, found.tolist(), face_similarity(adversarial).tolist()):
+                    entry.update({"face_found": bool(face), f"{prefix or 'identity_'}similarity": value if face else None})
+            if self.clip is not None:
+                for entry, value in zip(stats, clip_similarity(adversarial).tolist()):
+                    entry[f"clip_{prefix}similarity"] = value
         return adversarial, stats
