@@ -66,8 +66,7 @@ class TestInstantIDContract(PersonalizerContract):
     prompts = (PROMPT,)
 
     def make_method(self, request):
-        path = request.getfixturevalue("instantid_path")
-        return with_tiny_recognizer(make(request.getfixturevalue("tiny_sdxl_path"), path))
+        return request.getfixturevalue("attack")  # the module's prepared attack (its networks load once)
 
 
 def test_the_identitynet_attends_to_the_identity_tokens_not_the_text(fitted):
@@ -156,6 +155,7 @@ def test_sd15_base_and_faceless_photos_are_refused(
         attack.fit(list(face_images))
 
 
+@pytest.mark.integration  # about 6 s of CPU; the unit tier reloads through the contract tests
 def test_cli_encodes_generates_and_the_model_reloads(
     tmp_path, tiny_sdxl_path, instantid_path, fitted, face_images, monkeypatch
 ):

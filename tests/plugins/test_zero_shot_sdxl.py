@@ -1,6 +1,7 @@
 """Zero-shot attacks on a tiny SDXL (two text encoders, added time ids) with tiny adapters fitted to
-its UNet: IP-Adapter equals diffusers' own ``ip_adapter_image`` path of the SDXL pipeline, the
-saved model records and reloads the SDXL pipeline, and FaceID Plus v2 runs through the CLI."""
+its UNet: IP-Adapter equals diffusers' own ``ip_adapter_image`` path of the SDXL pipeline, an SD 1.5
+adapter is refused, and FaceID Plus v2 runs through the CLI and reloads as SDXL (integration tier;
+InstantID's contract tests reload an SDXL model in the unit tier)."""
 
 from __future__ import annotations
 
@@ -36,13 +37,12 @@ def sdxl_ip_adapter(tmp_path_factory, tiny_sdxl_path, face_images):
     return cls(model=str(tiny_sdxl_path), adapter=str(adapter), weight_name=WEIGHT_NAME, **TINY)
 
 
-def test_ip_adapter_on_sdxl_equals_diffusers_own_path_and_reloads(sdxl_ip_adapter, face_images, tmp_path):
+def test_ip_adapter_on_sdxl_equals_diffusers_own_path(sdxl_ip_adapter, face_images):
     from PIL import Image
 
-    from facedefense.interfaces.personalizer import load_personalized
     from facedefense.io import to_uint8
 
-    model = sdxl_ip_adapter.fit(list(face_images), output_dir=tmp_path / "model")
+    model = sdxl_ip_adapter.fit(list(face_images))
     assert type(model.pipeline).__name__ == "StableDiffusionXLPipeline"
     assert model.info["pipeline"] == "sdxl_text2img"
     ours = model.generate([PROMPT], num_images=2, generator=seeded(3))
@@ -59,9 +59,6 @@ def test_ip_adapter_on_sdxl_equals_diffusers_own_path_and_reloads(sdxl_ip_adapte
         output_type="pt",
     ).images
     assert torch.allclose(ours, theirs, atol=1e-5)
-    loaded = load_personalized(tmp_path / "model", device="cpu")
-    assert type(loaded.pipeline).__name__ == "StableDiffusionXLPipeline"
-    assert torch.allclose(loaded.generate([PROMPT], num_images=2, generator=seeded(3)), ours, atol=1e-5)
 
 
 def test_an_sd15_adapter_on_sdxl_is_refused_in_one_line(tmp_path, tiny_sd_path, tiny_sdxl_path):
@@ -76,6 +73,7 @@ def test_an_sd15_adapter_on_sdxl_is_refused_in_one_line(tmp_path, tiny_sd_path, 
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.integration  # the CLI path is the unit tier's on SD 1.5; this adds SDXL + Plus v2
 def test_faceid_plus_v2_on_sdxl_through_the_cli(tmp_path, tiny_sdxl_path, face_images, monkeypatch):
     from facedefense.interfaces.personalizer import load_personalized
     from facedefense.io import save_image
