@@ -294,6 +294,9 @@ RECIPES: dict[tuple[str, str], list[Recipe]] = {
     ("personalizer", "ip_adapter_faceid"): [
         Recipe(lambda a: {}, needs="an IP-Adapter-FaceID file matching the model (h94/IP-Adapter-FaceID) and ArcFace weights"),
     ],
+    ("personalizer", "instantid"): [
+        Recipe(lambda a: {}, needs="an SDXL model, InstantID's face adapter and IdentityNet (InstantX/InstantID), insightface's glintr100.onnx"),
+    ],
     ("editor", "instruct_pix2pix"): [Recipe(lambda a: {"model": a.ip2p, "steps": 2, "resolution": None})],
     ("editor", "sdedit"): [Recipe(lambda a: {"model": a.sd, "steps": 2, "resolution": None})],
     ("editor", "inpaint"): [Recipe(lambda a: {"model": a.inpaint, "steps": 2, "resolution": None})],
