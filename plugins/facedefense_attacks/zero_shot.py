@@ -104,15 +104,17 @@ class ZeroShotModel(PipelinePersonalized):
     """The base pipeline with an IP-Adapter loaded and the reference photos' embeddings.
 
     Args:
-        pipeline: a ``StableDiffusionPipeline`` with ``load_ip_adapter`` done and the scale set.
-        info: metadata (`PipelinePersonalized`), plus ``adapter``, ``subfolder``, ``weight_name``
-            and ``scale``, which `load` uses to load the adapter again.
+        pipeline: a Stable Diffusion or SDXL pipeline (InstantID: SDXL with its ControlNet) with
+            ``load_ip_adapter`` done and the scale set.
+        info: metadata (`PipelinePersonalized`), plus ``pipeline`` (the base model's pipeline kind),
+            ``adapter``, ``subfolder``, ``weight_name`` and ``scale``, which `load` uses to load
+            the adapter again.
         image_embeds: (1, N, ...) embeddings of the N reference photos (what one adapter's entry of
             ``ip_adapter_image_embeds`` holds without guidance); `load` sets them from the file.
         negative_image_embeds: the same shape: the unconditional embeddings of guidance.
-        extra_embeds: further named tensors an adapter's projection needs besides
-            ``ip_adapter_image_embeds`` (FaceID Plus: the face crops' CLIP hidden states), saved
-            and loaded with the embeddings; `_prepare_projection` hands them to the projection.
+        extra_embeds: further named tensors generation needs besides ``ip_adapter_image_embeds``
+            (FaceID Plus: the face crops' CLIP hidden states, which `_prepare_projection` hands to
+            the projection; InstantID: the keypoint image), saved and loaded with the embeddings.
     """
 
     format: ClassVar[str] = "ip_adapter"
