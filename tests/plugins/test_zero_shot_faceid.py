@@ -249,6 +249,7 @@ def test_plus_v2_shortcut_and_the_clip_tokens_change_generation(plus_attack, fac
         assert (first - other.generate([PROMPT], generator=seeded(1))).abs().mean() > 1 / 255
 
 
+@pytest.mark.integration  # loads the pipeline again (about 0.7 s of CPU)
 def test_plus_saved_model_reloads_with_its_clip_embeddings(tmp_path, plus_attack, face_images):
     from facedefense.interfaces.personalizer import load_personalized
 
