@@ -253,6 +253,11 @@ RECIPES: dict[tuple[str, str], list[Recipe]] = {
         Recipe(lambda a: _iterative(a, face_model="arcface", face_model_path=a.arcface, face_detector="mtcnn",
                                     lpips_weights="random"), "arcface"),
     ],
+    # the face encoder's PGD: random-weight ArcFace IR-SE50 aligned on MTCNN's landmarks (the ONNX
+    # encoders are read from insightface's files, which cannot be replaced by random ones here)
+    ("defender", "anti_encoder"): [
+        Recipe(lambda a: {"face_model": "arcface", "face_model_path": a.arcface, "face_detector": "mtcnn", "steps": 2}),
+    ],
     ("defender", "mist"): [Recipe(_iterative)],
     ("defender", "sds"): [Recipe(_iterative), Recipe(lambda a: _iterative(a, mode="+"), "+")],
     ("defender", "photoguard"): [
