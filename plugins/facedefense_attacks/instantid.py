@@ -103,7 +103,8 @@ class InstantIDConfig(ZeroShotConfig):
 
     Attributes:
         resolution: side of the generated images in pixels (1024, SDXL's).
-        inference_steps: denoising steps (30). guidance_scale: classifier-free guidance (5.0).
+        inference_steps: denoising steps (30).
+        guidance_scale: classifier-free guidance (5.0).
         negative_prompt: ``infer.py``'s negative prompt.
         scale: weight of the identity tokens in the UNet's cross-attention (0.8, ``ip_adapter_scale``).
         adapter, subfolder, weight_name: the face adapter (``InstantX/InstantID``, ``ip-adapter.bin``).
