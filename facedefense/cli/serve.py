@@ -65,6 +65,9 @@ def serve(
     queue_size: Annotated[
         int, typer.Option("--queue-size", min=1, help="Most images in progress; beyond that requests get 503 + Retry-After.")
     ] = 64,
+    png_level: Annotated[
+        int, typer.Option("--png-level", min=0, max=9, help="zlib level of the PNG answers, 0-9; the pixels are the same at every level.")
+    ] = 6,
     on_ray: Annotated[bool, typer.Option("--ray", help="Serve as a Ray Serve deployment (pip install 'ray[serve]').")] = False,
     address: Annotated[
         str | None, typer.Option(help="With --ray: the Ray cluster to join (default: start a local one).", show_default=False)
@@ -88,7 +91,7 @@ def serve(
     secret = resolve_token(token)
     check_bind(host, secret)  # before anything loads
     limits = Limits(max_upload_bytes=int(max_upload_mb * 1_000_000), max_batch=max_batch, max_wait_ms=max_wait_ms,
-                    queue_size=queue_size)  # fmt: skip
+                    queue_size=queue_size, png_level=png_level)  # fmt: skip
     given = method_options(
         option, checkpoint=checkpoint, model=model, eps=parse_budget(eps) if eps is not None else None, steps=steps,
         device=device, dtype=dtype,

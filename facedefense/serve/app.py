@@ -235,6 +235,7 @@ async def _methods(service: Service) -> Response:
         "limits": {
             "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels, "max_files": limits.max_files,
             "queue_size": limits.queue_size, "max_batch": limits.max_batch, "max_wait_ms": limits.max_wait_ms,
+            "png_level": limits.png_level,
         },
     })  # fmt: skip
 

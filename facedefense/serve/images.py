@@ -109,16 +109,17 @@ class Protected:
 
 
 def encode_protected(
-    loaded: LoadedImage, protected: Tensor, eps: float, stats: dict[str, Any] | None = None
+    loaded: LoadedImage, protected: Tensor, eps: float, stats: dict[str, Any] | None = None, *, png_level: int = 6
 ) -> Protected:
     """The PNG of ``protected`` (1, 3, H, W) with ``loaded``'s alpha and ICC profile, after checking
-    its 8-bit values against ``eps`` (raises `facedefense.errors.BudgetViolationError`)."""
+    its 8-bit values against ``eps`` (raises `facedefense.errors.BudgetViolationError`); ``png_level``
+    is the zlib level (0-9)."""
     from facedefense.batch import budget_stats, written_levels
     from facedefense.io import png_bytes
 
     levels = written_levels(protected, loaded.pixels, eps)
     facts = budget_stats(levels, [stats or {}])[0]
     name = output_name(loaded.path.name)
-    png = png_bytes(protected, alpha=loaded.alpha, icc_profile=loaded.icc_profile)
+    png = png_bytes(protected, alpha=loaded.alpha, icc_profile=loaded.icc_profile, compress_level=png_level)
     height, width = loaded.size
     return Protected(name, png, {"input": loaded.path.name, "output": name, "width": width, "height": height, **facts})

@@ -38,6 +38,8 @@ class Limits:
             Default: 8.
         max_wait_ms: how long the first image of a batch waits for others, in milliseconds. Default: 5.
         retry_after_s: the ``Retry-After`` of a 503, in seconds. Default: 1.
+        png_level: zlib level of the PNG answers, 0-9. Default: 6, as ``facedefense protect``; the
+            pixels are the same at every level (1 encodes about 1.45x faster for about 9% more bytes).
     """
 
     max_upload_bytes: int = 25_000_000
@@ -47,12 +49,15 @@ class Limits:
     max_batch: int = 8
     max_wait_ms: float = 5.0
     retry_after_s: int = 1
+    png_level: int = 6
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_files", "queue_size", "max_batch", "retry_after_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.png_level, bool) or not isinstance(self.png_level, int) or not 0 <= self.png_level <= 9:
+            raise ConfigError(f"png_level must be an integer from 0 to 9, got {self.png_level!r}")
         if not 0 <= self.max_wait_ms <= 10_000:
             raise ConfigError(f"max_wait_ms must be between 0 and 10000 milliseconds, got {self.max_wait_ms!r}")
 

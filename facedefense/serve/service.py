@@ -202,7 +202,7 @@ class Service:
                check: bool = False) -> Protected:  # fmt: skip
         """Encode and check one protected image, and keep it when ``keep`` is set; ``check`` adds
         ``facts["check"]``: the `CHECKS` metrics of the protected image against the upload."""
-        result = encode_protected(loaded, protected, method.defender.config.eps, stats)
+        result = encode_protected(loaded, protected, method.defender.config.eps, stats, png_level=self.limits.png_level)
         result.facts["method"] = method.name
         if method.demo:
             result.facts["demo"] = True

@@ -140,6 +140,23 @@ def test_size_and_pixel_limits(monkeypatch):
     assert Limits().max_pixels == 1000
 
 
+def test_png_level_changes_the_bytes_not_the_pixels(texture_client):
+    """--png-level 1 answers the pixels level 6 answers (same seed), in other bytes; 10 is refused."""
+    upload = {"file": ("face.png", encoded(photo(64, 64)), "image/png")}
+    fast = TestClient(create_app({"example_texture": {"eps": EPS, "device": "cpu"}}, Limits(png_level=1)))
+    try:
+        assert fast.get("/v1/methods").json()["limits"]["png_level"] == 1
+        level1 = fast.post("/v1/protect", files=upload)
+    finally:
+        fast.app.state.service.close()
+    level6 = texture_client.post("/v1/protect", files=upload)
+    assert level1.status_code == level6.status_code == 200
+    assert level1.content != level6.content
+    assert np.array_equal(np.asarray(decoded(level1.content)), np.asarray(decoded(level6.content)))
+    with pytest.raises(ConfigError, match="png_level"):
+        Limits(png_level=10)
+
+
 def test_nothing_is_written_to_disk_without_keep_even_for_large_uploads(texture_client, monkeypatch, tmp_path):
     import tempfile
 
