@@ -27,6 +27,44 @@ def _defender_class(method: str, hook: str):
     return cls
 
 
+#: ``train --objective``: the RID loss weights each objective sets (``-o`` options may set the weights).
+OBJECTIVES = {
+    "sds": {"sds_weight": 1.0, "encoder_weight": 0.0},
+    "encoder": {"sds_weight": 0.0, "encoder_weight": 1.0},
+    "sds+encoder": {"sds_weight": 1.0, "encoder_weight": 1.0},
+}
+
+
+def objective_options(method: str, objective: str, options: dict[str, str]) -> dict[str, str]:
+    """The training options of ``--objective`` (``OBJECTIVES``), under the ``-o`` options given.
+
+    ``encoder`` trains on the face encoder's similarity alone (IDProtector's objective on RID's
+    network; no diffusion model runs), ``sds+encoder`` on both. A weight given with ``-o`` is kept,
+    unless it turns off a term the objective names or turns on one it leaves out.
+
+    Example:
+        >>> objective_options("rid", "encoder", {"encoder_weight": "2"})
+        {'sds_weight': '0.0', 'encoder_weight': '2'}
+    """
+    from facedefense.errors import ConfigError
+
+    if method != "rid":
+        raise ConfigError(f"--objective is for rid; {method} trains on its own objective")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown --objective '{objective}'; choose {', '.join(OBJECTIVES)}")
+    merged = {key: str(value) for key, value in OBJECTIVES[objective].items()}
+    for key, value in options.items():
+        if key in merged:
+            try:
+                on, wanted = float(value) != 0, float(merged[key]) != 0
+            except ValueError:
+                raise ConfigError(f"-o {key}={value}: not a number") from None
+            if on != wanted:
+                raise ConfigError(f"-o {key}={value} contradicts --objective {objective} (it {'uses' if wanted else 'leaves out'} that term)")
+        merged[key] = value
+    return merged
+
+
 @friendly_errors
 def train(
     method: Annotated[str, typer.Option("--method", "-m", help="Amortized defender to train: rid or gap_diff.")],
@@ -46,6 +84,12 @@ def train(
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (accelerate launch chooses per process).")] = "auto",
     option: Annotated[list[str] | None, typer.Option("-o", "--option", help="Method training option key=value (repeatable).")] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(help="rid: sds (Adv-SDS against --model, the default), encoder (the face encoder's similarity, "
+                     "against zero-shot attacks) or sds+encoder; weights with -o sds_weight / encoder_weight.",
+                     show_default=False),
+    ] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = None,
 ) -> None:
     """Train an amortized defender's network against diffusion models (see docs: Training)."""
@@ -55,6 +99,9 @@ def train(
     from facedefense_amortized.training.loop import train as run
 
     cls = _defender_class(method, "training_recipe")
+    options = parse_option_pairs(option)
+    if objective is not None:
+        options = objective_options(cls.name, objective, options)
     settings = TrainSettings(
         method=cls.name,
         data=data,
@@ -71,7 +118,7 @@ def train(
         gradient_checkpointing=gradient_checkpointing,
         device=device,
         progress=progress_default() if progress is None else progress,
-        options=parse_option_pairs(option),
+        options=options,
     )
     result = run(settings, cls.training_recipe())
     terms = ", ".join(f"{k} {v:.4g}" for k, v in result.last.items() if isinstance(v, float))

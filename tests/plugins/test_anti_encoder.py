@@ -130,6 +130,28 @@ def test_rid_encoder_term_is_the_protected_faces_similarity(monkeypatch):
         RIDTrainingOptions(sds_weight=0.0)
 
 
+def test_train_objective_sets_the_weights_and_refuses_contradictions(tmp_path):
+    """``train --objective``: encoder turns Adv-SDS off and the encoder term on, sds+encoder both;
+    a -o weight may scale a term but not contradict the objective; gap_diff has its own objective."""
+    from typer.testing import CliRunner
+
+    from facedefense.cli import build_app
+    from facedefense_amortized.commands import objective_options
+
+    assert objective_options("rid", "encoder", {}) == {"sds_weight": "0.0", "encoder_weight": "1.0"}
+    assert objective_options("rid", "sds+encoder", {"encoder_weight": "0.5", "lr": "1e-3"}) == {
+        "sds_weight": "1.0", "encoder_weight": "0.5", "lr": "1e-3"}
+    assert objective_options("rid", "sds", {})["encoder_weight"] == "0.0"
+    with pytest.raises(ConfigError, match="contradicts --objective encoder"):
+        objective_options("rid", "encoder", {"sds_weight": "1"})
+    with pytest.raises(ConfigError, match="unknown --objective 'clip'"):
+        objective_options("rid", "clip", {})
+    result = CliRunner().invoke(build_app(), ["train", "--method", "gap_diff", "--objective", "encoder", "--data", str(tmp_path),
+                                      "--model", str(tmp_path), "--output", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--objective is for rid" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.integration  # a training run: about 7 s on 2 CPU cores
 def test_rid_encoder_objective_lowers_the_similarity_on_held_out_faces(tiny_sd_path, tmp_path, monkeypatch):
     """``facedefense train --method rid -o sds_weight=0 -o encoder_weight=1``: 8 steps on 6 faces;
