@@ -36,6 +36,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 RECIPES = {
     "aspl": lambda steps: {"steps": 1, "pgd_steps": 6, "surrogate_steps": 3, "num_class_images": 8,
@@ -155,6 +156,309 @@ def _measure(method: str, model: str, options: dict, photos: int, size: int, dev
     queue.put({"seconds": seconds, "peak_memory_gib": memory, "load_seconds": load_seconds})
 
 
+# ----------------------------------------------------------------------------------------------
+# Side by side with the reference (Anti-DreamBooth's attacks/aspl.py)
+
+#: ``attack_with_aspl.sh``'s options the reference's functions read (budgets in [-1, 1] units).
+REFERENCE_ARGS = {
+    "instance_prompt": "a photo of sks person", "class_prompt": "a photo of person", "with_prior_preservation": True,
+    "prior_loss_weight": 1.0, "resolution": 512, "center_crop": True, "learning_rate": 5e-7, "pgd_alpha": 5e-3,
+    "pgd_eps": 5e-2, "max_f_train_steps": 3, "max_adv_train_steps": 6,
+}
+
+
+class _TorchOnCPU:
+    """The ``torch`` the reference module sees: ``torch.device("cuda")`` is the CPU and its
+    hard-coded ``torch.bfloat16`` weights are float32; everything else is torch itself."""
+
+    def __init__(self, torch: Any) -> None:
+        self._torch = torch
+        self.bfloat16 = torch.float32
+
+    def device(self, *args: Any, **kwargs: Any) -> Any:
+        return self._torch.device("cpu")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._torch, name)
+
+
+def load_reference(path: Path) -> Any:
+    """Import ``attacks/aspl.py`` from the user's checkout, patched at run time only: its module sees
+    `_TorchOnCPU`; ``datasets`` (imported for logging in ``main``, which is not called) is a stub."""
+    import importlib.util
+    import sys
+    import types
+
+    import torch
+
+    file = Path(path) / "attacks" / "aspl.py"
+    if not file.is_file():
+        raise SystemExit(f"--against-reference: no attacks/aspl.py under {path} (a checkout of VinAIResearch/Anti-DreamBooth)")
+    sys.modules.setdefault("datasets", types.ModuleType("datasets"))
+    spec = importlib.util.spec_from_file_location("antidreambooth_aspl", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.torch = _TorchOnCPU(torch)
+    return module
+
+
+def _timed(owner: Any, name: str, log: list, label: str | None = None) -> None:
+    """Replace ``owner.name`` by a wrapper that appends ``(label, seconds)`` to ``log`` per call."""
+    original = getattr(owner, name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            log.append((label or name, time.perf_counter() - start))
+
+    setattr(owner, name, call)
+
+
+def _summary(log: list, rounds: int) -> dict:
+    """Seconds per round (mean of the rounds after the first, a warm-up) and per phase."""
+    per_round = [s for label, s in log if label == "round"]
+    timed = per_round[1:] or per_round
+    phases = {}
+    for phase in ("train_clean", "pgd", "train_perturbed"):
+        values = [s for label, s in log if label == phase][1:] or [s for label, s in log if label == phase]
+        phases[phase] = sum(values) / max(1, len(values))
+    return {"round_seconds": per_round, "seconds_per_round": sum(timed) / len(timed),
+            "seconds_per_pgd_step": phases["pgd"] / REFERENCE_ARGS["max_adv_train_steps"], "phases": phases,
+            "peak_memory_gib": _peak_rss_gib()}
+
+
+def _reference_rounds(path: str, model: str, folders: dict, rounds: int, queue: Any) -> None:
+    """The reference's ``main`` loop (``f' = deepcopy(f)``; ``train_one_epoch`` on the clean set;
+    ``pgd_attack``; ``train_one_epoch`` on the perturbed photos) for ``rounds`` rounds, each timed."""
+    import argparse
+    import contextlib
+    import copy
+    import io
+
+    import torch
+
+    from facedefense.diffusion.loading import _prepare_imports
+    from facedefense.runtime import keep_freed_memory
+
+    keep_freed_memory()  # the allocator setting facedefense's methods use on the CPU
+    _prepare_imports()  # torchvision's shim, before the reference imports it
+    ref = load_reference(Path(path))
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer
+
+    args = argparse.Namespace(**REFERENCE_ARGS, class_data_dir=folders["class"])
+    torch.manual_seed(0)
+    text_encoder = ref.import_model_class_from_model_name_or_path(model, None).from_pretrained(model, subfolder="text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", use_fast=False)
+    except (OSError, ValueError, TypeError):  # the tiny kit ships a fast tokenizer only
+        tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    vae.requires_grad_(False)
+    clean = ref.load_data(folders["clean"], size=args.resolution, center_crop=args.center_crop)
+    perturbed = ref.load_data(folders["photos"], size=args.resolution, center_crop=args.center_crop)
+    original = perturbed.clone()
+    log: list = []
+    models = [unet, text_encoder]
+    with contextlib.redirect_stdout(io.StringIO()):  # its per-step prints
+        for _ in range(rounds):
+            start = time.perf_counter()
+            surrogate = copy.deepcopy(models)
+            surrogate = ref.train_one_epoch(args, surrogate, tokenizer, scheduler, vae, clean, args.max_f_train_steps)
+            log.append(("train_clean", time.perf_counter() - start))
+            mark = time.perf_counter()
+            perturbed = ref.pgd_attack(args, surrogate, tokenizer, scheduler, vae, perturbed, original, None,
+                                       args.max_adv_train_steps)
+            log.append(("pgd", time.perf_counter() - mark))
+            mark = time.perf_counter()
+            models = ref.train_one_epoch(args, models, tokenizer, scheduler, vae, perturbed, args.max_f_train_steps)
+            log.append(("train_perturbed", time.perf_counter() - mark))
+            log.append(("round", time.perf_counter() - start))
+    queue.put(_summary(log, rounds))
+
+
+def _our_rounds(model: str, photos: Any, rounds: int, options: dict, queue: Any) -> None:
+    """facedefense ``aspl`` for ``rounds`` rounds on ``photos``, each round and phase timed."""
+    os.environ["FACEDEFENSE_PROGRESS"] = "0"
+    from facedefense.registry import get_registry
+
+    cls = get_registry().load("defender", "aspl")
+    steps = REFERENCE_ARGS["max_f_train_steps"]
+    defender = cls(model=model, device="cpu", dtype="float32", resolution=REFERENCE_ARGS["resolution"], steps=rounds,
+                   pgd_steps=REFERENCE_ARGS["max_adv_train_steps"], surrogate_steps=steps, **options)
+    log: list = []
+    phases = iter(())
+
+    def next_phase() -> str:
+        nonlocal phases
+        label = next(phases, None)
+        if label is None:
+            phases = iter(("train_clean", "train_perturbed"))
+            label = next(phases)
+        return label
+
+    original_train, original_make_pgd = defender.train, defender.make_pgd
+
+    def train(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original_train(*args, **kwargs)
+        finally:
+            log.append((next_phase(), time.perf_counter() - start))
+
+    def make_pgd(total_steps: int) -> Any:
+        pgd = original_make_pgd(total_steps)
+        _timed(pgd, "run", log, "pgd")
+        return pgd
+
+    defender.train, defender.make_pgd = train, make_pgd
+    _timed(defender, "_round", log, "round")
+    defender.protect(photos)
+    queue.put(_summary(log, rounds))
+
+
+def against_reference(path: str, model: str, rounds: int, repeats: int, options: dict, cache: Path) -> list[dict]:
+    """Reference and facedefense ``aspl`` interleaved (ref, ours, ref, ours, ...), each run in its own
+    process on the same model, 4 photos and 4 class images at 512x512, fp32, same allocator setting."""
+    import torch
+
+    from facedefense.io import save_image
+    from facedefense.testing.tiny_models import sample_faces
+    from facedefense_iterative.surrogate import class_images
+
+    size = REFERENCE_ARGS["resolution"]
+    photos = torch.round(sample_faces(4, size).clamp(0, 1) * 255) / 255
+    references = class_images(model, REFERENCE_ARGS["class_prompt"], options["num_class_images"], resolution=size,
+                              steps=options["class_image_steps"], seed=0, device=torch.device("cpu"),
+                              dtype=torch.float32, progress=False)  # cached: facedefense reads the same ones
+    folders = {name: cache / "reference-inputs" / name for name in ("photos", "clean", "class")}
+    for name, images in (("photos", photos), ("clean", photos), ("class", references)):
+        folders[name].mkdir(parents=True, exist_ok=True)
+        for old in folders[name].glob("*.png"):
+            old.unlink()
+        for index, image in enumerate(images):
+            save_image(image, folders[name] / f"{index:04d}.png")
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for repeat in range(repeats):
+        for who in ("reference", "facedefense"):
+            queue = context.Queue()
+            target, arguments = ((_reference_rounds, (path, model, {k: str(v) for k, v in folders.items()}, rounds, queue))
+                                 if who == "reference" else (_our_rounds, (model, photos, rounds, options, queue)))
+            load = os.getloadavg()[0]
+            process = context.Process(target=target, args=arguments)
+            process.start()
+            process.join()
+            if process.exitcode != 0:
+                raise SystemExit(f"{who} run failed (exit code {process.exitcode})")
+            row = queue.get()
+            row.update(implementation=who, repeat=repeat, load_average=load)
+            results.append(row)
+            phases = " ".join(f"{k} {v:.2f}" for k, v in row["phases"].items())
+            print(f"{who:>12} #{repeat}: {row['seconds_per_round']:6.2f} s/round, "
+                  f"{row['seconds_per_pgd_step']:5.2f} s/PGD step ({phases}); peak {row['peak_memory_gib']:.2f} GiB; "
+                  f"load {load:.2f}", flush=True)
+    mean = {who: sum(r["seconds_per_round"] for r in results if r["implementation"] == who) / repeats
+            for who in ("reference", "facedefense")}
+    step = {who: sum(r["seconds_per_pgd_step"] for r in results if r["implementation"] == who) / repeats
+            for who in ("reference", "facedefense")}
+    print(f"aspl per round: facedefense {mean['facedefense']:.2f} s, reference {mean['reference']:.2f} s: "
+          f"{mean['facedefense'] / mean['reference']:.2f}x; per PGD step {step['facedefense']:.2f} s vs "
+          f"{step['reference']:.2f} s: {step['facedefense'] / step['reference']:.2f}x (rounds 2-{rounds} of each run)")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Where one aspl round's time goes
+
+
+def profile_pieces(model: str, photos: int = 4, size: int = 512, repeats: int = 3) -> dict[str, float]:
+    """Seconds of each piece of an aspl round on ``photos`` photos at ``size``, timed alone (best of
+    ``repeats``): the VAE encoder forward and backward (the gradient to the pixels, PGD's), the UNet
+    forward and backward to its input (PGD) and with its weights (a surrogate step, batch 2), the text
+    encoder's forward and backward, and an AdamW step over the surrogate's trainable weights."""
+    import torch
+
+    from facedefense.diffusion import encode_latents, load_components
+
+    parts = load_components(model, device=torch.device("cpu"), dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(photos, 3, size, size, generator=generator)
+    tokens = parts.tokenizer(["a photo of sks person"] * 2, padding="max_length", truncation=True,
+                             max_length=parts.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = parts.text_encoder(tokens)[0]
+        latents = encode_latents(parts.vae, pixels)
+    timesteps = torch.randint(0, 1000, (photos,), generator=generator)
+
+    def best(work: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    def vae_forward() -> Any:
+        with torch.no_grad():
+            encode_latents(parts.vae, pixels)
+
+    def vae_both() -> Any:
+        x = pixels.clone().requires_grad_(True)
+        encode_latents(parts.vae, x).sum().backward()
+
+    def unet_forward() -> Any:
+        with torch.no_grad():
+            parts.unet(latents, timesteps, states[:1].expand(photos, -1, -1))
+
+    def unet_both() -> Any:
+        z = latents.clone().requires_grad_(True)
+        parts.unet(z, timesteps, states[:1].expand(photos, -1, -1)).sample.sum().backward()
+
+    def unet_weights() -> Any:
+        parts.unet.requires_grad_(True)
+        try:
+            parts.unet(latents[:2], timesteps[:2], states).sample.sum().backward()
+        finally:
+            parts.unet.zero_grad(set_to_none=True)
+            parts.unet.requires_grad_(False)
+
+    def text_both() -> Any:
+        parts.text_encoder.requires_grad_(True)
+        try:
+            parts.text_encoder(tokens)[0].sum().backward()
+        finally:
+            parts.text_encoder.zero_grad(set_to_none=True)
+            parts.text_encoder.requires_grad_(False)
+
+    params = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=5e-7, weight_decay=1e-2)
+
+    def adamw() -> Any:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        for p in params:
+            p.grad = None
+
+    pieces = {
+        f"VAE encoder forward ({photos} photos)": best(vae_forward),
+        f"VAE encoder forward + backward to the pixels ({photos} photos)": best(vae_both),
+        f"UNet forward ({photos} latents)": best(unet_forward),
+        f"UNet forward + backward to the latents ({photos})": best(unet_both),
+        "UNet forward + backward with weight gradients (2 latents: a surrogate step)": best(unet_weights),
+        "text encoder forward + backward (2 prompts)": best(text_both),
+        "AdamW step over the UNet and text encoder": best(adamw),
+    }
+    for name, seconds in pieces.items():
+        print(f"{seconds:8.3f} s  {name}")
+    return pieces
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -167,6 +471,12 @@ def main() -> None:
     parser.add_argument("--option", "-o", action="append", default=[], help="extra defender option key=value")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "facedefense-bench"))
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--against-reference", metavar="PATH",
+                        help="time aspl beside a checkout of VinAIResearch/Anti-DreamBooth (attacks/aspl.py) at PATH")
+    parser.add_argument("--profile", action="store_true",
+                        help="time the pieces of an aspl round (VAE encoder, UNet, text encoder, AdamW) alone")
+    parser.add_argument("--rounds", type=int, default=3, help="aspl rounds per run (the first is a warm-up)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved reference/facedefense pairs")
     args = parser.parse_args()
 
     import torch
@@ -174,22 +484,37 @@ def main() -> None:
     from facedefense.config import parse_option_pairs
     from facedefense.runtime import cpu_has_fast_bf16
 
+    extra = parse_option_pairs(args.option)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FACEDEFENSE_CACHE", str(cache))
     if args.model == "trained-tiny":
-        model = trained_tiny(cache)
+        model = trained_tiny(cache)  # the test kit's cache first (before FACEDEFENSE_CACHE moves it)
     elif args.model in ("sd15", "sd21"):
         model = full_size(args.model, cache)
     else:
         model = args.model
+    os.environ.setdefault("FACEDEFENSE_CACHE", str(cache))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"model {args.model}; device {args.device}, dtype {args.dtype}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; AMX-BF16: {cpu_has_fast_bf16()}; load average {load:.2f} (should be ~0)")
+    if args.profile:
+        from facedefense.runtime import keep_freed_memory
+
+        keep_freed_memory()
+        profile_pieces(model, args.photos, args.size)
+        return
+    if args.against_reference:
+        options = {**RECIPES["aspl"](args.steps), **extra}
+        options = {k: v for k, v in options.items() if k not in ("steps", "pgd_steps", "surrogate_steps")}
+        options["num_class_images"] = 4
+        results = against_reference(args.against_reference, model, args.rounds, args.repeats, options, cache)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": args.model, "load_average": load, "results": results},
+                                                  indent=2), encoding="utf-8")
+        return
     print(f"{'method':>20} {'unit':>28} {'s/unit':>8} {'s/photo':>8} {'peak GiB':>8} {'load s':>6}")
     context = multiprocessing.get_context("spawn")
     rows = []
-    extra = parse_option_pairs(args.option)
     for method in args.methods:
         options = {**RECIPES[method](args.steps), **extra}
         queue = context.Queue()

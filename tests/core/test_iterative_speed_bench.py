@@ -1,0 +1,52 @@
+"""``benchmarks/iterative_speed.py --against-reference``: the reference is imported from the user's
+folder unedited and sees a ``torch`` whose CUDA device is the CPU and whose bf16 is fp32."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "iterative_speed.py"
+
+#: What the reference's train_one_epoch / pgd_attack hard-code, in a stand-in attacks/aspl.py.
+STAND_IN = '''
+import torch
+
+def placement():
+    weight_dtype = torch.bfloat16
+    device = torch.device("cuda")
+    return torch.zeros(2, device=device, dtype=weight_dtype), torch.cuda.is_available()
+'''
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("iterative_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_reference_runs_on_the_cpu_in_float32_without_edits(bench, tmp_path):
+    (tmp_path / "attacks").mkdir()
+    source = tmp_path / "attacks" / "aspl.py"
+    source.write_text(STAND_IN, encoding="utf-8")
+    reference = bench.load_reference(tmp_path)
+    tensor, _ = reference.placement()
+    assert tensor.device.type == "cpu" and tensor.dtype == torch.float32
+    assert reference.torch.randn(3).dtype == torch.float32  # everything else is torch itself
+    assert source.read_text(encoding="utf-8") == STAND_IN
+    assert torch.bfloat16 is not torch.float32  # the real torch is untouched
+
+
+def test_a_folder_without_the_reference_is_refused_in_one_line(bench, tmp_path):
+    with pytest.raises(SystemExit, match="no attacks/aspl.py"):
+        bench.load_reference(tmp_path)
