@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ if "PYTEST_XDIST_WORKER" not in os.environ:  # xdist's workers inherit the contr
     os.environ["FACEDEFENSE_CACHE"] = tempfile.mkdtemp(prefix="facedefense-test-cache-")
 
 pytest_plugins = ["facedefense.testing.fixtures"]
+
+# Fewer cyclic garbage collections: torch, diffusers and transformers leave about a million
+# long-lived objects, and each full collection walks them all (10-12 per test file, 0.15 s each).
+# Collected 20x less often, the suite's tests take about 4% less CPU; peak memory is unchanged.
+gc.set_threshold(20_000, 10, 10)
 
 
 def pytest_configure(config):
