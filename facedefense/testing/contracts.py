@@ -178,16 +178,11 @@ class DefenderContract(MethodContract):
         again = method.protect(images, generator=method.make_generator())
         assert torch.equal(again.images, result.images)
 
-    def test_keeps_odd_size(self, method: Any) -> None:
-        if method.scope == "image":
-            pytest.skip("image scope: test_identity_of_mixed_sizes protects its odd-size photo with protect alone")
-        images = _images(1, *self.odd_size)
-        result = method.protect(images)
-        assert result.images.shape == images.shape
-        assert max(result.linf) <= method.config.eps * 255 + 1e-3
-
     def test_identity_of_mixed_sizes(self, method: Any) -> None:
-        """Photos of different sizes with references of other sizes, as the file runner gives them."""
+        """Photos of different sizes with references of other sizes, as the file runner gives them.
+
+        It also keeps odd sizes for both scopes: an image-scoped defender protects each photo with
+        ``protect``, and an identity-scoped defender's ``protect`` is this ``protect_identity``."""
         from facedefense.interfaces import IdentitySet
 
         photos = [_images(1, *self.image_size)[0], _images(1, *self.odd_size, seed=1)[0]]
