@@ -21,6 +21,13 @@ two PGD phases of ``--steps // 2`` steps with its 10 LoRA steps between (a defau
 
     .venv/bin/python benchmarks/iterative_speed.py --methods aspl fsmg advdm photoguard --photos 4
     .venv/bin/python benchmarks/iterative_speed.py --model sd15 --methods advdm --steps 1 --photos 1
+    .venv/bin/python benchmarks/iterative_speed.py --against-reference /tmp/antidb-ref --rounds 3 --repeats 2
+    .venv/bin/python benchmarks/iterative_speed.py --profile
+
+``--against-reference PATH`` times ``aspl`` beside Anti-DreamBooth's ``attacks/aspl.py`` from a
+checkout at PATH (never committed), interleaved in one run (issue 27; target: at most 0.5x the
+reference per round). ``--profile`` times the pieces of a round (VAE encoder, UNet, text encoder,
+AdamW) alone.
 
 Target (issue 9): one aspl round on 4 photos at 512x512 with the trained tiny model in at most
 10 s on the CPU. The load average is printed first: the machine should be idle.
@@ -224,7 +231,7 @@ def _summary(log: list, rounds: int) -> dict:
     for phase in ("train_clean", "pgd", "train_perturbed"):
         values = [s for label, s in log if label == phase][1:] or [s for label, s in log if label == phase]
         phases[phase] = sum(values) / max(1, len(values))
-    return {"round_seconds": per_round, "seconds_per_round": sum(timed) / len(timed),
+    return {"round_seconds": per_round, "seconds_per_round": sum(timed) / len(timed), "fastest_round": min(timed),
             "seconds_per_pgd_step": phases["pgd"] / REFERENCE_ARGS["max_adv_train_steps"], "phases": phases,
             "peak_memory_gib": _peak_rss_gib()}
 
@@ -359,9 +366,12 @@ def against_reference(path: str, model: str, rounds: int, repeats: int, options:
             row.update(implementation=who, repeat=repeat, load_average=load)
             results.append(row)
             phases = " ".join(f"{k} {v:.2f}" for k, v in row["phases"].items())
-            print(f"{who:>12} #{repeat}: {row['seconds_per_round']:6.2f} s/round, "
+            print(f"{who:>12} #{repeat}: {row['seconds_per_round']:6.2f} s/round (fastest {row['fastest_round']:.2f}), "
                   f"{row['seconds_per_pgd_step']:5.2f} s/PGD step ({phases}); peak {row['peak_memory_gib']:.2f} GiB; "
                   f"load {load:.2f}", flush=True)
+            if who == "facedefense":
+                print(f"{'':>12} pair #{repeat}: {row['seconds_per_round'] / results[-2]['seconds_per_round']:.2f}x per round",
+                      flush=True)
     mean = {who: sum(r["seconds_per_round"] for r in results if r["implementation"] == who) / repeats
             for who in ("reference", "facedefense")}
     step = {who: sum(r["seconds_per_pgd_step"] for r in results if r["implementation"] == who) / repeats
@@ -369,6 +379,9 @@ def against_reference(path: str, model: str, rounds: int, repeats: int, options:
     print(f"aspl per round: facedefense {mean['facedefense']:.2f} s, reference {mean['reference']:.2f} s: "
           f"{mean['facedefense'] / mean['reference']:.2f}x; per PGD step {step['facedefense']:.2f} s vs "
           f"{step['reference']:.2f} s: {step['facedefense'] / step['reference']:.2f}x (rounds 2-{rounds} of each run)")
+    fastest = {who: min(r["fastest_round"] for r in results if r["implementation"] == who) for who in mean}
+    print(f"fastest round (the least disturbed by the machine's load): facedefense {fastest['facedefense']:.2f} s, "
+          f"reference {fastest['reference']:.2f} s: {fastest['facedefense'] / fastest['reference']:.2f}x")
     return results
 
 
