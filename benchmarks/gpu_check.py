@@ -302,6 +302,9 @@ RECIPES: dict[tuple[str, str], list[Recipe]] = {
     ("personalizer", "instantid"): [
         Recipe(lambda a: {}, needs="an SDXL model, InstantID's face adapter and IdentityNet (InstantX/InstantID), insightface's glintr100.onnx"),
     ],
+    ("personalizer", "photomaker"): [
+        Recipe(lambda a: {}, needs="an SDXL model and PhotoMaker v1's photomaker-v1.bin (TencentARC/PhotoMaker: ID encoder and LoRA)"),
+    ],
     ("editor", "instruct_pix2pix"): [Recipe(lambda a: {"model": a.ip2p, "steps": 2, "resolution": None})],
     ("editor", "sdedit"): [Recipe(lambda a: {"model": a.sd, "steps": 2, "resolution": None})],
     ("editor", "inpaint"): [Recipe(lambda a: {"model": a.inpaint, "steps": 2, "resolution": None})],

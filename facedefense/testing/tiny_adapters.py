@@ -370,3 +370,90 @@ def build_tiny_instantid(
     save_file(weights, str(folder / INSTANTID_WEIGHT_NAME))
     controlnet.save_pretrained(folder / INSTANTID_CONTROLNET_FOLDER, safe_serialization=True)
     return folder
+
+
+#: Weight file of the tiny PhotoMaker v1 adapter (TencentARC/PhotoMaker ships ``photomaker-v1.bin``).
+PHOTOMAKER_WEIGHT_NAME = "photomaker-v1_tiny.safetensors"
+
+
+def build_tiny_photomaker(
+    directory: str | Path,
+    sdxl_path: str | Path,
+    *,
+    seed: int = 0,
+    lora_rank: int = 4,
+    lora_std: float = 0.3,
+    fuse_gain: float = 16.0,
+) -> Path:
+    """Write a tiny PhotoMaker v1 adapter for the SDXL folder ``sdxl_path`` at
+    ``DIR/PHOTOMAKER_WEIGHT_NAME``; return ``directory``.
+
+    The file holds the two parts of the released one under their key prefixes (the layout
+    ``load_photomaker_adapter`` reads from a ``.safetensors``): ``id_encoder.*``, a 2-layer CLIP
+    vision tower of width 64 (one 64-wide head, 32 px, patch 8) whose ``visual_projection`` and
+    ``visual_projection_2`` give the widths of the two text encoders, and the FuseModule
+    (``fuse_module.mlp1`` on the concatenated pair, ``mlp2``, ``layer_norm`` with gain ``fuse_gain``,
+    so the fused tokens stand out of the tiny text encoders' and the photos steer generation) of
+    their sum; and
+    ``lora_weights.*``, rank-``lora_rank`` LoRA (``unet.{module}.lora_A/lora_B.weight``, std
+    ``lora_std``) on every attention projection of the UNet.
+    """
+    from facedefense.testing.tiny_models import _isolated_rng, _prepare
+
+    _prepare()  # before diffusers is imported
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    sdxl = Path(sdxl_path)
+    widths = [
+        int(json.loads((sdxl / folder / "config.json").read_text())["hidden_size"])
+        for folder in ("text_encoder", "text_encoder_2")
+    ]
+    unet_config = json.loads((sdxl / "unet" / "config.json").read_text())
+    with _isolated_rng():
+        torch.manual_seed(seed + 7)
+        tower = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=64,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=1,
+                image_size=IMAGE_SIZE,
+                patch_size=8,
+                projection_dim=widths[0],
+            )
+        )
+        width = sum(widths)
+        weights = {f"id_encoder.{k}": v for k, v in tower.state_dict().items() if not k.endswith("position_ids")}
+        weights["id_encoder.visual_projection_2.weight"] = torch.nn.Linear(64, widths[1], bias=False).weight
+        for name, inputs in (("mlp1", 2 * width), ("mlp2", width)):
+            for part, module in (
+                ("layernorm", torch.nn.LayerNorm(inputs)),
+                ("fc1", torch.nn.Linear(inputs, width)),
+                ("fc2", torch.nn.Linear(width, width)),
+            ):
+                for key, value in module.state_dict().items():
+                    weights[f"id_encoder.fuse_module.{name}.{part}.{key}"] = value
+        weights["id_encoder.fuse_module.layer_norm.weight"] = torch.full((width,), fuse_gain)
+        weights["id_encoder.fuse_module.layer_norm.bias"] = torch.zeros(width)
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_config(unet_config)
+        generator = torch.Generator().manual_seed(seed + 8)
+        for name, module in unet.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in ("to_q", "to_k", "to_v", "0"):
+                if ".attn" not in name or (name.endswith(".0") and not name.endswith("to_out.0")):
+                    continue
+                weights[f"lora_weights.unet.{name}.lora_A.weight"] = (
+                    torch.randn(lora_rank, module.in_features, generator=generator) * lora_std
+                )
+                weights[f"lora_weights.unet.{name}.lora_B.weight"] = (
+                    torch.randn(module.out_features, lora_rank, generator=generator) * lora_std
+                )
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(folder / PHOTOMAKER_WEIGHT_NAME))
+    return folder

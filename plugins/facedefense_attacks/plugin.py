@@ -41,6 +41,11 @@ def register_personalizers(register):
         "facedefense_attacks.instantid:InstantID",
         summary="InstantID: zero-shot on SDXL, face embedding tokens + IdentityNet on the face keypoints (Wang et al., 2024)",
     )
+    register(
+        "photomaker",
+        "facedefense_attacks.photomaker:PhotoMaker",
+        summary="PhotoMaker v1: zero-shot on SDXL, the photos' CLIP ID embeddings fused into the class word (Li et al., 2024)",
+    )
 
 
 @facedefense.hookimpl
