@@ -67,7 +67,9 @@ def split_trigger(prompt: str, trigger: str) -> tuple[str, str]:
         )
     prefix = prompt[: found[0].start()].rstrip()
     if not re.search(r"\w", prefix):
-        raise ConfigError(f"photomaker: prompt {prompt!r} has no class word before the trigger word '{trigger}'")
+        raise ConfigError(
+            f"photomaker: prompt {prompt!r} has no class word before the trigger word '{trigger}'"
+        )
     text_only = re.sub(r"\s+", " ", prefix + " " + prompt[found[0].end() :]).strip()
     return text_only, prefix
 
@@ -88,7 +90,9 @@ def fuse(weights: dict[str, Tensor], prompt_embeds: Tensor, id_embeds: Tensor) -
         return F.layer_norm(x, x.shape[-1:], weights[f"{name}.weight"], weights[f"{name}.bias"])
 
     def mlp(x: Tensor, name: str) -> Tensor:
-        hidden = F.linear(norm(x, f"{name}.layernorm"), weights[f"{name}.fc1.weight"], weights[f"{name}.fc1.bias"])
+        hidden = F.linear(
+            norm(x, f"{name}.layernorm"), weights[f"{name}.fc1.weight"], weights[f"{name}.fc1.bias"]
+        )
         return F.linear(F.gelu(hidden), weights[f"{name}.fc2.weight"], weights[f"{name}.fc2.bias"])
 
     id_embeds = id_embeds.to(prompt_embeds.dtype)
@@ -101,6 +105,8 @@ def read_adapter(adapter: str, subfolder: str, weight_name: str, label: str) -> 
     """The ``(id_encoder, lora_weights)`` state dicts of a PhotoMaker file: a ``.bin`` holding both
     dicts (read with ``torch.load(weights_only=True)``) or a ``.safetensors`` with the two key
     prefixes. A hub id is read from the cache or downloaded as diffusers downloads adapters."""
+    import pickle
+
     import torch
     from diffusers.utils import _get_model_file
     from safetensors import SafetensorError
@@ -118,10 +124,14 @@ def read_adapter(adapter: str, subfolder: str, weight_name: str, label: str) -> 
                     state[head][rest] = value
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, EnvironmentError, SafetensorError) as exc:
-        raise ModelNotFoundError(f"{label}: the adapter {where} cannot be loaded ({_first_line(exc)})") from exc
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
+        raise ModelNotFoundError(
+            f"{label}: the adapter {where} cannot be loaded ({_first_line(exc)})"
+        ) from exc
     if not isinstance(state, dict) or sorted(state) != sorted([ENCODER_PREFIX, LORA_PREFIX]):
-        raise ConfigError(f"{label}: {where} is not a PhotoMaker adapter (it needs id_encoder and lora_weights)")
+        raise ConfigError(
+            f"{label}: {where} is not a PhotoMaker adapter (it needs id_encoder and lora_weights)"
+        )
     encoder = state[ENCODER_PREFIX]
     if f"{FUSE_PREFIX}mlp1.fc1.weight" not in encoder or any(key.startswith("qformer") for key in encoder):
         raise ConfigError(f"{label}: {where} is not a PhotoMaker v1 ID encoder (v2 is not supported)")
@@ -133,13 +143,17 @@ def load_lora(pipeline: Any, lora: dict, scale: float, label: str) -> None:
     try:
         pipeline.load_lora_weights(dict(lora), adapter_name=LORA_NAME)
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise ConfigError(f"{label}: the adapter's LoRA does not fit the base model ({_first_line(exc)})") from exc
+        raise ConfigError(
+            f"{label}: the adapter's LoRA does not fit the base model ({_first_line(exc)})"
+        ) from exc
     pipeline.set_adapters([LORA_NAME], adapter_weights=[scale])
 
 
 def fuse_weights(encoder: dict, device: Any, dtype: Any) -> dict[str, Tensor]:
     """The FuseModule's tensors of an ID encoder state dict, without the prefix."""
-    return {k[len(FUSE_PREFIX) :]: v.to(device, dtype) for k, v in encoder.items() if k.startswith(FUSE_PREFIX)}
+    return {
+        k[len(FUSE_PREFIX) :]: v.to(device, dtype) for k, v in encoder.items() if k.startswith(FUSE_PREFIX)
+    }
 
 
 def id_encoder(encoder: dict, label: str) -> tuple[Any, Tensor]:
@@ -248,7 +262,10 @@ class PhotoMakerModel(ZeroShotModel):
         pipeline, count = self.pipeline, int(self.image_embeds.shape[1])
         text_only, prefix = split_trigger(prompt, str(self.info.get("trigger_word", "img")))
         hidden, pooled, index = [], None, 0
-        for tokenizer, encoder in ((pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2)):
+        for tokenizer, encoder in (
+            (pipeline.tokenizer, pipeline.text_encoder),
+            (pipeline.tokenizer_2, pipeline.text_encoder_2),
+        ):
             length = tokenizer.model_max_length
             ids = tokenizer(text_only, padding="max_length", max_length=length, truncation=True).input_ids
             index = len(tokenizer(prefix, add_special_tokens=False).input_ids)  # after the start token
@@ -290,7 +307,9 @@ class PhotoMakerModel(ZeroShotModel):
             raise ConfigError("generate needs at least one prompt and num_images >= 1")
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         pipeline, size = self.pipeline, int(self.info.get("resolution", 1024))
-        guidance = float(guidance_scale if guidance_scale is not None else self.info.get("guidance_scale", 5.0))
+        guidance = float(
+            guidance_scale if guidance_scale is not None else self.info.get("guidance_scale", 5.0)
+        )
         steps = steps or int(self.info.get("inference_steps", 50))
         merge = start_merge_step(steps, float(self.info.get("style_strength", 20.0)))
         negative = str(self.info.get("negative_prompt") or "") or None
@@ -368,7 +387,10 @@ class PhotoMaker(ZeroShotPersonalizer):
 
     def default_prompts(self) -> list[str]:
         """The zero-shot prompts with the trigger word after ``person``."""
-        return [prompt.replace("person", f"person {self.config.trigger_word}", 1) for prompt in super().default_prompts()]
+        return [
+            prompt.replace("person", f"person {self.config.trigger_word}", 1)
+            for prompt in super().default_prompts()
+        ]
 
     def prepare(self, *, instance_prompt: str | None = None, class_prompt: str | None = None) -> None:
         """Refuse an instance prompt without the trigger word, then load (`ZeroShotPersonalizer.prepare`)."""
@@ -411,7 +433,9 @@ class PhotoMaker(ZeroShotPersonalizer):
         pixels = processor(images=photos, return_tensors="pt").pixel_values
         pixels = pixels.to(pipeline.device, self._projection_2.dtype)
         pooled = self._encoder.vision_model(pixel_values=pixels).pooler_output
-        embeds = torch.cat([self._encoder.visual_projection(pooled), F.linear(pooled, self._projection_2)], dim=-1)
+        embeds = torch.cat(
+            [self._encoder.visual_projection(pooled), F.linear(pooled, self._projection_2)], dim=-1
+        )
         positive = embeds[None].float().cpu()
         return positive, torch.zeros_like(positive), {}
 

@@ -63,9 +63,15 @@ def reference_fuse(weights, prompt_embeds, id_embeds):
 
     def mlp(name, inputs, residual):
         layers = nn.ModuleDict(
-            {"layernorm": nn.LayerNorm(inputs), "fc1": nn.Linear(inputs, width), "fc2": nn.Linear(width, width)}
+            {
+                "layernorm": nn.LayerNorm(inputs),
+                "fc1": nn.Linear(inputs, width),
+                "fc2": nn.Linear(width, width),
+            }
         )
-        layers.load_state_dict({k[len(name) + 1 :]: v for k, v in weights.items() if k.startswith(name + ".")})
+        layers.load_state_dict(
+            {k[len(name) + 1 :]: v for k, v in weights.items() if k.startswith(name + ".")}
+        )
         return lambda x: layers.fc2(nn.GELU()(layers.fc1(layers.layernorm(x)))) + (x if residual else 0)
 
     norm = nn.LayerNorm(width)
@@ -83,7 +89,10 @@ def test_the_class_token_is_stacked_and_fused_and_the_trigger_removed(fitted):
     pipeline, count = fitted.pipeline, fitted.image_embeds.shape[1]
     embeds, pooled, mask = fitted.prompt_embeds(PROMPT)
     hidden = []
-    for tokenizer, encoder in ((pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2)):
+    for tokenizer, encoder in (
+        (pipeline.tokenizer, pipeline.text_encoder),
+        (pipeline.tokenizer_2, pipeline.text_encoder_2),
+    ):
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.add_tokens(["img"], special_tokens=True)
         ids = tokenizer(PROMPT, padding="max_length", max_length=77, truncation=True).input_ids
@@ -121,7 +130,9 @@ def test_the_merge_step_switches_from_the_text_only_prompt(fitted):
         handle.remove()
         fitted.info["style_strength"] = 20.0
     text, negative, _, _ = fitted.pipeline.encode_prompt(
-        "a photo of a man wearing a hat", device="cpu", do_classifier_free_guidance=True,
+        "a photo of a man wearing a hat",
+        device="cpu",
+        do_classifier_free_guidance=True,
         negative_prompt=fitted.info["negative_prompt"],
     )
     stacked = fitted.prompt_embeds(PROMPT)[0]
@@ -165,7 +176,16 @@ def test_cli_encodes_generates_and_the_model_reloads(tmp_path, tiny_sdxl_path, p
     out, prompt = tmp_path / "out", "a photo of person img"
 
     def attack(output, prompt):
-        args = ["attack", photos, "--personalizer", "photomaker", "--model", tiny_sdxl_path, "--output", output]
+        args = [
+            "attack",
+            photos,
+            "--personalizer",
+            "photomaker",
+            "--model",
+            tiny_sdxl_path,
+            "--output",
+            output,
+        ]
         args += [f"-o{key}={value}" for key, value in options(photomaker_path).items() if key != "device"]
         args += ["--num-images", "1", "--prompt", prompt, "--device", "cpu", "--no-progress"]
         return CliRunner().invoke(build_app(), [str(a) for a in args])
