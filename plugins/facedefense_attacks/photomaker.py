@@ -128,7 +128,7 @@ def read_adapter(adapter: str, subfolder: str, weight_name: str, label: str) -> 
         raise ModelNotFoundError(
             f"{label}: the adapter {where} cannot be loaded ({_first_line(exc)})"
         ) from exc
-    if not isinstance(state, dict) or sorted(state) != sorted([ENCODER_PREFIX, LORA_PREFIX]):
+    if not isinstance(state, dict) or not all(state.get(key) for key in (ENCODER_PREFIX, LORA_PREFIX)):
         raise ConfigError(
             f"{label}: {where} is not a PhotoMaker adapter (it needs id_encoder and lora_weights)"
         )

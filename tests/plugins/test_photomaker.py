@@ -201,3 +201,26 @@ def test_cli_encodes_generates_and_the_model_reloads(tmp_path, tiny_sdxl_path, p
     assert torch.allclose(a, b, atol=1e-5)
     bad = attack(tmp_path / "bad", "a photo of person")
     assert bad.exit_code != 0 and "has no trigger word 'img'" in bad.output
+
+
+def test_files_that_are_not_photomaker_v1_are_refused_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from facedefense_attacks.photomaker import read_adapter
+
+    files = {
+        "lora_only.safetensors": ({"lora_weights.unet.a": torch.zeros(1)}, "needs id_encoder and lora_weights"),
+        "v2.safetensors": (
+            {
+                "id_encoder.fuse_module.mlp1.fc1.weight": torch.zeros(1),
+                "id_encoder.qformer_perceiver.x": torch.zeros(1),
+                "lora_weights.unet.a": torch.zeros(1),
+            },
+            "not a PhotoMaker v1 ID encoder",
+        ),
+    }
+    for name, (weights, message) in files.items():
+        save_file(weights, str(tmp_path / name))
+        with pytest.raises(ConfigError, match=message) as caught:
+            read_adapter(str(tmp_path), "", name, "photomaker")
+        assert "\n" not in str(caught.value)
