@@ -326,7 +326,7 @@ metrics: [psnr]
     assert distributed["failures"] == [] and distributed["computed"] == local["computed"] == local["stages"]
     ray, here = _values(tmp_path / "ray"), _values(tmp_path / "local")
     assert [row[:4] for row in ray] == [row[:4] for row in here]
-    for (cell, metric, prompt, _, values), (*_, expected) in zip(ray, here):
+    for (cell, _metric, prompt, _, values), (*_, expected) in zip(ray, here):
         if prompt is None:  # the attacker's input: JPEG and copies, exactly the same
             assert values == expected, cell
         else:  # an edit scored against the clean edit: sdedit's floats, rounded to 8 bits, may flip a
