@@ -34,6 +34,12 @@ MAX_RESOLUTION = 4096
 MAX_DENOISING_STEPS = 1000
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (at most 200 characters), or its type's name when it says nothing."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def check_range(name: str, value: float, low: float, high: float) -> None:
     """An option's value must be a finite number in ``[low, high]`` (NaN and infinities refused).
 

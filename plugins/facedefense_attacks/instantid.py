@@ -140,11 +140,6 @@ class InstantIDConfig(ZeroShotConfig):
         check_range("face_threshold", self.face_threshold, 0, 1)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _with_identitynet(pipeline: Any, controlnet: str, subfolder: str, label: str) -> Any:
     """``StableDiffusionXLControlNetPipeline`` sharing ``pipeline``'s components, with the IdentityNet."""
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
@@ -240,22 +235,8 @@ class InstantID(ZeroShotPersonalizer):
 
     def _load_adapter(self, pipeline: Any) -> None:
         from diffusers.models.embeddings import IPAdapterPlusImageProjection
-        from safetensors import SafetensorError
-
-        config, label = self.config, self.name
-        where = "/".join(part for part in (config.adapter, config.subfolder, config.weight_name) if part)
-        try:
-            pipeline.load_ip_adapter(
-                config.adapter,
-                subfolder=config.subfolder or None,
-                weight_name=config.weight_name,
-                image_encoder_folder=None,
-            )
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-            raise ModelNotFoundError(
-                f"{label}: the face adapter {where} cannot be loaded ({_first_line(exc)})"
-            ) from exc
-        layer = pipeline.unet.encoder_hid_proj.image_projection_layers[0]
+        config, label, where = self.config, self.name, self._adapter_path()
+        layer = self._load_ip_adapter(pipeline, "the face adapter", subfolder=config.subfolder or None, image_encoder_folder=None)
         if not isinstance(layer, IPAdapterPlusImageProjection) or layer.proj_in.in_features != FACE_EMBED_DIM:
             raise ConfigError(
                 f"{label}: {where} is not an InstantID face adapter (a Resampler of {FACE_EMBED_DIM}-D face embeddings)"

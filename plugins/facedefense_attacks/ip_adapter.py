@@ -42,11 +42,6 @@ class IPAdapterConfig(ZeroShotConfig):
                 raise ConfigError(f"option '{key}' must not be empty")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 class IPAdapter(ZeroShotPersonalizer):
     """Zero-shot identity transfer with IP-Adapter: the photos' CLIP image embeddings condition
     generation; nothing is trained.
@@ -78,22 +73,10 @@ class IPAdapter(ZeroShotPersonalizer):
             IPAdapterFaceIDImageProjection,
             IPAdapterFaceIDPlusImageProjection,
         )
-        from safetensors import SafetensorError
-
-        config, label = self.config, self.name
-        where = "/".join(part for part in (config.adapter, config.subfolder, config.weight_name) if part)
-        try:
-            pipeline.load_ip_adapter(
-                config.adapter,
-                subfolder=config.subfolder,  # "" not None: diffusers joins it with the encoder's folder
-                weight_name=config.weight_name,
-                image_encoder_folder=config.image_encoder_folder,
-            )
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-            raise ModelNotFoundError(
-                f"{label}: the IP-Adapter {where} cannot be loaded ({_first_line(exc)})"
-            ) from exc
-        layer = pipeline.unet.encoder_hid_proj.image_projection_layers[0]
+        config, label, where = self.config, self.name, self._adapter_path()
+        # subfolder "" not None: diffusers joins it with the encoder's folder
+        layer = self._load_ip_adapter(pipeline, "the IP-Adapter", subfolder=config.subfolder,
+                                      image_encoder_folder=config.image_encoder_folder)
         if isinstance(layer, (IPAdapterFaceIDImageProjection, IPAdapterFaceIDPlusImageProjection)):
             raise ConfigError(
                 f"{label}: {where} is a FaceID adapter (face embeddings, not CLIP); use ip_adapter_faceid"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense.errors import ConfigError, ImageError, ModelNotFoundError
+from facedefense.errors import ConfigError, ImageError
 from facedefense_attacks.zero_shot import ZeroShotConfig, ZeroShotModel, ZeroShotPersonalizer
 
 if TYPE_CHECKING:
@@ -72,11 +72,6 @@ class IPAdapterFaceIDConfig(ZeroShotConfig):
                 raise ConfigError(f"option '{key}' must not be empty")
         if not 0 <= self.face_threshold <= 1:
             raise ConfigError(f"option 'face_threshold' must be from 0 to 1, got {self.face_threshold}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def face_backend_for(config: Any, device: Any, label: str) -> Any:
@@ -167,22 +162,8 @@ class IPAdapterFaceID(ZeroShotPersonalizer):
             IPAdapterFaceIDImageProjection,
             IPAdapterFaceIDPlusImageProjection,
         )
-        from safetensors import SafetensorError
-
-        config, label = self.config, self.name
-        where = "/".join(part for part in (config.adapter, config.subfolder, config.weight_name) if part)
-        try:
-            pipeline.load_ip_adapter(
-                config.adapter,
-                subfolder=config.subfolder or None,
-                weight_name=config.weight_name,
-                image_encoder_folder=None,
-            )
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-            raise ModelNotFoundError(
-                f"{label}: the IP-Adapter {where} cannot be loaded ({_first_line(exc)})"
-            ) from exc
-        layer = pipeline.unet.encoder_hid_proj.image_projection_layers[0]
+        config, label, where = self.config, self.name, self._adapter_path()
+        layer = self._load_ip_adapter(pipeline, "the IP-Adapter", subfolder=config.subfolder or None, image_encoder_folder=None)
         plus = isinstance(layer, IPAdapterFaceIDPlusImageProjection)
         if not plus and not isinstance(layer, IPAdapterFaceIDImageProjection):
             raise ConfigError(f"{label}: {where} is not a FaceID adapter (CLIP adapters: ip_adapter)")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError, ModelNotFoundError
-from facedefense_attacks.common import check_range
+from facedefense_attacks.common import check_range, first_line
 from facedefense_attacks.zero_shot import (
     SDXL_KIND,
     ZeroShotConfig,
@@ -47,11 +47,6 @@ ENCODER_PREFIX, LORA_PREFIX = "id_encoder", "lora_weights"
 LORA_NAME = "photomaker"
 #: Key prefix of the FuseModule in the ID encoder's state dict.
 FUSE_PREFIX = "fuse_module."
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def split_trigger(prompt: str, trigger: str) -> tuple[str, str]:
@@ -126,7 +121,7 @@ def read_adapter(adapter: str, subfolder: str, weight_name: str, label: str) -> 
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
         raise ModelNotFoundError(
-            f"{label}: the adapter {where} cannot be loaded ({_first_line(exc)})"
+            f"{label}: the adapter {where} cannot be loaded ({first_line(exc)})"
         ) from exc
     if not isinstance(state, dict) or not all(state.get(key) for key in (ENCODER_PREFIX, LORA_PREFIX)):
         raise ConfigError(
@@ -144,7 +139,7 @@ def load_lora(pipeline: Any, lora: dict, scale: float, label: str) -> None:
         pipeline.load_lora_weights(dict(lora), adapter_name=LORA_NAME)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ConfigError(
-            f"{label}: the adapter's LoRA does not fit the base model ({_first_line(exc)})"
+            f"{label}: the adapter's LoRA does not fit the base model ({first_line(exc)})"
         ) from exc
     pipeline.set_adapters([LORA_NAME], adapter_weights=[scale])
 
@@ -186,7 +181,7 @@ def id_encoder(encoder: dict, label: str) -> tuple[Any, Tensor]:
             raise KeyError(f"missing {sorted(missing)[0]}")
         return model, encoder["visual_projection_2.weight"]
     except (KeyError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"{label}: the adapter's ID encoder cannot be built ({_first_line(exc)})") from exc
+        raise ConfigError(f"{label}: the adapter's ID encoder cannot be built ({first_line(exc)})") from exc
 
 
 @dataclass

@@ -27,6 +27,7 @@ from facedefense_attacks.common import (
     check_denoising_steps,
     check_range,
     check_resolution,
+    first_line,
     load_checked_pipeline,
 )
 from facedefense_attacks.personalized import PipelinePersonalized
@@ -284,6 +285,25 @@ class ZeroShotPersonalizer(Personalizer):
     def _load_adapter(self, pipeline: Any) -> None:
         """Load the adapter into ``pipeline`` and set its scale; refuse one this attack cannot use."""
         raise NotImplementedError
+
+    def _load_ip_adapter(self, pipeline: Any, what: str, *, subfolder: str | None, image_encoder_folder: str | None) -> Any:
+        """diffusers' ``load_ip_adapter`` of ``config.adapter`` / ``subfolder`` / ``config.weight_name``
+        (``what`` names it in the one-line error a file that cannot be loaded gives); returns the
+        projection layer it added, for the attack to check."""
+        from safetensors import SafetensorError
+
+        config = self.config
+        try:
+            pipeline.load_ip_adapter(config.adapter, subfolder=subfolder, weight_name=config.weight_name,
+                                     image_encoder_folder=image_encoder_folder)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            raise ModelNotFoundError(f"{self.name}: {what} {self._adapter_path()} cannot be loaded ({first_line(exc)})") from exc
+        return pipeline.unet.encoder_hid_proj.image_projection_layers[0]
+
+    def _adapter_path(self) -> str:
+        """``adapter/subfolder/weight_name``, as the errors name the adapter file."""
+        config = self.config
+        return "/".join(part for part in (config.adapter, config.subfolder, config.weight_name) if part)
 
     def _encode(self, pipeline: Any, images: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The (1, N, ...) embeddings of the N photos, their unconditional counterpart, and the
