@@ -40,6 +40,13 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def check_not_empty(config: Any, *names: str) -> None:
+    """Each named option of ``config`` must be a non-blank string (one-line `ConfigError` otherwise)."""
+    for name in names:
+        if not str(getattr(config, name)).strip():
+            raise ConfigError(f"option '{name}' must not be empty")
+
+
 def check_range(name: str, value: float, low: float, high: float) -> None:
     """An option's value must be a finite number in ``[low, high]`` (NaN and infinities refused).
 

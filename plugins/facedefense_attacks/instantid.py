@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError, ImageError, ModelNotFoundError
-from facedefense_attacks.common import check_range, resize_center_crop
+from facedefense_attacks.common import check_not_empty, check_range, resize_center_crop
 from facedefense_attacks.ip_adapter_faceid import face_backend_for
 from facedefense_attacks.zero_shot import (
     SDXL_KIND,
@@ -133,9 +133,7 @@ class InstantIDConfig(ZeroShotConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("adapter", "weight_name", "controlnet", "face_backend"):
-            if not str(getattr(self, key)).strip():
-                raise ConfigError(f"option '{key}' must not be empty")
+        check_not_empty(self, "adapter", "weight_name", "controlnet", "face_backend")
         check_range("controlnet_scale", self.controlnet_scale, 0, 10)
         check_range("face_threshold", self.face_threshold, 0, 1)
 

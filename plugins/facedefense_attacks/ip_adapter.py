@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError, ModelNotFoundError
+from facedefense_attacks.common import check_not_empty
 from facedefense_attacks.zero_shot import ZeroShotConfig, ZeroShotModel, ZeroShotPersonalizer
 
 if TYPE_CHECKING:
@@ -37,9 +38,7 @@ class IPAdapterConfig(ZeroShotConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("adapter", "weight_name", "image_encoder_folder"):
-            if not str(getattr(self, key)).strip():
-                raise ConfigError(f"option '{key}' must not be empty")
+        check_not_empty(self, "adapter", "weight_name", "image_encoder_folder")
 
 
 class IPAdapter(ZeroShotPersonalizer):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError, ImageError
+from facedefense_attacks.common import check_not_empty
 from facedefense_attacks.zero_shot import ZeroShotConfig, ZeroShotModel, ZeroShotPersonalizer
 
 if TYPE_CHECKING:
@@ -67,9 +68,7 @@ class IPAdapterFaceIDConfig(ZeroShotConfig):
             raise ConfigError(f"option 'variant' must be one of {', '.join(VARIANTS)}, got '{self.variant}'")
         if not 0 <= self.shortcut_scale <= 10:
             raise ConfigError(f"option 'shortcut_scale' must be from 0 to 10, got {self.shortcut_scale}")
-        for key in ("adapter", "weight_name", "face_backend"):
-            if not str(getattr(self, key)).strip():
-                raise ConfigError(f"option '{key}' must not be empty")
+        check_not_empty(self, "adapter", "weight_name", "face_backend")
         if not 0 <= self.face_threshold <= 1:
             raise ConfigError(f"option 'face_threshold' must be from 0 to 1, got {self.face_threshold}")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError, ModelNotFoundError
-from facedefense_attacks.common import check_range, first_line
+from facedefense_attacks.common import check_not_empty, check_range, first_line
 from facedefense_attacks.zero_shot import (
     SDXL_KIND,
     ZeroShotConfig,
@@ -218,9 +218,7 @@ class PhotoMakerConfig(ZeroShotConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("adapter", "weight_name", "trigger_word"):
-            if not str(getattr(self, key)).strip():
-                raise ConfigError(f"option '{key}' must not be empty")
+        check_not_empty(self, "adapter", "weight_name", "trigger_word")
         if not re.fullmatch(r"\w+", self.trigger_word):
             raise ConfigError(f"option 'trigger_word' must be one word, not {self.trigger_word!r}")
         check_range("style_strength", self.style_strength, 0, 100)
