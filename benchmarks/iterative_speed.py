@@ -13,9 +13,10 @@ What one "unit" is per method: ``aspl`` one round (``surrogate_steps`` + ``pgd_s
 ``surrogate_steps``, the reference's 3 + 6 + 3 by default); ``fsmg`` ``--steps`` PGD steps after
 ``train_steps`` DreamBooth steps; ``advdm`` / ``photoguard`` / ``photoguard:diffusion`` (4 unrolled
 DDIM steps with guidance 7.5) / ``mist`` / ``sds`` / ``facelock`` / ``caat`` ``--steps`` PGD steps
-(CAAT's each with its key/value update); ``simac`` one ASPL round after a 5-iteration timestep search. ``facelock``
-uses a small random face embedder and a random-weight LPIPS VGG16 (ArcFace IR-SE50 costs more). ``ace``
-two PGD phases of ``--steps // 2`` steps with its 10 LoRA steps between (a default run is 5 x 30 PGD
+(CAAT's each with its key/value update); ``simac`` one ASPL round after a 5-iteration timestep search;
+``metacloak`` one iteration (``--steps`` PGD + 2 surrogate steps) against a pool of one state, the
+untrained surrogate. ``facelock`` uses a small random face embedder and a random-weight LPIPS VGG16
+(ArcFace IR-SE50 costs more). ``ace`` two PGD phases of ``--steps // 2`` steps with its 10 LoRA steps between (a default run is 5 x 30 PGD
 + 4 x 10 LoRA steps); ``glaze`` the style transfer (img2img, 20 of 50 steps with guidance) then
 ``--steps`` PGD steps through the VAE encoder and a random-weight LPIPS VGG16.
 
@@ -58,6 +59,10 @@ RECIPES = {
     # one round after a 5-iteration timestep search (the default search scores 300 passes per photo)
     "simac": lambda steps: {"steps": 1, "pgd_steps": 6, "surrogate_steps": 3, "num_class_images": 8,
                             "class_image_steps": 2, "search_steps": 5},
+    # one iteration (--steps PGD + 2 surrogate steps) against a pool of one state, the untrained
+    # surrogate (train_steps=0: no pool training); a default identity is 4 rounds x 6 states x 100
+    "metacloak": lambda steps: {"steps": 1, "train_steps": 0, "iterations": 1, "pgd_steps": steps,
+                                "advance_steps": 2, "num_class_images": 8, "class_image_steps": 2},
     "sds": lambda steps: {"steps": steps, "mode": "+"},
     "ace": lambda steps: {"steps": 2, "pgd_steps": max(1, steps // 2), "surrogate_steps": 10, "num_class_images": 8,
                           "class_image_steps": 2},
@@ -542,7 +547,9 @@ def main() -> None:
         unit = ("1 round (3+6+3 steps)" if method == "aspl" else
                 f"{options['train_steps']} train + {args.steps} PGD" if method == "fsmg" else
                 f"{2 * options['pgd_steps']} PGD + 10 LoRA steps" if method == "ace" else
-                f"img2img + {args.steps} PGD steps" if method == "glaze" else f"{args.steps} PGD steps")
+                f"img2img + {args.steps} PGD steps" if method == "glaze" else
+                f"1 iteration ({options['pgd_steps']} PGD + {options['advance_steps']} surrogate)" if method == "metacloak"
+                else f"{args.steps} PGD steps")
         row["unit"] = unit
         rows.append(row)
         print(f"{method:>20} {unit:>28} {row['seconds']:8.2f} {row['seconds'] / args.photos:8.2f} "

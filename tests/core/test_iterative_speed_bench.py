@@ -50,3 +50,20 @@ def test_reference_runs_on_the_cpu_in_float32_without_edits(bench, tmp_path):
 def test_a_folder_without_the_reference_is_refused_in_one_line(bench, tmp_path):
     with pytest.raises(SystemExit, match="no attacks/aspl.py"):
         bench.load_reference(tmp_path)
+
+
+def test_every_recipe_is_a_valid_configuration_of_its_defender(bench):
+    """A misspelt option would otherwise fail only after minutes of model loading in a benchmark."""
+    from facedefense.registry import get_registry
+
+    registry = get_registry()
+    for method, recipe in bench.RECIPES.items():
+        registry.load("defender", method.split(":")[0]).Config(model="unused", **recipe(1))
+
+
+def test_the_metacloak_unit_is_one_iteration_against_a_one_state_pool(bench):
+    from facedefense_iterative.metacloak import MetaCloakConfig, pool_steps
+
+    config = MetaCloakConfig(model="unused", **bench.RECIPES["metacloak"](6))
+    assert pool_steps(config.train_steps, config.interval) == [0]  # the untrained surrogate, no pool training
+    assert (config.steps, config.iterations, config.pgd_steps, config.advance_steps) == (1, 1, 6, 2)
