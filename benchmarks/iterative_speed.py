@@ -477,6 +477,26 @@ def profile_pieces(model: str, photos: int = 4, size: int = 512, repeats: int = 
     return pieces
 
 
+
+def _unit(method: str, options: dict, steps: int) -> str:
+    """What one timed call of ``method`` ran, from the options it ran with (``-o`` values are strings)."""
+    value = {key: int(val) for key, val in options.items() if str(val).isdigit()}
+    if method == "aspl":
+        return f"1 round ({value['surrogate_steps']}+{value['pgd_steps']}+{value['surrogate_steps']} steps)"
+    if method == "simac":
+        return (f"search {value['search_steps']} + 1 round ({value['surrogate_steps']}+{value['pgd_steps']}+"
+                f"{value['surrogate_steps']} steps)")
+    if method == "fsmg":
+        return f"{value['train_steps']} train + {steps} PGD"
+    if method == "ace":
+        return f"{value['steps'] * value['pgd_steps']} PGD + {value['surrogate_steps']} LoRA steps"
+    if method == "glaze":
+        return f"img2img + {steps} PGD steps"
+    if method == "metacloak":
+        return f"1 iteration ({value['pgd_steps']} PGD + {value['advance_steps']} surrogate)"
+    return f"{steps} PGD steps"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -544,12 +564,7 @@ def main() -> None:
             print(f"{method:>20} failed (exit code {process.exitcode})")
             continue
         row = {"method": method, "photos": args.photos, "size": args.size, "options": options, **queue.get()}
-        unit = ("1 round (3+6+3 steps)" if method == "aspl" else
-                f"{options['train_steps']} train + {args.steps} PGD" if method == "fsmg" else
-                f"{2 * options['pgd_steps']} PGD + 10 LoRA steps" if method == "ace" else
-                f"img2img + {args.steps} PGD steps" if method == "glaze" else
-                f"1 iteration ({options['pgd_steps']} PGD + {options['advance_steps']} surrogate)" if method == "metacloak"
-                else f"{args.steps} PGD steps")
+        unit = _unit(method, options, args.steps)
         row["unit"] = unit
         rows.append(row)
         print(f"{method:>20} {unit:>28} {row['seconds']:8.2f} {row['seconds'] / args.photos:8.2f} "
