@@ -43,13 +43,19 @@ class SmallContract(DefenderContract):
 CAAT_FAST = dict(FAST, steps=2, learning_rate=1e-4)
 
 
+@pytest.fixture(scope="module")
+def caat(trained_tiny_sd_path):
+    """One CAAT (CAAT_FAST) for the module: every run starts from the base weights (``reset_surrogates``)."""
+    from facedefense_iterative.caat import CAAT
+
+    return CAAT(model=str(trained_tiny_sd_path), eps=SmallContract.eps, **CAAT_FAST)
+
+
 class TestCAAT(SmallContract):
     registry_name = "caat"
 
     def make_method(self, request):
-        from facedefense_iterative.caat import CAAT
-
-        return CAAT(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, **CAAT_FAST)
+        return request.getfixturevalue("caat")
 
 
 def test_pgd_step_gives_parameters_the_gradient_of_the_same_loss():
@@ -71,15 +77,14 @@ def test_pgd_step_gives_parameters_the_gradient_of_the_same_loss():
     assert torch.allclose(state.adversarial, images + 0.05 * direction.sign())
 
 
-def test_caat_trains_only_cross_attention_kv_and_descends_the_loss(trained_tiny_sd_path, face_images, monkeypatch):
+def test_caat_trains_only_cross_attention_kv_and_descends_the_loss(caat, face_images, monkeypatch):
     """Only the cross-attention (attn2) key/value weights move; each AdamW step goes against the
     gradient it was given (descent: ascending them fails), and that gradient is a positive multiple
     of the one the PGD step's backward pass gave them (the loss the photos ascend; a flipped sign
     fails)."""
     from facedefense.optim import LinfPGD
-    from facedefense_iterative.caat import CAAT
 
-    caat = CAAT(model=str(trained_tiny_sd_path), **dict(CAAT_FAST, steps=2))
+    assert caat.config.steps == 2
     unet = caat.surrogates[0].unet
     trainable = {name for name, p in unet.named_parameters() if p.requires_grad}
     assert trainable and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in trainable)
@@ -128,20 +133,21 @@ def test_caat_refuses_what_it_does_not_train():
 
 
 def test_caat_resumes_bit_for_bit(trained_tiny_sd_path, face_images, tmp_path, monkeypatch):
-    """A run stopped during its third step resumes from the state saved after the second (photos,
-    keys/values, AdamW moments, generator) and ends where an uninterrupted run ends."""
+    """A run stopped during its second step resumes from the state saved after the first (photos,
+    keys/values, AdamW moments, generator) and ends where an uninterrupted run ends (its third
+    step's PGD sees the keys/values that the restored moments moved in the second)."""
     from facedefense.interfaces import IdentitySet
     from facedefense.optim import LinfPGD
     from facedefense_iterative.caat import CAAT
 
     photos = list(face_images[:2, :, :32, :32])
-    caat = CAAT(model=str(trained_tiny_sd_path), **dict(CAAT_FAST, steps=4, checkpoint_every=2))  # each run starts afresh
+    caat = CAAT(model=str(trained_tiny_sd_path), **dict(CAAT_FAST, steps=3, checkpoint_every=1))  # each run starts afresh
     whole = caat.protect_identity(IdentitySet.from_images(photos))
     real, calls = LinfPGD.step, []
 
     def stopping(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2:
             raise RuntimeError("stopped")
         return real(self, *args, **kwargs)
 
@@ -159,18 +165,46 @@ SIMAC_FAST = dict(FAST, num_class_images=2, class_image_steps=2, learning_rate=1
                   surrogate_steps=1, search_steps=1, search_samples=2)
 
 
+@pytest.fixture(scope="module")
+def simac(trained_tiny_sd_path):
+    """One SimAC (SIMAC_FAST) for the module: every run starts from the base weights (``reset_surrogates``)."""
+    from facedefense_iterative.simac import SimAC
+
+    return SimAC(model=str(trained_tiny_sd_path), eps=SmallContract.eps, **SIMAC_FAST)
+
+
 class TestSimAC(SmallContract):
     registry_name = "simac"
 
     def make_method(self, request):
-        from facedefense_iterative.simac import SimAC
-
-        return SimAC(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, **SIMAC_FAST)
+        return request.getfixturevalue("simac")
 
     def test_records_its_timestep_sets(self, result):
         """One search iteration deletes 2 x 20 of the 1000 timesteps."""
         assert [s["timesteps_kept"] for s in result.stats] == [960, 960]
         assert all(0 <= s["timesteps_lowest"] < s["timesteps_highest"] <= 999 for s in result.stats)
+
+    def test_resumes_without_repeating_the_search(self, method, images, result, tmp_path, monkeypatch):
+        """A run stopped in its first ASPL round resumes with the saved timestep sets (no second
+        search) and ends where the uninterrupted run (the contract's ``result``) ended."""
+        from facedefense.interfaces import IdentitySet
+        from facedefense_iterative import simac as simac_module
+        from facedefense_iterative.aspl import ASPL
+
+        real_round, searches = ASPL._round, []
+
+        def stopping(self, *args, **kwargs):
+            raise RuntimeError("stopped")
+
+        monkeypatch.setattr(ASPL, "_round", stopping)
+        with pytest.raises(RuntimeError, match="stopped"):
+            method.protect_identity(IdentitySet.from_images(list(images)), workdir=tmp_path)
+        monkeypatch.setattr(ASPL, "_round", real_round)
+        real_search = simac_module.greedy_timesteps
+        monkeypatch.setattr(simac_module, "greedy_timesteps", lambda *a, **k: searches.append(1) or real_search(*a, **k))
+        resumed = method.protect_identity(IdentitySet.from_images(list(images)), workdir=tmp_path)
+        assert searches == []
+        assert all(torch.equal(a, b) for a, b in zip(result.images, resumed.images))
 
 
 @pytest.mark.parametrize("strong_end", ["high", "low"])
@@ -199,14 +233,13 @@ def test_greedy_search_deletes_around_the_weakest_and_steps_at_the_strongest(str
     assert len(untouched) == 1000
 
 
-def test_simac_loss_draws_the_kept_timesteps_and_adds_a_feature_term_with_a_gradient(trained_tiny_sd_path, face_images):
+def test_simac_loss_draws_the_kept_timesteps_and_adds_a_feature_term_with_a_gradient(simac, face_images):
     """Every UNet call of the objective runs at a timestep of the photo's kept set; with
     feature_weight 1 the objective is the denoising loss (same draws) PLUS a positive feature
     distance whose gradient reaches the photos (GAP-Diff's copy adds it as a float: no gradient)."""
-    from facedefense_iterative.simac import SimAC, simac_loss
+    from facedefense_iterative.simac import simac_loss
     from facedefense_iterative.surrogate import PhotoBatch
 
-    simac = SimAC(model=str(trained_tiny_sd_path), **SIMAC_FAST)
     surrogate = simac.surrogates[0]
     photos = PhotoBatch.pack(list(face_images[:2, :, :32, :32]), 32)
     states = surrogate.embed([PROMPT], grad=False).detach()
@@ -237,29 +270,3 @@ def test_simac_defaults_and_refusals():
     defaults = SimAC.Config()
     assert (defaults.eps, defaults.step_size, defaults.steps, defaults.pgd_steps, defaults.surrogate_steps) == (8 / 255, 0.0025, 50, 6, 3)
     assert (defaults.search_steps, defaults.search_samples, defaults.search_radius, defaults.search_keep) == (50, 5, 20, 100)
-
-
-def test_simac_resumes_without_repeating_the_search(trained_tiny_sd_path, face_images, tmp_path, monkeypatch):
-    """A run stopped in its first ASPL round resumes with the saved timestep sets (no second
-    search) and ends where an uninterrupted run ends."""
-    from facedefense.interfaces import IdentitySet
-    from facedefense_iterative import simac as simac_module
-    from facedefense_iterative.aspl import ASPL
-
-    photos = list(face_images[:2, :, :32, :32])
-    simac = simac_module.SimAC(model=str(trained_tiny_sd_path), **SIMAC_FAST)
-    whole = simac.protect_identity(IdentitySet.from_images(photos))
-    real_round, searches = ASPL._round, []
-
-    def stopping(self, *args, **kwargs):
-        raise RuntimeError("stopped")
-
-    monkeypatch.setattr(ASPL, "_round", stopping)
-    with pytest.raises(RuntimeError, match="stopped"):
-        simac.protect_identity(IdentitySet.from_images(photos), workdir=tmp_path)
-    monkeypatch.setattr(ASPL, "_round", real_round)
-    real_search = simac_module.greedy_timesteps
-    monkeypatch.setattr(simac_module, "greedy_timesteps", lambda *a, **k: searches.append(1) or real_search(*a, **k))
-    resumed = simac.protect_identity(IdentitySet.from_images(photos), workdir=tmp_path)
-    assert searches == []
-    assert all(torch.equal(a, b) for a, b in zip(whole.images, resumed.images))
