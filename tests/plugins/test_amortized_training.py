@@ -50,7 +50,7 @@ def train(method, faces, model, output, *extra):
                "--no-progress", "--device", "cpu", *options, *extra)
 
 
-@pytest.mark.parametrize("method,steps,horizon", [("rid", 3, ["-o", "decay_steps=3"]), ("gap_diff", 2, [])])
+@pytest.mark.parametrize("method,steps,horizon", [("rid", 2, ["-o", "decay_steps=2"]), ("gap_diff", 2, [])])
 def test_train_saves_resumes_identically_and_protects(method, steps, horizon, faces, tiny_sd_path, tmp_path):
     from safetensors.torch import load_file
 
