@@ -128,7 +128,8 @@ def test_identity_of_any_sizes_targeted_ensemble_lora(trained_tiny_sd_path, tmp_
 def small_aspl(trained_tiny_sd_path):
     from facedefense_iterative.aspl import ASPL
 
-    return ASPL(model=str(trained_tiny_sd_path), **dict(ASPL_FAST, steps=2, momentum=0.5, random_start=True))
+    # two rounds of one PGD step: the momentum and the random start carry across the interruption
+    return ASPL(model=str(trained_tiny_sd_path), **dict(ASPL_FAST, steps=2, pgd_steps=1, momentum=0.5, random_start=True))
 
 
 def test_single_photo_identity(small_aspl):
@@ -204,9 +205,9 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path)
     set_b = _write_set(tmp_path / "B", [faces[0], resize(faces[1][None], (24, 40))[0]])
     set_a = _write_set(tmp_path / "A", faces[2:])
     out = tmp_path / "out"
-    common = ["-o", "num_class_images=1", "-o", "class_image_steps=1", "-o", "resolution=32", "--steps", "2",
+    common = ["-o", "num_class_images=1", "-o", "class_image_steps=1", "-o", "resolution=32", "--steps", "1",
               "--device", "cpu", "--dtype", "float32", "--no-progress"]
-    options = [*common, "-o", "pgd_steps=2", "-o", "surrogate_steps=1"]
+    options = [*common, "-o", "pgd_steps=1", "-o", "surrogate_steps=1"]  # one round: its state is saved, then removed
     base = ["protect", str(set_b), "--reference", str(set_a), "--output", str(out), "--model", str(trained_tiny_sd_path)]
     app = build_app()
     first = CliRunner().invoke(app, [*base, "--method", "aspl", *options])
