@@ -15,9 +15,9 @@ from facedefense.cli import build_app
 from facedefense.testing.contracts import EditorContract, PersonalizerContract
 
 runner = CliRunner()
-#: Fast training/generation settings for the tiny models (64 px, 2 steps, 2 class images).
-TINY = ["-o", "resolution=64", "-o", "num_class_images=2", "-o", "class_inference_steps=2",
-        "-o", "inference_steps=2", "--steps", "2", "--device", "cpu"]
+#: Fast training/generation settings for the tiny models (32 px: 4x4 latents, 1 step, 1 class image).
+TINY = ["-o", "resolution=32", "-o", "num_class_images=1", "-o", "class_inference_steps=1",
+        "-o", "inference_steps=1", "--steps", "1", "--device", "cpu"]
 PROMPTS = {"dreambooth": "a dslr portrait of sks person", "lora": "a dslr portrait of sks person",
            "textual_inversion": "a dslr portrait of <new1> person", "lora_ti": "a dslr portrait of <new1> person"}
 
@@ -45,7 +45,7 @@ def photo_dir(tmp_path_factory):
     from facedefense.testing.tiny_models import sample_faces
 
     folder = tmp_path_factory.mktemp("photos")
-    for index, (face, size) in enumerate(zip(sample_faces(4, 96), [(64, 64), (80, 64), (64, 96), (72, 72)])):
+    for index, (face, size) in enumerate(zip(sample_faces(4, 48), [(32, 32), (40, 32), (32, 48), (36, 36)])):
         save_png(resize(face[None], size)[0].clamp(0, 1), folder / f"face{index}.png")
     return folder
 
@@ -70,7 +70,7 @@ def trained(tmp_path_factory, tiny_sd_path, photo_dir, class_cache):
 
 
 def _render(pipe, prompt):
-    return pipe(prompt, num_inference_steps=2, height=64, width=64, generator=torch.Generator().manual_seed(3),
+    return pipe(prompt, num_inference_steps=1, height=32, width=32, generator=torch.Generator().manual_seed(3),
                 output_type="pt").images
 
 
@@ -83,11 +83,11 @@ class TestTrainedThroughTheCLI:
         output = trained[name]
         manifest = json.loads((output / "facedefense.json").read_text())
         assert manifest["status"] == "completed" and manifest["method"]["name"] == name
-        assert len(manifest["inputs"]) == 4 and manifest["training"]["steps"] == 2
+        assert len(manifest["inputs"]) == 4 and manifest["training"]["steps"] == 1
         for entry in manifest["prompts"]:
             images = sorted((output / entry["folder"]).glob("*.png"))
             assert [p.name for p in images] == ["0000.png", "0001.png"]
-            assert Image.open(images[0]).size == (64, 64)
+            assert Image.open(images[0]).size == (32, 32)
         expected = {"dreambooth": "model_index.json", "lora": "pytorch_lora_weights.safetensors",
                     "textual_inversion": "learned_embeds.safetensors", "lora_ti": "learned_embeds.safetensors"}[name]
         assert (output / "model" / expected).is_file()
@@ -112,7 +112,7 @@ class TestTrainedThroughTheCLI:
         after = _render(pipe, prompt)
         assert not torch.allclose(before, after, atol=1e-6), "the loaded personalization must change the output"
         ours = load_personalized(folder, device="cpu").generate(
-            [prompt], num_images=1, steps=2, guidance_scale=pipe.guidance_scale, generator=torch.Generator().manual_seed(3))
+            [prompt], num_images=1, steps=1, guidance_scale=pipe.guidance_scale, generator=torch.Generator().manual_seed(3))
         assert torch.allclose(ours, after.float(), atol=1e-5), "diffusers' loaders and ours must give the same model"
 
     def test_dreambooth_folder_loads_with_from_pretrained(self, trained, tiny_sd_path):
@@ -169,7 +169,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_sd_path, tiny_ip2p_path,
 )
 def test_editor_cli_keeps_size_and_name(request, tmp_path, png_folder, editor, fixture, extra):
     model = request.getfixturevalue(fixture)
-    options = ["--steps", 2, "-o", "resolution=64", "--device", "cpu", "--model", model]
+    options = ["--steps", 2, "-o", "resolution=32", "--device", "cpu", "--model", model]
     if extra:
         mask = tmp_path / "mask.png"
         white_left = Image.new("L", (20, 20), 0)
@@ -220,7 +220,7 @@ def test_strength_sets_where_denoising_starts(request, editor, fixture):
                                        device="cpu", dtype="float32", **extra)
         seen = []
         method.pipeline.unet.register_forward_pre_hook(lambda module, args: seen.append(int(args[1].flatten()[0])))
-        method.edit(sample_faces(1, 64), "a person at the beach")
+        method.edit(sample_faces(1, 32), "a person at the beach")
         return seen
 
     half, full = timesteps(0.5), timesteps(1.0)
@@ -231,13 +231,13 @@ def test_strength_sets_where_denoising_starts(request, editor, fixture):
 
 def test_inpaint_keeps_the_detected_face_unchanged(tiny_inpaint_path):
     """The automatic background mask keeps the face box: those pixels come back exactly, at the
-    photo's size, though the model works at 64 pixels (not the pipeline's VAE re-encoding)."""
+    photo's size, though the model works at 32 pixels (not the pipeline's VAE re-encoding)."""
     from facedefense.testing.tiny_models import sample_faces
     from facedefense_attacks.inpaint import Inpaint
     from facedefense_attacks.masks import face_mask
 
     face = sample_faces(1, 256)
-    inpaint = Inpaint(model=str(tiny_inpaint_path), steps=2, resolution=64, device="cpu")
+    inpaint = Inpaint(model=str(tiny_inpaint_path), steps=2, resolution=32, device="cpu")
     edited = inpaint.edit(face, "a person at a party")
     kept = face_mask(face[0], "background")[0] == 0
     assert kept.float().mean() > 0.1, "the detector finds the face"
@@ -251,7 +251,7 @@ def test_class_images_are_cached_and_grow(tmp_path, tiny_sd_path):
     from facedefense_attacks.training import generate_class_images
 
     pipe = load_pipeline(str(tiny_sd_path))
-    config = LoRAConfig(model=str(tiny_sd_path), resolution=64, num_class_images=1, class_inference_steps=1,
+    config = LoRAConfig(model=str(tiny_sd_path), resolution=32, num_class_images=1, class_inference_steps=1,
                         class_cache=str(tmp_path))
     first = generate_class_images(pipe, config, "a photo of person")
     stamp = next(tmp_path.rglob("00000.png")).stat().st_mtime_ns
@@ -280,10 +280,10 @@ def test_class_images_show_every_denoising_step(tmp_path, tiny_sd_path, monkeypa
     monkeypatch.setattr(facedefense.progress, "bar", recording_bar)
     pipe = load_pipeline(str(tiny_sd_path))
     pipe.set_progress_bar_config(leave=True)
-    config = LoRAConfig(model=str(tiny_sd_path), resolution=64, num_class_images=5, class_inference_steps=3,
+    config = LoRAConfig(model=str(tiny_sd_path), resolution=32, num_class_images=5, class_inference_steps=2,
                         class_cache=str(tmp_path))
     assert len(generate_class_images(pipe, config, "a photo of person", progress=True)) == 5
-    assert len(bars) == 1 and bars[0].total == 2 * 3 and updates == [1] * 6  # 2 batches (4 + 1) x 3 steps
+    assert len(bars) == 1 and bars[0].total == 2 * 2 and updates == [1] * 4  # 2 batches (4 + 1) x 2 steps
     assert "5/5" in bars[0].desc and pipe._progress_bar_config == {"leave": True}
     generate_class_images(pipe, config, "a photo of person", progress=True)
     assert len(bars) == 1  # all cached: nothing to show
@@ -293,7 +293,7 @@ def test_bf16_mixed_precision_and_checkpointing_train(tiny_sd_path, face_images)
     """LoRA+TI under bf16 autocast with gradient checkpointing: half UNet, float32 text encoder."""
     from facedefense_attacks.lora_ti import LoRATI
 
-    personalizer = LoRATI(model=str(tiny_sd_path), steps=2, resolution=32, prior_preservation=False, inference_steps=2,
+    personalizer = LoRATI(model=str(tiny_sd_path), steps=2, resolution=32, prior_preservation=False, inference_steps=1,
                           mixed_precision="bf16", gradient_checkpointing=True, device="cpu")
     model = personalizer.fit(face_images)
     assert all(torch.isfinite(torch.tensor(personalizer.last_training.losses)))
@@ -310,11 +310,13 @@ def test_eight_bit_optimizer_needs_cuda():
 
 # -- contracts ---------------------------------------------------------------------------------
 
-TINY_TRAINING = dict(steps=2, resolution=32, num_class_images=2, class_inference_steps=2, inference_steps=2,
+TINY_TRAINING = dict(steps=1, resolution=32, num_class_images=1, class_inference_steps=1, inference_steps=1,
                      device="cpu")
 
 
 class _Personalizer(PersonalizerContract):
+    image_size = (32, 32)  # the training resolution: no resize on the way in
+
     def make_method(self, request):
         from facedefense.registry import get_registry
 
