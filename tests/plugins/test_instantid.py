@@ -22,7 +22,7 @@ from facedefense.testing.tiny_adapters import (
 from tests.plugins.test_zero_shot_faceid import FACES, centred_face, tiny_recognizer, with_tiny_recognizer
 
 PROMPT = "a photo of person"
-TINY = {"resolution": 64, "inference_steps": 2, "device": "cpu", "face_backend": "arcface", **FACES}
+TINY = {"resolution": 32, "inference_steps": 2, "device": "cpu", "face_backend": "arcface", **FACES}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,7 @@ def seeded(seed=0):
 class TestInstantIDContract(PersonalizerContract):
     registry_name = "instantid"
     prompts = (PROMPT,)
+    image_size = (32, 32)  # the working resolution: the pose photo's center crop is not resized
 
     def make_method(self, request):
         return request.getfixturevalue("attack")  # the module's prepared attack (its networks load once)
@@ -139,7 +140,7 @@ def test_sd15_base_and_faceless_photos_are_refused(
     monkeypatch.undo()
     monkeypatch.setattr(attack._backend, "detect", lambda image: [])
     monkeypatch.setattr(attack._backend, "embed_largest", lambda images: [torch.ones(512)] * len(images))
-    with pytest.raises(ImageError, match="photo 0 has no face with keypoints in its 64x64 center crop"):
+    with pytest.raises(ImageError, match="photo 0 has no face with keypoints in its 32x32 center crop"):
         attack.fit(list(face_images))
 
 

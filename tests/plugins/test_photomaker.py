@@ -50,6 +50,7 @@ def seeded(seed=0):
 class TestPhotoMakerContract(PersonalizerContract):
     registry_name = "photomaker"
     prompts = ("a photo of person img",)
+    image_size = (32, 32)  # the ID encoder resizes every photo to its own input size
 
     def make_method(self, request):
         return request.getfixturevalue("attack")  # the module's prepared attack (its networks load once)

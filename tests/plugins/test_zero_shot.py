@@ -17,8 +17,8 @@ from facedefense.testing.tiny_adapters import PLUS_WEIGHT_NAME, WEIGHT_NAME, bui
 
 runner = CliRunner()
 PROMPT = "a photo of person"
-#: 64 px, 2 denoising steps: a generation takes a fraction of a second on the tiny model.
-TINY = {"resolution": 64, "inference_steps": 2, "device": "cpu"}
+#: 32 px (4x4 latents), 2 denoising steps: a generation takes a fraction of a second on the tiny model.
+TINY = {"resolution": 32, "inference_steps": 2, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,7 @@ def to_pil(image):
 class TestIPAdapterContract(PersonalizerContract):
     registry_name = "ip_adapter"
     prompts = (PROMPT,)
+    image_size = (32, 32)  # the image encoder resizes every photo to its own input size
 
     def make_method(self, request):
         return make(request.getfixturevalue("tiny_sd_path"), request.getfixturevalue("adapter_path"))
@@ -83,8 +84,8 @@ def test_embeddings_are_what_diffusers_computes_from_the_photos(
         num_inference_steps=2,
         guidance_scale=7.5,
         negative_prompt=model.info["negative_prompt"],
-        height=64,
-        width=64,
+        height=32,
+        width=32,
         generator=seeded(3),
         output_type="pt",
     ).images
@@ -101,8 +102,8 @@ def test_scale_zero_is_the_base_model_and_scale_one_is_not(tiny_sd_path, adapter
         negative_prompt=off.info["negative_prompt"],
         num_inference_steps=2,
         guidance_scale=7.5,
-        height=64,
-        width=64,
+        height=32,
+        width=32,
         generator=seeded(1),
         output_type="pt",
     ).images
@@ -121,7 +122,7 @@ def test_guidance_off_passes_no_unconditional_embeddings(attack, face_images):
     plain = model._pipeline_inputs(2, 1.0)
     assert plain["ip_adapter_image_embeds"][0].shape == (2, 1, 16) and plain["negative_prompt"] is None
     images = model.generate([PROMPT, "a dslr portrait of person"], generator=seeded(0), guidance_scale=1.0)
-    assert images.shape == (2, 3, 64, 64)
+    assert images.shape == (2, 3, 32, 32)
 
 
 def invoke(*args):
@@ -151,7 +152,7 @@ def cli_args(tiny_sd_path, adapter_path, photo_dir, output):
         "-o",
         f"weight_name={WEIGHT_NAME}",
         "-o",
-        "resolution=64",
+        "resolution=32",
         "-o",
         "inference_steps=2",
         "--num-images",
@@ -227,7 +228,7 @@ def test_a_damaged_saved_model_is_refused_in_one_line(tmp_path, attack, face_ima
 
 
 BENCH = """\
-protocol: {{profile: gap_diff, num_images: 1, resolution: 64, inference_steps: 2, prompts: ["a photo of sks person"]}}
+protocol: {{profile: gap_diff, num_images: 1, resolution: 32, inference_steps: 2, prompts: ["a photo of sks person"]}}
 model: {model}
 device: cpu
 identities: [faces]
@@ -254,7 +255,7 @@ def test_benchmark_runs_it_as_an_attack(tmp_path, tiny_sd_path, adapter_path, re
             return [float(image.mean()) for image in images]
 
     register_method("metric", MeanColour)
-    write_identities(tmp_path / "faces", identities=1, per_set=2, size=64)
+    write_identities(tmp_path / "faces", identities=1, per_set=2, size=32)
     config = tmp_path / "bench.yaml"
     config.write_text(
         BENCH.format(model=tiny_sd_path, adapter=adapter_path, weight=WEIGHT_NAME), encoding="utf-8"

@@ -21,7 +21,7 @@ from facedefense.testing.tiny_adapters import (
 )
 
 PROMPT = "a photo of person"
-TINY = {"resolution": 64, "inference_steps": 2, "device": "cpu"}
+TINY = {"resolution": 32, "inference_steps": 2, "device": "cpu"}
 
 
 def seeded(seed=0):
@@ -53,8 +53,8 @@ def test_ip_adapter_on_sdxl_equals_diffusers_own_path(sdxl_ip_adapter, face_imag
         num_inference_steps=2,
         guidance_scale=7.5,
         negative_prompt=model.info["negative_prompt"],
-        height=64,
-        width=64,
+        height=32,
+        width=32,
         generator=seeded(3),
         output_type="pt",
     ).images
@@ -94,7 +94,7 @@ def test_faceid_plus_v2_on_sdxl_through_the_cli(tmp_path, tiny_sdxl_path, face_i
         "weight_name": FACEID_PLUS_WEIGHT_NAME,
         "variant": "plusv2",
         "image_encoder": adapter / FACEID_ENCODER_FOLDER,
-        "resolution": 64,
+        "resolution": 32,
         "inference_steps": 2,
     }
     out = tmp_path / "out"
@@ -117,4 +117,4 @@ def test_faceid_plus_v2_on_sdxl_through_the_cli(tmp_path, tiny_sdxl_path, face_i
     loaded = load_personalized(out / "model", device="cpu")
     assert loaded.info["variant"] == "plusv2" and loaded.info["pipeline"] == "sdxl_text2img"
     assert loaded.extra_embeds["clip_embeds"].shape == (1, 1, 17, 32)
-    assert loaded.generate([PROMPT], generator=seeded(0)).shape == (1, 3, 64, 64)
+    assert loaded.generate([PROMPT], generator=seeded(0)).shape == (1, 3, 32, 32)
