@@ -130,11 +130,11 @@ def test_personalizers_train_with_a_generator_on_another_device(tiny_sd_path, fa
     device = _other_device()
     if device is None:
         pytest.skip("torch has no device other than the CPU here (set FACEDEFENSE_TEST_DEVICE=cuda on a GPU)")
-    personalizer = get_registry().create("personalizer", name, model=str(tiny_sd_path), steps=2, resolution=64,
+    personalizer = get_registry().create("personalizer", name, model=str(tiny_sd_path), steps=2, resolution=32,
                                          prior_preservation=False, inference_steps=2, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     model = personalizer.fit(list(face_images), generator=generator)
     assert len(personalizer.last_training.losses) == 2
     images = model.generate([personalizer.config.instance_prompt],
                             generator=torch.Generator(device=device).manual_seed(0))
-    assert images.shape == (1, 3, 64, 64)
+    assert images.shape == (1, 3, 32, 32)
