@@ -68,7 +68,7 @@ def test_cli_protects_a_folder_within_budget(tmp_path, tiny_sd_path, png_folder)
 
     out = tmp_path / "out"
     args = ["protect", str(png_folder), "--method", "photoguard", "--model", str(tiny_sd_path), "--eps", "8/255",
-            "--steps", "5", "--output", str(out), "--device", "cpu", "--dtype", "float32", "-o", "resolution=none"]
+            "--steps", "2", "--output", str(out), "--device", "cpu", "--dtype", "float32", "-o", "resolution=none"]
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     for source in sorted(png_folder.glob("*.png")):
@@ -77,7 +77,7 @@ def test_cli_protects_a_folder_within_budget(tmp_path, tiny_sd_path, png_folder)
         assert protected.shape == original.shape
         assert 0 < np.abs(protected - original).max() <= 8
     manifest = json.loads((out / "facedefense.json").read_text())
-    assert manifest["method"]["name"] == "photoguard" and manifest["method"]["config"]["steps"] == 5
+    assert manifest["method"]["name"] == "photoguard" and manifest["method"]["config"]["steps"] == 2
     assert all(entry["within_budget"] for entry in manifest["images"])
 
 
@@ -140,11 +140,6 @@ def _half_mask(folder, size):
 
 
 @pytest.fixture
-def half_mask(tmp_path):
-    return _half_mask(tmp_path, 64)
-
-
-@pytest.fixture
 def faces_and_mask_32(tmp_path, face_images):
     """The sample faces at 32x32 (8-bit grid) and a 32x32 half mask: 4x4 latents."""
     import torch
@@ -162,7 +157,7 @@ def test_diffusion_attack_inpainting_with_mask(tiny_inpaint_path, faces_and_mask
 
     face_images, half_mask = faces_and_mask_32
     defender = PhotoGuard(
-        model=str(tiny_inpaint_path), attack="diffusion", mask=str(half_mask), steps=2, step_size=2 / 255,
+        model=str(tiny_inpaint_path), attack="diffusion", mask=str(half_mask), steps=1, step_size=2 / 255,
         diffusion_steps=2, prompt="a photo", guidance_scale=3.0, resolution=None, device="cpu",
     )
     assert defender.surrogate.uncond is not None
@@ -175,9 +170,10 @@ def test_diffusion_attack_inpainting_with_mask(tiny_inpaint_path, faces_and_mask
     assert torch.equal(a, b)
 
 
-def test_checkpointing_gives_the_same_gradient(tiny_sd_path, face_images):
+def test_checkpointing_gives_the_same_gradient(tiny_sd_path, faces_and_mask_32):
     import torch
 
+    face_images = faces_and_mask_32[0]  # 32 px: 4x4 latents
     grads = []
     for checkpointing in (True, False):
         defender = PhotoGuard(
@@ -214,11 +210,12 @@ def test_target_or_mask_that_is_not_an_image(tiny_sd_path, tmp_path):
         PhotoGuard(model=str(tiny_sd_path), attack="decoder", device="cpu")
 
 
-def test_inpainting_hole_is_mid_gray_as_in_the_reference(tiny_inpaint_path, face_images, half_mask):
+def test_inpainting_hole_is_mid_gray_as_in_the_reference(tiny_inpaint_path, faces_and_mask_32):
     """The masked image the inpainting model's VAE encodes is ``image * (mask < 0.5)`` in [-1, 1]
     (the reference's and diffusers' ``prepare_mask_and_masked_image``): the hole is 0, mid-gray."""
     import torch
 
+    face_images, half_mask = faces_and_mask_32
     defender = PhotoGuard(
         model=str(tiny_inpaint_path), attack="diffusion", mask=str(half_mask), diffusion_steps=1,
         guidance_scale=1.0, resolution=None, device="cpu",
@@ -230,19 +227,20 @@ def test_inpainting_hole_is_mid_gray_as_in_the_reference(tiny_inpaint_path, face
             defender.diffusion_distance(face_images, torch.Generator().manual_seed(0))
     finally:
         hook.remove()
-    mask = defender.mask  # (1, 1, 64, 64), 1 = repainted
+    mask = defender.mask  # (1, 1, 32, 32), 1 = repainted
     expected = (face_images * 2 - 1) * (mask < 0.5)
     assert len(seen) == 1  # strength 1: only the masked image is encoded
     torch.testing.assert_close(seen[0], expected)
 
 
-def test_edit_is_not_clamped_so_saturated_pixels_keep_their_gradient(tiny_sd_path, face_images):
+def test_edit_is_not_clamped_so_saturated_pixels_keep_their_gradient(tiny_sd_path, faces_and_mask_32):
     """The reference's loss sees the decoder's raw output: with a decoder whose every pixel is
     past white, the edit leaves [0, 1] and the distance to the target still has a gradient."""
     import copy
 
     import torch
 
+    face_images = faces_and_mask_32[0]
     defender = PhotoGuard(
         model=str(tiny_sd_path), attack="diffusion", diffusion_steps=1, guidance_scale=1.0, resolution=None,
         device="cpu",
