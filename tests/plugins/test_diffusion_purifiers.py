@@ -20,7 +20,7 @@ class TestDiffPurePixel(PurifierContract):
     odd_size = (28, 44)
 
     def make_method(self, request):
-        return DiffPure(model=str(request.getfixturevalue("tiny_pixel_ddpm_path")), strength=0.05, steps=3, device="cpu")
+        return DiffPure(model=str(request.getfixturevalue("tiny_pixel_ddpm_path")), strength=0.05, steps=2, device="cpu")
 
 
 class TestGridPure(PurifierContract):
@@ -41,7 +41,7 @@ class TestNoisyUpscale(PurifierContract):
     odd_size = (28, 44)
 
     def make_method(self, request):
-        return NoisyUpscale(model=str(request.getfixturevalue("tiny_upscaler_path")), steps=2, device="cpu")
+        return NoisyUpscale(model=str(request.getfixturevalue("tiny_upscaler_path")), steps=1, device="cpu")
 
 
 class TestImpress(PurifierContract):
@@ -50,7 +50,7 @@ class TestImpress(PurifierContract):
     odd_size = (28, 44)
 
     def make_method(self, request):
-        return Impress(model=str(request.getfixturevalue("tiny_sd_path")), iterations=2, lpips_weights="random", device="cpu")
+        return Impress(model=str(request.getfixturevalue("tiny_sd_path")), iterations=1, lpips_weights="random", device="cpu")
 
 
 def test_pixel_timesteps_follow_diffpure():
