@@ -37,7 +37,7 @@ def _tiny_options(request):
     return {
         "jpeg": [], "gaussian_blur": [], "resize": [], "quantize": [], "gaussian_noise": [],
         "adverse_cleaner": ["-o", "bilateral_steps=2"], "tvm": ["-o", "max_iter=2"],
-        "diffpure": ["--model", ddpm, "-o", "steps=2"],
+        "diffpure": ["--model", ddpm, "-o", "steps=1"],
         "gridpure": ["--model", ddpm, "-o", "crop=16", "-o", "stride=8", "-o", "iterations=1", "-o", "steps=1"],
         "noisy_upscale": ["--model", request.getfixturevalue("tiny_upscaler_path"), "-o", "steps=1"],
         "impress": ["--model", request.getfixturevalue("tiny_sd_path"), "-o", "iterations=1", "-o", "lpips_weights=random"],
