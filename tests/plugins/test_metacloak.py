@@ -35,6 +35,30 @@ class TestMetaCloak(SmallContract):
         """train_steps 2, interval 2: the states before step 0 and after step 1."""
         assert [s["pool_states"] for s in result.stats] == [2, 2]
 
+    def test_resumes_bit_for_bit(self, method, images, result, tmp_path, monkeypatch):
+        """A run stopped in its second pool state resumes from the state saved after the first (the
+        saved pool is not trained again) and ends where the uninterrupted run (the contract's
+        ``result``) ended."""
+        from facedefense.interfaces import IdentitySet
+        from facedefense_iterative.metacloak import MetaCloak
+
+        real_stage, real_pool, calls, pools = MetaCloak._stage, MetaCloak.build_pool, [], []
+
+        def stopping(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("stopped")
+            return real_stage(self, *args, **kwargs)
+
+        monkeypatch.setattr(MetaCloak, "_stage", stopping)
+        with pytest.raises(RuntimeError, match="stopped"):
+            method.protect_identity(IdentitySet.from_images(list(images)), workdir=tmp_path)
+        monkeypatch.setattr(MetaCloak, "_stage", real_stage)
+        monkeypatch.setattr(MetaCloak, "build_pool", lambda *a, **k: pools.append(1) or real_pool(*a, **k))
+        resumed = method.protect_identity(IdentitySet.from_images(list(images)), workdir=tmp_path)
+        assert pools == []
+        assert all(torch.equal(a, b) for a, b in zip(result.images, resumed.images))
+
 
 def test_defaults_and_pool_steps():
     """The reference's defaults; the pool keeps the states at steps 0, 199, ..., 999 of 1000."""
@@ -128,30 +152,3 @@ def test_pool_holds_the_states_of_one_training_run(metacloak, face_images):
     method.train(0, photos.square(photos.padded, 32), identity, torch.Generator().manual_seed(0), 2)
     final = method.surrogates[0].state_dict()
     assert all(torch.equal(pool[-1][k], final[k]) for k in base)
-
-
-def test_metacloak_resumes_bit_for_bit(metacloak, face_images, tmp_path, monkeypatch):
-    """A run stopped in its second pool state resumes from the state saved after the first (the
-    saved pool is not trained again) and ends where an uninterrupted run ends."""
-    from facedefense.interfaces import IdentitySet
-    from facedefense_iterative.metacloak import MetaCloak
-
-    photos = list(face_images[:2, :, :32, :32])
-    method = metacloak
-    whole = method.protect_identity(IdentitySet.from_images(photos))
-    real_stage, real_pool, calls, pools = MetaCloak._stage, MetaCloak.build_pool, [], []
-
-    def stopping(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("stopped")
-        return real_stage(self, *args, **kwargs)
-
-    monkeypatch.setattr(MetaCloak, "_stage", stopping)
-    with pytest.raises(RuntimeError, match="stopped"):
-        method.protect_identity(IdentitySet.from_images(photos), workdir=tmp_path)
-    monkeypatch.setattr(MetaCloak, "_stage", real_stage)
-    monkeypatch.setattr(MetaCloak, "build_pool", lambda *a, **k: pools.append(1) or real_pool(*a, **k))
-    resumed = method.protect_identity(IdentitySet.from_images(photos), workdir=tmp_path)
-    assert pools == []
-    assert all(torch.equal(a, b) for a, b in zip(whole.images, resumed.images))
