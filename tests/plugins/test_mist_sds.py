@@ -11,7 +11,7 @@ from facedefense_iterative.mist import Mist
 from facedefense_iterative.sds import SDS
 
 
-def denoising_loss_of(method, images, generator, draws: int = 16):
+def denoising_loss_of(method, images, generator, draws: int = 8):
     """Mean denoising loss of the surrogate over ``draws`` (t, noise) pairs from ``generator``."""
     import torch
 
