@@ -134,6 +134,10 @@ def glaze(trained_tiny_sd_path):
     return Glaze(model=str(trained_tiny_sd_path), eps=SmallContract.eps, **GLAZE_FAST)
 
 
+#: The features of the clean photos' style transfer, per Glaze instance (TestGlaze.objective).
+_STYLE_FEATURES: dict = {}
+
+
 class TestGlaze(DefenderContract):
     registry_name = "glaze"
     image_size = (32, 32)
@@ -144,10 +148,13 @@ class TestGlaze(DefenderContract):
 
     def objective(self, method, images, generator):
         """Distance of the features to those of the CLEAN photos' style transfer, drawn as the
-        run drew it (the target comes first from a generator seeded like the run's)."""
-        clean = _images(self.batch, *self.image_size)
+        run drew it (the target comes first from a generator seeded like the run's). The target
+        is the same for the clean, noisy and protected photos: computed once (``_STYLE_FEATURES``)."""
         with torch.no_grad():
-            target = method.features(method.style_target(clean, method.make_generator()))
+            if id(method) not in _STYLE_FEATURES:
+                clean = _images(self.batch, *self.image_size)
+                _STYLE_FEATURES[id(method)] = method.features(method.style_target(clean, method.make_generator()))
+            target = _STYLE_FEATURES[id(method)]
             return (method.features(images) - target).pow(2).flatten(1).mean(1)
 
 
