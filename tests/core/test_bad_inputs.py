@@ -30,22 +30,13 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-import typer.main
-from click.testing import CliRunner
 from PIL import Image
 
-from facedefense.cli import build_app
+from facedefense.testing.cli import invoke
 
 EPS_LEVELS = 4
 UMASK = 0o022
 
-#: The app's click command, built once: typer converts the app to click on every invoke (40 ms, x240
-#: cases); commands read the registry when they run, so methods a test registers are still found.
-COMMAND = typer.main.get_command(build_app())
-
-
-def invoke(*args):
-    return CliRunner().invoke(COMMAND, [str(a) for a in args])
 
 
 # -- the commands under test ----------------------------------------------------------------------

