@@ -74,6 +74,25 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("integration") is None)  # stable: order kept otherwise
 
 
+@pytest.fixture(scope="module")
+def benchmark_script(request):
+    """The ``benchmarks/`` script the test module names in ``BENCHMARK_SCRIPT`` (e.g. ``"gpu_check"``),
+    imported as a module: registered in ``sys.modules`` while it runs, as its dataclasses need."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = request.module.BENCHMARK_SCRIPT
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
 @pytest.fixture
 def shift_defender(register_method):
     """Register ``test_shift`` (adds +eps everywhere it can) in the process registry for CLI tests."""

@@ -3,9 +3,7 @@ exit codes, the "no recipe" failure) and the contract tests' device (``$FACEDEFE
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,20 +16,12 @@ from facedefense.testing import fixtures
 from facedefense.testing.contracts import on_test_device
 from facedefense.testing.fixtures import TEST_DEVICE_VARIABLE, device_under_test
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+BENCHMARK_SCRIPT = "gpu_check"
 
 
 @pytest.fixture(scope="module")
-def gpu_check():
-    """The script, imported as a module (registered in sys.modules while its dataclasses are built)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+def gpu_check(benchmark_script):
+    return benchmark_script
 
 
 class Shift(Defender):

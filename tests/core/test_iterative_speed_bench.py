@@ -3,14 +3,10 @@ folder unedited and sees a ``torch`` whose CUDA device is the CPU and whose bf16
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "iterative_speed.py"
+BENCHMARK_SCRIPT = "iterative_speed"
 
 #: What the reference's train_one_epoch / pgd_attack hard-code, in a stand-in attacks/aspl.py.
 STAND_IN = '''
@@ -24,15 +20,8 @@ def placement():
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("iterative_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+def bench(benchmark_script):
+    return benchmark_script
 
 
 def test_reference_runs_on_the_cpu_in_float32_without_edits(bench, tmp_path):
