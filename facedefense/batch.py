@@ -14,6 +14,7 @@ identity, or a folder of subfolders matched by name for several).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime
 import json
 import os
@@ -93,15 +94,21 @@ class IdentityFiles:
 
 def versions() -> dict[str, str]:
     """Versions of the software that produced an output (the method's plugin is in its description)."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    """Looked up once per process: each lookup scans the installed distributions (about 20 ms)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {"python": platform.python_version()}
+    found = [("python", platform.python_version())]
     for package in ("facedefense", "torch", "diffusers", "transformers", "numpy", "pillow"):
         try:
-            found[package] = version(package)
+            found.append((package, version(package)))
         except PackageNotFoundError:
             continue
-    return found
+    return tuple(found)
 
 
 def _has_images(folder: Path) -> bool:
