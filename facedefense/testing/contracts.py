@@ -87,8 +87,16 @@ class MethodContract:
     def images(cls) -> Tensor:
         return _images(cls.batch, *cls.image_size)
 
-    def test_config_round_trip(self, method: Any) -> None:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def clone(cls, method: Any) -> Any:
+        """``type(method)(method.config)``, with the plugin facts ``Registry.create`` sets (built once
+        per class: a method may load its models when built)."""
         clone = type(method)(method.config)
+        clone.plugin, clone.plugin_version = method.plugin, method.plugin_version
+        return clone
+
+    def test_config_round_trip(self, method: Any, clone: Any) -> None:
         assert clone.config == method.config
 
     def test_registered_under_its_name(self, method: Any) -> None:
@@ -101,7 +109,7 @@ class MethodContract:
             f"the registry's {self.kind} '{name}' is not {type(method).__qualname__}"
         )
 
-    def test_config_is_frozen(self, method: Any) -> None:
+    def test_config_is_frozen(self, method: Any, clone: Any) -> None:
         import dataclasses
 
         from facedefense.errors import ConfigError
@@ -109,8 +117,6 @@ class MethodContract:
         first = dataclasses.fields(method.config)[0].name
         with pytest.raises(ConfigError):
             setattr(method.config, first, getattr(method.config, first))
-        clone = type(method)(method.config)
-        clone.plugin, clone.plugin_version = method.plugin, method.plugin_version  # as Registry.create sets them
         assert len(method.fingerprint()) == 16 and method.fingerprint() == clone.fingerprint()
 
 
