@@ -149,7 +149,8 @@ def trained_tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD whose UNet was fine-tuned on sample faces, so denoising-loss attacks are measurable.
 
     Built and trained once (about 25 s on 2 CPU cores), then cached on disk across sessions under a
-    key of library versions, recipe and builder source, so a stale model is never reused.
+    key of library versions, recipe and builder source, so a stale model is never reused. Under
+    pytest-xdist one worker trains it on every core while the others wait for it (a file lock).
     """
     from facedefense.testing.tiny_models import build_tiny_sd, sample_faces, train_tiny_unet
 
@@ -158,12 +159,60 @@ def trained_tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cached = root / f"trained-tiny-sd-{key}" if root is not None else None
     if cached is not None and _complete(cached, key) and _usable(cached):
         return cached
-    work = tmp_path_factory.mktemp("trained-tiny-sd")
-    build_tiny_sd(work, seed=TRAINED_RECIPE["seed"])
-    faces = sample_faces(TRAINED_RECIPE["images"], TRAINED_RECIPE["size"])
-    train_tiny_unet(work, faces, steps=TRAINED_RECIPE["steps"], seed=TRAINED_RECIPE["seed"])
-    if cached is None:
-        return work
+    with _training_turn(root, key):  # one process trains, on every core; the others wait, then reuse it
+        if cached is not None and _complete(cached, key) and _usable(cached):
+            return cached
+        work = tmp_path_factory.mktemp("trained-tiny-sd")
+        build_tiny_sd(work, seed=TRAINED_RECIPE["seed"])
+        faces = sample_faces(TRAINED_RECIPE["images"], TRAINED_RECIPE["size"])
+        with _all_cores():
+            train_tiny_unet(work, faces, steps=TRAINED_RECIPE["steps"], seed=TRAINED_RECIPE["seed"])
+        return work if cached is None else _store(work, cached, key)
+
+
+@contextlib.contextmanager
+def _training_turn(root: Path | None, key: str) -> Iterator[None]:
+    """Hold an exclusive lock on the cache entry ``key`` (POSIX ``flock``; none without a cache or
+    ``fcntl``): under pytest-xdist the workers would otherwise all train the same model at once."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if root is None or fcntl is None:
+        yield
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / f".trained-tiny-sd-{key}.lock", "a")  # noqa: SIM115 (held across the yield)
+    except OSError:  # read-only cache folder: train without the lock
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _all_cores() -> Iterator[None]:
+    """Every core for torch while the model trains (xdist workers run on one thread each, and the
+    other workers wait for this one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _store(work: Path, cached: Path, key: str) -> Path:
+    """Copy the trained folder into the cache atomically (staging folder, marker, rename); the
+    session copy when the cache cannot be written."""
+    root = cached.parent
     staging = cached.with_name(f".{cached.name}.{os.getpid()}")
     try:
         root.mkdir(parents=True, exist_ok=True)

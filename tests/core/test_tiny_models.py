@@ -123,3 +123,31 @@ def test_cache_keeps_only_recent_models(tmp_path):
         os.utime(entry, (index, index))
     fixtures._prune(tmp_path, keep=tmp_path / "trained-tiny-sd-0")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"trained-tiny-sd-{i}" for i in (0, 3, 4)]
+
+
+def test_one_process_at_a_time_trains_a_cache_entry(tmp_path):
+    """The workers of an xdist run wait for the one that trains the model instead of all training it."""
+    import threading
+    import time
+
+    import torch
+
+    order = []
+
+    def second() -> None:
+        with fixtures._training_turn(tmp_path, "k"):
+            order.append("second enters")
+
+    with fixtures._training_turn(tmp_path, "k"):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        time.sleep(0.2)  # the second would be in by now without the lock
+        order.append("first leaves")
+    waiting.join(timeout=10)
+    assert order == ["first leaves", "second enters"]
+    with fixtures._training_turn(None, "k"):  # no cache folder: nothing to share, no lock
+        pass
+    threads = torch.get_num_threads()
+    with fixtures._all_cores():
+        assert torch.get_num_threads() >= threads
+    assert torch.get_num_threads() == threads
