@@ -17,10 +17,10 @@ from facedefense_purifiers.jpeg import JPEG
 
 @pytest.fixture(scope="module")
 def faces_folder(tmp_path_factory):
-    """Two sample faces of different sizes (32x32, 24x40)."""
+    """Two sample faces of different sizes (16x24, 24x16: the smallest photos allowed are 16x16)."""
     folder = tmp_path_factory.mktemp("faces")
     faces = sample_faces(2, 40)
-    for name, face in {"a": faces[0, :, 4:36, 4:36], "b": faces[1, :, 8:32, :]}.items():
+    for name, face in {"a": faces[0, :, 12:28, 8:32], "b": faces[1, :, 8:32, 12:28]}.items():
         Image.fromarray(to_uint8(face)).save(folder / f"{name}.png")
     return folder
 
