@@ -45,6 +45,9 @@ class FaceContract(MetricContract):
     """The metric contract on portraits large enough for dlib's detector (the astronaut at 320 px)."""
 
     image_size: ClassVar[tuple[int, int]] = (320, 320)
+    # one portrait (plus the contract's faceless image): each face costs a dlib descriptor (~0.2 s) per
+    # compute, and a second portrait runs the same per-image path
+    batch: ClassVar[int] = 1
 
     def _references(self, method, images):
         # one reference photo (a crop the images are not): each reference costs a dlib descriptor per compute
@@ -92,6 +95,8 @@ class TestFR(UndefinedWithoutFaceContract):
 
         return FR(device="cpu", upsample=1)  # the contract's noisy copies need the finer detection pass
 
+    image_size: ClassVar[tuple[int, int]] = (160, 160)  # found with upsample=1, noisy copies included
+
 
 def test_fdfr_is_zero_on_portraits_and_one_without_faces():
     from facedefense_metrics.fdfr import FDFR
@@ -106,10 +111,10 @@ def test_fdfr_is_zero_on_portraits_and_one_without_faces():
 def test_ism_own_identity_scores_higher_than_another_person():
     from facedefense_metrics.ism import ISM
 
-    references = list(astronaut_crops(4))[2:] + [astronaut_crops(6)[5]]
+    references = list(astronaut_crops(4))[2:]  # two other crops of the same person
     # one call (each image's score is its own cosine to the mean reference): the references are embedded once
-    result = ISM(device="cpu").compute(torch.cat([astronaut_crops(2), grace_hopper()]), references)
-    own, other = sum(result.per_image[:2]) / 2, result.per_image[2]
+    result = ISM(device="cpu").compute(torch.cat([astronaut_crops(1), grace_hopper()]), references)
+    own, other = result.per_image
     assert own > 0.9 and other < own - 0.1
     assert result.details["backend"] == "dlib" and result.details["no_face"] == 0
 
