@@ -17,7 +17,6 @@ from typing import ClassVar
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from facedefense.benchmark import load_config, run_benchmark
 from facedefense.errors import ConfigError, OutputError, UnknownMethodError
@@ -25,6 +24,7 @@ from facedefense.interfaces.defender import Defender
 from facedefense.interfaces.metric import Metric
 from facedefense.interfaces.personalizer import PersonalizedModel, Personalizer, read_metadata, write_metadata
 from facedefense.testing.benchmark_inputs import write_identities, write_precomputed
+from facedefense.testing.cli import invoke
 
 CALLS: dict[str, int] = {"fit": 0, "interrupt_at": 0}
 #: Called at the start of every training (what another process does while a run works).
@@ -163,11 +163,8 @@ def _values(output: Path) -> list[tuple]:
 
 
 def test_grid_runs_through_the_cli_then_finishes_from_the_cache(tmp_path, methods):
-    from facedefense.cli import build_app
-
     config = _setup(tmp_path)
-    app = build_app()
-    first = CliRunner().invoke(app, ["benchmark", str(config), "--output", str(tmp_path / "out"), "--no-progress"])
+    first = invoke("benchmark", config, "--output", tmp_path / "out", "--no-progress")
     assert first.exit_code == 0, first.output
     out = tmp_path / "out"
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -200,7 +197,7 @@ def test_grid_runs_through_the_cli_then_finishes_from_the_cache(tmp_path, method
     assert not re.search(r"\| num_images \| .*not used", report)
     assert (out / "examples.png").is_file() and len(list((out / "examples").glob("*.png"))) == 10
 
-    again = CliRunner().invoke(app, ["benchmark", str(config), "--output", str(tmp_path / "out"), "--no-progress"])
+    again = invoke("benchmark", config, "--output", tmp_path / "out", "--no-progress")
     assert again.exit_code == 0, again.output
     summary = json.loads((out / "run.json").read_text())
     assert summary["computed"] == 0 and summary["cached"] == summary["stages"]
@@ -208,7 +205,11 @@ def test_grid_runs_through_the_cli_then_finishes_from_the_cache(tmp_path, method
     assert _values(out) == [(c, m, p, s, v) for c, m, p, s, v in _values(out)]
 
 
-def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, methods):
+def test_an_interrupted_run_resumes_without_redoing_finished_stages_and_a_new_method_version_recomputes_its_own(tmp_path, methods):
+    import dataclasses
+
+    from facedefense.registry import get_registry
+
     config = _setup(tmp_path, SMALL)
     reference = run_benchmark(config, tmp_path / "reference")
     assert CALLS["fit"] == 6
@@ -224,12 +225,19 @@ def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, metho
     assert resumed["cached"] > 0 and resumed["stages"] == reference["stages"]
     assert _values(tmp_path / "out") == _values(tmp_path / "reference")
 
+    # the finished reference run again, after the personalizer's plugin was upgraded
+    CALLS.update(fit=0)
+    specs = get_registry().specs["personalizer"]
+    specs["bench_mean"] = dataclasses.replace(specs["bench_mean"], version="2")
+    summary = run_benchmark(config, tmp_path / "reference")
+    assert CALLS["fit"] == 6  # every training (and what follows it) again
+    # protections (3), purifications (6) and the input metrics (6) are still valid
+    assert summary["cached"] == 3 + 6 + 6 and summary["computed"] == summary["stages"] - 15
+
 
 def test_a_failing_cell_is_recorded_and_the_rest_continue(tmp_path, methods):
-    from facedefense.cli import build_app
-
-    config = _setup(tmp_path, SMALL.replace("  - name: bench_noise", "  - name: bench_noise\n  - bench_broken"))
-    result = CliRunner().invoke(build_app(), ["benchmark", str(config), "--output", str(tmp_path / "out"), "--no-progress"])
+    config = _setup(tmp_path, CLEAN.replace("  - none\n", "  - none\n  - bench_broken\n"))
+    result = invoke("benchmark", config, "--output", tmp_path / "out", "--no-progress")
     assert result.exit_code == 1
     assert "cell(s) failed" in result.output and "the surrogate diverged" in result.output
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
@@ -238,22 +246,6 @@ def test_a_failing_cell_is_recorded_and_the_rest_continue(tmp_path, methods):
     assert all(r["status"] == "ok" for r in rows if r["defender"] != "bench_broken")
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Failures" in report and "surrogate diverged" in report
-
-
-def test_a_new_method_version_recomputes_its_stages(tmp_path, methods):
-    import dataclasses
-
-    from facedefense.registry import get_registry
-
-    config = _setup(tmp_path, SMALL)
-    run_benchmark(config, tmp_path / "out")
-    assert CALLS["fit"] == 6
-    specs = get_registry().specs["personalizer"]
-    specs["bench_mean"] = dataclasses.replace(specs["bench_mean"], version="2")  # the plugin was upgraded
-    summary = run_benchmark(config, tmp_path / "out")
-    assert CALLS["fit"] == 12  # every training (and what follows it) again
-    # protections (3), purifications (6) and the input metrics (6) are still valid
-    assert summary["cached"] == 3 + 6 + 6 and summary["computed"] == summary["stages"] - 15
 
 
 @pytest.mark.parametrize(
@@ -277,8 +269,6 @@ def test_bad_config_is_one_line_naming_the_line(tmp_path, methods, edit, message
 
 
 def test_identity_without_set_b_and_mismatched_precomputed_names(tmp_path, methods):
-    from facedefense.cli import build_app
-
     config = _setup(tmp_path)
     (tmp_path / "published" / "id0" / "0_B1.png").rename(tmp_path / "published" / "id0" / "other.png")
     with pytest.raises(ConfigError, match=r"bench.yaml:6: precomputed images in .*id0 do not match id0/set_B by name: missing 0_B1; unexpected other"):
@@ -286,7 +276,7 @@ def test_identity_without_set_b_and_mismatched_precomputed_names(tmp_path, metho
     for path in (tmp_path / "faces" / "id0" / "set_B").iterdir():
         path.unlink()
     (tmp_path / "faces" / "id0" / "set_B").rmdir()
-    result = CliRunner().invoke(build_app(), ["benchmark", str(config), "--output", str(tmp_path / "out")])
+    result = invoke("benchmark", config, "--output", tmp_path / "out")
     assert result.exit_code == 2
     assert "bench.yaml:2: identity folder" in result.output and "has no set_B (the photos to protect)" in result.output
     assert not (tmp_path / "out").exists()
@@ -407,11 +397,9 @@ def test_a_second_run_is_refused_while_the_first_works_and_its_stages_survive(tm
 
 def test_a_failed_stage_is_a_failed_run_even_when_no_cell_reads_it(tmp_path, methods):
     """An attack scored only by input metrics: no row depends on it, yet the run is incomplete."""
-    from facedefense.cli import build_app
-
     text = CLEAN.replace("personalizer: bench_mean", "personalizer: bench_broken_mean").replace("metrics: [psnr, bench_color]", "metrics: [psnr]")
     config, out = _setup(tmp_path, text), tmp_path / "out"
-    result = CliRunner().invoke(build_app(), ["benchmark", str(config), "--output", str(out), "--no-progress"])
+    result = invoke("benchmark", config, "--output", out, "--no-progress")
     assert result.exit_code == 1, result.output
     assert "2 stage(s) failed, 0 cell(s) failed" in result.output and "the training diverged" in result.output
     summary = json.loads((out / "run.json").read_text())
