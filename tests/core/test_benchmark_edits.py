@@ -56,7 +56,7 @@ def grid(tmp_path, register_method):
     register_method("defender", NoiseDefender)
     register_method("editor", TintEditor)
     register_method("metric", MeanGap)
-    return _setup(tmp_path, GRID)
+    return _setup(tmp_path, GRID.replace("purifiers: [none, jpeg]", "purifiers: [none]"))  # the values read are unpurified
 
 
 def _tint(image, prompt):
