@@ -56,7 +56,8 @@ def denoising_loss_of(model, prompt, images, *, draws=32, seed=1):
     parts, prompts = frozen(model)
     states = prompts(prompt)
     with torch.no_grad():
-        latents = encode_latents(parts.vae, images.repeat(draws, 1, 1, 1))
+        # the posterior mean is deterministic: each image is encoded once and its latent repeated
+        latents = encode_latents(parts.vae, images).repeat(draws, 1, 1, 1)
         generator = torch.Generator().manual_seed(seed)
         return float(denoising_loss(parts.unet, parts.scheduler, latents, states, generator=generator).mean())
 
