@@ -39,22 +39,26 @@ def test_list_one_kind_and_plugins():
     assert_one_line_error(invoke("list", "widgets"), match="unknown kind")
 
 
-def test_version_is_printed_fast_and_listing_works_without_torch():
-    """``--version`` then ``list --json`` in one fresh interpreter: neither imports torch, diffusers or
-    transformers (the heavy modules are listed after each)."""
+def test_version_listing_and_help_import_no_heavy_module_nor_web_framework():
+    """``--version``, ``list --json``, then ``--help`` and ``serve --help`` in one fresh interpreter:
+    none imports torch, diffusers, transformers or the web framework (fastapi, starlette, uvicorn: the
+    serve extra); the modules are listed after each step."""
     import importlib.metadata
 
     code = (
         "import sys; from facedefense.cli import main; sys.argv = ['facedefense', '--version'];\n"
-        "heavy = lambda: sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\n"
+        "heavy = lambda: sorted(m for m in ('torch', 'diffusers', 'transformers', 'fastapi', 'starlette', 'uvicorn') if m in sys.modules)\n"
         "try: main()\nexcept SystemExit as exc: assert exc.code in (0, None), exc.code\n"
         "print(heavy())\n"
         "from typer.testing import CliRunner; from facedefense.cli import build_app\n"
-        "r = CliRunner().invoke(build_app(), ['list', '--json']); assert r.exit_code == 0, r.output\n"
+        "app = build_app(); r = CliRunner().invoke(app, ['list', '--json']); assert r.exit_code == 0, r.output\n"
+        "print(heavy())\n"
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output\n"
+        "r = CliRunner().invoke(app, ['serve', '--help']); assert r.exit_code == 0, r.output\n"
         "print(heavy())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == [f"facedefense {importlib.metadata.version('facedefense')}", "[]", "[]"]
+    assert out.splitlines() == [f"facedefense {importlib.metadata.version('facedefense')}", "[]", "[]", "[]"]
 
 
 def test_closed_stdout_ends_quietly():
