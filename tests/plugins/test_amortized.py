@@ -148,20 +148,33 @@ def rid_checkpoint(tmp_path_factory):
     return path, reference
 
 
-@pytest.fixture(scope="module")
-def gap_checkpoint(tmp_path_factory):
-    reference = randomize(ReferenceGenerator(ngf=8), seed=1).eval()
-    path = tmp_path_factory.mktemp("gap") / "G_per16_pretrain.pth"
+def gap_file(folder, ngf):
+    """An 'official' GAP-Diff file (the reference generator's state dict under ``generator.``) + sidecar."""
+    reference = randomize(ReferenceGenerator(ngf=ngf), seed=1).eval()
+    path = folder / "G_per16_pretrain.pth"
     torch.save({f"generator.{k}": v for k, v in reference.state_dict().items()}, path)
-    sidecar_path(path).write_text(json.dumps({"architecture": {"ngf": 8}}))
+    sidecar_path(path).write_text(json.dumps({"architecture": {"ngf": ngf}}))
     return path, reference
 
 
+@pytest.fixture(scope="module")
+def gap_checkpoint(tmp_path_factory):
+    """ngf=4: every layer and path of the generator at a quarter of ngf=8's convolution cost (each
+    GAP-Diff pass runs it at 512 px)."""
+    return gap_file(tmp_path_factory.mktemp("gap"), 4)
+
+
+@pytest.fixture(scope="module")
+def wide_gap_checkpoint(tmp_path_factory):
+    """ngf=8, for the int8 engines' error bounds (measured at this width)."""
+    return gap_file(tmp_path_factory.mktemp("gap8"), 8)
+
+
 @pytest.fixture
-def gap_network(gap_checkpoint):
-    """The test checkpoint's weights in facedefense's own :class:`GAPGenerator` (eval mode)."""
+def gap_network(wide_gap_checkpoint):
+    """The ngf=8 checkpoint's weights in facedefense's own `GAPGenerator` (eval mode)."""
     network = GAPGenerator(ngf=8).eval()
-    network.load_state_dict(gap_checkpoint[1].state_dict())
+    network.load_state_dict(wide_gap_checkpoint[1].state_dict())
     return network
 
 
@@ -565,14 +578,14 @@ def test_folded_gap_generator_matches_the_module(gap_network):
     assert (folded - exact).abs().max().item() < 1e-4
 
 
-def test_gap_diff_auto_can_choose_the_int8_engine(gap_checkpoint, face_images, monkeypatch, tmp_path):
+def test_gap_diff_auto_can_choose_the_int8_engine(wide_gap_checkpoint, face_images, monkeypatch, tmp_path):
     from facedefense import autotune
     from facedefense_amortized.networks.gap_generator import int8_convolution_supported
 
     if not int8_convolution_supported():
         pytest.skip("no oneDNN int8 convolution kernels in this torch build, or a CPU without VNNI")
     monkeypatch.setenv("FACEDEFENSE_CACHE", str(tmp_path))
-    path = str(gap_checkpoint[0])
+    path = str(wide_gap_checkpoint[0])
     with autotune.use_measurement(lambda probes: {name: 0.1 if name == "int8" else 1.0 for name in probes}):
         chosen = GAPDiff(checkpoint=path, device="cpu")
     assert chosen.choice.name == "int8" and chosen.path == "folded int8" and chosen.engine_dtype == torch.float32
