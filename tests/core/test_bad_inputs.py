@@ -1413,37 +1413,6 @@ def test_attack_personalizer_never_replaces_or_trusts_a_users_files(workspace, t
     assert snapshot(out) == before and not (out / "facedefense.json").exists()
 
 
-def test_attack_personalizer_run_lists_its_files_and_resumes_from_them(workspace, tiny_sd_path):
-    photos = attack_photos(workspace)
-    out = workspace.root / "out"
-    workspace.freeze()
-    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 0)
-    manifest = json.loads((out / "facedefense.json").read_text())
-    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "facedefense.json")
-    assert manifest["status"] == "completed" and manifest["files"] == on_disk
-    assert {"model/pytorch_lora_weights.safetensors", "model/facedefense_personalized.json"} <= set(on_disk)
-    assert not (out / ".facedefense-work").exists()
-    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 2, "--overwrite")
-    # an image the manifest lists but that is gone is generated again; the saved model is reused
-    weights = out / "model" / "pytorch_lora_weights.safetensors"
-    stamp = weights.stat().st_mtime_ns
-    image = out / "images" / "a_photo_of_sks_person" / "0001.png"
-    first = image.read_bytes()
-    image.unlink()
-    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2", "--resume"), 0)
-    assert weights.stat().st_mtime_ns == stamp and image.read_bytes() == first
-    manifest = json.loads((out / "facedefense.json").read_text())
-    assert manifest["files"] == on_disk and manifest["earlier_runs"][-1]["status"] == "completed"
-    # a damaged saved model is one line, before anything is written
-    weights.write_bytes(weights.read_bytes()[:100])
-    workspace.check(personalize(photos, out, tiny_sd_path, "--resume"), 2, "the saved lora model cannot be read")
-    # --overwrite removes the run's files (only those) and trains again
-    workspace.check(personalize(photos, out, tiny_sd_path, "--overwrite"), 0)
-    assert sorted(json.loads((out / "facedefense.json").read_text())["files"]) == sorted(
-        str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "facedefense.json")
-    assert not image.exists(), "the earlier run's second image is gone"
-
-
 def _fail_on_second_save(monkeypatch, error: BaseException) -> None:
     """The second image file written (an edit or a generated image) raises ``error``."""
     from facedefense import io
@@ -1492,44 +1461,82 @@ def test_attack_editor_ended_early_then_continued(workspace, tiny_sd_path, monke
     assert (out / "e0.png").read_bytes() == first, "a listed edit is not redone"
 
 
-@pytest.mark.parametrize("where", ["training", "saving the model", "generating"])
-def test_attack_personalizer_ended_early(workspace, tiny_sd_path, monkeypatch, where):
-    """Ctrl-C while training or generating, a full disk while saving the model: one line, the
-    manifest says so and lists exactly the files on disk, no temporary or hidden work files; a run
-    that wrote nothing is simply run again, one that wrote images continues with --resume."""
+def _files_on_disk(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "facedefense.json")
+
+
+def test_attack_personalizer_ended_before_its_model_was_saved_is_simply_run_again(workspace, tiny_sd_path, monkeypatch):
+    """Ctrl-C while training, then (the plain rerun is not refused) a full disk while saving the
+    model: one line each, the manifest says so and lists exactly the files on disk (none), no
+    temporary or hidden work files; the next plain run completes."""
     from facedefense_attacks import lora, training
 
     photos = attack_photos(workspace)
     out = workspace.root / "out"
     workspace.freeze()
-    if where == "training":
-        monkeypatch.setattr(training, "train", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt()))
-        code, match, status = 130, "interrupted", "interrupted"
-    elif where == "saving the model":
-        def no_space(unet, directory):
-            (directory / lora.LORA_WEIGHTS).write_bytes(b"half")
-            raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(lora, "save_lora", no_space)
-        code, match, status = 2, "the model cannot be written (No space left on device)", "failed"
-    else:
-        _fail_on_second_save(monkeypatch, KeyboardInterrupt())
-        code, match, status = 130, "interrupted", "interrupted"
-    images = "2" if where == "generating" else "1"  # a second image only where generation is cut
-    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", images), code, match)
+    def interrupt_training():
+        monkeypatch.setattr(training, "train", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    def no_space(unet, directory):
+        (directory / lora.LORA_WEIGHTS).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    endings = [
+        (interrupt_training, 130, "interrupted", "interrupted"),
+        (lambda: monkeypatch.setattr(lora, "save_lora", no_space), 2, "the model cannot be written (No space left on device)", "failed"),
+    ]
+    for fault, code, match, status in endings:
+        fault()
+        workspace.check(personalize(photos, out, tiny_sd_path), code, match)
+        manifest = json.loads((out / "facedefense.json").read_text())
+        assert manifest["status"] == status and manifest["files"] == _files_on_disk(out) == [], "a run that saved no model wrote nothing"
+        assert not (out / ".facedefense-work").exists(), "no half-saved model left"
+        monkeypatch.undo()
+    workspace.check(personalize(photos, out, tiny_sd_path), 0)
     manifest = json.loads((out / "facedefense.json").read_text())
-    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "facedefense.json")
-    assert manifest["status"] == status and manifest["files"] == on_disk
+    assert manifest["status"] == "completed" and manifest["files"] == _files_on_disk(out)
+
+
+def test_attack_personalizer_cut_while_generating_resumes_and_lists_its_files(workspace, tiny_sd_path, monkeypatch):
+    """Ctrl-C while generating the second image: the manifest says so and lists exactly the files on
+    disk; --resume finishes it. A finished run lists its files and continues from them: a listed image
+    that is gone is generated again (the same bytes) with the saved model, a damaged saved model is one
+    line, --overwrite removes the run's files (only those) and trains again."""
+    photos = attack_photos(workspace)
+    out = workspace.root / "out"
+    workspace.freeze()
+    _fail_on_second_save(monkeypatch, KeyboardInterrupt())
+    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 130, "interrupted")
+    manifest, on_disk = json.loads((out / "facedefense.json").read_text()), _files_on_disk(out)
+    assert manifest["status"] == "interrupted" and manifest["files"] == on_disk
     assert not (out / ".facedefense-work").exists(), "no half-saved model left"
+    assert len([name for name in on_disk if name.startswith("images/")]) == 1
     monkeypatch.undo()
-    if where == "generating":
-        assert len([name for name in on_disk if name.startswith("images/")]) == 1
-        workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 2, "--resume")
-        workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2", "--resume"), 0)
-    else:
-        assert on_disk == [], "a run that saved no model wrote nothing"
-        workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", images), 0)
-    assert json.loads((out / "facedefense.json").read_text())["status"] == "completed"
+    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 2, "--resume")
+    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2", "--resume"), 0)
+    manifest, on_disk = json.loads((out / "facedefense.json").read_text()), _files_on_disk(out)
+    assert manifest["status"] == "completed" and manifest["files"] == on_disk
+    assert {"model/pytorch_lora_weights.safetensors", "model/facedefense_personalized.json"} <= set(on_disk)
+    assert not (out / ".facedefense-work").exists()
+    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2"), 2, "--overwrite")
+    # an image the manifest lists but that is gone is generated again; the saved model is reused
+    weights = out / "model" / "pytorch_lora_weights.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    image = out / "images" / "a_photo_of_sks_person" / "0001.png"
+    first = image.read_bytes()
+    image.unlink()
+    workspace.check(personalize(photos, out, tiny_sd_path, "--num-images", "2", "--resume"), 0)
+    assert weights.stat().st_mtime_ns == stamp and image.read_bytes() == first
+    manifest = json.loads((out / "facedefense.json").read_text())
+    assert manifest["files"] == on_disk and manifest["earlier_runs"][-1]["status"] == "completed"
+    # a damaged saved model is one line, before anything is written
+    weights.write_bytes(weights.read_bytes()[:100])
+    workspace.check(personalize(photos, out, tiny_sd_path, "--resume"), 2, "the saved lora model cannot be read")
+    # --overwrite removes the run's files (only those) and trains again
+    workspace.check(personalize(photos, out, tiny_sd_path, "--overwrite"), 0)
+    assert sorted(json.loads((out / "facedefense.json").read_text())["files"]) == _files_on_disk(out)
+    assert not image.exists(), "the earlier run's second image is gone"
 
 
 def test_attack_bad_mask_is_one_error_not_a_skip_per_photo(workspace, tiny_inpaint_path):
