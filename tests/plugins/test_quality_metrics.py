@@ -50,13 +50,14 @@ class TestBRISQUE(MetricContract):
     def test_matches_the_package_and_rises_with_noise_and_blur(self, method):
         import torch.nn.functional as F
 
-        image = astronaut()
+        assert method.compute(astronaut()).value == pytest.approx(10.79, abs=0.05)  # the package's score (patched for numpy 2)
+        # the rise on the 256 px face crop (a quarter of the 512 px photo's cost; it rises by 60-70 there)
+        image = astronaut()[..., :256, 128:384]
         noisy = (image + 25 / 255 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
         taps = torch.exp(-torch.arange(-6, 7.0) ** 2 / 8)
         kernel = (taps[:, None] * taps[None] / taps.sum() ** 2).expand(3, 1, 13, 13)
         blurred = F.conv2d(F.pad(image, (6, 6, 6, 6), mode="reflect"), kernel, groups=3)
         clean, worse, blur = (method.compute(x).value for x in (image, noisy, blurred))
-        assert clean == pytest.approx(10.79, abs=0.05)  # the package's score of this photo (patched for numpy 2)
         assert worse > clean + 20 and blur > clean + 20
 
 
