@@ -44,6 +44,18 @@ def open_clip():
     return open_clip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tokenizer_built_once_per_architecture():
+    """open_clip's tokenizer of an architecture, built once for the module (each build reads the
+    49,408-token BPE vocabulary again, about 0.2 s, and every CLIP load here builds one): the same
+    tokenizer, so the models and their encodings are unchanged."""
+    import functools
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(open_clip(), "get_tokenizer", functools.cache(open_clip().get_tokenizer))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_archs(tmp_path_factory) -> dict[str, str]:
     """Register the tiny ViT and ResNet CLIPs with open_clip; returns their architecture names."""
