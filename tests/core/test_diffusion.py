@@ -111,13 +111,13 @@ def test_unknown_component_and_pipeline_kind(tiny_sd_path):
 
 
 def test_latents_have_real_sd_geometry(parts):
-    images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(1, 3, 96, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         latents = encode_latents(parts.vae, images)
-        assert latents.shape == (1, 4, 32, 32)  # SD's factor 8 (512 px: 64x64 latents)
+        assert latents.shape == (1, 4, 12, 8)  # SD's factor 8 (512 px: 64x64 latents), each side on its own
         assert torch.allclose(latents, latent_mean(parts.vae, images) * parts.scaling_factor)
-        decoded = decode_latents(parts.vae, latents[..., :8, :8])  # a corner: the decoder's x8 without 512 px
-    assert decoded.shape == (1, 3, 64, 64) and 0 <= decoded.min() and decoded.max() <= 1
+        decoded = decode_latents(parts.vae, latents[..., :4, :6])  # a corner: the decoder's x8 without 512 px
+    assert decoded.shape == (1, 3, 32, 48) and 0 <= decoded.min() and decoded.max() <= 1
 
 
 def test_sampled_latents_follow_the_generator(parts, face_images):
@@ -236,11 +236,11 @@ def test_trained_tiny_unet_responds_to_attacks(trained_tiny_sd_path, face_images
     def loss(images, seed=0):
         generator = torch.Generator().manual_seed(seed)
         latents = encode_latents(parts.vae, images)
-        repeats = [denoising_loss(parts.unet, parts.scheduler, latents, states, generator=generator) for _ in range(4)]
+        repeats = [denoising_loss(parts.unet, parts.scheduler, latents, states, generator=generator) for _ in range(3)]
         return torch.stack(repeats).mean(0)
 
     eps = 8 / 255
-    adversarial, _, _ = linf_pgd(faces, loss, eps=eps, steps=4, step_size=2 / 255, minimize=False)
+    adversarial, _, _ = linf_pgd(faces, loss, eps=eps, steps=3, step_size=2 / 255, minimize=False)
     noise = (faces + (torch.rand(faces.shape, generator=torch.Generator().manual_seed(5)) * 2 - 1) * eps).clamp(0, 1)
     with torch.no_grad():
         clean, attacked, noisy = loss(faces, 9).mean(), loss(adversarial, 9).mean(), loss(noise, 9).mean()
