@@ -1,7 +1,7 @@
 """The personalizers' training, checked against what it must do rather than against its own output:
-the loss on its photos falls (common random numbers), what it trains moves and nothing else does;
-bf16 training still moves float32 weights and saves float32; the seed fixes LoRA's initialization;
-a token learner clips its own row's gradient only; a model it cannot train is refused up front."""
+the loss on its photos falls (common random numbers), what it trains moves and nothing else does, a
+token learner clips its own row's gradient only; bf16 training still moves float32 weights and saves
+float32; the seed fixes LoRA's initialization; a model it cannot train is refused up front."""
 
 from __future__ import annotations
 
@@ -70,7 +70,22 @@ def _watched(cls, faces, prompt):
 
 
 @pytest.mark.parametrize("name", list(LEARNING))
-def test_training_lowers_the_loss_and_moves_only_what_it_trains(trained_tiny_sd_path, name):
+def test_training_lowers_the_loss_moves_only_what_it_trains_and_clips_only_that(monkeypatch, trained_tiny_sd_path,
+                                                                                name):
+    """The loss on its photos falls, what it trains moves and nothing else; a token learner's
+    gradient clipping sees the new token's row of the embedding matrix, not the frozen rows (RID
+    zeroes them before clipping; clipping them shrank the update by their norm)."""
+    from accelerate import Accelerator
+
+    clip = Accelerator.clip_grad_norm_
+    clipped = {}
+
+    def watch(self, parameters, *args, **kwargs):
+        parameters = list(parameters)
+        clipped.update({id(p): p.grad.detach().clone() for p in parameters if p.grad is not None})
+        return clip(self, parameters, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", watch)
     faces, prompt = _faces(), PROMPTS[name]
     personalizer = _watched(_personalizer(name), faces, prompt)(model=str(trained_tiny_sd_path), **FAST,
                                                                 **LEARNING[name])
@@ -86,9 +101,12 @@ def test_training_lowers_the_loss_and_moves_only_what_it_trains(trained_tiny_sd_
     changed = [key for key in frozen if not torch.equal(after[key], personalizer.before[key])]
     assert not changed, f"frozen weights changed: {changed[:5]}"
     if name in ("textual_inversion", "lora_ti"):  # one row of the embedding matrix, no other
+        new_row = [pipeline.tokenizer.convert_tokens_to_ids("<new1>")]
         (key,) = [key for key in personalizer.trained if key.startswith("text_encoder.")]
         rows = (after[key] != personalizer.before[key]).any(1).nonzero().flatten().tolist()
-        assert rows == [pipeline.tokenizer.convert_tokens_to_ids("<new1>")]
+        assert rows == new_row
+        embedding = pipeline.text_encoder.get_input_embeddings().weight
+        assert clipped[id(embedding)].abs().sum(1).nonzero().flatten().tolist() == new_row, "clipped rows"
 
 
 def test_bf16_training_moves_float32_weights_and_saves_float32(tiny_sd_path, face_images, tmp_path):
@@ -127,29 +145,6 @@ def test_lora_initialization_follows_the_seed(tiny_sd_path, face_images):
     first, again, other = adapters(0, 1), adapters(0, 2), adapters(1, 1)
     assert all(torch.equal(first[k], again[k]) for k in first), "the same seed must give the same adapters"
     assert not all(torch.equal(first[k], other[k]) for k in first), "another seed must give other adapters"
-
-
-@pytest.mark.parametrize("name", ["textual_inversion", "lora_ti"])
-def test_token_learners_clip_the_new_rows_gradient_only(monkeypatch, tiny_sd_path, face_images, name):
-    """Gradient clipping sees the new token's row of the embedding matrix, not the frozen rows
-    (RID zeroes them before clipping; clipping them shrank the update by their norm)."""
-    from accelerate import Accelerator
-
-    clip = Accelerator.clip_grad_norm_
-    seen = {}
-
-    def watch(self, parameters, *args, **kwargs):
-        parameters = list(parameters)
-        seen.update({id(p): p.grad.detach().clone() for p in parameters if p.grad is not None})
-        return clip(self, parameters, *args, **kwargs)
-
-    monkeypatch.setattr(Accelerator, "clip_grad_norm_", watch)
-    personalizer = _personalizer(name)(model=str(tiny_sd_path), steps=1, resolution=32, prior_preservation=False,
-                                       max_grad_norm=1e-3, device="cpu", dtype="float32")
-    pipeline = personalizer.fit(face_images).pipeline
-    embedding = pipeline.text_encoder.get_input_embeddings().weight
-    rows = seen[id(embedding)].abs().sum(1).nonzero().flatten().tolist()
-    assert rows == [pipeline.tokenizer.convert_tokens_to_ids("<new1>")]
 
 
 def test_a_sample_predicting_model_is_refused_before_any_work(tiny_sd_path, face_images, tmp_path):
