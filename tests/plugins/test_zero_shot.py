@@ -57,7 +57,7 @@ class TestIPAdapterContract(PersonalizerContract):
     image_size = (32, 32)  # the image encoder resizes every photo to its own input size
 
     def make_method(self, request):
-        return make(request.getfixturevalue("tiny_sd_path"), request.getfixturevalue("adapter_path"))
+        return request.getfixturevalue("attack")  # the module's prepared attack (its networks load once)
 
 
 @pytest.mark.parametrize("variant", ["plain", "plus"])
@@ -282,22 +282,24 @@ def test_the_tiny_benchmark_config_lists_it_and_its_inputs_load(tmp_path):
     assert (Path(attacks["ip_adapter"].options["adapter"]) / "models" / WEIGHT_NAME).is_file()
 
 
-def test_a_faceid_adapter_is_refused_before_any_encoding(tmp_path, tiny_sd_path, photo_dir):
+def test_a_faceid_adapter_is_refused_before_any_encoding(tmp_path, tiny_sd_path, adapter_path, photo_dir):
     import shutil
 
     from facedefense.errors import ConfigError
     from facedefense.testing.tiny_adapters import (
-        FACEID_ENCODER_FOLDER,
+        FACEID_PLUS_WEIGHT_NAME,
         FACEID_WEIGHT_NAME,
         build_tiny_ip_adapter_faceid,
     )
 
-    folder = build_tiny_ip_adapter(tmp_path / "adapters", tiny_sd_path)  # models/image_encoder beside it
+    folder = shutil.copytree(adapter_path, tmp_path / "adapters")  # models/image_encoder beside it
     build_tiny_ip_adapter_faceid(folder / "models", tiny_sd_path, lora_rank=0)
     with pytest.raises(ConfigError, match="is a FaceID adapter"):
         make(tiny_sd_path, folder, weight_name=FACEID_WEIGHT_NAME).prepare()
-    alone = build_tiny_ip_adapter_faceid(tmp_path / "faceid", tiny_sd_path, lora_rank=0)
-    shutil.rmtree(alone / FACEID_ENCODER_FOLDER)  # no image encoder (the Plus variant's goes)
+    alone = tmp_path / "faceid"  # the same FaceID files without an image encoder (the Plus variant's goes)
+    alone.mkdir()
+    for name in (FACEID_WEIGHT_NAME, FACEID_PLUS_WEIGHT_NAME):
+        shutil.copy(folder / "models" / name, alone / name)
     args = cli_args(tiny_sd_path, alone, photo_dir, tmp_path / "out")
     args[args.index(f"weight_name={WEIGHT_NAME}")] = f"weight_name={FACEID_WEIGHT_NAME}"
     result = invoke(*args, "-o", "subfolder=")
