@@ -12,9 +12,8 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
+from facedefense.testing.cli import invoke
 from facedefense.testing.contracts import PersonalizerContract
 from facedefense.testing.tiny_adapters import (
     FACEID_ENCODER_FOLDER,
@@ -92,9 +91,7 @@ class TestIPAdapterFaceIDContract(PersonalizerContract):
     image_size = (32, 32)  # every face is aligned onto the 112 px template whatever the photo's size
 
     def make_method(self, request):
-        return with_tiny_recognizer(
-            make(request.getfixturevalue("tiny_sd_path"), request.getfixturevalue("faceid_path"))
-        )
+        return request.getfixturevalue("attack")  # the module's prepared attack (its networks load once)
 
 
 def test_embeddings_are_the_unit_face_embeddings_shaped_as_diffusers_takes_them(attack, fitted, face_images):
@@ -163,8 +160,8 @@ def plus(tiny_sd_path, faceid_path, variant):
 
 
 @pytest.fixture(scope="module")
-def plus_attack(tiny_sd_path, faceid_path):
-    return plus(tiny_sd_path, faceid_path, "plus")
+def plusv2_attack(tiny_sd_path, faceid_path):
+    return plus(tiny_sd_path, faceid_path, "plusv2")
 
 
 def test_plus_crops_each_face_onto_the_template_at_224_px():
@@ -188,7 +185,7 @@ def test_plus_crops_each_face_onto_the_template_at_224_px():
 
 @pytest.mark.parametrize("variant", [pytest.param("plus", marks=pytest.mark.integration), "plusv2"])
 def test_plus_generation_equals_diffusers_documented_recipe(
-    variant, tiny_sd_path, faceid_path, plus_attack, face_images
+    variant, tiny_sd_path, faceid_path, plusv2_attack, face_images
 ):
     """diffusers' FaceID Plus recipe, same seed: the id embeddings stacked (zeros first) as
     ``ip_adapter_image_embeds``; the projection's ``clip_embeds`` from ``prepare_ip_adapter_image_embeds``
@@ -199,7 +196,7 @@ def test_plus_generation_equals_diffusers_documented_recipe(
     from facedefense.io import to_uint8
     from facedefense_attacks.ip_adapter_faceid import align_face
 
-    attack = plus_attack if variant == "plus" else plus(tiny_sd_path, faceid_path, "plusv2")
+    attack = plusv2_attack if variant == "plusv2" else plus(tiny_sd_path, faceid_path, "plus")
     model = attack.fit(list(face_images))
     assert model.info["variant"] == variant
     assert model.extra_embeds["clip_embeds"].shape == (1, 2, 17, 32)
@@ -232,12 +229,12 @@ def test_plus_generation_equals_diffusers_documented_recipe(
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_plus_v2_shortcut_and_the_clip_tokens_change_generation(plus_attack, face_images):
-    model = plus_attack.fit([face_images[0]])
+def test_plus_v2_shortcut_and_the_clip_tokens_change_generation(plusv2_attack, face_images):
+    model = plusv2_attack.fit([face_images[0]])
     first = model.generate([PROMPT], generator=seeded(1))
-    v2 = type(model)(
+    v1 = type(model)(
         model.pipeline,
-        {**model.info, "variant": "plusv2"},
+        {**model.info, "variant": "plus"},
         model.image_embeds,
         model.negative_image_embeds,
         model.extra_embeds,
@@ -246,15 +243,15 @@ def test_plus_v2_shortcut_and_the_clip_tokens_change_generation(plus_attack, fac
     flipped = type(model)(
         model.pipeline, model.info, model.image_embeds, model.negative_image_embeds, other_clip
     )
-    for other in (v2, flipped):
+    for other in (v1, flipped):
         assert (first - other.generate([PROMPT], generator=seeded(1))).abs().mean() > 1 / 255
 
 
 @pytest.mark.integration  # loads the pipeline again (about 0.7 s of CPU)
-def test_plus_saved_model_reloads_with_its_clip_embeddings(tmp_path, plus_attack, face_images):
+def test_plus_saved_model_reloads_with_its_clip_embeddings(tmp_path, plusv2_attack, face_images):
     from facedefense.interfaces.personalizer import load_personalized
 
-    model = plus_attack.fit([face_images[1]], output_dir=tmp_path / "model")
+    model = plusv2_attack.fit([face_images[1]], output_dir=tmp_path / "model")
     loaded = load_personalized(tmp_path / "model", device="cpu")
     assert torch.equal(loaded.extra_embeds["clip_embeds"], model.extra_embeds["clip_embeds"])
     a, b = (m.generate([PROMPT], generator=seeded(4)) for m in (model, loaded))
@@ -288,29 +285,23 @@ def test_cli_encodes_generates_and_the_model_reloads(
             "inference_steps": 2,
         }.items()
     ]
-    result = CliRunner().invoke(
-        build_app(),
-        [
-            str(a)
-            for a in [
-                "attack",
-                photos,
-                "--personalizer",
-                "ip_adapter_faceid",
-                "--model",
-                tiny_sd_path,
-                "--output",
-                out,
-                *options,
-                "--num-images",
-                "1",
-                "--prompt",
-                PROMPT,
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        ],
+    result = invoke(
+        "attack",
+        photos,
+        "--personalizer",
+        "ip_adapter_faceid",
+        "--model",
+        tiny_sd_path,
+        "--output",
+        out,
+        *options,
+        "--num-images",
+        "1",
+        "--prompt",
+        PROMPT,
+        "--device",
+        "cpu",
+        "--no-progress",
     )
     assert result.exit_code == 0, result.output
     assert "ip_adapter_faceid encoded 2 photo(s); 1 image(s)" in result.output
