@@ -64,6 +64,15 @@ def trained(tmp_path_factory, tiny_sd_path, photo_dir, class_cache):
     return outputs
 
 
+@pytest.fixture(scope="module")
+def base_pipeline(tiny_sd_path):
+    """The tiny base model loaded once; tests read it, and copy it (``copy.deepcopy``, or a new
+    pipeline object over its networks) before changing anything."""
+    from facedefense.diffusion import load_pipeline
+
+    return load_pipeline(str(tiny_sd_path))
+
+
 def _render(pipe, prompt):
     return pipe(prompt, num_inference_steps=1, height=32, width=32, generator=torch.Generator().manual_seed(3),
                 output_type="pt").images
@@ -90,15 +99,14 @@ class TestTrainedThroughTheCLI:
         assert metadata["personalizer"] == name and metadata["format"] == ("pipeline" if name == "dreambooth" else name)
 
     @pytest.mark.parametrize("name", ["lora", "textual_inversion", "lora_ti"])
-    def test_saved_adapters_load_with_diffusers_loaders(self, trained, tiny_sd_path, name):
-        from diffusers import StableDiffusionPipeline
+    def test_saved_adapters_load_with_diffusers_loaders(self, trained, base_pipeline, name):
+        import copy
 
         from facedefense.interfaces.personalizer import load_personalized
 
         folder = trained[name] / "model"
         prompt = PROMPTS[name]
-        pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None, requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = copy.deepcopy(base_pipeline)  # the loaders below change it
         before = _render(pipe, prompt)
         if name != "lora":
             pipe.load_textual_inversion(folder / "learned_embeds.safetensors", token="<new1>")
@@ -110,11 +118,11 @@ class TestTrainedThroughTheCLI:
             [prompt], num_images=1, steps=1, guidance_scale=pipe.guidance_scale, generator=torch.Generator().manual_seed(3))
         assert torch.allclose(ours, after.float(), atol=1e-5), "diffusers' loaders and ours must give the same model"
 
-    def test_dreambooth_folder_loads_with_from_pretrained(self, trained, tiny_sd_path):
+    def test_dreambooth_folder_loads_with_from_pretrained(self, trained, base_pipeline):
         from diffusers import StableDiffusionPipeline
 
         tuned = StableDiffusionPipeline.from_pretrained(trained["dreambooth"] / "model", safety_checker=None)
-        base = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None)
+        base = base_pipeline
         changed = [not torch.equal(a, b) for a, b in zip(tuned.unet.parameters(), base.unet.parameters())]
         assert any(changed), "DreamBooth must change the UNet"
         assert not torch.equal(tuned.text_encoder.get_input_embeddings().weight, base.text_encoder.get_input_embeddings().weight)
@@ -188,16 +196,6 @@ def test_editor_refuses_wrong_model_kind(tmp_path, png_folder, tiny_sd_path):
     assert_one_line_error(result, "is a text-to-image model")
 
 
-def test_automatic_face_mask_keeps_the_face():
-    from facedefense.testing.tiny_models import sample_faces
-    from facedefense_attacks.masks import face_mask
-
-    face = sample_faces(1, 256)[0]
-    background = face_mask(face, "background")
-    assert background.shape == (1, 256, 256)
-    assert background[0, 60, 110] == 0, "the astronaut's face is kept"
-    assert background[0, 250, 5] == 1, "the corner is repainted"
-    assert torch.equal(face_mask(face, "face"), 1 - background)
 
 
 @pytest.mark.parametrize(("editor", "fixture"), [("sdedit", "tiny_sd_path"), ("inpaint", "tiny_inpaint_path")])
@@ -224,28 +222,34 @@ def test_strength_sets_where_denoising_starts(request, editor, fixture):
     assert abs(len(half) - len(full) / 2) <= 1, (half, full)
 
 
-def test_inpaint_keeps_the_detected_face_unchanged(tiny_inpaint_path):
-    """The automatic background mask keeps the face box: those pixels come back exactly, at the
-    photo's size, though the model works at 32 pixels (not the pipeline's VAE re-encoding)."""
+def test_automatic_face_mask_keeps_the_face_and_inpaint_returns_it_unchanged(tiny_inpaint_path):
+    """The automatic background mask keeps the face box, and inpainting with it gives those pixels
+    back exactly, at the photo's size, though the model works at 32 pixels (not the pipeline's VAE
+    re-encoding). One test: the detector takes most of the time of each."""
     from facedefense.testing.tiny_models import sample_faces
     from facedefense_attacks.inpaint import Inpaint
     from facedefense_attacks.masks import face_mask
 
     face = sample_faces(1, 256)
+    background = face_mask(face[0], "background")
+    assert background.shape == (1, 256, 256)
+    assert background[0, 60, 110] == 0, "the astronaut's face is kept"
+    assert background[0, 250, 5] == 1, "the corner is repainted"
+    assert torch.equal(face_mask(face[0], "face"), 1 - background)
+
     inpaint = Inpaint(model=str(tiny_inpaint_path), steps=2, resolution=32, device="cpu")
     edited = inpaint.edit(face, "a person at a party")
-    kept = face_mask(face[0], "background")[0] == 0
+    kept = background[0] == 0
     assert kept.float().mean() > 0.1, "the detector finds the face"
     assert torch.equal(edited[0][:, kept], face[0][:, kept]), "the face is the photo's own"
     assert (edited[0][:, ~kept] != face[0][:, ~kept]).any(), "the background is repainted"
 
 
-def test_class_images_are_cached_and_grow(tmp_path, tiny_sd_path):
-    from facedefense.diffusion import load_pipeline
+def test_class_images_are_cached_and_grow(tmp_path, tiny_sd_path, base_pipeline):
     from facedefense_attacks.lora import LoRAConfig
     from facedefense_attacks.training import generate_class_images
 
-    pipe = load_pipeline(str(tiny_sd_path))
+    pipe = base_pipeline
     config = LoRAConfig(model=str(tiny_sd_path), resolution=32, num_class_images=1, class_inference_steps=1,
                         class_cache=str(tmp_path))
     first = generate_class_images(pipe, config, "a photo of person")
@@ -255,11 +259,10 @@ def test_class_images_are_cached_and_grow(tmp_path, tiny_sd_path):
     assert next(tmp_path.rglob("00000.png")).stat().st_mtime_ns == stamp, "cached images are reused, not redone"
 
 
-def test_class_images_show_every_denoising_step(tmp_path, tiny_sd_path, monkeypatch):
+def test_class_images_show_every_denoising_step(tmp_path, tiny_sd_path, base_pipeline, monkeypatch):
     """Issue 25 item 5: the bar moves with each denoising step, not once per image, and the
     pipeline's own bar is back as it was afterwards."""
     import facedefense.progress
-    from facedefense.diffusion import load_pipeline
     from facedefense_attacks.lora import LoRAConfig
     from facedefense_attacks.training import generate_class_images
 
@@ -273,7 +276,7 @@ def test_class_images_show_every_denoising_step(tmp_path, tiny_sd_path, monkeypa
         return bar
 
     monkeypatch.setattr(facedefense.progress, "bar", recording_bar)
-    pipe = load_pipeline(str(tiny_sd_path))
+    pipe = type(base_pipeline)(**base_pipeline.components)  # the base's networks, a bar setting of its own
     pipe.set_progress_bar_config(leave=True)
     config = LoRAConfig(model=str(tiny_sd_path), resolution=32, num_class_images=5, class_inference_steps=2,
                         class_cache=str(tmp_path))
@@ -315,7 +318,7 @@ class _Personalizer(PersonalizerContract):
     def make_method(self, request):
         from facedefense.registry import get_registry
 
-        cache = request.getfixturevalue("tmp_path_factory").mktemp("contract-classes")
+        cache = request.getfixturevalue("class_cache")  # the CLI runs' class image: generated once
         personalizer = get_registry().load("personalizer", self.registry_name)
         return personalizer(model=str(request.getfixturevalue("tiny_sd_path")), class_cache=str(cache), **TINY_TRAINING)
 
