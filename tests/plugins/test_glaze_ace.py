@@ -123,7 +123,7 @@ def test_ace_defaults_and_refusals():
 
 # -- Glaze --------------------------------------------------------------------------------------
 
-GLAZE_FAST = dict(device="cpu", dtype="float32", resolution=32, steps=2, step_size=4 / 255, target_steps=5, lpips_net="alex",
+GLAZE_FAST = dict(device="cpu", dtype="float32", resolution=32, steps=2, step_size=4 / 255, target_steps=3, lpips_net="alex",
                   lpips_weights="random")
 
 
