@@ -106,7 +106,7 @@ def test_pgd_objective_transforms_the_photos(metacloak, face_images, monkeypatch
         return real(images, generator, **kwargs)
 
     monkeypatch.setattr(module, "training_transform", spy)
-    metacloak.protect(face_images[:2, :, :32, :32])
+    metacloak.protect(face_images[:1, :, :32, :32])  # one photo: the count is per size group, not per photo
     assert len(calls) == 2 and all(calls)  # pool states x PGD steps x draws (one size group)
 
     surrogate = metacloak.surrogates[0]
