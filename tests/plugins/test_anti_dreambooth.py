@@ -85,6 +85,12 @@ class TestASPL(SmallContract):
     def objective(self, method, images, generator):
         return attacker_loss(method.config.model, images, generator)
 
+    def test_single_photo_identity(self, method):
+        from facedefense.interfaces import IdentitySet
+
+        result = method.protect_identity(IdentitySet.from_images(_faces(1, 32)))
+        assert len(result.images) == 1 and 0 < result.linf[0] <= method.config.eps * 255 + 1e-3
+
 
 class TestFSMG(SmallContract):
     registry_name = "fsmg"
@@ -133,14 +139,6 @@ def small_aspl(trained_tiny_sd_path):
 
     # two rounds of one PGD step: the momentum and the random start carry across the interruption
     return ASPL(model=str(trained_tiny_sd_path), **dict(ASPL_FAST, steps=2, pgd_steps=1, momentum=0.5, random_start=True))
-
-
-def test_single_photo_identity(small_aspl):
-    from facedefense.interfaces import IdentitySet
-
-    aspl = small_aspl
-    result = aspl.protect_identity(IdentitySet.from_images(_faces(1, 32)))
-    assert len(result.images) == 1 and 0 < result.linf[0] <= aspl.config.eps * 255 + 1e-3
 
 
 def test_interrupted_aspl_resumes_to_the_same_result(small_aspl, tmp_path, monkeypatch):
