@@ -7,53 +7,23 @@ import pytest
 import torch
 
 from facedefense.errors import ConfigError, ModelNotFoundError
-from facedefense.testing.contracts import DefenderContract
+from tests.plugins.test_caat_simac import PROMPT, SmallContract
 
-PROMPT = "a photo of sks person"
 FAST = dict(device="cpu", dtype="float32", resolution=32, step_size=2 / 255)
 SET_FAST = dict(FAST, num_class_images=2, class_image_steps=2, learning_rate=1e-4)
 
-
-def attacker_loss(model_path: str, images: torch.Tensor, generator: torch.Generator, prompt: str = PROMPT) -> torch.Tensor:
-    """The attacker's (base model's) denoising loss per image, averaged over 4 draws of (t, eps)."""
-    from facedefense.diffusion import TextEmbeddingCache, denoising_loss, encode_latents
-    from facedefense.imaging import resize
-
-    parts = _parts(model_path)
-    with torch.no_grad():
-        latents = encode_latents(parts.vae, resize(images, (32, 32)))
-        states = TextEmbeddingCache(parts.tokenizer, parts.text_encoder)(prompt)
-        return sum(denoising_loss(parts.unet, parts.scheduler, latents, states, generator=generator) for _ in range(4)) / 4
-
-
-_PARTS: dict = {}
-
-
-def _parts(model_path: str):
-    from facedefense.diffusion import load_components
-
-    if model_path not in _PARTS:
-        _PARTS[model_path] = load_components(model_path)
-    return _PARTS[model_path]
-
-
-class SmallContract(DefenderContract):
-    image_size = (32, 32)
-    odd_size = (24, 40)
+# SmallContract (test_caat_simac): 32 px photos; the objective is the attacker's (base model's)
+# denoising loss, higher is better, its model loaded once per process for every module that uses it.
 
 
 class TestAdvDM(SmallContract):
     registry_name = "advdm"
-    objective_higher_is_better = True
 
     def make_method(self, request):
         from facedefense_iterative.advdm import AdvDM
 
         # 2 steps: the protected loss gain is 7.5x same-budget noise's (3 steps: 10x)
         return AdvDM(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, steps=2, prompt=PROMPT, **FAST)
-
-    def objective(self, method, images, generator):
-        return attacker_loss(method.config.model, images, generator)
 
 
 def test_advdm_options_and_eot(trained_tiny_sd_path, face_images):
@@ -75,15 +45,11 @@ ASPL_FAST = dict(SET_FAST, steps=1, pgd_steps=1, surrogate_steps=1)
 
 class TestASPL(SmallContract):
     registry_name = "aspl"
-    objective_higher_is_better = True
 
     def make_method(self, request):
         from facedefense_iterative.aspl import ASPL
 
         return ASPL(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, **ASPL_FAST)
-
-    def objective(self, method, images, generator):
-        return attacker_loss(method.config.model, images, generator)
 
     def test_single_photo_identity(self, method):
         from facedefense.interfaces import IdentitySet
@@ -94,16 +60,12 @@ class TestASPL(SmallContract):
 
 class TestFSMG(SmallContract):
     registry_name = "fsmg"
-    objective_higher_is_better = True
 
     def make_method(self, request):
         from facedefense_iterative.fsmg import FSMG
 
         # 2 steps: with 1, a PGD of the wrong sign still passed the contract's beats-noise check
         return FSMG(model=str(request.getfixturevalue("trained_tiny_sd_path")), eps=self.eps, steps=2, train_steps=1, **SET_FAST)
-
-    def objective(self, method, images, generator):
-        return attacker_loss(method.config.model, images, generator)
 
 
 def _faces(count: int, size: int = 64) -> list[torch.Tensor]:
