@@ -14,7 +14,7 @@ from facedefense.testing.tiny_models import sample_faces
 
 TINY_DIT = "input_size=32,patch_size=16,hidden_size=32,depth=1,num_heads=2,num_classes=4"
 RID_OPTIONS = ["-o", f"architecture={TINY_DIT}", "-o", "warmup_steps=0", "-o", "lr=1e-2"]
-GAP_OPTIONS = ["-o", "architecture=ngf=4", "-o", "surrogate_size=32", "-o", "discriminator_width=4",
+GAP_OPTIONS = ["-o", "architecture=ngf=2", "-o", "surrogate_size=32", "-o", "discriminator_width=2",
                "-o", "first_phase_epochs=1", "--batch-size", "1"]
 
 
@@ -173,7 +173,7 @@ def random_checkpoint(method, folder, eps):
     from facedefense_amortized.networks import GAPGenerator, PerturbationDiT
 
     torch.manual_seed(0)
-    network, architecture = (PerturbationDiT(**SMALL_DIT), SMALL_DIT) if method == "rid" else (GAPGenerator(ngf=4), {"ngf": 4})
+    network, architecture = (PerturbationDiT(**SMALL_DIT), SMALL_DIT) if method == "rid" else (GAPGenerator(ngf=2), {"ngf": 2})
     for parameter in network.parameters():
         parameter.data.normal_(0, 0.1)
     path = folder / f"{method}-random.safetensors"
