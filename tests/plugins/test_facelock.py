@@ -113,11 +113,11 @@ def test_photo_without_a_face_gets_no_identity_term(tiny_sd_path, face_images):
     import torch
 
     options = dict(steps=2, step_size=2 / 255, identity_start=0.0)
-    face_images = _resized(face_images)
+    face_images = _resized(face_images[:1])  # one photo: the check is per photo
     faceless = make(tiny_sd_path, landmarks=None, **options)
-    with pytest.warns(UserWarning, match="no face found in 2 of 2 photos"):
+    with pytest.warns(UserWarning, match="no face found in 1 of 1 photos"):
         result = faceless.protect(face_images, generator=torch.Generator().manual_seed(0))
-    assert [s["face_found"] for s in result.stats] == [False, False]
+    assert [s["face_found"] for s in result.stats] == [False]
     assert all(s["identity_similarity_end"] is None for s in result.stats)
     without_identity = make(tiny_sd_path, identity_weight=0.0, **options).protect(
         face_images, generator=torch.Generator().manual_seed(0)
@@ -162,14 +162,14 @@ def test_latent_term_pushes_the_latent_away(trained_tiny_sd_path, face_images):
 
 
 def test_lpips_term_distorts_the_reconstruction(trained_tiny_sd_path, face_images):
-    """The LPIPS term alone is ascended: LPIPS(R(x'), x) beats same-budget noise's (by 28x at 32 px;
+    """The LPIPS term alone is ascended: LPIPS(R(x'), x) beats same-budget noise's (3 steps at 32 px;
     one photo: the term is per photo)."""
     import torch
 
     face_images = _resized(face_images[:1])
 
     defender = make(
-        trained_tiny_sd_path, steps=4, step_size=2 / 255, identity_weight=0.0, latent_weight=0.0, lpips_start=0.0
+        trained_tiny_sd_path, steps=3, step_size=2 / 255, identity_weight=0.0, latent_weight=0.0, lpips_start=0.0
     )
     protected = defender.protect(face_images).images
     with torch.no_grad():
