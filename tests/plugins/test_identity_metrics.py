@@ -144,14 +144,10 @@ def test_ism_backends_agree_and_are_named():
     assert ours.value == pytest.approx(theirs.value, abs=1e-3)
 
 
-def test_fr_scores_an_edit_that_lost_the_face_and_counts_it():
+def test_fr_no_face_option_is_validated():
+    """How FR scores an edit that lost the face (by default, in each mode): test_face_protocols.py."""
     from facedefense_metrics.fr import FR
 
-    photos = astronaut_crops(2, 160)
-    edits = torch.cat([photos[:1], noise(1, 160)])
-    result = FR(device="cpu", upsample=1).compute(edits, photos)
-    assert result.per_image[0] == pytest.approx(1.0, abs=1e-6) and result.per_image[1] < result.per_image[0]
-    assert result.details["no_face"] == 1 and result.count == 2  # FaceLock averages over every edit
     with pytest.raises(ConfigError, match="no_face"):
         FR(no_face="drop")
 
