@@ -109,7 +109,8 @@ def _embedder_class() -> type:
 
 
 def build_arcface(*, path: str | None, device: torch.device, dtype: torch.dtype, **options: Any) -> torch.nn.Module:
-    """facexlib's ArcFace IR-SE50 with weights from ``path`` (required).
+    """facexlib's ArcFace IR-SE50 with weights from ``path`` (required), built on the meta device and
+    then given the checkpoint's values (all of its weights, strictly: missing or extra keys refuse).
 
     Raises:
         ModelNotFoundError: no path, or the file is missing (one line naming the file and its origin).
@@ -129,7 +130,9 @@ def build_arcface(*, path: str | None, device: torch.device, dtype: torch.dtype,
     ensure_torchvision_importable()
     from facexlib.recognition.arcface_arch import Backbone
 
-    network = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
+    with torch.device("meta"):  # every weight comes from the checkpoint: no random initialization
+        network = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
+    network = network.to_empty(device="cpu")
     try:
         network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError, ValueError) as exc:
