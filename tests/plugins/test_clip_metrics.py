@@ -44,18 +44,6 @@ def open_clip():
     return open_clip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tokenizer_built_once_per_architecture():
-    """open_clip's tokenizer of an architecture, built once for the module (each build reads the
-    49,408-token BPE vocabulary again, about 0.2 s, and every CLIP load here builds one): the same
-    tokenizer, so the models and their encodings are unchanged."""
-    import functools
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(open_clip(), "get_tokenizer", functools.cache(open_clip().get_tokenizer))
-        yield
-
-
 @pytest.fixture(scope="session")
 def tiny_archs(tmp_path_factory) -> dict[str, str]:
     """Register the tiny ViT and ResNet CLIPs with open_clip; returns their architecture names."""
@@ -135,6 +123,7 @@ def test_openai_torchscript_archive_loads_its_weights_with_quickgelu(openai_resn
         assert torch.allclose(model.encode_text(tokens), original.encode_text(tokens), atol=1e-6)
         gelu = build(path, tiny_archs["resnet"], quick_gelu=False)  # the old activation: other features
         assert activations(gelu) == {"GELU"} and not torch.allclose(gelu.encode_text(tokens), original.encode_text(tokens), atol=1e-3)
+    assert gelu.tokenizer is model.tokenizer  # built once per architecture, not per load
 
 
 def test_open_clip_hub_files_load_with_the_activation_their_config_names(laion_vit, tiny_archs, tmp_path):
