@@ -715,15 +715,25 @@ def unchanged_message(report: RunReport) -> str:
     )
 
 
-def _prepare_work(defender: Defender, output_dir: Path, identities: list[IdentityFiles], resume: bool) -> None:
-    """Check that ``resume`` continues the same run; without it, clear the saved state of the
-    identities this process protects (after the output folder was claimed)."""
+def run_record(defender: Defender) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (``.facedefense-work/run.json``):
+    the method, its budget and its fingerprint (its options)."""
+    return {"method": defender.name, "eps": defender.config.eps, "fingerprint": defender.fingerprint()}
+
+
+def check_resume(output_dir: str | Path, run: dict[str, Any]) -> None:
+    """Check that resuming into ``output_dir`` continues the run ``run`` (a
+    [`run_record`][facedefense.batch.run_record]); nothing to check in a missing or empty folder.
+
+    Raises:
+        ResumeError: the folder holds files but no saved run, an unreadable one, or one made with
+            another method, budget or options.
+    """
     from facedefense.errors import ResumeError
 
-    work = output_dir / WORK_DIR_NAME
-    marker = work / "run.json"
-    run = {"method": defender.name, "eps": defender.config.eps, "fingerprint": defender.fingerprint()}
-    if resume and marker.is_file():
+    output_dir = Path(output_dir)
+    marker = output_dir / WORK_DIR_NAME / "run.json"
+    if marker.is_file():
         try:
             saved = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -733,8 +743,18 @@ def _prepare_work(defender: Defender, output_dir: Path, identities: list[Identit
                 raise ResumeError(
                     f"cannot resume {output_dir}: it was made with {label} {saved.get(key)!r}, this run has {run[key]!r}"
                 )
-    elif resume and output_dir.is_dir() and any(output_dir.iterdir()):
+    elif output_dir.is_dir() and any(output_dir.iterdir()):
         raise ResumeError(f"cannot resume {output_dir}: it holds no saved run (no {WORK_DIR_NAME}/run.json)")
+
+
+def _prepare_work(defender: Defender, output_dir: Path, identities: list[IdentityFiles], resume: bool) -> None:
+    """Check that ``resume`` continues the same run; without it, clear the saved state of the
+    identities this process protects (after the output folder was claimed)."""
+    work = output_dir / WORK_DIR_NAME
+    marker = work / "run.json"
+    run = run_record(defender)
+    if resume:
+        check_resume(output_dir, run)
     if defender.scope != "identity":
         return
     if not resume:

@@ -73,6 +73,26 @@ def _make(kind: str, name: str, options: dict[str, Any]) -> Any:
     return get_registry().create(kind, name, **options)
 
 
+def _check_resume(output: Path, name: str, options: dict[str, Any]) -> None:
+    """Check that ``--resume`` continues the run in ``output`` before building the defender (that
+    loads its models): its run record is known from the options, as the benchmark fingerprints its
+    stages (only the base ``Method.__init__`` runs: the config checks). ``protect_files`` checks again."""
+    from facedefense.batch import check_resume, run_record
+    from facedefense.errors import UnknownMethodError
+    from facedefense.interfaces.base import Method
+    from facedefense.registry import get_registry
+
+    try:
+        spec = get_registry().get("defender", name)
+    except UnknownMethodError:
+        return  # building it says which kind the name is
+    cls = spec.load()
+    planned = cls.__new__(cls)
+    Method.__init__(planned, **options)
+    planned.plugin, planned.plugin_version = spec.plugin, spec.version
+    check_resume(output, run_record(planned))
+
+
 #: Exit status of a ``protect`` run that wrote images identical to their input: the defender changed
 #: nothing (an untrained checkpoint, a zero budget), so those photos are NOT protected. Inputs that
 #: could not be processed (status 1) take precedence.
@@ -163,6 +183,8 @@ def protect(
     _plan("protect", inputs, output, existing, reference)
     check_method_paths(options)
     bind_device(current_shard())
+    if resume:
+        _check_resume(output, method, options)
     from facedefense.batch import protect_files
     from facedefense.progress import progress_enabled_as
 

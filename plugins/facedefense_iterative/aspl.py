@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense.config import option
+from facedefense.config import check_method_paths, option
 from facedefense.errors import ConfigError
 from facedefense.interfaces import Defender, Perturbation
 from facedefense.interfaces.identity import DEFAULT_CLASS_PROMPT, DEFAULT_INSTANCE_PROMPT
@@ -128,6 +128,8 @@ class DreamBoothAttack(Defender):
         models = [m.strip() for m in self.config.model.split(",") if m.strip()]
         if not models:
             raise ConfigError(f"{self.name} needs a surrogate model: --model (a diffusers folder or Hugging Face id)")
+        for m in models:  # every missing folder is reported before the first model loads
+            check_method_paths({"model": m})
         self.target = load_target_image(self.config.target_image) if self.config.target_image else None
         self.eot = self.config.build_eot(self.device)
         self.surrogates = [

@@ -130,9 +130,14 @@ def test_interrupted_aspl_resumes_to_the_same_result(small_aspl, tmp_path, monke
         assert torch.equal(a, b)
 
 
-def test_bad_inputs(trained_tiny_sd_path, tmp_path):
+def test_bad_inputs_are_refused_before_any_model_loads(trained_tiny_sd_path, tmp_path, monkeypatch):
+    import facedefense_iterative.surrogate
     from facedefense_iterative.aspl import ASPL
 
+    def load(model, **kwargs):
+        raise AssertionError(f"{model} loaded before every option was checked")
+
+    monkeypatch.setattr(facedefense_iterative.surrogate, "Surrogate", load)
     not_an_image = tmp_path / "target.png"
     not_an_image.write_text("hello")
     with pytest.raises(ConfigError, match="target_image"):
@@ -154,13 +159,14 @@ def _write_set(folder, faces):
     return folder
 
 
-def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path):
+def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path, monkeypatch):
     """`protect SET_B --reference SET_A --method aspl`, then --resume (same images), then --resume
-    with another method or budget: one-line errors."""
+    with another method, budget or options: one-line errors, before the defender is built."""
     import json
 
     from typer.testing import CliRunner
 
+    import facedefense.cli.run
     from facedefense.cli import build_app
     from facedefense.imaging import resize
 
@@ -184,10 +190,18 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path)
     again = CliRunner().invoke(app, [*base, "--method", "aspl", *options, "--resume"])
     assert again.exit_code == 0, again.output
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == written
-    for other, message in ((["--method", "fsmg", *common], "method"), (["--method", "aspl", "--eps", "4/255", *options], "budget")):
+    built, make = [], facedefense.cli.run._make
+    monkeypatch.setattr(facedefense.cli.run, "_make", lambda *args: built.append(args[1]) or make(*args))
+    others = {"method": ["--method", "fsmg", *common], "budget": ["--method", "aspl", "--eps", "4/255", *options],
+              "options": ["--method", "aspl", *common, "-o", "pgd_steps=2", "-o", "surrogate_steps=1"]}
+    for message, other in others.items():
         failed = CliRunner().invoke(app, [*base, *other, "--resume"])
         assert failed.exit_code == 2 and message in failed.output and "Traceback" not in failed.output
         assert len(failed.output.strip().splitlines()) == 1, failed.output
+    (out / ".facedefense-work" / "run.json").unlink()
+    failed = CliRunner().invoke(app, [*base, "--method", "aspl", *options, "--resume"])
+    assert failed.exit_code == 2 and "holds no saved run" in failed.output and "Traceback" not in failed.output
+    assert built == []  # refused before loading the model
 
 
 def test_surrogate_latents_match_encode_latents_and_encode_each_image_once(tiny_sd_path):
