@@ -73,7 +73,7 @@ def faces_and_held_out(folder, count):
 
 
 def test_rid_training_raises_the_denoising_loss_on_held_out_faces(trained_tiny_sd_path, tmp_path):
-    """8 Adv-SDS steps on 10 faces: on 4 other faces the protection raises the frozen model's
+    """4 Adv-SDS steps on 10 faces: on 4 other faces the protection raises the frozen model's
     denoising loss over the untrained network's (whose output layer starts at zero: the clean
     faces). With the Adv-SDS gradient's sign flipped, training lowers it and this fails."""
     from facedefense_amortized.rid import RID
@@ -81,7 +81,7 @@ def test_rid_training_raises_the_denoising_loss_on_held_out_faces(trained_tiny_s
 
     faces, held_out = faces_and_held_out(tmp_path / "faces", 10)
     output = tmp_path / "run"
-    run(RID.training_recipe(), faces, trained_tiny_sd_path, output, steps=8, batch_size=10,
+    run(RID.training_recipe(), faces, trained_tiny_sd_path, output, steps=4, batch_size=10,
         architecture=ARCHITECTURE, warmup_steps=0, lr=3e-2)
 
     assert not build_network(TINY_DIT)(held_out * 2 - 1).any()  # untrained: no perturbation
@@ -133,7 +133,7 @@ def test_rid_regresses_every_image_to_its_own_pair_in_the_references_units(tiny_
 
 
 def test_gap_diff_training_raises_the_denoising_loss_on_held_out_faces(trained_tiny_sd_path, tmp_path):
-    """6 GAP-Diff steps (second phase: protected and preprocessed terms, discriminator, JPEG and
+    """4 GAP-Diff steps (second phase: protected and preprocessed terms, discriminator, JPEG and
     blur simulation, the real loop and trainer) on 10 faces raise the frozen model's denoising loss
     on 4 other faces over the untrained network's (zero output: the clean faces). With the
     adversarial objective's sign flipped, training lowers it and this fails.
@@ -150,7 +150,7 @@ def test_gap_diff_training_raises_the_denoising_loss_on_held_out_faces(trained_t
     recipe = dataclasses.replace(GAPDiff.training_recipe(), build_network=generator, image_size=lambda *_: 32)
     faces, held_out = faces_and_held_out(tmp_path / "faces", 10)
     output = tmp_path / "run"
-    run(recipe, faces, trained_tiny_sd_path, output, steps=6, batch_size=10, lr=4e-2,
+    run(recipe, faces, trained_tiny_sd_path, output, steps=4, batch_size=10, lr=4e-2,
         first_phase_epochs=0, discriminator_width=4)
 
     from safetensors.torch import load_file
