@@ -313,7 +313,8 @@ def check_method_paths(options: dict[str, Any]) -> None:
     """Report a missing model folder or checkpoint before importing torch and building the method.
 
     Raises:
-        ModelNotFoundError: ``checkpoint`` is not a file, or ``model`` is a local path that does not exist.
+        ModelNotFoundError: ``checkpoint`` is not a file, or ``model`` (or a model of an ensemble
+            ``"a,b"``) is a local path that does not exist, or a file.
     """
     from facedefense.errors import ModelNotFoundError
 
@@ -325,7 +326,12 @@ def check_method_paths(options: dict[str, Any]) -> None:
         if not path.is_file():
             raise ModelNotFoundError(f"checkpoint {checkpoint} does not exist")
     model = options.get("model")
-    if isinstance(model, str) and model and not Path(model).expanduser().exists() and looks_like_local_path(model):
-        raise ModelNotFoundError(f"model folder {model} does not exist")
-    if isinstance(model, str) and model and Path(model).expanduser().is_file():
-        raise ModelNotFoundError(f"model {model} is a file; give a diffusers model folder (with model_index.json)")
+    if not isinstance(model, str) or not model:
+        return
+    # an ensemble (ASPL, FSMG: "a,b") names its models separated by commas
+    models = [model] if Path(model).expanduser().exists() else [m.strip() for m in model.split(",") if m.strip()]
+    for name in models:
+        if not Path(name).expanduser().exists() and looks_like_local_path(name):
+            raise ModelNotFoundError(f"model folder {name} does not exist")
+        if Path(name).expanduser().is_file():
+            raise ModelNotFoundError(f"model {name} is a file; give a diffusers model folder (with model_index.json)")

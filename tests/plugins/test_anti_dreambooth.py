@@ -199,8 +199,12 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path,
         assert failed.exit_code == 2 and message in failed.output and "Traceback" not in failed.output
         assert len(failed.output.strip().splitlines()) == 1, failed.output
     (out / ".facedefense-work" / "run.json").unlink()
-    failed = CliRunner().invoke(app, [*base, "--method", "aspl", *options, "--resume"])
-    assert failed.exit_code == 2 and "holds no saved run" in failed.output and "Traceback" not in failed.output
+    # an ensemble of models passes the path check (the resume check refuses the run), a missing member does not
+    model, nowhere = str(trained_tiny_sd_path), str(tmp_path / "nowhere")
+    for models, message in (([model], "holds no saved run"), ([model, model], "holds no saved run"),
+                            ([model, nowhere], f"model folder {nowhere} does not exist")):
+        failed = CliRunner().invoke(app, [*base[:-2], "--model", ",".join(models), "--method", "aspl", *options, "--resume"])
+        assert failed.exit_code == 2 and message in failed.output and "Traceback" not in failed.output, failed.output
     assert built == []  # refused before loading the model
 
 
