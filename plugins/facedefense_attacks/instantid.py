@@ -18,10 +18,10 @@ from facedefense.errors import ConfigError, ImageError, ModelNotFoundError
 from facedefense_attacks.common import check_not_empty, check_range, resize_center_crop
 from facedefense_attacks.ip_adapter_faceid import face_backend_for
 from facedefense_attacks.zero_shot import (
-    SDXL_KIND,
     ZeroShotConfig,
     ZeroShotModel,
     ZeroShotPersonalizer,
+    adapter_projection,
 )
 
 if TYPE_CHECKING:
@@ -219,28 +219,42 @@ class InstantID(ZeroShotPersonalizer):
     """
 
     name: ClassVar[str] = "instantid"
+    needs_sdxl: ClassVar[bool] = True
     Config: ClassVar[type[InstantIDConfig]] = InstantIDConfig
     Model: ClassVar[type[ZeroShotModel]] = InstantIDModel
     _backend: Any = None
     _no_face: tuple[int, ...] = ()
     _pose_photo: int = 0
 
+    def _check_before_loading(self) -> None:
+        """`ZeroShotPersonalizer._check_before_loading`, and a face adapter (from the file's header
+        when it is on this machine)."""
+        super()._check_before_loading()
+        config = self.config
+        found = adapter_projection(config.adapter, config.subfolder, config.weight_name)
+        if found is not None:
+            self._check_projection(found[0], found[1].get("proj_in.weight", (0, 0))[-1])
+
+    def _check_projection(self, projection: str, in_features: int) -> None:
+        """Refuse an adapter whose projection class (named ``projection``) is not a Resampler of
+        `FACE_EMBED_DIM`-D inputs (``in_features``)."""
+        if projection != "IPAdapterPlusImageProjection" or in_features != FACE_EMBED_DIM:
+            raise ConfigError(
+                f"{self.name}: {self._adapter_path()} is not an InstantID face adapter "
+                f"(a Resampler of {FACE_EMBED_DIM}-D face embeddings)"
+            )
+
     def _extend_pipeline(self, pipeline: Any) -> Any:
         config = self.config
-        if self._kind != SDXL_KIND:
-            raise ConfigError(f"{self.name} needs an SDXL base model; {config.model} is not one")
         return _with_identitynet(pipeline, config.controlnet, config.controlnet_subfolder, self.name)
 
     def _load_adapter(self, pipeline: Any) -> None:
-        from diffusers.models.embeddings import IPAdapterPlusImageProjection
-        config, label, where = self.config, self.name, self._adapter_path()
+        config = self.config
         layer = self._load_ip_adapter(pipeline, "the face adapter", subfolder=config.subfolder or None, image_encoder_folder=None)
-        if not isinstance(layer, IPAdapterPlusImageProjection) or layer.proj_in.in_features != FACE_EMBED_DIM:
-            raise ConfigError(
-                f"{label}: {where} is not an InstantID face adapter (a Resampler of {FACE_EMBED_DIM}-D face embeddings)"
-            )
+        in_features = layer.proj_in.in_features if hasattr(layer, "proj_in") else 0
+        self._check_projection(type(layer).__name__, in_features)
         pipeline.set_ip_adapter_scale(config.scale)
-        self._backend = face_backend_for(config, self.device, label)
+        self._backend = face_backend_for(config, self.device, self.name)
 
     def _encode(self, pipeline: Any, images: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The faces' embeddings (1, 1, M, 512), zeros, and the first face's keypoint image."""

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError, ModelNotFoundError
 from facedefense_attacks.common import check_not_empty
-from facedefense_attacks.zero_shot import ZeroShotConfig, ZeroShotModel, ZeroShotPersonalizer
+from facedefense_attacks.zero_shot import (
+    ZeroShotConfig,
+    ZeroShotModel,
+    ZeroShotPersonalizer,
+    adapter_projection,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -67,19 +72,27 @@ class IPAdapter(ZeroShotPersonalizer):
     Config: ClassVar[type[IPAdapterConfig]] = IPAdapterConfig
     Model: ClassVar[type[ZeroShotModel]] = ZeroShotModel
 
+    def _check_before_loading(self) -> None:
+        """A FaceID adapter file is refused from its header when it is on this machine."""
+        config = self.config
+        found = adapter_projection(config.adapter, config.subfolder, config.weight_name)
+        if found is not None:
+            self._check_projection(found[0])
+
+    def _check_projection(self, projection: str) -> None:
+        """Refuse an adapter whose projection class, named ``projection``, takes face embeddings."""
+        if projection.startswith("IPAdapterFaceID"):
+            raise ConfigError(
+                f"{self.name}: {self._adapter_path()} is a FaceID adapter (face embeddings, not CLIP); "
+                "use ip_adapter_faceid"
+            )
+
     def _load_adapter(self, pipeline: Any) -> None:
-        from diffusers.models.embeddings import (
-            IPAdapterFaceIDImageProjection,
-            IPAdapterFaceIDPlusImageProjection,
-        )
         config, label, where = self.config, self.name, self._adapter_path()
         # subfolder "" not None: diffusers joins it with the encoder's folder
         layer = self._load_ip_adapter(pipeline, "the IP-Adapter", subfolder=config.subfolder,
                                       image_encoder_folder=config.image_encoder_folder)
-        if isinstance(layer, (IPAdapterFaceIDImageProjection, IPAdapterFaceIDPlusImageProjection)):
-            raise ConfigError(
-                f"{label}: {where} is a FaceID adapter (face embeddings, not CLIP); use ip_adapter_faceid"
-            )
+        self._check_projection(type(layer).__name__)
         if getattr(pipeline, "image_encoder", None) is None:
             raise ModelNotFoundError(
                 f"{label}: no CLIP image encoder was loaded with {where} (image_encoder_folder)"

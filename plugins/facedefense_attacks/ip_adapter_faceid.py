@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from facedefense.errors import ConfigError, ImageError
 from facedefense_attacks.common import check_not_empty
-from facedefense_attacks.zero_shot import ZeroShotConfig, ZeroShotModel, ZeroShotPersonalizer
+from facedefense_attacks.zero_shot import (
+    ZeroShotConfig,
+    ZeroShotModel,
+    ZeroShotPersonalizer,
+    adapter_projection,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -156,15 +161,19 @@ class IPAdapterFaceID(ZeroShotPersonalizer):
     _variant: str = "plain"
     _image_encoder: Any = None
 
-    def _load_adapter(self, pipeline: Any) -> None:
-        from diffusers.models.embeddings import (
-            IPAdapterFaceIDImageProjection,
-            IPAdapterFaceIDPlusImageProjection,
-        )
+    def _check_before_loading(self) -> None:
+        """The adapter file's kind and variant (`_variant_of`), from its header when it is on this machine."""
+        config = self.config
+        found = adapter_projection(config.adapter, config.subfolder, config.weight_name)
+        if found is not None:
+            self._variant_of(found[0])
+
+    def _variant_of(self, projection: str) -> str:
+        """The variant of an adapter whose projection class is named ``projection``; refused when it
+        is not a FaceID one or not the ``variant`` option's."""
         config, label, where = self.config, self.name, self._adapter_path()
-        layer = self._load_ip_adapter(pipeline, "the IP-Adapter", subfolder=config.subfolder or None, image_encoder_folder=None)
-        plus = isinstance(layer, IPAdapterFaceIDPlusImageProjection)
-        if not plus and not isinstance(layer, IPAdapterFaceIDImageProjection):
+        plus = projection == "IPAdapterFaceIDPlusImageProjection"
+        if not plus and projection != "IPAdapterFaceIDImageProjection":
             raise ConfigError(f"{label}: {where} is not a FaceID adapter (CLIP adapters: ip_adapter)")
         variant = config.variant
         if variant == "auto":
@@ -172,11 +181,17 @@ class IPAdapterFaceID(ZeroShotPersonalizer):
         if plus != variant.startswith("plus"):
             found = "a FaceID Plus" if plus else "a plain FaceID"
             raise ConfigError(f"{label}: {where} is {found} adapter, not variant '{variant}'")
-        self._variant = variant
+        return variant
+
+    def _load_adapter(self, pipeline: Any) -> None:
+        config = self.config
+        layer = self._load_ip_adapter(pipeline, "the IP-Adapter", subfolder=config.subfolder or None, image_encoder_folder=None)
+        self._variant = self._variant_of(type(layer).__name__)
+        plus = self._variant.startswith("plus")
         pipeline.set_ip_adapter_scale(config.scale)
         if plus:
             self._image_encoder = self._load_image_encoder(pipeline)
-        self._backend = face_backend_for(config, self.device, label)
+        self._backend = face_backend_for(config, self.device, self.name)
 
     def _load_image_encoder(self, pipeline: Any) -> Any:
         """The Plus variants' CLIP vision model (``image_encoder``) in the pipeline's dtype, and its

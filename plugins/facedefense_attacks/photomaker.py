@@ -373,6 +373,7 @@ class PhotoMaker(ZeroShotPersonalizer):
     """
 
     name: ClassVar[str] = "photomaker"
+    needs_sdxl: ClassVar[bool] = True
     Config: ClassVar[type[PhotoMakerConfig]] = PhotoMakerConfig
     Model: ClassVar[type[ZeroShotModel]] = PhotoMakerModel
     _encoder: Any = None
@@ -389,11 +390,6 @@ class PhotoMaker(ZeroShotPersonalizer):
         """Refuse an instance prompt without the trigger word, then load (`ZeroShotPersonalizer.prepare`)."""
         split_trigger(instance_prompt or self.config.instance_prompt, self.config.trigger_word)
         super().prepare(instance_prompt=instance_prompt, class_prompt=class_prompt)
-
-    def _extend_pipeline(self, pipeline: Any) -> Any:
-        if self._kind != SDXL_KIND:
-            raise ConfigError(f"{self.name} needs an SDXL base model; {self.config.model} is not one")
-        return pipeline
 
     def _load_adapter(self, pipeline: Any) -> None:
         config = self.config

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from facedefense.errors import ModelNotFoundError
+from facedefense.errors import ConfigError, ModelNotFoundError
 from facedefense.interfaces.personalizer import Personalizer, PersonalizerConfig, read_metadata
 from facedefense_attacks.common import (
     DEFAULT_PROMPTS,
@@ -44,24 +44,77 @@ SD_KIND, SDXL_KIND = "text2img", "sdxl_text2img"
 REFERENCE_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 
 
-def is_sdxl(model: str) -> bool:
-    """Whether ``model`` (a local diffusers folder, or a hub id in the Hugging Face cache) is an
-    SDXL pipeline: its ``model_index.json`` names a ``StableDiffusionXL*`` class. Unknown: False."""
-    folder = Path(model).expanduser()
-    index: Any = folder / "model_index.json" if folder.is_dir() else None
-    if index is None:
-        from huggingface_hub import try_to_load_from_cache
+def _local_file(repo: str, name: str, subfolder: str = "") -> Path | None:
+    """``repo/subfolder/name`` when ``repo`` is a local folder, else the file in the Hugging Face
+    cache; None when it is not on this machine."""
+    folder = Path(repo).expanduser()
+    if folder.is_dir():
+        path = folder / subfolder / name if subfolder else folder / name
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
 
-        try:
-            index = try_to_load_from_cache(model, "model_index.json")
-        except (ValueError, OSError):
-            return False
-        index = Path(index) if isinstance(index, str) else None
     try:
-        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "") if index else ""
+        found = try_to_load_from_cache(repo, name, subfolder=subfolder or None)
+    except (ValueError, OSError):
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def model_class(model: str) -> str | None:
+    """The pipeline class ``model``'s ``model_index.json`` names (a local diffusers folder, or a hub
+    id in the Hugging Face cache); None when it cannot be read."""
+    index = _local_file(model, "model_index.json")
+    try:
+        return str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")) if index else None
     except (OSError, ValueError, AttributeError):
-        return False
-    return str(name).startswith("StableDiffusionXL")
+        return None
+
+
+def is_sdxl(model: str) -> bool:
+    """Whether ``model`` is an SDXL pipeline: its ``model_index.json`` names a
+    ``StableDiffusionXL*`` class (`model_class`). Unknown: False."""
+    return (model_class(model) or "").startswith("StableDiffusionXL")
+
+
+def adapter_projection(
+    adapter: str, subfolder: str, weight_name: str
+) -> tuple[str, dict[str, tuple[int, ...]]] | None:
+    """The projection diffusers' ``load_ip_adapter`` builds from the adapter file
+    ``adapter/subfolder/weight_name`` (a local folder, or a hub id in the Hugging Face cache),
+    read without loading the weights (a safetensors header; a ``.bin`` memory-mapped): the class
+    name (diffusers' ``_convert_ip_adapter_image_proj_to_diffusers`` picks it from the
+    ``image_proj`` keys) and the shapes of those weights. None when the file is not on this
+    machine or cannot be read (loading it then says why)."""
+    path = _local_file(adapter, weight_name, subfolder)
+    if path is None:
+        return None
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as file:
+                shapes = {
+                    key[len("image_proj."):]: tuple(file.get_slice(key).get_shape())
+                    for key in file.keys() if key.startswith("image_proj.")
+                }
+        else:
+            import torch
+
+            state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+            shapes = {key: tuple(value.shape) for key, value in state["image_proj"].items()}
+    except Exception:  # noqa: BLE001 - any unreadable file: the load reports it
+        return None
+    if "proj.weight" in shapes:
+        name = "ImageProjection"
+    elif "proj.3.weight" in shapes:
+        name = "IPAdapterFullImageProjection"
+    elif "perceiver_resampler.proj_in.weight" in shapes:
+        name = "IPAdapterFaceIDPlusImageProjection"
+    elif "norm.weight" in shapes:
+        name = "IPAdapterFaceIDImageProjection"
+    else:
+        name = "IPAdapterPlusImageProjection"
+    return name, shapes
 
 
 def pipeline_kind(model: str) -> str:
@@ -248,6 +301,8 @@ class ZeroShotPersonalizer(Personalizer):
     Config: ClassVar[type[ZeroShotConfig]] = ZeroShotConfig
     Model: ClassVar[type[ZeroShotModel]] = ZeroShotModel
     trains: ClassVar[bool] = False
+    #: The attack takes only SDXL base models (InstantID, PhotoMaker).
+    needs_sdxl: ClassVar[bool] = False
     progress: bool = False
     last_training: Any = None
     _prepared: Any = None
@@ -265,17 +320,32 @@ class ZeroShotPersonalizer(Personalizer):
         from facedefense.progress import progress_enabled_as, status
 
         config, label = self.config, self.name or type(self).__name__
+        self._kind = pipeline_kind(config.model)
+        self._check_before_loading()
         with progress_enabled_as(self.progress):
             status(f"{label}: loading {config.model} ...")
-        self._kind = pipeline_kind(config.model)
         pipeline = load_checked_pipeline(
             config.model, self._kind, expected_channels=4, method=label, device=self.device, dtype=self.dtype
         )
         pipeline.set_progress_bar_config(disable=not self.progress, leave=False)
         check_denoising_steps(pipeline.scheduler, {"inference_steps": config.inference_steps}, label)
+        self._check_sdxl()
         pipeline = self._extend_pipeline(pipeline)
         self._load_adapter(pipeline)
         self._prepared = pipeline
+
+    def _check_before_loading(self) -> None:
+        """Refuse, before the base model loads, what the options and the files' headers already
+        show would be refused after it: a base model that is not SDXL for an attack that
+        `needs_sdxl` (when its ``model_index.json`` is readable; else after loading); the
+        subclasses add their adapter's checks."""
+        if model_class(self.config.model) is not None:
+            self._check_sdxl()
+
+    def _check_sdxl(self) -> None:
+        """Refuse a base model that is not SDXL when the attack `needs_sdxl`."""
+        if self.needs_sdxl and self._kind != SDXL_KIND:
+            raise ConfigError(f"{self.name} needs an SDXL base model; {self.config.model} is not one")
 
     def _extend_pipeline(self, pipeline: Any) -> Any:
         """The pipeline the adapter goes into, built on the base ``pipeline`` (itself by default;

@@ -127,13 +127,36 @@ def test_keypoints_are_drawn_as_draw_kps_draws_them():
     assert differs.mean() < 0.01 and (reference.any(-1)).sum() > 1500  # edge pixels of the rasterisers
 
 
-def test_sd15_base_and_faceless_photos_are_refused(
-    tiny_sd_path, instantid_path, attack, face_images, monkeypatch
-):
-    from facedefense.errors import ConfigError, ImageError
+def no_pipeline_load(monkeypatch):
+    """Make loading a base pipeline fail the test: a refusal must come before it."""
 
+    def load(model, *args, **kwargs):
+        raise AssertionError(f"the base pipeline {model} was loaded before the refusal")
+
+    monkeypatch.setattr("facedefense_attacks.zero_shot.load_checked_pipeline", load)
+
+
+def test_sd15_base_non_face_adapters_and_faceless_photos_are_refused(
+    tmp_path, tiny_sd_path, tiny_sdxl_path, instantid_path, attack, face_images, monkeypatch
+):
+    from safetensors.torch import save_file
+
+    from facedefense.errors import ConfigError, ImageError
+    from facedefense_attacks.zero_shot import adapter_projection
+
+    layer = attack._prepared.unet.encoder_hid_proj.image_projection_layers[0]  # what the header check reads
+    name, shapes = adapter_projection(str(instantid_path), "", INSTANTID_WEIGHT_NAME)
+    assert (name, shapes["proj_in.weight"][1]) == (type(layer).__name__, layer.proj_in.in_features)
+    no_pipeline_load(monkeypatch)
     with pytest.raises(ConfigError, match="instantid needs an SDXL base model"):
         make(tiny_sd_path, instantid_path).prepare()
+    # a CLIP IP-Adapter's projection and a Resampler of 32-D inputs, told from the files' headers
+    for name, key in [("clip.safetensors", "proj.weight"), ("plus.safetensors", "proj_in.weight")]:
+        weights = {f"image_proj.{key}": torch.zeros(8, 32), "ip_adapter.1.to_k_ip.weight": torch.zeros(1)}
+        save_file(weights, str(tmp_path / name))
+        with pytest.raises(ConfigError, match=f"{name} is not an InstantID face adapter"):
+            make(tiny_sdxl_path, instantid_path, adapter=str(tmp_path), weight_name=name).prepare()
+    monkeypatch.undo()
     monkeypatch.setattr(attack._backend, "embed_largest", lambda images: [None] * len(images))
     with pytest.raises(ImageError, match="no face found in any of the 2 photo"):
         attack.fit(list(face_images))

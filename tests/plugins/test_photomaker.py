@@ -204,6 +204,16 @@ def test_cli_encodes_generates_and_the_model_reloads(tmp_path, tiny_sdxl_path, p
     assert bad.exit_code != 0 and "has no trigger word 'img'" in bad.output
 
 
+def test_an_sd15_base_model_is_refused_before_it_loads(tiny_sd_path, photomaker_path, monkeypatch):
+    from facedefense.registry import get_registry
+    from tests.plugins.test_zero_shot_faceid import no_pipeline_load
+
+    no_pipeline_load(monkeypatch)
+    cls = get_registry().load("personalizer", "photomaker")
+    with pytest.raises(ConfigError, match="photomaker needs an SDXL base model; .* is not one"):
+        cls(model=str(tiny_sd_path), **options(photomaker_path)).prepare()
+
+
 def test_files_that_are_not_photomaker_v1_are_refused_in_one_line(tmp_path):
     from safetensors.torch import save_file
 

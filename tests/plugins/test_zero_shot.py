@@ -282,26 +282,30 @@ def test_the_tiny_benchmark_config_lists_it_and_its_inputs_load(tmp_path):
     assert (Path(attacks["ip_adapter"].options["adapter"]) / "models" / WEIGHT_NAME).is_file()
 
 
-def test_a_faceid_adapter_is_refused_before_any_encoding(tmp_path, tiny_sd_path, adapter_path, photo_dir):
+def test_the_adapter_files_header_names_the_projection_diffusers_builds(attack):
+    from facedefense_attacks.zero_shot import adapter_projection
+
+    config, layer = attack.config, attack._prepared.unet.encoder_hid_proj.image_projection_layers[0]
+    assert adapter_projection(config.adapter, config.subfolder, config.weight_name)[0] == type(layer).__name__
+
+
+def test_a_faceid_adapter_is_refused_before_the_base_model_loads(
+    tmp_path, tiny_sd_path, adapter_path, photo_dir, monkeypatch
+):
     import shutil
 
     from facedefense.errors import ConfigError
-    from facedefense.testing.tiny_adapters import (
-        FACEID_PLUS_WEIGHT_NAME,
-        FACEID_WEIGHT_NAME,
-        build_tiny_ip_adapter_faceid,
-    )
+    from facedefense.testing.tiny_adapters import FACEID_WEIGHT_NAME, build_tiny_ip_adapter_faceid
+    from tests.plugins.test_zero_shot_faceid import no_pipeline_load
 
-    folder = shutil.copytree(adapter_path, tmp_path / "adapters")  # models/image_encoder beside it
-    build_tiny_ip_adapter_faceid(folder / "models", tiny_sd_path, lora_rank=0)
-    with pytest.raises(ConfigError, match="is a FaceID adapter"):
-        make(tiny_sd_path, folder, weight_name=FACEID_WEIGHT_NAME).prepare()
-    alone = tmp_path / "faceid"  # the same FaceID files without an image encoder (the Plus variant's goes)
+    faceid = build_tiny_ip_adapter_faceid(tmp_path / "faceid", tiny_sd_path, lora_rank=0)
+    with monkeypatch.context() as patched:
+        no_pipeline_load(patched)
+        with pytest.raises(ConfigError, match="is a FaceID adapter"):
+            make(tiny_sd_path, faceid, subfolder="", weight_name=FACEID_WEIGHT_NAME).prepare()
+    alone = tmp_path / "alone"  # the CLIP adapter's file without its image encoder: diffusers' load fails
     alone.mkdir()
-    for name in (FACEID_WEIGHT_NAME, FACEID_PLUS_WEIGHT_NAME):
-        shutil.copy(folder / "models" / name, alone / name)
-    args = cli_args(tiny_sd_path, alone, photo_dir, tmp_path / "out")
-    args[args.index(f"weight_name={WEIGHT_NAME}")] = f"weight_name={FACEID_WEIGHT_NAME}"
-    result = invoke(*args, "-o", "subfolder=")
+    shutil.copy(adapter_path / "models" / WEIGHT_NAME, alone / WEIGHT_NAME)
+    result = invoke(*cli_args(tiny_sd_path, alone, photo_dir, tmp_path / "out"), "-o", "subfolder=")
     assert result.exit_code != 0 and "cannot be loaded" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()

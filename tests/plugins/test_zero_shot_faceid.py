@@ -128,23 +128,56 @@ def test_photos_without_a_face_are_left_out_and_none_is_refused(attack, face_ima
         attack.fit(list(face_images))
 
 
-def test_a_clip_adapter_is_refused(tiny_sd_path, tmp_path):
+def no_pipeline_load(monkeypatch):
+    """Make loading a base pipeline fail the test: a refusal must come before it."""
+
+    def load(model, *args, **kwargs):
+        raise AssertionError(f"the base pipeline {model} was loaded before the refusal")
+
+    monkeypatch.setattr("facedefense_attacks.zero_shot.load_checked_pipeline", load)
+
+
+def test_a_clip_adapter_is_refused_before_the_base_model_loads(tiny_sd_path, tmp_path, monkeypatch):
     from facedefense.errors import ConfigError
     from facedefense.testing.tiny_adapters import SUBFOLDER, WEIGHT_NAME, build_tiny_ip_adapter
 
     clip = build_tiny_ip_adapter(tmp_path / "clip", tiny_sd_path)
     method = make(tiny_sd_path, clip, subfolder=SUBFOLDER, weight_name=WEIGHT_NAME)
+    no_pipeline_load(monkeypatch)
     with pytest.raises(ConfigError, match="is not a FaceID adapter"):
         method.prepare()
 
 
-def test_a_variant_the_file_is_not_is_refused(tiny_sd_path, faceid_path):
+def test_a_variant_the_file_is_not_is_refused_before_the_base_model_loads(tiny_sd_path, faceid_path, monkeypatch):
     from facedefense.errors import ConfigError
 
+    no_pipeline_load(monkeypatch)
     with pytest.raises(ConfigError, match="is a plain FaceID adapter, not variant 'plus'"):
         make(tiny_sd_path, faceid_path, variant="plus").prepare()
     with pytest.raises(ConfigError, match="option 'variant' must be one of"):
         make(tiny_sd_path, faceid_path, variant="plus3")
+
+
+def test_the_adapter_files_header_names_the_projection_diffusers_builds(
+    tmp_path, faceid_path, attack, plusv2_attack
+):
+    from safetensors.torch import load_file
+
+    from facedefense_attacks.zero_shot import adapter_projection
+
+    for method in (attack, plusv2_attack):
+        config, layer = method.config, method._prepared.unet.encoder_hid_proj.image_projection_layers[0]
+        assert adapter_projection(config.adapter, config.subfolder, config.weight_name)[0] == type(layer).__name__
+    flat = load_file(str(faceid_path / FACEID_WEIGHT_NAME))  # the same weights as a .bin of two dicts
+    state = {
+        head: {key.split(".", 1)[1]: value for key, value in flat.items() if key.startswith(head + ".")}
+        for head in ("image_proj", "ip_adapter")
+    }
+    torch.save(state, tmp_path / "faceid.bin")
+    name, shapes = adapter_projection(str(tmp_path), "", "faceid.bin")
+    assert name == "IPAdapterFaceIDImageProjection"
+    assert shapes["proj.0.weight"] == tuple(state["image_proj"]["proj.0.weight"].shape)
+    assert adapter_projection(str(tmp_path), "", "missing.safetensors") is None  # refused after the load, if at all
 
 
 def plus(tiny_sd_path, faceid_path, variant):
