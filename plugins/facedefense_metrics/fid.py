@@ -94,6 +94,8 @@ def build(*, path: str | None, device: torch.device, dtype: torch.dtype, network
         ModelNotFoundError: no weights file (one line naming it and where it comes from).
         ConfigError: the file is the other network's (or not an Inception-v3 state dict).
     """
+    import contextlib
+
     import torch
 
     from facedefense._compat.torchvision_ops import ensure_torchvision_importable
@@ -101,12 +103,15 @@ def build(*, path: str | None, device: torch.device, dtype: torch.dtype, network
 
     weights = resolve_weights(path, WEIGHTS[network], ORIGINS[network], "fid")
     ensure_torchvision_importable()
-    if network == "pytorch_fid":
-        model = fid_inception_v3()
-    else:
-        from torchvision.models import inception_v3
+    # with a weights file every weight comes from it: built on the meta device, no random initialization
+    with contextlib.nullcontext() if weights is None else torch.device("meta"):
+        if network == "pytorch_fid":
+            model = fid_inception_v3()
+        else:
+            from torchvision.models import inception_v3
 
-        model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+            model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+    model = model.to_empty(device="cpu") if weights is not None else model
     if weights is None:
         generator = torch.Generator().manual_seed(0)
         for module in model.modules():

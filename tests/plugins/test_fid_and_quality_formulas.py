@@ -116,6 +116,29 @@ def test_fid_inception_has_pytorch_fids_checkpoint_layout():
     assert not any(key.startswith("AuxLogits") for key in ours)
 
 
+def test_fid_weights_load_exactly_without_a_random_initialization_and_strictly(tmp_path):
+    """A weights file gives every tensor its value (the network built on the meta device: nothing
+    drawn from the global generator); an unexpected key is refused in one line."""
+    from facedefense._compat.torchvision_ops import ensure_torchvision_importable
+    from facedefense_metrics.fid import build, fid_inception_v3
+
+    ensure_torchvision_importable()
+    with torch.device("meta"):
+        shapes = fid_inception_v3().state_dict()
+    state = {name: torch.tensor(index / len(shapes) if value.is_floating_point() else index, dtype=value.dtype).expand(value.shape)
+             for index, (name, value) in enumerate(shapes.items())}  # one broadcast value each: a few KB
+    path = tmp_path / "pt_inception-2015-12-05.pth"
+    torch.save(state, path)
+    rng = torch.get_rng_state()
+    loaded = build(path=str(path), device=torch.device("cpu"), dtype=torch.float32).state_dict()
+    assert torch.equal(torch.get_rng_state(), rng)  # a random initialization would draw from the generator
+    assert loaded.keys() == state.keys() - {"fc.weight", "fc.bias"}  # fc gives way to the pool features
+    assert all(torch.equal(value, state[name]) for name, value in loaded.items())
+    torch.save({**state, "extra.weight": torch.zeros(1)}, path)  # missing keys: the next test
+    with pytest.raises(ConfigError, match="not an Inception-v3 state dict"):
+        build(path=str(path), device=torch.device("cpu"), dtype=torch.float32)
+
+
 def test_fid_weights_of_the_other_network_are_a_one_line_error(tmp_path):
     from facedefense_metrics.fid import build
 
