@@ -123,13 +123,15 @@ class DreamBoothAttack(Defender):
 
     def __init__(self, config: DreamBoothAttackConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        from facedefense_iterative.surrogate import Surrogate, load_target_image
+        from facedefense_iterative.surrogate import Surrogate, class_image_files, load_target_image
 
         models = [m.strip() for m in self.config.model.split(",") if m.strip()]
         if not models:
             raise ConfigError(f"{self.name} needs a surrogate model: --model (a diffusers folder or Hugging Face id)")
         for m in models:  # every missing folder is reported before the first model loads
             check_method_paths({"model": m})
+        if self.config.class_images and self.config.prior_loss_weight != 0:
+            class_image_files(self.config.class_images)  # a bad folder is reported before the models load
         self.target = load_target_image(self.config.target_image) if self.config.target_image else None
         self.eot = self.config.build_eot(self.device)
         self.surrogates = [

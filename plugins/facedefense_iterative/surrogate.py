@@ -107,6 +107,23 @@ def cache_root() -> Path:
     return cache_dir()
 
 
+def class_image_files(folder: str | Path) -> list[Path]:
+    """The images of a user's class-image folder (not recursive), sorted.
+
+    Raises:
+        ConfigError: ``folder`` is not a folder, or holds no images.
+    """
+    from facedefense.io import collect_images
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"class image folder {folder} is not a folder")
+    try:
+        return collect_images([path])
+    except ImageError:
+        raise ConfigError(f"class image folder {folder} holds no images") from None
+
+
 def class_images(
     model: str,
     prompt: str,
@@ -134,12 +151,10 @@ def class_images(
     """
     import torch
 
-    from facedefense.io import collect_images, load_image
+    from facedefense.io import load_image
 
     if folder is not None:
-        paths = collect_images([Path(folder)])
-        if not paths:
-            raise ConfigError(f"class image folder {folder} holds no images")
+        paths = class_image_files(folder)
         return torch.cat([square_crop(load_image(p).pixels, resolution) for p in paths[:count]]).clamp(0, 1)
     key_text = json.dumps([str(model), prompt, count, resolution, steps, seed])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]

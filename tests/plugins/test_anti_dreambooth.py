@@ -148,6 +148,20 @@ def test_bad_inputs_are_refused_before_any_model_loads(trained_tiny_sd_path, tmp
         ASPL(device="cpu")
     with pytest.raises(ConfigError, match="schedule"):
         ASPL(model=str(trained_tiny_sd_path), schedule="fast", **ASPL_FAST)
+    (tmp_path / "empty").mkdir()  # a class-image folder is read when the first photo is protected: checked before
+    for folder, message in (("empty", "holds no images"), ("nowhere", "is not a folder"), ("target.png", "is not a folder")):
+        with pytest.raises(ConfigError, match=f"class image folder .*{folder} {message}"):
+            ASPL(model=str(trained_tiny_sd_path), class_images=str(tmp_path / folder), **ASPL_FAST)
+
+
+def test_class_image_folder_replaces_generation(tmp_path):
+    """A user's class-image folder: its first `count` images (sorted), square-cropped to the resolution."""
+    from facedefense_iterative.surrogate import class_images
+
+    folder = _write_set(tmp_path / "class", [torch.full((3, 40, 48), value) for value in (0.2, 0.4, 0.6)])
+    images = class_images("no-model", "a photo of person", 2, resolution=32, steps=1, seed=0, device=torch.device("cpu"),
+                          dtype=torch.float32, folder=folder)
+    assert images.shape == (2, 3, 32, 32) and torch.allclose(images.mean((1, 2, 3)), torch.tensor([0.2, 0.4]), atol=1 / 255)
 
 
 def _write_set(folder, faces):
