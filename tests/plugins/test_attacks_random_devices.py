@@ -63,7 +63,10 @@ class _CpuGenerators:
 def draws_without_device(path: Path, root: Path = ROOT) -> list[str]:
     """``file:line`` (relative to ``root``) of every torch draw given a generator but no ``device=``
     (so it draws on the CPU) whose generator is not a CPU generator made in place."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    if "generator" not in text:  # no ``generator=`` keyword anywhere: nothing to parse
+        return []
+    tree = ast.parse(text)
     cpu = _CpuGenerators(tree)
     found = []
     scopes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))]
