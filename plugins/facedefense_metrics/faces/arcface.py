@@ -39,7 +39,9 @@ def _network(weights: str | None, device: str):
     ensure_torchvision_importable()
     from facexlib.recognition.arcface_arch import Backbone
 
-    model = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # "random" weights (tests): the same network in every process
+        model = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
     if path is not None:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()

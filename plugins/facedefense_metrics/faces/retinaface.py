@@ -36,7 +36,9 @@ def _network(network: str, weights: str | None, device: str):
         from facexlib.detection.retinaface import RetinaFace
     except ImportError as error:
         raise MissingDependencyError("the retinaface backend needs facexlib: pip install facexlib") from error
-    model = RetinaFace(network_name=network, device=torch.device(device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # "random" weights (tests): the same network in every process
+        model = RetinaFace(network_name=network, device=torch.device(device))
     if path is not None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
