@@ -178,11 +178,9 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path,
     with another method, budget or options: one-line errors, before the defender is built."""
     import json
 
-    from typer.testing import CliRunner
-
     import facedefense.cli.run
-    from facedefense.cli import build_app
     from facedefense.imaging import resize
+    from facedefense.testing.cli import invoke
 
     faces = _faces(4, 32)
     set_b = _write_set(tmp_path / "B", [faces[0], resize(faces[1][None], (24, 40))[0]])
@@ -193,15 +191,14 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path,
               "--device", "cpu", "--dtype", "float32", "--no-progress"]
     options = [*common, "-o", "pgd_steps=1", "-o", "surrogate_steps=1"]  # one round: its state is saved, then removed
     base = ["protect", str(set_b), "--reference", str(set_a), "--output", str(out), "--model", str(trained_tiny_sd_path)]
-    app = build_app()
-    first = CliRunner().invoke(app, [*base, "--method", "aspl", *options])
+    first = invoke(*base, "--method", "aspl", *options)
     assert first.exit_code == 0, first.output
     manifest = json.loads((out / "facedefense.json").read_text())
     assert manifest["summary"]["processed"] == 2 and manifest["summary"]["failed"] == 0
     assert manifest["status"] == "completed" and manifest["references"].endswith("A")
     assert not list((out / ".facedefense-work").rglob("*.pt"))  # a completed run keeps no surrogate state
     written = {p.name: p.read_bytes() for p in out.glob("*.png")}
-    again = CliRunner().invoke(app, [*base, "--method", "aspl", *options, "--resume"])
+    again = invoke(*base, "--method", "aspl", *options, "--resume")
     assert again.exit_code == 0, again.output
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == written
     built, make = [], facedefense.cli.run._make
@@ -209,7 +206,7 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path,
     others = {"method": ["--method", "fsmg", *common], "budget": ["--method", "aspl", "--eps", "4/255", *options],
               "options": ["--method", "aspl", *common, "-o", "pgd_steps=2", "-o", "surrogate_steps=1"]}
     for message, other in others.items():
-        failed = CliRunner().invoke(app, [*base, *other, "--resume"])
+        failed = invoke(*base, *other, "--resume")
         assert failed.exit_code == 2 and message in failed.output and "Traceback" not in failed.output
         assert len(failed.output.strip().splitlines()) == 1, failed.output
     (out / ".facedefense-work" / "run.json").unlink()
@@ -217,7 +214,7 @@ def test_cli_reference_set_resume_and_bad_resume(trained_tiny_sd_path, tmp_path,
     model, nowhere = str(trained_tiny_sd_path), str(tmp_path / "nowhere")
     for models, message in (([model], "holds no saved run"), ([model, model], "holds no saved run"),
                             ([model, nowhere], f"model folder {nowhere} does not exist")):
-        failed = CliRunner().invoke(app, [*base[:-2], "--model", ",".join(models), "--method", "aspl", *options, "--resume"])
+        failed = invoke(*base[:-2], "--model", ",".join(models), "--method", "aspl", *options, "--resume")
         assert failed.exit_code == 2 and message in failed.output and "Traceback" not in failed.output, failed.output
     assert built == []  # refused before loading the model
 
