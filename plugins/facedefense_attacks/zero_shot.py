@@ -54,7 +54,7 @@ def _local_file(repo: str, name: str, subfolder: str = "") -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(repo, name, subfolder=subfolder or None)
+        found = try_to_load_from_cache(repo, f"{subfolder}/{name}" if subfolder else name)
     except (ValueError, OSError):
         return None
     return Path(found) if isinstance(found, str) else None
@@ -85,6 +85,10 @@ def adapter_projection(
     name (diffusers' ``_convert_ip_adapter_image_proj_to_diffusers`` picks it from the
     ``image_proj`` keys) and the shapes of those weights. None when the file is not on this
     machine or cannot be read (loading it then says why)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
     path = _local_file(adapter, weight_name, subfolder)
     if path is None:
         return None
@@ -102,7 +106,9 @@ def adapter_projection(
 
             state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
             shapes = {key: tuple(value.shape) for key, value in state["image_proj"].items()}
-    except Exception:  # noqa: BLE001 - any unreadable file: the load reports it
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, pickle.UnpicklingError):
+        return None
+    if not shapes:  # not an IP-Adapter file: the load reports it
         return None
     if "proj.weight" in shapes:
         name = "ImageProjection"

@@ -159,7 +159,7 @@ def test_a_variant_the_file_is_not_is_refused_before_the_base_model_loads(tiny_s
 
 
 def test_the_adapter_files_header_names_the_projection_diffusers_builds(
-    tmp_path, faceid_path, attack, plusv2_attack
+    tmp_path, faceid_path, attack, plusv2_attack, monkeypatch
 ):
     from safetensors.torch import load_file
 
@@ -177,7 +177,21 @@ def test_the_adapter_files_header_names_the_projection_diffusers_builds(
     name, shapes = adapter_projection(str(tmp_path), "", "faceid.bin")
     assert name == "IPAdapterFaceIDImageProjection"
     assert shapes["proj.0.weight"] == tuple(state["image_proj"]["proj.0.weight"].shape)
-    assert adapter_projection(str(tmp_path), "", "missing.safetensors") is None  # refused after the load, if at all
+    # a hub id read from the Hugging Face cache (its layout: refs/main names the snapshot)
+    import shutil
+
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--facedefense-tests--faceid"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40) / "models").mkdir(parents=True)
+    shutil.copy(faceid_path / FACEID_WEIGHT_NAME, repo / "snapshots" / ("0" * 40) / "models" / FACEID_WEIGHT_NAME)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert adapter_projection("facedefense-tests/faceid", "models", FACEID_WEIGHT_NAME)[0] == name
+    # not on this machine (a missing file, a hub id not in the cache): left to the load
+    assert adapter_projection(str(tmp_path), "", "missing.safetensors") is None
+    assert adapter_projection("facedefense-tests/not-cached", "models", FACEID_WEIGHT_NAME) is None
 
 
 def plus(tiny_sd_path, faceid_path, variant):
