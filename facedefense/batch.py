@@ -14,8 +14,8 @@ identity, or a folder of subfolders matched by name for several).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import datetime
+import functools
 import json
 import os
 import platform
