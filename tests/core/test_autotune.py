@@ -97,10 +97,8 @@ def test_hardware_report_lists_the_cached_choices(cache):
 
 
 def test_info_hardware_command(cache):
-    from typer.testing import CliRunner
+    from facedefense.testing.cli import invoke
 
-    from facedefense.cli import build_app
-
-    result = CliRunner().invoke(build_app(), ["info", "--hardware"])
+    result = invoke(*["info", "--hardware"])
     assert result.exit_code == 0, result.output
     assert "autotune cache:" in result.output and str(cache.parent) in result.output

@@ -283,14 +283,12 @@ def reference_rid_protect(reference, image01, eps_reference):
 
 def protect_photo_with_cli(tmp_path, array, *args):
     """Write ``array`` as a PNG, run ``facedefense protect`` on it with ``args``, read the result."""
-    from typer.testing import CliRunner
-
-    from facedefense.cli import build_app
+    from facedefense.testing.cli import invoke
 
     Image.fromarray(array).save(tmp_path / "photo.png")
     command = ["protect", str(tmp_path / "photo.png"), *args, "--dtype", "float32", "--device", "cpu",
                "--output", str(tmp_path / "out")]
-    result = CliRunner().invoke(build_app(), command)
+    result = invoke(*command)
     assert result.exit_code == 0, result.output
     return np.asarray(Image.open(tmp_path / "out" / "photo.png")).astype(int)
 

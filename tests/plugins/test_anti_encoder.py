@@ -133,9 +133,7 @@ def test_rid_encoder_term_is_the_protected_faces_similarity(monkeypatch):
 def test_train_objective_sets_the_weights_and_refuses_contradictions(tmp_path):
     """``train --objective``: encoder turns Adv-SDS off and the encoder term on, sds+encoder both;
     a -o weight may scale a term but not contradict the objective; gap_diff has its own objective."""
-    from typer.testing import CliRunner
-
-    from facedefense.cli import build_app
+    from facedefense.testing.cli import invoke
     from facedefense_amortized.commands import objective_options
 
     assert objective_options("rid", "encoder", {}) == {"sds_weight": "0.0", "encoder_weight": "1.0"}
@@ -146,7 +144,7 @@ def test_train_objective_sets_the_weights_and_refuses_contradictions(tmp_path):
         objective_options("rid", "encoder", {"sds_weight": "1"})
     with pytest.raises(ConfigError, match="unknown --objective 'clip'"):
         objective_options("rid", "clip", {})
-    result = CliRunner().invoke(build_app(), ["train", "--method", "gap_diff", "--objective", "encoder", "--data", str(tmp_path),
+    result = invoke(*["train", "--method", "gap_diff", "--objective", "encoder", "--data", str(tmp_path),
                                       "--model", str(tmp_path), "--output", str(tmp_path / "run")])
     assert result.exit_code == 2 and "--objective is for rid" in result.output, result.output
     assert not (tmp_path / "run").exists()

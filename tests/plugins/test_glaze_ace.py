@@ -210,14 +210,13 @@ def test_cli_protects_a_folder_within_budget(method, tmp_path, tiny_sd_path, png
 
     import numpy as np
     from PIL import Image
-    from typer.testing import CliRunner
 
-    from facedefense.cli import build_app
+    from facedefense.testing.cli import invoke
 
     out = tmp_path / "out"
     args = ["protect", str(png_folder), "--method", method, "--model", str(tiny_sd_path), "--eps", "4/255",
             "--output", str(out), "--device", "cpu", "--dtype", "float32", *CLI_CASES[method]]
-    result = CliRunner().invoke(build_app(), args)
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     for source in sorted(png_folder.glob("*.png")):
         original = np.asarray(Image.open(source)).astype(int)

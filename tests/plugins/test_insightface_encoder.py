@@ -207,17 +207,15 @@ def test_protect_through_the_cli_with_the_onnx_encoder(r50, tmp_path):
     rounding, and each face's embedding moved away from the clean one's."""
     import json
 
-    from typer.testing import CliRunner
-
-    from facedefense.cli import build_app
     from facedefense.io import save_image
+    from facedefense.testing.cli import invoke
     from facedefense.testing.tiny_models import sample_faces
 
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
     for index, face in enumerate(sample_faces(2, 64)):
         save_image(face, photos / f"face{index}.png")
-    result = CliRunner().invoke(build_app(), [
+    result = invoke(*[
         "protect", str(photos), "--method", "anti_encoder", "--output", str(out), "--steps", "2", "--eps", "8/255",
         "--device", "cpu", "-o", f"face_model_path={r50[0]}", "-o", "face_detector=mtcnn",
     ])

@@ -7,12 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
 from facedefense.errors import ModelNotFoundError
 from facedefense.io import to_uint8
 from facedefense.models import shared_model
+from facedefense.testing.cli import invoke
 from facedefense.testing.tiny_models import sample_faces
 from facedefense_metrics.lpips import LPIPS, backbone_file
 from facedefense_purifiers.impress import Impress
@@ -73,7 +72,7 @@ def test_missing_backbone_is_one_line_naming_file_and_folder(hub, tiny_sd_path, 
     folder = tmp_path / "faces"
     folder.mkdir()
     Image.fromarray(to_uint8(sample_faces(1, 32)[0])).save(folder / "a.png")
-    result = CliRunner().invoke(build_app(), ["purify", str(folder), "-m", "impress", "--model", str(tiny_sd_path),
+    result = invoke(*["purify", str(folder), "-m", "impress", "--model", str(tiny_sd_path),
                                               "--output", str(tmp_path / "out")])
     assert result.exit_code != 0 and "vgg16-397923af.pth" in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()

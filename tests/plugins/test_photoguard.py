@@ -63,14 +63,13 @@ def test_cli_protects_a_folder_within_budget(tmp_path, tiny_sd_path, png_folder)
 
     import numpy as np
     from PIL import Image
-    from typer.testing import CliRunner
 
-    from facedefense.cli import build_app
+    from facedefense.testing.cli import invoke
 
     out = tmp_path / "out"
     args = ["protect", str(png_folder), "--method", "photoguard", "--model", str(tiny_sd_path), "--eps", "8/255",
             "--steps", "2", "--output", str(out), "--device", "cpu", "--dtype", "float32", "-o", "resolution=none"]
-    result = CliRunner().invoke(build_app(), args)
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     for source in sorted(png_folder.glob("*.png")):
         original = np.asarray(Image.open(source)).astype(int)

@@ -9,9 +9,8 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from facedefense.cli import build_app
+from facedefense.testing.cli import invoke
 from facedefense.testing.tiny_adapters import (
     FACEID_ENCODER_FOLDER,
     FACEID_PLUS_WEIGHT_NAME,
@@ -110,7 +109,7 @@ def test_faceid_plus_v2_on_sdxl_through_the_cli(tmp_path, tiny_sdxl_path, face_i
     ]
     args += [f"-o{key}={value}" for key, value in options.items()]
     args += ["--num-images", "1", "--prompt", PROMPT, "--device", "cpu", "--no-progress"]
-    result = CliRunner().invoke(build_app(), [str(a) for a in args])
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "facedefense.json").read_text())
     assert "images/a_photo_of_person/0000.png" in manifest["files"]
