@@ -172,6 +172,8 @@ def protect(
     from facedefense.budget import parse_budget
     from facedefense.distributed import bind_device, current_shard
 
+    if resume and overwrite:
+        raise fail("--resume and --overwrite exclude each other")
     existing = _existing(overwrite, add)
     budget = parse_budget(eps) if eps is not None else None
     options = method_options(

@@ -318,6 +318,7 @@ BAD_OPTIONS = {
     "text file as checkpoint": (["protect", "{in}", "-m", "test_ranged", "--checkpoint", "{in}", "--output", "{out}"], "not a weights file"),
     "missing checkpoint": (["protect", "{in}", "-m", "test_shift", "--checkpoint", "nope.pt", "--output", "{out}"], "does not exist"),
     "overwrite and add": (["protect", "{in}", "-m", "test_shift", "--overwrite", "--add", "--output", "{out}"], "exclude each other"),
+    "resume and overwrite": (["protect", "{in}", "-m", "test_shift", "--resume", "--overwrite", "--output", "{out}"], "--resume and --overwrite exclude each other"),
     "missing input": (["protect", "{in}.missing", "-m", "test_shift", "--output", "{out}"], "no such file"),
     "unknown command": (["atack", "{in}"], "no such command"),
     "evaluate without metric reference": (["evaluate", "{in}", "--metric", "psnr"], "reference"),
