@@ -154,14 +154,17 @@ def test_bad_inputs_are_refused_before_any_model_loads(trained_tiny_sd_path, tmp
             ASPL(model=str(trained_tiny_sd_path), class_images=str(tmp_path / folder), **ASPL_FAST)
 
 
-def test_class_image_folder_replaces_generation(tmp_path):
+def test_class_image_folder_replaces_generation(tmp_path, tiny_sd_path):
     """A user's class-image folder: its first `count` images (sorted), square-cropped to the resolution."""
+    from facedefense_iterative.aspl import ASPL
     from facedefense_iterative.surrogate import class_images
 
     folder = _write_set(tmp_path / "class", [torch.full((3, 40, 48), value) for value in (0.2, 0.4, 0.6)])
     images = class_images("no-model", "a photo of person", 2, resolution=32, steps=1, seed=0, device=torch.device("cpu"),
                           dtype=torch.float32, folder=folder)
     assert images.shape == (2, 3, 32, 32) and torch.allclose(images.mean((1, 2, 3)), torch.tensor([0.2, 0.4]), atol=1 / 255)
+    no_prior = ASPL(model=str(tiny_sd_path), class_images=str(folder), num_class_images=0, resolution=32, device="cpu")
+    assert no_prior.class_images_for(0, "a photo of person") is None  # 0 images: no prior, even with a folder
 
 
 def _write_set(folder, faces):
