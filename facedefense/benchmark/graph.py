@@ -207,16 +207,13 @@ class Planner:
         building its networks (only the base ``Method.__init__`` runs: config checks, device; and a
         local model folder or checkpoint its options name must exist)."""
         from facedefense.config import check_method_paths, config_to_dict
-        from facedefense.interfaces.base import Method
 
-        method = cls.__new__(cls)
         try:
-            Method.__init__(method, **options)
+            method = cls.configured(plugin=spec.plugin, plugin_version=spec.version, **options)
             check_method_paths(options)
         except FaceDefenseError as exc:
             where = f"{self.config.path}:{entry.line}: " if entry.line else ""
             raise type(exc)(f"{where}{entry.kind} '{entry.label}': {str(exc).splitlines()[0]}") from None
-        method.plugin, method.plugin_version = spec.plugin, spec.version
         return method.fingerprint(), config_to_dict(method.config)
 
     def _method_facts(self, method: dict[str, Any]) -> dict[str, Any]:

@@ -75,21 +75,17 @@ def _make(kind: str, name: str, options: dict[str, Any]) -> Any:
 
 def _check_resume(output: Path, name: str, options: dict[str, Any]) -> None:
     """Check that ``--resume`` continues the run in ``output`` before building the defender (that
-    loads its models): its run record is known from the options, as the benchmark fingerprints its
-    stages (only the base ``Method.__init__`` runs: the config checks). ``protect_files`` checks again."""
+    loads its models): its run record is known from the options (`Method.configured`, as the
+    benchmark fingerprints its stages). ``protect_files`` checks again."""
     from facedefense.batch import check_resume, run_record
     from facedefense.errors import UnknownMethodError
-    from facedefense.interfaces.base import Method
     from facedefense.registry import get_registry
 
     try:
         spec = get_registry().get("defender", name)
     except UnknownMethodError:
         return  # building it says which kind the name is
-    cls = spec.load()
-    planned = cls.__new__(cls)
-    Method.__init__(planned, **options)
-    planned.plugin, planned.plugin_version = spec.plugin, spec.version
+    planned = spec.load().configured(plugin=spec.plugin, plugin_version=spec.version, **options)
     check_resume(output, run_record(planned))
 
 

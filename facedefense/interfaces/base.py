@@ -49,6 +49,20 @@ class Method:
         if self.device.type == "cpu":
             keep_freed_memory()  # large tensors reused, not re-faulted at every step
 
+    @classmethod
+    def configured(cls, *, plugin: str | None = None, plugin_version: str | None = None, **options: Any) -> Method:
+        """An instance with its configuration checked and nothing built: only this base
+        ``__init__`` runs (config checks, device, dtype), so no network loads. For what needs only
+        the configuration and `fingerprint` (a resume check, the benchmark's stage keys).
+
+        Examples:
+            >>> ASPL.configured(model="sd", eps=8 / 255).fingerprint()
+        """
+        method = cls.__new__(cls)
+        Method.__init__(method, **options)
+        method.plugin, method.plugin_version = plugin, plugin_version
+        return method
+
     def make_generator(self, generator: torch.Generator | None = None) -> torch.Generator:
         """The generator to use: ``generator`` if given, else a fresh one seeded with ``config.seed``."""
         return generator if generator is not None else make_generator(self.config.seed, self.device)
