@@ -130,6 +130,42 @@ def resolve_dtype(dtype: str, device: torch.device, *, cpu_bf16: bool = True) ->
     return torch.bfloat16 if cpu_bf16 and cpu_has_fast_bf16() else torch.float32
 
 
+def module_dtype(network: torch.nn.Module) -> torch.dtype:
+    """The dtype ``network`` computes in, for casting its inputs: that of its first floating-point
+    parameter (then buffer), skipping the submodules a diffusers model keeps in float32.
+
+    This is what diffusers' ``ModelMixin.dtype`` answers (facedefense attaches no layerwise-casting
+    hooks), without that property's walk over every submodule on each call: 4.5 ms for SD 1.5's UNet
+    on a CPU core, paid several times per attack step.
+
+    Examples:
+        >>> module_dtype(torch.nn.Linear(2, 2).to(torch.bfloat16))
+        torch.bfloat16
+    """
+    import torch
+
+    kept = getattr(network, "_keep_in_fp32_modules", None) or ()
+    for name, parameter in network.named_parameters():
+        if parameter.is_floating_point() and not any(part in name for part in kept):
+            return parameter.dtype
+    for buffer in network.buffers():
+        if buffer.is_floating_point():
+            return buffer.dtype
+    return torch.get_default_dtype()
+
+
+def module_device(network: torch.nn.Module) -> torch.device:
+    """The device of ``network``'s first parameter (then buffer; CPU without either): diffusers'
+    ``ModelMixin.device`` without its walk over every submodule (see `module_dtype`)."""
+    import torch
+
+    for tensor in network.parameters():
+        return tensor.device
+    for tensor in network.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded with ``seed``: the only source of randomness."""
     import torch

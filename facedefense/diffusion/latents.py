@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from facedefense.imaging import from_vae_range, to_vae_range
+from facedefense.runtime import module_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -20,7 +21,7 @@ def latent_mean(vae: Any, images: Tensor) -> Tensor:
         >>> latent_mean(parts.vae, torch.rand(1, 3, 512, 512)).shape
         torch.Size([1, 4, 64, 64])
     """
-    return vae.encode(to_vae_range(images).to(vae.dtype)).latent_dist.mean
+    return vae.encode(to_vae_range(images).to(module_dtype(vae))).latent_dist.mean
 
 
 def encode_latents(
@@ -41,7 +42,7 @@ def encode_latents(
         >>> encode_latents(parts.vae, torch.rand(2, 3, 512, 512)).shape
         torch.Size([2, 4, 64, 64])
     """
-    posterior = vae.encode(to_vae_range(images).to(vae.dtype)).latent_dist
+    posterior = vae.encode(to_vae_range(images).to(module_dtype(vae))).latent_dist
     latents = posterior.sample(generator=generator) if sample else posterior.mean
     return latents * vae.config.scaling_factor
 
@@ -49,5 +50,5 @@ def encode_latents(
 def decode_latents(vae: Any, latents: Tensor) -> Tensor:
     """Inverse of [`encode_latents`][facedefense.diffusion.latents.encode_latents]: scaled latents (N, 4, h,
     w) -> float32 images (N, 3, f*h, f*w) in [0, 1] (clamped). Differentiable inside the range."""
-    decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    decoded = vae.decode(latents.to(module_dtype(vae)) / vae.config.scaling_factor).sample
     return from_vae_range(decoded.float()).clamp(0.0, 1.0)

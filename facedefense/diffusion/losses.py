@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from facedefense.errors import ConfigError
+from facedefense.runtime import module_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +103,8 @@ def denoising_loss(
     states = encoder_hidden_states
     if states.shape[0] == 1 and count > 1:
         states = states.expand(count, -1, -1)
-    prediction = unet(noisy.to(unet.dtype), timesteps, states.to(unet.dtype)).sample.float()
+    dtype = module_dtype(unet)
+    prediction = unet(noisy.to(dtype), timesteps, states.to(dtype)).sample.float()
     if kind == "epsilon":
         target = noise
     elif kind == "v_prediction":

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from facedefense.errors import ConfigError, MissingDependencyError
 from facedefense.interfaces.personalizer import Personalizer, PersonalizerConfig
-from facedefense.runtime import global_rng_from
+from facedefense.runtime import global_rng_from, module_dtype
 from facedefense_attacks.common import (
     MAX_DENOISING_STEPS,
     check_denoising_steps,
@@ -273,7 +273,7 @@ def _posterior(vae: Any, images: Tensor, device: torch.device, chunk: int = 4) -
     means, stds = [], []
     with torch.no_grad():
         for start in range(0, images.shape[0], chunk):
-            batch = to_vae_range(images[start : start + chunk].to(device, vae.dtype))
+            batch = to_vae_range(images[start : start + chunk].to(device, module_dtype(vae)))
             dist = vae.encode(batch).latent_dist
             means.append(dist.mean.float())
             stds.append(dist.std.float())

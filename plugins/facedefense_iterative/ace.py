@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from facedefense.config import option
 from facedefense.errors import ConfigError
 from facedefense.interfaces import Perturbation
+from facedefense.runtime import module_dtype
 from facedefense_iterative.aspl import DreamBoothAttack, DreamBoothAttackConfig
 
 if TYPE_CHECKING:
@@ -98,7 +99,8 @@ def score_error(
     noise = draw_noise(latents, generator)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     states = states.expand(count, -1, -1) if states.shape[0] == 1 else states
-    prediction = unet(noisy.to(unet.dtype), timesteps, states.to(unet.dtype)).sample.float()
+    dtype = module_dtype(unet)
+    prediction = unet(noisy.to(dtype), timesteps, states.to(dtype)).sample.float()
     return (prediction - target.float()).pow(2).flatten(1).mean(1)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from facedefense.errors import ConfigError
 from facedefense.interfaces import IterativeDefenderConfig
+from facedefense.runtime import module_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +73,8 @@ def denoising_residual(
         noise = draw_noise(z, generator)
         noisy = parts.scheduler.add_noise(z, noise, timesteps)
         states = surrogate.condition.expand(z.shape[0], -1, -1)
-        prediction = parts.unet(noisy.to(parts.unet.dtype), timesteps, states.to(parts.unet.dtype)).sample.float()
+        dtype = module_dtype(parts.unet)
+        prediction = parts.unet(noisy.to(dtype), timesteps, states.to(dtype)).sample.float()
         if parts.scheduler.config.prediction_type == "v_prediction":
             target = parts.scheduler.get_velocity(z, noise, timesteps)
         elif parts.scheduler.config.prediction_type == "sample":

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from facedefense.errors import ConfigError
 from facedefense.imaging import resize, working_size
 from facedefense.interfaces import Defender
+from facedefense.runtime import module_dtype
 from facedefense_iterative.frozen_model import PGDConfig
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def decode_unclamped(vae: Any, latents: Tensor) -> Tensor:
     white keep their gradient, as in the reference's loss on ``vae.decode(latents).sample``."""
     from facedefense.imaging import from_vae_range
 
-    return from_vae_range(vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.float())
+    return from_vae_range(vae.decode(latents.to(module_dtype(vae)) / vae.config.scaling_factor).sample.float())
 
 
 class PhotoGuard(Defender):
@@ -273,13 +274,14 @@ class PhotoGuard(Defender):
         if parts.uncond is not None:
             states = torch.cat([parts.uncond.expand(count, -1, -1), states])
         kind = scheduler.config.prediction_type
+        dtype = module_dtype(unet)
 
         def denoise(z: Tensor, conditioning: Tensor | None, index: int) -> Tensor:
             t = timesteps[index]
             model_in = z if conditioning is None else torch.cat([z, conditioning], dim=1)
             if parts.uncond is not None:
                 model_in = torch.cat([model_in, model_in])
-            out = unet(model_in.to(unet.dtype), t, states.to(unet.dtype)).sample.float()
+            out = unet(model_in.to(dtype), t, states.to(dtype)).sample.float()
             if parts.uncond is not None:
                 uncond, cond = out.chunk(2)
                 out = uncond + config.guidance_scale * (cond - uncond)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from facedefense.errors import ConfigError, ImageError
 from facedefense.imaging import resize, to_vae_range, working_size
+from facedefense.runtime import module_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -307,7 +308,7 @@ class Surrogate:
             key = hashlib.blake2b(image.detach().float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
             if key not in self._posteriors:
                 with torch.no_grad():
-                    posterior = self.vae.encode(to_vae_range(image[None]).to(self.vae.dtype)).latent_dist
+                    posterior = self.vae.encode(to_vae_range(image[None]).to(module_dtype(self.vae))).latent_dist
                 self._posteriors[key] = (posterior.mean, posterior.std)
                 if len(self._posteriors) > self.POSTERIOR_CACHE:
                     self._posteriors.popitem(last=False)
@@ -545,7 +546,8 @@ class Surrogate:
         noisy = scheduler.add_noise(latents, noise, timesteps)
         if states.shape[0] == 1 and count > 1:
             states = states.expand(count, -1, -1)
-        prediction = self.unet(noisy.to(self.unet.dtype), timesteps, states.to(self.unet.dtype)).sample.float()
+        dtype = module_dtype(self.unet)
+        prediction = self.unet(noisy.to(dtype), timesteps, states.to(dtype)).sample.float()
         if kind == "epsilon":
             target = noise
         elif kind == "v_prediction":

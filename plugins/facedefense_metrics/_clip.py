@@ -137,7 +137,7 @@ def _quiet(active: bool) -> Iterator[None]:
         root.removeFilter(keep)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer(architecture: str) -> Any:
     """open_clip's tokenizer of ``architecture``, built once per process and shared by its models (a
     build reads the 49,408-token BPE vocabulary, ~0.2 s; a tokenizer keeps no state between calls)."""

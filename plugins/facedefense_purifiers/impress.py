@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from facedefense.errors import ConfigError
 from facedefense.interfaces import Purifier, PurifierConfig
+from facedefense.runtime import module_dtype
 from facedefense_purifiers.diffpure import check_model
 from facedefense_purifiers.gaussian_noise import check_sigma
 
@@ -144,7 +145,7 @@ class Impress(Purifier):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.iterations, eta_min=1e-5)
         with torch.enable_grad():
             for _ in tqdm(range(config.iterations), desc="impress", leave=False, disable=None):
-                reconstruction = vae(purified.to(vae.dtype)).sample.float()
+                reconstruction = vae(purified.to(module_dtype(vae))).sample.float()
                 consistency = (reconstruction - purified).pow(2).flatten(1).mean(1)
                 distance = lpips_distance(lpips, lpips_features(lpips, purified), reference)
                 loss = (consistency + config.alpha * (distance - config.lpips_bound).clamp(min=0)).sum()

@@ -30,6 +30,24 @@ def test_components_are_frozen_and_typed(tiny_sd_path):
     assert not any(p.requires_grad for p in vae.parameters())
 
 
+def test_module_dtype_and_device_answer_what_diffusers_properties_answer(tiny_sd_path):
+    """`module_dtype`/`module_device` (the per-step casts use them: diffusers' properties walk every
+    submodule on each call) agree with ``ModelMixin.dtype``/``.device``: float32, bfloat16, frozen
+    weights in bfloat16 before float32 trained ones (CAAT's layout), and float32-kept submodules."""
+    from facedefense.runtime import module_device, module_dtype
+
+    unet = load_components(str(tiny_sd_path), components=("unet",)).unet
+    cases = [lambda: None, lambda: unet.to(torch.bfloat16), lambda: unet.conv_out.to(torch.float32)]
+    for change in cases:
+        change()
+        assert module_dtype(unet) == unet.dtype and module_device(unet) == unet.device
+    assert module_dtype(unet) == torch.bfloat16  # conv_in (first) is bfloat16, conv_out float32
+    unet.to(torch.float32).conv_in.to(torch.float16)
+    unet._keep_in_fp32_modules = ["conv_in"]
+    assert module_dtype(unet) == unet.dtype == torch.float32
+    assert module_dtype(torch.nn.Identity()) == torch.get_default_dtype()
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
@@ -168,10 +186,8 @@ def test_loss_target_follows_prediction_type(parts, prediction_type):
 
     from diffusers import DDPMScheduler
 
-    class ZeroUNet:
-        dtype = torch.float32
-
-        def __call__(self, sample, timestep, states):
+    class ZeroUNet(torch.nn.Module):  # no weights: it computes in the default dtype, float32
+        def forward(self, sample, timestep, states):
             return SimpleNamespace(sample=torch.zeros_like(sample))
 
     scheduler = DDPMScheduler.from_config(parts.scheduler.config, prediction_type=prediction_type)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from facedefense.runtime import module_dtype
+
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
@@ -42,7 +44,7 @@ def encode(surrogate: Surrogate, images_vae_range: Tensor, generator: torch.Gene
     """Scaled latents sampled from the VAE posterior (reparameterized; differentiable)."""
     import torch
 
-    posterior = surrogate.vae.encode(images_vae_range.to(surrogate.vae.dtype)).latent_dist
+    posterior = surrogate.vae.encode(images_vae_range.to(module_dtype(surrogate.vae))).latent_dist
     noise = torch.randn(posterior.mean.shape, generator=generator, device=generator.device)
     latents = posterior.mean + posterior.std * noise.to(posterior.mean.device, posterior.mean.dtype)
     return latents.float() * surrogate.vae.config.scaling_factor
@@ -60,8 +62,9 @@ def draw(surrogate: Surrogate, latents: Tensor, generator: torch.Generator) -> t
 
 def predict_noise(surrogate: Surrogate, noisy: Tensor, timesteps: Tensor) -> Tensor:
     """The UNet's noise prediction (an epsilon- or v-prediction model), float32."""
-    states = surrogate.prompt.expand(noisy.shape[0], -1, -1).to(surrogate.unet.dtype)
-    output = surrogate.unet(noisy.to(surrogate.unet.dtype), timesteps, states).sample.float()
+    dtype = module_dtype(surrogate.unet)
+    states = surrogate.prompt.expand(noisy.shape[0], -1, -1).to(dtype)
+    output = surrogate.unet(noisy.to(dtype), timesteps, states).sample.float()
     if surrogate.scheduler.config.prediction_type == "v_prediction":
         alphas = surrogate.scheduler.alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, 1, 1, 1)
         output = alphas.sqrt() * output + (1 - alphas).sqrt() * noisy.float()
