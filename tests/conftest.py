@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import ClassVar
@@ -42,6 +44,28 @@ def pytest_configure(config):
         device_under_test()
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if hasattr(config, "workerinput"):
+        atexit.register(_end_finished_worker_now)  # registered first, so it runs after every other handler
+
+
+_worker_session_finished = False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    global _worker_session_finished
+    _worker_session_finished = hasattr(session.config, "workerinput")
+
+
+def _end_finished_worker_now() -> None:
+    """End an xdist worker whose session finished (its reports are sent) once the other exit handlers
+    have run, without tearing the interpreter down: freeing torch's, diffusers' and transformers' modules
+    object by object takes 1-2 s, and the controller waits for every worker to end before it reports
+    the suite's time. A worker that did not finish exits as usual, with its own status."""
+    if _worker_session_finished:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def pytest_report_header(config):
@@ -52,10 +76,11 @@ def pytest_report_header(config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Under ``-n auto`` (``--dist load``), keep each test class on one worker. ``load`` hands out
-    tests in chunks that cut through classes, and each worker then builds the class's fixtures again
-    (a contract's method and its protect run: seconds). Here a class is one unit of work, the largest
-    classes first; every other test is its own unit, in collection order."""
+    """Under ``--dist load`` (the integration tier, long tests that start processes), keep each test
+    class on one worker. ``load`` hands out tests in chunks that cut through classes, and each worker
+    then builds the class's fixtures again (a contract's method and its protect run: seconds). Here a
+    class is one unit of work, the largest classes first; every other test is its own unit, in
+    collection order. (`scripts/test.sh` runs the unit tier with ``--dist loadfile``: whole files.)"""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
