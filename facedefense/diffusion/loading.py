@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from facedefense._compat.torchvision_ops import ensure_torchvision_importable
 from facedefense.errors import ConfigError, ModelNotFoundError
+from facedefense.runtime import module_device
 
 if TYPE_CHECKING:
     import torch
@@ -270,7 +271,9 @@ def load_components(
         is_network = isinstance(cls, type) and issubclass(cls, torch.nn.Module)
         part = _from_pretrained(cls, str(model), subfolder=name, **({"dtype": dtype} if is_network else {}))
         if is_network:
-            part = part.to(device).eval().requires_grad_(False)
+            if module_device(part) != torch.device(device):  # a no-op .to still walks every submodule
+                part = part.to(device)
+            part = part.eval().requires_grad_(False)
         elif name == "tokenizer":
             part = _check_tokenizer(part, str(model))
         setattr(loaded, name, part)
@@ -342,7 +345,9 @@ def load_pipeline(
     pipeline = _from_pretrained(cls, str(model), dtype=dtype or torch.float32, **extra)
     if getattr(pipeline, "tokenizer", None) is not None:
         _check_tokenizer(pipeline.tokenizer, str(model))
-    pipeline = pipeline.to(device)
+    networks = [part for part in pipeline.components.values() if isinstance(part, torch.nn.Module)]
+    if any(module_device(network) != torch.device(device) for network in networks):
+        pipeline = pipeline.to(device)  # diffusers' .to walks every submodule even when nothing moves
     pipeline.set_progress_bar_config(disable=not progress)
     return pipeline
 
