@@ -257,8 +257,14 @@ def _reference_rounds(path: str, model: str, folders: dict, rounds: int, queue: 
     keep_freed_memory()  # the allocator setting facedefense's methods use on the CPU
     _prepare_imports()  # torchvision's shim, before the reference imports it
     ref = load_reference(Path(path))
+    import diffusers
+    import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer
+
+    # the reference moves its networks with `.to(dtype)` at every phase; diffusers warns each time
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
 
     args = argparse.Namespace(**REFERENCE_ARGS, class_data_dir=folders["class"])
     torch.manual_seed(0)
