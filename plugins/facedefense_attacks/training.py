@@ -235,8 +235,11 @@ def _accelerator(config: TrainingConfig, device: torch.device) -> Any:
 def _optimizer(config: TrainingConfig, parameters: list[Any], device: torch.device) -> Any:
     import torch
 
+    from facedefense.runtime import fused_adam
+
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                 fused=fused_adam(parameters))
     if device.type != "cuda":
         raise ConfigError("optimizer adamw_8bit needs a CUDA GPU (bitsandbytes); use optimizer=adamw")
     try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from facedefense.errors import ConfigError, ImageError
 from facedefense.imaging import resize, to_vae_range, working_size
-from facedefense.runtime import module_dtype
+from facedefense.runtime import fused_adam, module_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -408,7 +408,8 @@ class Surrogate:
         import torch
 
         params = list(self.trainable.values())
-        optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8,
+                                      fused=fused_adam(params))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         use_prior = class_images is not None and len(class_images) > 0 and prior_loss_weight > 0
         prompts = [instance_prompt] * batch_size + ([class_prompt] * batch_size if use_prior else [])

@@ -7,6 +7,7 @@ import torch
 
 from facedefense.errors import ConfigError, ResumeError, UnknownMethodError
 from facedefense.optim import EOT, LinfPGD, RunCheckpoint, linf_pgd, step_size_at, step_sizes
+from facedefense.runtime import fused_adam
 
 
 def _setup(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,6 +23,30 @@ def test_schedules() -> None:
     assert step_size_at(1.0, 4, 4, "cosine") == pytest.approx(0.01)
     with pytest.raises(ConfigError):
         step_sizes(1.0, 3, "exponential")  # type: ignore[arg-type]
+
+
+def test_fused_adam_where_torch_has_it_with_the_default_update() -> None:
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g)]
+    grads = [[torch.randn(w.shape, generator=g) for w in weights] for _ in range(3)]
+    assert fused_adam(weights) is True
+    # None (torch's foreach default), never False: fused=False would also turn foreach off
+    assert fused_adam([torch.zeros(2, dtype=torch.long)]) is None
+    assert fused_adam([torch.empty(2, device="meta")]) is None
+    assert fused_adam([]) is None
+    trained = []
+    for fused in (None, fused_adam(weights)):
+        copies = [w.clone().requires_grad_(True) for w in weights]
+        optimizer = torch.optim.AdamW(copies, lr=1e-2, weight_decay=1e-2, fused=fused)
+        for step_grads in grads:
+            for copy, grad in zip(copies, step_grads):
+                copy.grad = grad.clone()
+            optimizer.step()
+        trained.append(copies)
+    assert optimizer.defaults["fused"] is True
+    assert not torch.equal(trained[1][0], weights[0])
+    for default, fused in zip(*trained):
+        torch.testing.assert_close(fused, default, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("minimize", [False, True])

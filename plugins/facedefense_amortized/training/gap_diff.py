@@ -293,11 +293,13 @@ class GAPTrainer:
     def __init__(self, network, surrogates, eps, options: GAPTrainingOptions, pairs, accelerator, settings) -> None:
         import torch
 
+        from facedefense.runtime import fused_adam
         from facedefense_amortized.training.loop import autocast_for
 
         discriminator = build_discriminator(options.discriminator_width).to(accelerator.device).train()
-        optimizer = torch.optim.Adam(network.parameters(), lr=options.lr)
-        optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=options.lr)
+        weights, weights_d = list(network.parameters()), list(discriminator.parameters())
+        optimizer = torch.optim.Adam(weights, lr=options.lr, fused=fused_adam(weights))
+        optimizer_d = torch.optim.Adam(weights_d, lr=options.lr, fused=fused_adam(weights_d))
         self.network, self.discriminator, self.optimizer, self.optimizer_d = accelerator.prepare(
             network, discriminator, optimizer, optimizer_d
         )

@@ -220,9 +220,11 @@ class RIDTrainer:
         import torch
         from diffusers.optimization import get_linear_schedule_with_warmup
 
+        from facedefense.runtime import fused_adam
         from facedefense_amortized.training.loop import autocast_for
 
-        optimizer = torch.optim.AdamW(network.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        weights = list(network.parameters())
+        optimizer = torch.optim.AdamW(weights, lr=options.lr, weight_decay=options.weight_decay, fused=fused_adam(weights))
         self.scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, options.decay_steps or settings.steps)
         self.network, self.optimizer = accelerator.prepare(network, optimizer)
         encoder = EncoderTerm(options, accelerator.device) if options.encoder_weight > 0 else None
