@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from facedefense.config import option
 from facedefense.errors import ConfigError
 from facedefense.interfaces import Perturbation
+from facedefense.runtime import fused_adam
 from facedefense_iterative.aspl import DreamBoothAttack, DreamBoothAttackConfig
 
 if TYPE_CHECKING:
@@ -122,7 +123,8 @@ class CAAT(DreamBoothAttack):
         checkpoint = self.checkpoint(workdir, identity)
         self.reset_surrogates()
         weights = list(surrogate.trainable.values())
-        optimizer = torch.optim.AdamW(weights, lr=c.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        optimizer = torch.optim.AdamW(weights, lr=c.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8,
+                                      fused=fused_adam(weights))
         saved = checkpoint.load()
         if saved is None:
             state = pgd.start(photos.padded, generator)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from facedefense.errors import ConfigError
 from facedefense.interfaces import Purifier, PurifierConfig
-from facedefense.runtime import module_dtype
+from facedefense.runtime import fused_adam, module_dtype
 from facedefense_purifiers.diffpure import check_model
 from facedefense_purifiers.gaussian_noise import check_sigma
 
@@ -141,7 +141,7 @@ class Impress(Purifier):
         noise = torch.randn(target.shape, generator=generator, device=generator.device).to(target)
         # In [-1, 1] units, like the reference: the noise's std is 2 sigma, Adam's steps about lr.
         purified = (target + 2 * config.sigma * noise).requires_grad_(True)
-        optimizer = torch.optim.Adam([purified], lr=config.learning_rate, eps=1e-5)
+        optimizer = torch.optim.Adam([purified], lr=config.learning_rate, eps=1e-5, fused=fused_adam([purified]))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.iterations, eta_min=1e-5)
         with torch.enable_grad():
             for _ in tqdm(range(config.iterations), desc="impress", leave=False, disable=None):
