@@ -297,3 +297,10 @@ def test_evaluate_says_which_metric_it_scores_before_it_starts(png_folder, capsy
     with progress_enabled_as(False):
         evaluate_folder(png_folder, png_folder, ["psnr"])
     assert "scoring" not in capsys.readouterr().err
+
+
+def test_command_help_wraps_its_paragraphs_to_the_terminal_width():
+    """typer keeps a docstring's line breaks; help joins them, so a wide terminal shows whole lines."""
+    wide = invoke("protect", "--help", env={"COLUMNS": "250"})
+    assert wide.exit_code == 0, wide.output
+    assert "An output folder that holds files is refused unless --overwrite or --add says what to do." in wide.stdout
