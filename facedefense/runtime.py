@@ -180,8 +180,7 @@ def fused_adam(parameters: list[torch.Tensor]) -> bool | None:
         >>> params = list(unet.parameters())
         >>> torch.optim.AdamW(params, lr=5e-7, fused=fused_adam(params))
     """
-    tensors = list(parameters)
-    if tensors and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors):
+    if parameters and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in parameters):
         return True
     return None
 
